@@ -1,0 +1,10 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Each test starts from the same seed and a small thread count (CI has 2 cores)."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield

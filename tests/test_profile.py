@@ -1,0 +1,70 @@
+import pytest
+import torch
+from torch import nn
+
+from grouppruner.profile import (
+    ModelProfile,
+    count_macs,
+    count_params,
+    measure_latency,
+    model_size_bytes,
+    profile_model,
+)
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),  # 16x16 out
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),  # depthwise-ish, 16x16
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+
+
+def test_count_params_matches_hand_count():
+    # conv1 3*8*9=216, bn 16, conv2 8*2*9+8=152, linear 40+5=45
+    assert count_params(_net()) == 216 + 16 + 152 + 45
+
+
+def test_count_macs_matches_formula():
+    x = torch.randn(2, 3, 32, 32)
+    conv1 = 2 * 16 * 16 * 8 * 3 * 9
+    conv2 = 2 * 16 * 16 * 8 * 2 * 9
+    linear = 2 * 5 * 8
+    assert count_macs(_net(), x) == conv1 + conv2 + linear
+
+
+def test_count_macs_removes_hooks_and_accepts_argument_tuples():
+    net = _net()
+    count_macs(net, (torch.randn(1, 3, 32, 32),))
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_model_size_counts_float_buffers_in_fp32():
+    net = _net().half()
+    bn = net[1]
+    expected = 4 * count_params(net) + 4 * (bn.running_mean.numel() + bn.running_var.numel()) + 8
+    assert model_size_bytes(net) == expected
+
+
+def test_measure_latency_restores_mode_and_threads():
+    net = _net().train()
+    threads = torch.get_num_threads()
+    seconds = measure_latency(net, torch.randn(1, 3, 32, 32), repeats=3, warmup=1, threads=1)
+    assert seconds > 0
+    assert net.training
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency(net, torch.randn(1, 3, 32, 32), repeats=0)
+
+
+def test_profile_ratio():
+    dense = ModelProfile(params=100, macs=1000, size_bytes=400, latency_s=2.0)
+    small = ModelProfile(params=25, macs=500, size_bytes=100, latency_s=1.0)
+    assert small.ratio_to(dense) == {"params": 0.25, "macs": 0.5, "size_bytes": 0.25, "latency_s": 0.5}
+    prof = profile_model(_net(), torch.randn(1, 3, 32, 32))
+    assert prof.latency_s is None
+    assert prof.params == count_params(_net())

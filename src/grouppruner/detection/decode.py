@@ -1,0 +1,172 @@
+"""Decoding of YOLOv4 head maps into boxes, and class-aware NMS in pure torch.
+
+Box parameterisation (Scaled-YOLOv4, darknet ``new_coords=1``): with ``p = sigmoid(raw)`` at grid cell
+``(gx, gy)`` of a map with stride ``s`` and anchor ``(aw, ah)`` in input pixels,
+
+* centre ``= (2 p_xy - 0.5 + (gx, gy)) * s`` (a centre may lie half a cell outside its cell),
+* size ``= (2 p_wh)^2 * (aw, ah)`` (at most 4x the anchor; bounded, so training from scratch is stable),
+* score of class ``c`` ``= p_obj * p_c``.
+
+:class:`grouppruner.detection.YoloLoss` trains exactly this parameterisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["batched_nms", "box_iou", "decode", "split_head_map"]
+
+
+def split_head_map(output: Tensor, num_anchors: int = 3) -> Tensor:
+    """Reshape a raw head map so that the last dimension holds one anchor's prediction.
+
+    Args:
+        output: (N, A * (5 + C), H, W) raw head map.
+        num_anchors: A.
+
+    Returns:
+        (N, A, H, W, 5 + C) view-permuted tensor (channels: tx, ty, tw, th, objectness, C class logits).
+    """
+    n, ch, h, w = output.shape
+    if ch % num_anchors or ch // num_anchors < 6:
+        raise ValueError(
+            f"head map with {ch} channels cannot hold {num_anchors} anchors x (5 + num_classes) predictions"
+        )
+    return output.view(n, num_anchors, ch // num_anchors, h, w).permute(0, 1, 3, 4, 2)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU of xyxy boxes.
+
+    Args:
+        boxes1: (M, 4) xyxy.
+        boxes2: (K, 4) xyxy.
+
+    Returns:
+        (M, K) IoU; 0 where both boxes are empty.
+    """
+    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)
+    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)
+    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    union = area1[:, None] + area2[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def decode(
+    outputs: Sequence[Tensor],
+    anchors: Tensor,
+    strides: Sequence[int] = (8, 16, 32),
+    *,
+    conf: float = 0.001,
+    max_candidates: int = 10000,
+) -> list[dict[str, Tensor]]:
+    """Turn raw head maps into scored boxes per image (before NMS).
+
+    Each anchor position yields one candidate with its best class; candidates scoring below ``conf`` are
+    dropped and at most ``max_candidates`` (highest scores) are kept per image. Boxes are clipped to the input
+    image (``H = H_i * stride_i``).
+
+    Args:
+        outputs: raw head maps ``[(N, A * (5 + C), H_i, W_i)]``, one per stride.
+        anchors: (num_scales, A, 2) anchor (w, h) in input pixels, e.g. ``model.anchors``.
+        strides: stride of each map in input pixels.
+        conf: minimum score ``objectness * class probability``.
+        max_candidates: per-image cap on candidates, applied after the ``conf`` filter.
+
+    Returns:
+        N dicts with ``"boxes"`` (K, 4) xyxy in input pixels, ``"scores"`` (K,) and ``"labels"`` (K,) int64,
+        sorted by decreasing score.
+    """
+    if len(outputs) != len(strides) or anchors.shape[0] != len(strides):
+        raise ValueError(
+            f"decode: got {len(outputs)} head maps, {anchors.shape[0]} anchor sets and {len(strides)} strides"
+        )
+    num_anchors = anchors.shape[1]
+    image_h = outputs[0].shape[2] * strides[0]
+    image_w = outputs[0].shape[3] * strides[0]
+    per_scale = []
+    for output, anchor, stride in zip(outputs, anchors, strides, strict=True):
+        p = split_head_map(output.detach(), num_anchors).float().sigmoid()
+        _, _, h, w, _ = p.shape
+        gy, gx = torch.meshgrid(
+            torch.arange(h, device=p.device, dtype=p.dtype),
+            torch.arange(w, device=p.device, dtype=p.dtype),
+            indexing="ij",
+        )
+        cx = (p[..., 0] * 2 - 0.5 + gx) * stride
+        cy = (p[..., 1] * 2 - 0.5 + gy) * stride
+        anchor = anchor.to(p.device, p.dtype).view(1, num_anchors, 1, 1, 2)
+        wh = (p[..., 2:4] * 2) ** 2 * anchor
+        boxes = torch.stack(
+            [cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], dim=-1
+        )
+        cls_score, labels = p[..., 5:].max(dim=-1)
+        scores = p[..., 4] * cls_score
+        n = p.shape[0]
+        per_scale.append((boxes.reshape(n, -1, 4), scores.reshape(n, -1), labels.reshape(n, -1)))
+    all_boxes = torch.cat([b for b, _, _ in per_scale], dim=1)
+    all_scores = torch.cat([s for _, s, _ in per_scale], dim=1)
+    all_labels = torch.cat([lab for _, _, lab in per_scale], dim=1)
+    limits = torch.tensor([image_w, image_h, image_w, image_h], device=all_boxes.device, dtype=all_boxes.dtype)
+    all_boxes = torch.minimum(all_boxes.clamp(min=0), limits)
+    results = []
+    for boxes, scores, labels in zip(all_boxes, all_scores, all_labels, strict=True):
+        keep = scores >= conf
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        order = scores.argsort(descending=True, stable=True)[:max_candidates]
+        results.append({"boxes": boxes[order], "scores": scores[order], "labels": labels[order].long()})
+    return results
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, *, block: int = 256) -> Tensor:
+    """Greedy class-aware non-maximum suppression (exact, pure torch, memory O(block x K)).
+
+    Visiting boxes by decreasing score (ties: lower index first), a box is kept unless a kept box of the same
+    label overlaps it with IoU > ``iou``.
+
+    Args:
+        boxes: (K, 4) xyxy.
+        scores: (K,) scores.
+        labels: (K,) integer class labels; boxes of different labels never suppress each other.
+        iou: IoU threshold in [0, 1].
+        block: boxes processed per vectorised block (memory/speed trade-off only; the result is the same).
+
+    Returns:
+        (K',) int64 indices into ``boxes`` of the kept boxes, by decreasing score.
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"batched_nms: boxes must have shape (K, 4), got {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1] or labels.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"batched_nms: scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must have shape "
+            f"({boxes.shape[0]},)"
+        )
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = scores.argsort(descending=True, stable=True)
+    boxes = boxes[order].float()
+    # Shifting each class into its own disjoint region makes one class-agnostic pass class-aware.
+    span = (boxes.max() - boxes.min()).item() + 1.0
+    boxes = boxes + (labels[order].to(boxes.dtype) * span)[:, None]
+    k = boxes.shape[0]
+    removed = torch.zeros(k, dtype=torch.bool, device=boxes.device)
+    kept = torch.zeros(k, dtype=torch.bool, device=boxes.device)
+    for start in range(0, k, block):
+        end = min(start + block, k)
+        overlaps = box_iou(boxes[start:end], boxes[start:end]) > iou
+        local_removed = removed[start:end].clone()
+        for i in range(end - start):
+            if not bool(local_removed[i]):
+                # Only later boxes can be suppressed by box i (greedy order).
+                local_removed[i + 1 :] |= overlaps[i, i + 1 :]
+        block_kept = ~local_removed
+        kept[start:end] = block_kept
+        if end < k and bool(block_kept.any()):
+            later = box_iou(boxes[start:end][block_kept], boxes[end:]) > iou
+            removed[end:] |= later.any(dim=0)
+    return order[kept]

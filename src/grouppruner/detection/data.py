@@ -1,0 +1,478 @@
+"""PASCAL VOC style detection data: the folder reader, letterbox resizing and the batch collate function.
+
+The data format is the one used everywhere in :mod:`grouppruner.detection`:
+
+- images: float tensor ``(N, 3, H, W)`` in ``[0, 1]``, letterboxed to the model input size;
+- targets: list of ``N`` dicts with ``"boxes"`` float ``(M, 4)`` xyxy in input pixels, ``"labels"`` int64
+  ``(M,)`` in ``[0, num_classes)`` and ``"difficult"`` bool ``(M,)``.
+
+Box convention: VOC XML stores 1-based inclusive pixel indices (``xmin=1`` is the first column,
+``xmax=W`` the last). They are read as continuous coordinates ``(xmin - 1, ymin - 1, xmax, ymax)``, so a box
+covering the whole ``W x H`` image is ``(0, 0, W, H)``; :func:`grouppruner.detection.make_synthetic_voc`
+writes the inverse mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+"""The 20 PASCAL VOC class names in the standard order (label ``i`` is ``VOC_CLASSES[i]``)."""
+
+#: Grey used for the letterbox padding (the value YOLO implementations use, 114 / 255).
+PAD_VALUE = 114
+
+Target = dict[str, Tensor]
+
+
+class VOCDataError(ValueError):
+    """A VOC folder, split file, annotation or image is malformed; the message names the file."""
+
+
+class VOCFileNotFoundError(VOCDataError, FileNotFoundError):
+    """A file the VOC folder must contain (split file, annotation, image) does not exist."""
+
+
+@dataclass(frozen=True)
+class VOCAnnotation:
+    """The parsed annotation of one image, in original image pixels.
+
+    Attributes:
+        image_id: The id from the split file (file stem of the image and of the XML).
+        boxes: float32 ``(M, 4)`` xyxy continuous pixel coordinates of the original image.
+        labels: int64 ``(M,)`` class indices.
+        difficult: bool ``(M,)`` VOC ``difficult`` flags.
+        width: Image width from the XML ``<size>`` element (``None`` if absent).
+        height: Image height from the XML ``<size>`` element (``None`` if absent).
+    """
+
+    image_id: str
+    boxes: Tensor
+    labels: Tensor
+    difficult: Tensor
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image of ``width x height`` pixels was placed in the model input.
+
+    The image is resized by ``(scale_x, scale_y)`` (equal up to rounding of the new size, so the aspect ratio is
+    kept) and pasted at offset ``(pad_x, pad_y)`` of a grey canvas of the input size.
+    """
+
+    width: int
+    height: int
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+    new_width: int
+    new_height: int
+
+    def apply(self, boxes: Tensor) -> Tensor:
+        """Map boxes from original image pixels to input pixels.
+
+        Args:
+            boxes: float ``(M, 4)`` xyxy in original image pixels.
+
+        Returns:
+            float ``(M, 4)`` xyxy in input pixels.
+        """
+        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        offset = boxes.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
+        return boxes * scale + offset
+
+    def invert(self, boxes: Tensor) -> Tensor:
+        """Map boxes from input pixels back to original image pixels, clipped to the image.
+
+        Args:
+            boxes: float ``(K, 4)`` xyxy in input pixels (e.g. detections of ``model.predict``).
+
+        Returns:
+            float ``(K, 4)`` xyxy in original image pixels.
+        """
+        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        offset = boxes.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
+        out = (boxes - offset) / scale
+        limit = boxes.new_tensor([self.width, self.height, self.width, self.height])
+        return torch.minimum(out.clamp(min=0), limit)
+
+
+def _as_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"image_size must be a positive int or (height, width) of ints, got {image_size!r}")
+    return size[0], size[1]
+
+
+def letterbox_params(width: int, height: int, image_size: int | tuple[int, int]) -> Letterbox:
+    """Compute the letterbox placement of a ``width x height`` image in an input of ``image_size``.
+
+    Args:
+        width: Original image width in pixels.
+        height: Original image height in pixels.
+        image_size: Input size, an int (square) or ``(height, width)``.
+
+    Returns:
+        The :class:`Letterbox` (scale keeps the aspect ratio; the padding is split evenly, the odd pixel going
+        to the right / bottom).
+    """
+    in_h, in_w = _as_hw(image_size)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    scale = min(in_w / width, in_h / height)
+    new_w = max(1, min(in_w, round(width * scale)))
+    new_h = max(1, min(in_h, round(height * scale)))
+    return Letterbox(
+        width=width,
+        height=height,
+        scale_x=new_w / width,
+        scale_y=new_h / height,
+        pad_x=(in_w - new_w) // 2,
+        pad_y=(in_h - new_h) // 2,
+        new_width=new_w,
+        new_height=new_h,
+    )
+
+
+def letterbox_image(image: Any, image_size: int | tuple[int, int]) -> tuple[Any, Letterbox]:
+    """Resize a PIL image keeping its aspect ratio and pad it with grey to ``image_size``.
+
+    Args:
+        image: An RGB ``PIL.Image.Image`` of any size.
+        image_size: Input size, an int (square) or ``(height, width)``.
+
+    Returns:
+        ``(canvas, letterbox)``: the padded RGB PIL image of the input size and its :class:`Letterbox`.
+    """
+    from PIL import Image
+
+    in_h, in_w = _as_hw(image_size)
+    params = letterbox_params(image.width, image.height, (in_h, in_w))
+    if (params.new_width, params.new_height) != (image.width, image.height):
+        image = image.resize((params.new_width, params.new_height), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (in_w, in_h), (PAD_VALUE, PAD_VALUE, PAD_VALUE))
+    canvas.paste(image, (params.pad_x, params.pad_y))
+    return canvas, params
+
+
+def image_to_tensor(image: Any) -> Tensor:
+    """Convert an RGB PIL image to a float tensor ``(3, H, W)`` in ``[0, 1]``."""
+    array = np.array(image, dtype=np.uint8, copy=True)
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+def hsv_jitter(image: Any, gains: Sequence[float]) -> Any:
+    """Multiply hue, saturation and value of a PIL image by ``gains`` (hue wraps around).
+
+    Args:
+        image: RGB ``PIL.Image.Image``.
+        gains: three positive multipliers ``(hue, saturation, value)``.
+
+    Returns:
+        The jittered RGB PIL image (same size).
+    """
+    from PIL import Image
+
+    hsv = np.array(image.convert("HSV"), dtype=np.uint8)
+    base = np.arange(256, dtype=np.float64)
+    # Lookup tables keep the cost per image at three integer gathers.
+    lut_h = ((base * gains[0]) % 256).astype(np.uint8)
+    lut_s = np.clip(base * gains[1], 0, 255).astype(np.uint8)
+    lut_v = np.clip(base * gains[2], 0, 255).astype(np.uint8)
+    out = np.stack([lut_h[hsv[..., 0]], lut_s[hsv[..., 1]], lut_v[hsv[..., 2]]], axis=-1)
+    return Image.fromarray(out, "HSV").convert("RGB")
+
+
+def _text(node: Any, tag: str, path: Path, where: str) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise VOCDataError(f"{path}: {where} has no <{tag}>")
+    return str(child.text).strip()
+
+
+def _number(node: Any, tag: str, path: Path, where: str) -> float:
+    text = _text(node, tag, path, where)
+    try:
+        value = float(text)
+    except ValueError:
+        raise VOCDataError(f"{path}: {where} <{tag}> is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise VOCDataError(f"{path}: {where} <{tag}> is not finite: {text!r}")
+    return value
+
+
+def parse_voc_xml(path: str | os.PathLike[str], class_to_index: dict[str, int]) -> VOCAnnotation:
+    """Parse one VOC annotation file with defusedxml.
+
+    Args:
+        path: The XML file.
+        class_to_index: Class name -> label index.
+
+    Returns:
+        The :class:`VOCAnnotation` (boxes ``(M, 4)`` in continuous original-image pixels).
+
+    Raises:
+        VOCFileNotFoundError: the file does not exist.
+        VOCDataError: malformed XML, forbidden XML constructs (entity expansion, external entities, DTDs),
+            unknown class names, missing or non-numeric coordinates, empty boxes. The message names the file.
+    """
+    from defusedxml import DefusedXmlException
+    from defusedxml import ElementTree as DefusedET
+
+    path = Path(path)
+    if not path.is_file():
+        raise VOCFileNotFoundError(f"annotation file not found: {path}")
+    try:
+        root = DefusedET.parse(path, forbid_dtd=True).getroot()
+    except DefusedXmlException as exc:
+        raise VOCDataError(f"{path}: refused hostile XML ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # ElementTree.ParseError and expat errors have no common public base
+        raise VOCDataError(f"{path}: malformed XML ({exc})") from exc
+    if root.tag != "annotation":
+        raise VOCDataError(f"{path}: root element is <{root.tag}>, expected <annotation>")
+
+    width = height = None
+    size = root.find("size")
+    if size is not None:
+        width = int(_number(size, "width", path, "<size>"))
+        height = int(_number(size, "height", path, "<size>"))
+
+    boxes: list[list[float]] = []
+    labels: list[int] = []
+    difficult: list[bool] = []
+    for k, obj in enumerate(root.iter("object")):
+        where = f"object {k}"
+        name = _text(obj, "name", path, where)
+        if name not in class_to_index:
+            raise VOCDataError(f"{path}: {where} has unknown class {name!r}; known classes: {sorted(class_to_index)}")
+        flag = obj.find("difficult")
+        is_difficult = flag is not None and flag.text is not None and flag.text.strip() not in ("", "0")
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise VOCDataError(f"{path}: {where} ({name}) has no <bndbox>")
+        xmin, ymin, xmax, ymax = (_number(bndbox, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+        box = [xmin - 1.0, ymin - 1.0, xmax, ymax]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise VOCDataError(f"{path}: {where} ({name}) has an empty box {xmin, ymin, xmax, ymax}")
+        boxes.append(box)
+        labels.append(class_to_index[name])
+        difficult.append(is_difficult)
+    return VOCAnnotation(
+        image_id=path.stem,
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        difficult=torch.tensor(difficult, dtype=torch.bool),
+        width=width,
+        height=height,
+    )
+
+
+class VOCDetection(Dataset[tuple[Tensor, Target]]):
+    """A VOCdevkit-style detection folder, letterboxed to the model input size.
+
+    Layout under ``root`` (e.g. ``VOCdevkit/VOC2007`` or a folder written by ``make_synthetic_voc``)::
+
+        JPEGImages/<id>.jpg   Annotations/<id>.xml   ImageSets/Main/<split>.txt
+
+    All annotations are parsed (with defusedxml) and all image paths are checked when the dataset is built, so a
+    broken folder fails at once with an error naming the file. Images are read with Pillow on access.
+
+    Item ``i`` is ``(image, target)``: ``image`` float ``(3, H, W)`` in ``[0, 1]``; ``target`` a dict with
+    ``"boxes"`` float32 ``(M, 4)`` xyxy in input pixels, ``"labels"`` int64 ``(M,)``, ``"difficult"`` bool
+    ``(M,)`` (difficult objects are kept; :func:`~grouppruner.detection.voc_eval` ignores them).
+
+    Args:
+        root: The folder holding ``JPEGImages``, ``Annotations`` and ``ImageSets``.
+        split: Name of the split file (``"train"``, ``"val"``, ``"trainval"``, ``"test"``...).
+        image_size: Model input size, an int (square) or ``(height, width)``.
+        augment: Random horizontal flip (p = 0.5) and HSV jitter. ``False`` gives deterministic items.
+        classes: Class names; label ``i`` is ``classes[i]``. Defaults to the 20 VOC classes.
+        hsv_gains: Maximum relative change of hue, saturation, value when augmenting.
+        flip_prob: Probability of the horizontal flip when augmenting.
+        generator: Random source of the augmentations. ``None`` uses torch's global generator, which
+            ``DataLoader`` workers seed per worker (so runs are reproducible under ``torch.manual_seed``). Leave
+            it ``None`` with ``num_workers > 0``: a generator object is copied into every worker, which would
+            then draw the same augmentations.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        image_size: int | tuple[int, int],
+        *,
+        augment: bool = False,
+        classes: Sequence[str] = VOC_CLASSES,
+        hsv_gains: tuple[float, float, float] = (0.015, 0.7, 0.4),
+        flip_prob: float = 0.5,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.image_size = _as_hw(image_size)
+        self.augment = augment
+        self.classes = tuple(classes)
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be non-empty and unique, got {self.classes!r}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.hsv_gains = tuple(float(g) for g in hsv_gains)
+        self.flip_prob = flip_prob
+        self.generator = generator
+        class_to_index = {name: i for i, name in enumerate(self.classes)}
+
+        split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            raise VOCFileNotFoundError(f"split file not found: {split_file}")
+        self.ids: list[str] = []
+        for line in split_file.read_text(encoding="utf-8").splitlines():
+            fields = line.split()
+            # VOC's per-class split files append a +-1 flag; only the id matters here.
+            if fields:
+                self.ids.append(fields[0])
+        if not self.ids:
+            raise VOCDataError(f"split file lists no images: {split_file}")
+
+        self.annotations: list[VOCAnnotation] = []
+        self.image_paths: list[Path] = []
+        for image_id in self.ids:
+            self.annotations.append(parse_voc_xml(self.root / "Annotations" / f"{image_id}.xml", class_to_index))
+            image_path = self._find_image(image_id)
+            self.image_paths.append(image_path)
+        logger.info("VOCDetection %s/%s: %d images", self.root, split, len(self.ids))
+
+    def _find_image(self, image_id: str) -> Path:
+        folder = self.root / "JPEGImages"
+        for ext in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
+            candidate = folder / f"{image_id}{ext}"
+            if candidate.is_file():
+                return candidate
+        raise VOCFileNotFoundError(
+            f"image not found: {folder / (image_id + '.jpg')} (listed in "
+            f"{self.root / 'ImageSets' / 'Main' / (self.split + '.txt')})"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (``len(classes)``)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, index: int) -> Any:
+        """Read image ``index`` as an RGB PIL image of its original size.
+
+        Raises:
+            VOCDataError: the file is not a readable image, or its size differs from the XML ``<size>``.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.image_paths[index]
+        try:
+            with Image.open(path) as raw:
+                image = raw.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise VOCDataError(f"{path}: cannot read image ({exc})") from exc
+        ann = self.annotations[index]
+        if ann.width is not None and ann.height is not None and (ann.width, ann.height) != image.size:
+            raise VOCDataError(
+                f"{path}: image is {image.width}x{image.height} but "
+                f"{self.root / 'Annotations' / (ann.image_id + '.xml')} says {ann.width}x{ann.height}"
+            )
+        return image
+
+    def letterbox(self, index: int) -> Letterbox:
+        """The :class:`Letterbox` of image ``index`` (to map detections back to original pixels)."""
+        ann = self.annotations[index]
+        if ann.width is not None and ann.height is not None:
+            return letterbox_params(ann.width, ann.height, self.image_size)
+        image = self.load_image(index)
+        return letterbox_params(image.width, image.height, self.image_size)
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        """Return ``(image (3, H, W) float in [0, 1], target dict)`` for image ``index``."""
+        ann = self.annotations[index]
+        image = self.load_image(index)
+        size = torch.tensor([image.width, image.height, image.width, image.height], dtype=torch.float32)
+        boxes = torch.minimum(ann.boxes.clamp(min=0), size)
+        if self.augment:
+            gains = [1.0 + g * (2.0 * self._rand() - 1.0) for g in self.hsv_gains]
+            image = hsv_jitter(image, gains)
+        canvas, params = letterbox_image(image, self.image_size)
+        boxes = params.apply(boxes)
+        tensor = image_to_tensor(canvas)
+        if self.augment and self._rand() < self.flip_prob:
+            tensor = tensor.flip(-1)
+            width = float(self.image_size[1])
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        target = {"boxes": boxes, "labels": ann.labels.clone(), "difficult": ann.difficult.clone()}
+        return tensor, target
+
+    def __repr__(self) -> str:
+        return (
+            f"VOCDetection(root={str(self.root)!r}, split={self.split!r}, image_size={self.image_size}, "
+            f"augment={self.augment}, images={len(self)}, classes={self.num_classes})"
+        )
+
+
+def collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, list[Target]]:
+    """Stack a list of ``(image, target)`` items into a batch.
+
+    Args:
+        batch: Items of :class:`VOCDetection`: ``image`` float ``(3, H, W)``, ``target`` dict of tensors.
+
+    Returns:
+        ``(images, targets)``: ``images`` float ``(N, 3, H, W)``; ``targets`` the list of ``N`` target dicts
+        (boxes ``(M_i, 4)``, labels ``(M_i,)``, difficult ``(M_i,)``), unchanged.
+
+    Raises:
+        ValueError: empty batch, or images of different sizes.
+    """
+    if len(batch) == 0:
+        raise ValueError("collate: empty batch")
+    images = [item[0] for item in batch]
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) != 1:
+        raise ValueError(f"collate: images of different shapes in one batch: {sorted(shapes)}")
+    return torch.stack(images), [item[1] for item in batch]

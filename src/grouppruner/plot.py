@@ -1,0 +1,110 @@
+"""Plots for sparse training (needs the ``plot`` extra: ``pip install grouppruner[plot]``).
+
+Figures are built with matplotlib's object API on the Agg canvas: no pyplot, no global backend state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from .sparsity import BNSparsity
+
+__all__ = ["gamma_histograms"]
+
+Snapshot = Mapping[str, Tensor]
+
+
+def gamma_histograms(
+    snapshots: BNSparsity | Snapshot | Mapping[str, Snapshot],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    bins: int = 50,
+    columns: int = 3,
+    threshold: float | None = None,
+    log_count: bool = True,
+    dpi: int = 100,
+) -> Figure:
+    """Histograms of |gamma|, one panel per layer group, optionally several snapshots overlaid per panel.
+
+    Args:
+        snapshots: a :class:`~grouppruner.sparsity.BNSparsity` (its current gammas), one snapshot
+            ``{layer_group: (C_g,) gammas}`` as returned by :meth:`BNSparsity.gammas`, or several labelled
+            snapshots ``{label: {layer_group: (C_g,) gammas}}`` (e.g. ``{"before": ..., "after": ...}``) drawn
+            over each other with a legend.
+        path: where to write the PNG (atomically); ``None``: only return the figure.
+        bins: histogram bins on a common |gamma| range per panel.
+        columns: panels per row.
+        threshold: draw a vertical line at this |gamma| (e.g. the ``stats`` threshold).
+        log_count: logarithmic count axis (near-zero spikes dwarf the rest).
+        dpi: resolution of the PNG.
+
+    Returns:
+        The figure; ``figure.axes`` holds exactly one panel per layer group, in layer-group order.
+
+    Raises:
+        ValueError: no layer group, or snapshots with different layer groups.
+    """
+    labelled = _normalize(snapshots)
+    groups = list(next(iter(labelled.values())))
+    if not groups:
+        raise ValueError("gamma_histograms: no layer group to plot")
+    for label, snap in labelled.items():
+        if list(snap) != groups:
+            raise ValueError(f"gamma_histograms: snapshot {label!r} has layer groups {list(snap)}, expected {groups}")
+    cols = max(1, min(columns, len(groups)))
+    rows = math.ceil(len(groups) / cols)
+    fig = Figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(rows, cols, squeeze=False)
+    for i, group in enumerate(groups):
+        ax = grid[i // cols][i % cols]
+        values = {label: snap[group].detach().abs().float().cpu().reshape(-1) for label, snap in labelled.items()}
+        top = max((float(v.max()) for v in values.values() if v.numel()), default=1.0)
+        edges = torch.linspace(0.0, max(top, 1e-12), bins + 1).tolist()
+        for label, v in values.items():
+            ax.hist(v.tolist(), bins=edges, histtype="step", label=f"{label} ({v.numel()} ch)")
+        if threshold is not None:
+            ax.axvline(threshold, color="gray", linestyle="--", linewidth=1)
+        if log_count:
+            ax.set_yscale("log")
+        ax.set_title(group)
+        ax.set_xlabel("|gamma|")
+        ax.set_ylabel("channels")
+        ax.legend(fontsize="small")
+    for j in range(len(groups), rows * cols):
+        fig.delaxes(grid[j // cols][j % cols])
+    if path is not None:
+        _save_png(fig, Path(path), dpi)
+    return fig
+
+
+def _normalize(snapshots: BNSparsity | Snapshot | Mapping[str, Snapshot]) -> dict[str, Snapshot]:
+    if isinstance(snapshots, BNSparsity):
+        return {"gamma": snapshots.gammas()}
+    if not snapshots:
+        raise ValueError("gamma_histograms: no snapshot given")
+    first = next(iter(snapshots.values()))
+    if isinstance(first, Tensor):
+        return {"gamma": snapshots}  # type: ignore[dict-item]  # one snapshot: values are tensors
+    return dict(snapshots)  # type: ignore[arg-type]  # labelled snapshots: values are mappings
+
+
+def _save_png(fig: Figure, path: Path, dpi: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

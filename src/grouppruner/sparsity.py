@@ -1,0 +1,691 @@
+"""Dynamic sparse training: a scheduled L1 regularizer on BatchNorm scales (gamma).
+
+:class:`BNSparsity` adds ``rate * sign(gamma)`` to the gradients of the BatchNorm scales after ``backward()``
+(equivalently ``rate * sum|gamma|`` in the loss), so that the scales of unimportant channels shrink to zero and
+pruning can later remove those channels. The rate comes from a :class:`Schedule`: :class:`Constant`,
+:class:`Linear`, :class:`Cosine`, :class:`Step` or :class:`Dynamic` (the paper's rule: constant ``s`` first, then
+the strongest channels get only ``decay * s``).
+
+Typical loop::
+
+    sparsity = BNSparsity(graph, schedule=Dynamic(1e-3, total_steps=epochs * len(loader)))
+    for images, targets in loader:
+        loss = loss_fn(model(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        sparsity.step()          # after backward, before optimizer.step
+        optimizer.step()
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+if TYPE_CHECKING:
+    from .graph import ChannelGraph, ChannelGroup
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BNSparsity",
+    "Constant",
+    "Cosine",
+    "Dynamic",
+    "LayerGroupStats",
+    "Linear",
+    "NonFiniteError",
+    "Schedule",
+    "Step",
+]
+
+
+class NonFiniteError(ValueError):
+    """A BatchNorm scale or its gradient is NaN or infinite (the message names the layer)."""
+
+
+# --------------------------------------------------------------------------------------------------- schedules
+
+
+class Schedule(ABC):
+    """Base class of the rate schedules, in the style of ``torch.optim.lr_scheduler``.
+
+    A schedule maps the step counter ``last_step`` (number of completed :meth:`step` calls) to the rate ``s`` of
+    the L1 term. Schedules that depend on the training progress need ``total_steps`` (the number of times
+    :meth:`step` will be called over the whole run: optimizer steps, or epochs when driven per epoch); it can
+    also be given to :class:`BNSparsity`.
+
+    Args:
+        total_steps: length of the run in steps; ``None`` until known.
+    """
+
+    #: whether the rate depends on ``total_steps``
+    needs_total_steps: bool = True
+
+    def __init__(self, *, total_steps: int | None = None) -> None:
+        if total_steps is not None and (isinstance(total_steps, bool) or total_steps <= 0):
+            raise ValueError(f"{type(self).__name__}: total_steps must be a positive int, got {total_steps!r}")
+        self.total_steps = total_steps
+        self.last_step = 0
+
+    def step(self) -> None:
+        """Advance the counter by one (once per optimizer step, or once per epoch)."""
+        self.last_step += 1
+
+    def rate(self) -> float:
+        """The base rate at the current step."""
+        return self.rate_at(self.last_step)
+
+    @abstractmethod
+    def rate_at(self, step: int) -> float:
+        """The base rate ``s`` at step ``step`` (0-based; clamped to the end of the run past ``total_steps``)."""
+
+    def progress(self, step: int) -> float:
+        """Fraction of the run completed before ``step``, in [0, 1]."""
+        if self.total_steps is None:
+            raise ValueError(
+                f"{type(self).__name__} needs total_steps: pass it to the schedule or to BNSparsity(total_steps=)"
+            )
+        return min(max(step, 0) / self.total_steps, 1.0)
+
+    def channel_factors(self, abs_gamma: Tensor, groups: Sequence[Tensor]) -> Tensor | None:
+        """Per-channel multipliers of the base rate at the current step, or ``None`` when uniform.
+
+        Args:
+            abs_gamma: ``(N,)`` |gamma| of the regularized channels.
+            groups: one ``(N_g,)`` int64 index tensor into ``abs_gamma`` per layer group (a partition).
+
+        Returns:
+            ``(N,)`` factors (same dtype as ``abs_gamma``) or ``None``.
+        """
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counter and hyper-parameters (plain Python values, loadable with ``weights_only=True``)."""
+        return {"type": type(self).__name__, **vars(self)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the schedule type must match)."""
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"state is for schedule {state.get('type')!r}, not {type(self).__name__}")
+        unknown = set(state) - set(vars(self)) - {"type"}
+        if unknown:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: unknown keys {sorted(unknown)}")
+        for key, value in state.items():
+            if key != "type":
+                setattr(self, key, list(value) if isinstance(value, tuple) else value)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+def _check_rate(owner: str, **rates: float) -> None:
+    for name, value in rates.items():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{owner}: {name} must be a finite rate >= 0, got {value!r}")
+
+
+class Constant(Schedule):
+    """The same rate ``s`` at every step.
+
+    Args:
+        s: the rate (>= 0), typically 1e-4 .. 5e-3.
+        total_steps: optional, unused by the rate.
+    """
+
+    needs_total_steps = False
+
+    def __init__(self, s: float, *, total_steps: int | None = None) -> None:
+        _check_rate("Constant", s=s)
+        super().__init__(total_steps=total_steps)
+        self.s = float(s)
+
+    def rate_at(self, step: int) -> float:
+        return self.s
+
+
+class Linear(Schedule):
+    """Rate going linearly from ``start`` at step 0 to ``end`` at ``total_steps`` (``end`` afterwards)."""
+
+    def __init__(self, start: float, end: float, *, total_steps: int | None = None) -> None:
+        _check_rate("Linear", start=start, end=end)
+        super().__init__(total_steps=total_steps)
+        self.start, self.end = float(start), float(end)
+
+    def rate_at(self, step: int) -> float:
+        return self.start + (self.end - self.start) * self.progress(step)
+
+
+class Cosine(Schedule):
+    """Rate following half a cosine from ``start`` at step 0 to ``end`` at ``total_steps``."""
+
+    def __init__(self, start: float, end: float, *, total_steps: int | None = None) -> None:
+        _check_rate("Cosine", start=start, end=end)
+        super().__init__(total_steps=total_steps)
+        self.start, self.end = float(start), float(end)
+
+    def rate_at(self, step: int) -> float:
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
+
+
+class Step(Schedule):
+    """Rate ``s``, multiplied by ``factor`` at each milestone (fractions of the run), like ``MultiStepLR``.
+
+    Args:
+        s: initial rate (>= 0).
+        milestones: increasing fractions of ``total_steps`` in (0, 1]; from step
+            ``ceil(m * total_steps)`` on, one more ``factor`` applies.
+        factor: multiplier per milestone (>= 0).
+        total_steps: length of the run in steps.
+    """
+
+    def __init__(
+        self,
+        s: float,
+        *,
+        milestones: Sequence[float] = (0.5, 0.75),
+        factor: float = 0.1,
+        total_steps: int | None = None,
+    ) -> None:
+        _check_rate("Step", s=s, factor=factor)
+        ms = [float(m) for m in milestones]
+        if any(not 0.0 < m <= 1.0 for m in ms) or ms != sorted(ms):
+            raise ValueError(f"Step: milestones must be increasing fractions in (0, 1], got {list(milestones)}")
+        super().__init__(total_steps=total_steps)
+        self.s, self.milestones, self.factor = float(s), ms, float(factor)
+
+    def rate_at(self, step: int) -> float:
+        self.progress(step)  # validates total_steps
+        assert self.total_steps is not None
+        passed = sum(step >= _ceil_frac(m, self.total_steps) for m in self.milestones)
+        return self.s * self.factor**passed
+
+
+def _ceil_frac(fraction: float, total: int) -> int:
+    # round first so that 0.4 * 100 is step 40, not 41 through float noise
+    return math.ceil(round(fraction * total, 9))
+
+
+class Dynamic(Schedule):
+    """The paper's dynamic rule: constant ``s`` during warmup, then the strongest channels are spared.
+
+    For the first ``warmup`` fraction of the run (steps ``0 .. switch_step - 1``) every channel gets ``s``. From
+    ``switch_step`` on, at every step, channels whose |gamma| is above the ``(1 - keep)`` quantile get
+    ``decay * s`` (so roughly the strongest ``keep`` fraction recovers) and the others keep ``s``.
+
+    ``scope`` says where the quantile is taken:
+
+    - ``"global"`` (the paper): over all regularized channels at once. Layer groups with large scales keep most
+      of their channels and groups with small scales are squeezed hard.
+    - ``"group"``: inside each layer group separately, so every group keeps its own strongest ``keep``
+      fraction: protection in proportion to each group's size, which suits per-group pruning targets.
+
+    Args:
+        s: the rate (>= 0).
+        warmup: fraction of the run in [0, 1] with constant ``s``.
+        keep: fraction in [0, 1] of channels (above the ``1 - keep`` quantile) that get the decayed rate.
+        decay: multiplier in [0, 1] of ``s`` for the kept channels.
+        scope: ``"global"`` or ``"group"`` quantile.
+        total_steps: length of the run in steps.
+    """
+
+    def __init__(
+        self,
+        s: float,
+        *,
+        warmup: float = 0.4,
+        keep: float = 0.35,
+        decay: float = 0.01,
+        scope: Literal["global", "group"] = "global",
+        total_steps: int | None = None,
+    ) -> None:
+        _check_rate("Dynamic", s=s, decay=decay)
+        for name, value in (("warmup", warmup), ("keep", keep), ("decay", decay)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Dynamic: {name} must be in [0, 1], got {value!r}")
+        if scope not in ("global", "group"):
+            raise ValueError(f"Dynamic: scope must be 'global' or 'group', got {scope!r}")
+        super().__init__(total_steps=total_steps)
+        self.s, self.warmup, self.keep, self.decay = float(s), float(warmup), float(keep), float(decay)
+        self.scope: str = scope
+
+    @property
+    def switch_step(self) -> int:
+        """First step with the dynamic (per-channel) rate: ``ceil(warmup * total_steps)``."""
+        self.progress(0)  # validates total_steps
+        assert self.total_steps is not None
+        return _ceil_frac(self.warmup, self.total_steps)
+
+    def is_dynamic(self, step: int) -> bool:
+        """Whether step ``step`` uses the per-channel rule."""
+        return step >= self.switch_step
+
+    def rate_at(self, step: int) -> float:
+        return self.s
+
+    def channel_factors(self, abs_gamma: Tensor, groups: Sequence[Tensor]) -> Tensor | None:
+        if not self.is_dynamic(self.last_step) or abs_gamma.numel() == 0:
+            return None
+        values = abs_gamma.float()
+        q = 1.0 - self.keep
+        if self.scope == "global" or not groups:
+            threshold = torch.quantile(values, q)
+        else:
+            # a handful of layer groups: one quantile each
+            threshold = torch.empty_like(values)
+            for index in groups:
+                if index.numel():
+                    threshold[index] = torch.quantile(values[index], q)
+        ones = torch.ones((), dtype=values.dtype, device=values.device)
+        return torch.where(values > threshold, ones * self.decay, ones)
+
+
+# --------------------------------------------------------------------------------------------------- regularizer
+
+
+@dataclass(frozen=True)
+class LayerGroupStats:
+    """Sparsity statistics of one layer group.
+
+    Attributes:
+        channels: number of regularized channels in the group.
+        rate: mean rate the next :meth:`BNSparsity.step` applies to them (uniform unless ``Dynamic`` is active).
+        below: fraction of them with ``|gamma| < threshold``.
+        mean_abs: mean ``|gamma|``.
+    """
+
+    channels: int
+    rate: float
+    below: float
+    mean_abs: float
+
+
+ExcludeSpec = Iterable["str | nn.Module"]
+LayerGroupsSpec = Mapping[str, Sequence[str]] | Callable[[Any], str] | None
+
+
+class BNSparsity:
+    """Scheduled L1 regularizer on BatchNorm scales, applied to gradients in one vectorized pass.
+
+    Args:
+        target: a :class:`~grouppruner.graph.ChannelGraph` (regularize exactly the BatchNorm channels that score
+            prunable channel groups; protected channels are never touched), or a model (every affine BatchNorm;
+            a ``DistributedDataParallel`` / ``DataParallel`` wrapper is unwrapped).
+        schedule: a :class:`Schedule`, or a float for ``Constant(s)``.
+        exclude: BatchNorms to leave alone: modules, qualified names (a name also covers its submodules) or glob
+            patterns on module names.
+        layer_groups: how channels are partitioned for :meth:`stats` and ``Dynamic(scope="group")``. With a
+            graph: passed to ``graph.layer_groups(by=...)`` (``None``: the graph's automatic grouping). With a
+            model: ``{group: [glob patterns on BatchNorm names]}`` (first match wins) or a callable
+            ``bn_name -> group``; ``None``: one group ``"all"``.
+        total_steps: sets ``schedule.total_steps`` when the schedule has none.
+        scaler: the ``torch.amp.GradScaler`` of the training loop. When given (and enabled), :meth:`step`
+            expects *scaled* gradients (call it before ``scaler.unscale_`` / ``scaler.step``) and multiplies the
+            rate by the current scale; non-finite gradients are then left to the scaler (it skips the step).
+            Without a scaler, gradients must be unscaled.
+        check_finite: raise :class:`NonFiniteError` on NaN/inf in gammas or their gradients (one host sync).
+        advance_schedule: :meth:`step` advances the schedule by one; set ``False`` to drive the schedule
+            yourself (e.g. ``sparsity.schedule.step()`` once per epoch).
+
+    Raises:
+        ValueError: no BatchNorm to regularize, a non-affine BatchNorm, unknown ``exclude`` names.
+    """
+
+    def __init__(
+        self,
+        target: ChannelGraph | nn.Module,
+        *,
+        schedule: Schedule | float,
+        exclude: ExcludeSpec = (),
+        layer_groups: LayerGroupsSpec = None,
+        total_steps: int | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        check_finite: bool = True,
+        advance_schedule: bool = True,
+    ) -> None:
+        self.schedule = schedule if isinstance(schedule, Schedule) else Constant(float(schedule))
+        if total_steps is not None:
+            if self.schedule.total_steps not in (None, total_steps):
+                raise ValueError(f"total_steps={total_steps} conflicts with the schedule's {self.schedule.total_steps}")
+            Schedule.__init__(self.schedule, total_steps=total_steps)  # validates
+            self.schedule.total_steps = total_steps
+        if self.schedule.needs_total_steps:
+            self.schedule.progress(0)  # fail now, not at the first step
+        self.scaler = scaler
+        self.check_finite = check_finite
+        self.advance_schedule = advance_schedule
+
+        if isinstance(target, nn.Module):
+            model = _unwrap(target)
+            layers, names = _layers_from_model(model, exclude, layer_groups)
+        else:
+            # imported here so that plain-model users never pay for the graph machinery
+            from .graph import ChannelGraph
+
+            if not isinstance(target, ChannelGraph):
+                raise TypeError(f"BNSparsity target must be a ChannelGraph or an nn.Module, got {type(target)!r}")
+            model = _unwrap(target.model)
+            layers, names = _layers_from_graph(target, model, exclude, layer_groups)
+        self._build(layers, names)
+        logger.info(
+            "BNSparsity: %d of %d channels in %d BatchNorms, %d layer groups, schedule %r",
+            self.num_channels,
+            self._numel,
+            len(self.layer_names),
+            len(names),
+            self.schedule,
+        )
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, layers: list[tuple[str, _BatchNorm, list[int]]], group_names: list[str]) -> None:
+        self.layer_names: tuple[str, ...] = tuple(name for name, _, _ in layers)
+        self.layer_group_names: tuple[str, ...] = tuple(group_names)
+        # modules, not parameters: pruning replaces the Parameter objects, and the size check must see that
+        self._bns: list[_BatchNorm] = [bn for _, bn, _ in layers]
+        self._sizes: list[int] = [bn.num_features for bn in self._bns]
+        self._numel = sum(self._sizes)
+        owner = torch.tensor([g for _, _, groups in layers for g in groups], dtype=torch.long)
+        self._reg_index = (owner >= 0).nonzero().squeeze(1)  # (N_reg,) flat positions that are regularized
+        self._full = self._reg_index.numel() == self._numel
+        self._mask = (owner >= 0).to(torch.float32)  # (N,)
+        self._group_ids = owner[self._reg_index]  # (N_reg,) layer group of each regularized channel
+        self._group_index = [(self._group_ids == g).nonzero().squeeze(1) for g in range(len(group_names))]
+        self._device = torch.device("cpu")
+
+    @property
+    def num_channels(self) -> int:
+        """Number of regularized channels."""
+        return int(self._reg_index.numel())
+
+    def _to(self, device: torch.device) -> None:
+        if device != self._device:
+            self._reg_index = self._reg_index.to(device)
+            self._mask = self._mask.to(device)
+            self._group_ids = self._group_ids.to(device)
+            self._group_index = [index.to(device) for index in self._group_index]
+            self._device = device
+
+    def _gammas(self) -> list[Tensor]:
+        return [bn.weight for bn in self._bns]
+
+    def _flat(self, gammas: list[Tensor]) -> Tensor:
+        """``(N,)`` the gammas concatenated in layer order (detached)."""
+        with torch.no_grad():
+            flat = torch.cat(gammas)
+        if flat.numel() != self._numel:
+            raise ValueError(
+                "BatchNorm sizes changed since BNSparsity was built (was the model pruned?); build a new one"
+            )
+        self._to(flat.device)
+        return flat
+
+    def _rates(self, flat: Tensor, scale: float = 1.0) -> Tensor | float:
+        """Rate per flat channel: ``(N,)`` tensor (0 on protected channels), or a float when uniform."""
+        base = self.schedule.rate() * scale
+        abs_reg = flat.abs() if self._full else flat.abs()[self._reg_index]
+        factors = self.schedule.channel_factors(abs_reg, self._group_index)
+        if factors is None:
+            return base if self._full else self._mask * base
+        per_channel = factors.to(torch.float32) * base
+        if self._full:
+            return per_channel
+        rates = torch.zeros(self._numel, dtype=torch.float32, device=flat.device)
+        rates[self._reg_index] = per_channel
+        return rates
+
+    # ------------------------------------------------------------------ hot path
+    def step(self) -> None:
+        """Add ``rate * sign(gamma)`` to the gamma gradients, then advance the schedule.
+
+        Call once per optimizer step: after the (last accumulated) ``backward()`` and before
+        ``optimizer.step()`` (and before ``scaler.unscale_`` when a scaler was given). Under DDP every rank
+        computes the same update from identical gammas, so replicas stay identical.
+
+        Raises:
+            RuntimeError: no gradient yet (``step()`` before ``backward()``), or some BatchNorm got none.
+            NonFiniteError: NaN/inf in a gamma, or in a gradient when no scaler handles overflow.
+        """
+        gammas = self._gammas()
+        grads = [p.grad for p in gammas]
+        if any(g is None for g in grads):
+            self._raise_missing_grads(grads)
+        flat = self._flat(gammas)
+        scaled = self.scaler is not None and self.scaler.is_enabled()
+        scale = float(self.scaler.get_scale()) if scaled and self.scaler is not None else 1.0
+        with torch.no_grad():
+            grads_t: list[Tensor] = grads  # type: ignore[assignment]  # None ruled out above
+            if self.check_finite:
+                flat_grad = torch.cat(grads_t)
+                finite = torch.stack([torch.isfinite(flat).all(), torch.isfinite(flat_grad).all()]).tolist()
+                if not finite[0]:
+                    self._raise_nonfinite(flat, "gamma")
+                if not finite[1] and not scaled:
+                    self._raise_nonfinite(flat_grad, "gradient of gamma")
+            rates = self._rates(flat, scale)
+            update = torch.sign(flat).mul_(rates)
+            torch._foreach_add_(grads_t, torch.split(update, self._sizes))
+        if self.advance_schedule:
+            self.schedule.step()
+
+    def penalty(self) -> Tensor:
+        """The same regularizer as a loss term: ``sum(rate * |gamma|)``, a differentiable 0-d tensor.
+
+        Its gradient equals what :meth:`step` adds. Add it to the loss (under a ``GradScaler`` it is scaled with
+        the loss) and advance the schedule yourself: ``sparsity.schedule.step()`` once per optimizer step.
+        With gradient accumulation add ``penalty() / accumulation_steps`` to each micro-batch loss.
+        """
+        flat = self._flat(self._gammas())
+        with torch.no_grad():
+            rates = self._rates(flat)
+        gammas = torch.cat(self._gammas())
+        if isinstance(rates, float):
+            return gammas.abs().sum() * rates
+        return (gammas.abs() * rates).sum()
+
+    # ------------------------------------------------------------------ errors
+    def _raise_missing_grads(self, grads: Sequence[Tensor | None]) -> None:
+        missing = [n for n, g in zip(self.layer_names, grads, strict=True) if g is None]
+        if len(missing) == len(grads):
+            raise RuntimeError(
+                "BNSparsity.step() called before backward(): no BatchNorm scale has a gradient "
+                "(call it after loss.backward() and before optimizer.step())"
+            )
+        raise RuntimeError(
+            f"BNSparsity.step(): no gradient for {len(missing)} BatchNorm(s), e.g. {missing[:5]}; they were not "
+            "used in the forward pass. Pass them in exclude=."
+        )
+
+    def _raise_nonfinite(self, flat: Tensor, what: str) -> None:
+        bad = (~torch.isfinite(flat)).nonzero()
+        first = int(bad[0, 0])
+        layer = int(torch.searchsorted(torch.tensor(self._sizes).cumsum(0), first, right=True))
+        raise NonFiniteError(
+            f"non-finite {what} in BatchNorm {self.layer_names[layer]!r} "
+            f"({bad.numel()} value(s) over all regularized layers); stopped before the optimizer step"
+        )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Schedule state and the regularized layer names (checked on load)."""
+        return {
+            "schedule": self.schedule.state_dict(),
+            "layers": list(self.layer_names),
+            "num_channels": self.num_channels,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: restores the schedule exactly (the gammas come from the model's own state_dict)."""
+        if list(state["layers"]) != list(self.layer_names) or state["num_channels"] != self.num_channels:
+            raise ValueError(
+                "BNSparsity state is for a different set of BatchNorm channels "
+                f"({len(state['layers'])} layers / {state['num_channels']} channels, "
+                f"here {len(self.layer_names)} / {self.num_channels})"
+            )
+        self.schedule.load_state_dict(state["schedule"])
+
+    # ------------------------------------------------------------------ inspection
+    def stats(self, threshold: float = 1e-2) -> dict[str, LayerGroupStats]:
+        """Per layer group: channel count, current mean rate, fraction of ``|gamma| < threshold``, mean |gamma|.
+
+        A few vectorized reductions and one host sync: cheap enough to log every N steps.
+        """
+        flat = self._flat(self._gammas())
+        with torch.no_grad():
+            abs_reg = flat.abs()[self._reg_index].float()
+            rates = self._rates(flat)
+            rate_reg = torch.full_like(abs_reg, rates) if isinstance(rates, float) else rates[self._reg_index]
+            n = len(self.layer_group_names)
+            ids = self._group_ids
+            rows = torch.stack(
+                [
+                    torch.bincount(ids, minlength=n).float(),
+                    torch.bincount(ids, weights=rate_reg, minlength=n),
+                    torch.bincount(ids, weights=(abs_reg < threshold).float(), minlength=n),
+                    torch.bincount(ids, weights=abs_reg, minlength=n),
+                ]
+            ).tolist()
+        out: dict[str, LayerGroupStats] = {}
+        for g, name in enumerate(self.layer_group_names):
+            count = rows[0][g]
+            denominator = max(count, 1.0)
+            out[name] = LayerGroupStats(
+                channels=int(count),
+                rate=rows[1][g] / denominator,
+                below=rows[2][g] / denominator,
+                mean_abs=rows[3][g] / denominator,
+            )
+        return out
+
+    def gammas(self) -> dict[str, Tensor]:
+        """Per layer group: ``(C_g,)`` float32 CPU copy of the regularized gammas (e.g. for plotting)."""
+        flat = self._flat(self._gammas())
+        with torch.no_grad():
+            reg = flat[self._reg_index].float().cpu()
+        ids = self._group_ids.cpu()
+        return {name: reg[ids == g].clone() for g, name in enumerate(self.layer_group_names)}
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        inner = model.module
+        assert isinstance(inner, nn.Module)
+        model = inner
+    return model
+
+
+def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], bool]:
+    """Predicate on module names; unknown names/patterns are an error listing close matches."""
+    names = [n for n, _ in model.named_modules() if n]
+    by_id = {id(m): n for n, m in model.named_modules()}
+    prefixes: list[str] = []
+    patterns: list[str] = []
+    for item in exclude:
+        if isinstance(item, nn.Module):
+            if id(item) not in by_id:
+                raise ValueError(f"exclude: module {type(item).__name__} is not part of the model")
+            prefixes.append(by_id[id(item)])
+        elif isinstance(item, str):
+            if item in names:
+                prefixes.append(item)
+            elif any(ch in item for ch in "*?[") and any(fnmatch.fnmatchcase(n, item) for n in names):
+                patterns.append(item)
+            else:
+                close = difflib.get_close_matches(item, names, n=5)
+                raise ValueError(f"exclude: no module named or matching {item!r}; close matches: {close}")
+        else:
+            raise TypeError(f"exclude entries must be modules or names, got {type(item)!r}")
+
+    def excluded(name: str) -> bool:
+        return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes) or any(
+            fnmatch.fnmatchcase(name, pat) for pat in patterns
+        )
+
+    return excluded
+
+
+def _check_bn(name: str, module: nn.Module) -> _BatchNorm:
+    if not isinstance(module, _BatchNorm):
+        raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not BatchNorm")
+    if not module.affine or module.weight is None:
+        raise ValueError(
+            f"BatchNorm {name!r} is not affine (no gamma to regularize); make it affine or pass it in exclude="
+        )
+    return module
+
+
+def _layers_from_model(
+    model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
+) -> tuple[list[tuple[str, _BatchNorm, list[int]]], list[str]]:
+    is_excluded = _excluded_names(model, exclude)
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
+    if not bns:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer: nothing to regularize")
+    chosen = [(n, _check_bn(n, m)) for n, m in bns if not is_excluded(n)]
+    chosen = _trainable(chosen)
+    if not chosen:
+        raise ValueError(f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize")
+    if layer_groups is None:
+        group_of = {n: "all" for n, _ in chosen}
+    elif isinstance(layer_groups, Mapping):
+        group_of = {}
+        for n, _ in chosen:
+            hit = next((g for g, pats in layer_groups.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)), None)
+            if hit is None:
+                raise ValueError(f"layer_groups: BatchNorm {n!r} matches no pattern")
+            group_of[n] = hit
+    else:
+        group_of = {n: str(layer_groups(n)) for n, _ in chosen}
+    names = list(dict.fromkeys(group_of.values()))
+    ids = {g: i for i, g in enumerate(names)}
+    return [(n, bn, [ids[group_of[n]]] * bn.num_features) for n, bn in chosen], names
+
+
+def _layers_from_graph(
+    graph: ChannelGraph, model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
+) -> tuple[list[tuple[str, _BatchNorm, list[int]]], list[str]]:
+    is_excluded = _excluded_names(model, exclude)
+    partition: dict[str, list[ChannelGroup]] = graph.layer_groups(layer_groups)
+    owners: dict[str, list[int]] = {}
+    modules: dict[str, _BatchNorm] = {}
+    names = list(partition)
+    for g, groups in enumerate(partition.values()):
+        for group in groups:
+            for ref in group.bns:
+                if is_excluded(ref.name):
+                    continue
+                if ref.name not in modules:
+                    modules[ref.name] = _check_bn(ref.name, model.get_submodule(ref.name))
+                    owners[ref.name] = [-1] * modules[ref.name].num_features
+                # a BN after a concat scores several groups: each group claims its own channels
+                for index in ref.indices:
+                    owners[ref.name][index] = g
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    chosen = _trainable(sorted(modules.items(), key=lambda item: order[item[0]]))
+    if not chosen:
+        raise ValueError(
+            f"{type(model).__name__}: no prunable channel group is scored by a trainable affine BatchNorm "
+            "(no BatchNorms, all excluded, or all frozen): nothing to regularize"
+        )
+    return [(n, bn, owners[n]) for n, bn in chosen], names
+
+
+def _trainable(bns: list[tuple[str, _BatchNorm]]) -> list[tuple[str, _BatchNorm]]:
+    frozen = [n for n, bn in bns if not bn.weight.requires_grad]
+    if frozen:
+        logger.warning("BNSparsity: skipping %d frozen BatchNorm(s) (requires_grad=False): %s", len(frozen), frozen)
+    return [(n, bn) for n, bn in bns if bn.weight.requires_grad]

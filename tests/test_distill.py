@@ -125,6 +125,10 @@ def test_map_formula_and_p() -> None:
     torch.testing.assert_close(spatial_attention(f, p=1), (energy1 / energy1.norm())[None])
     zero = spatial_attention(torch.zeros(2, 3, 2, 2))
     assert torch.equal(zero, torch.zeros(2, 4))
+    # Extreme scales (an untrained teacher in eval mode can emit ~1e-10 features) still give a unit-norm map.
+    g = torch.randn(2, 4, 3, 5)
+    for scale in (1e-18, 1e-10, 1e15):
+        torch.testing.assert_close(spatial_attention(g * scale), spatial_attention(g))
 
 
 def test_map_is_fp32_for_low_precision_inputs() -> None:

@@ -91,16 +91,22 @@ def spatial_attention(feature: Tensor, *, p: float = 2.0) -> Tensor:
         raise ValueError(f"spatial_attention expects an (N, C, H, W) feature map, got shape {tuple(feature.shape)}")
     if not (isinstance(p, int | float) and math.isfinite(p) and p > 0):
         raise ValueError(f"p must be a positive finite number, got {p!r}")
+    if feature.shape[-2] * feature.shape[-1] == 0:
+        raise ValueError(f"spatial_attention got an empty spatial grid, shape {tuple(feature.shape)}")
     if not feature.is_floating_point():
         feature = feature.float()
-    channels = feature.shape[1]
+    tiny = torch.finfo(torch.float32).tiny
     # Autocast off: the reduction must stay fp32. vector_norm with dtype=float32 accumulates in fp32 without
     # materialising an fp32 copy of the feature, and its backward saves only the feature (already kept alive by
     # the next layer) and the (N, H, W) result.
     with torch.autocast(device_type=feature.device.type, enabled=False):
-        norm = torch.linalg.vector_norm(feature, ord=p, dim=1, dtype=torch.float32)
-        energy = norm.pow(p) / channels
-        return F.normalize(energy.flatten(1), p=2.0, dim=1)
+        norm = torch.linalg.vector_norm(feature, ord=p, dim=1, dtype=torch.float32).flatten(1)  # (N, H*W)
+        # mean_c |F|^p = norm^p / C, and the normalised map does not depend on the scale of the energy: divide by
+        # the per-sample peak (detached: the result does not depend on it, so gradients stay exact) before
+        # raising to p, so that neither tiny features (an untrained teacher in eval) nor huge ones under/overflow.
+        peak = norm.detach().amax(dim=1, keepdim=True).clamp_min(tiny)
+        energy = (norm / peak).pow(p)
+        return F.normalize(energy, p=2.0, dim=1, eps=tiny)
 
 
 def boxes_to_grid_mask(

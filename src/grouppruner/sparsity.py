@@ -389,6 +389,11 @@ class BNSparsity:
 
     # ------------------------------------------------------------------ construction
     def _build(self, layers: list[tuple[str, _BatchNorm, list[int]]], group_names: list[str]) -> None:
+        # layer groups without a regularized BN channel (e.g. only BN-free convs, or all excluded) are dropped
+        used = sorted({g for _, _, owners in layers for g in owners if g >= 0})
+        renumber = {old: new for new, old in enumerate(used)}
+        layers = [(n, bn, [renumber.get(g, -1) for g in owners]) for n, bn, owners in layers]
+        group_names = [group_names[g] for g in used]
         self.layer_names: tuple[str, ...] = tuple(name for name, _, _ in layers)
         self.layer_group_names: tuple[str, ...] = tuple(group_names)
         # modules, not parameters: pruning replaces the Parameter objects, and the size check must see that

@@ -1,0 +1,532 @@
+"""Internals of :mod:`grouppruner.graph`: tracing, index propagation, coupled channel units, removal.
+
+Torch-Pruning's ``DependencyGraph`` is built once. Its dependencies and index mappings (concat, split, slice,
+flatten) are then walked here, from every Conv/Linear output, to collect which channel of which layer follows
+which channel of the root layer. Channels that must go together beyond what Torch-Pruning models (the equal
+parts of a ``chunk`` / ``split`` / slice written in ``forward()``, the groups of a grouped convolution) are
+merged into *units* with a union-find; one unit is one channel of the public ``ChannelGroup``.
+
+Removal calls Torch-Pruning's per-layer pruning functions directly on the member layers and shifts the
+stored indices of every group that shares a layer, so the graph is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import ops
+from torch_pruning._helpers import _HybridIndex
+from torch_pruning.dependency import index_mapping, shape_infer
+from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+from torch_pruning.dependency.node import Node
+
+logger = logging.getLogger(__name__)
+
+Dim = Literal["out", "in"]
+
+# Ops that compute with weights although no registered module produced them (F.conv2d with a bare Parameter,
+# x @ w, ...). Torch-Pruning would treat them as element-wise and mis-couple channels.
+_WEIGHTED_OP = re.compile(r"Convolution|Addmm|^MmBackward|Bmm|Matmul|Linear|Embedding|BatchNorm|GroupNorm|LayerNorm")
+_UNMAPPED_TYPES = {ops.OPTYPE.UNBIND: "torch.unbind", ops.OPTYPE.EXPAND: "expand", ops.OPTYPE.CUSTOMIZED: "custom op"}
+
+
+class GraphError(ValueError):
+    """The model uses something ChannelGraph cannot map; the message names the module and the op."""
+
+
+@dataclass
+class RawGroup:
+    """One group as extracted, before it becomes a public ``ChannelGroup``.
+
+    ``refs`` are ``(name, kind, dim, indices)`` with ``indices[u]`` the layer channel of unit ``u``.
+    """
+
+    name: str
+    size: int
+    refs: list[tuple[str, str, Dim, list[int]]]
+    stride: int | None
+    reason: str | None
+    constrained_by: list[str] = field(default_factory=list)  # split / slice ops whose parts must stay equal
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def describe_inputs(inputs: Any) -> str:
+    """Short description of example inputs for error messages, e.g. ``Tensor(1, 3, 32, 32)``."""
+    if isinstance(inputs, torch.Tensor):
+        return f"Tensor{tuple(inputs.shape)}"
+    if isinstance(inputs, (list, tuple)):
+        return f"{type(inputs).__name__}[" + ", ".join(describe_inputs(x) for x in inputs) + "]"
+    if isinstance(inputs, dict):
+        return "dict{" + ", ".join(f"{k}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
+    return type(inputs).__name__
+
+
+def call_model(
+    model: nn.Module,
+    inputs: Any,
+    forward_fn: Callable[[nn.Module, Any], Any] | None,
+) -> Any:
+    """Run the model on example inputs the way ChannelGraph documents, wrapping its errors with context."""
+    try:
+        if forward_fn is not None:
+            return forward_fn(model, inputs)
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        if isinstance(inputs, (list, tuple)):
+            return model(*inputs)
+        return model(inputs)
+    except Exception as err:
+        raise ValueError(
+            f"forward of {type(model).__name__} failed on example_inputs {describe_inputs(inputs)}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+def flat_tensors(obj: Any) -> list[torch.Tensor]:
+    """Tensors of a nested list / tuple / dict, in order."""
+    return [t for t in tp.utils.flatten_as_list(obj) if isinstance(t, torch.Tensor)]
+
+
+@dataclass
+class Trace:
+    """What one traced forward pass tells: the dependency graph, output shapes of roots, model outputs."""
+
+    dg: tp.DependencyGraph
+    out_shapes: dict[nn.Module, tuple[int, ...]]
+    input_hw: tuple[int, int] | None
+    output_shapes: list[tuple[int, ...]]
+    output_nodes: set[Node] = field(default_factory=set)
+    unmapped_concats: set[Node] = field(default_factory=set)
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Any,
+    forward_fn: Callable[[nn.Module, Any], Any] | None,
+    output_transform: Callable[[Any], Any] | None,
+) -> Trace:
+    """Build Torch-Pruning's DependencyGraph and record root output shapes in the same forward pass.
+
+    Parameters are switched to ``requires_grad=True`` and autograd is enabled for the trace (Torch-Pruning
+    follows ``grad_fn`` links, so frozen layers would vanish from the graph); flags and train/eval modes of
+    every module are restored afterwards.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    out_shapes: dict[nn.Module, tuple[int, ...]] = {}
+    output_shapes: list[tuple[int, ...]] = []
+    output_fns: list[Any] = []
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            out_shapes[module] = tuple(output.shape)
+
+    def forward(m: nn.Module, inputs: Any) -> Any:
+        out = call_model(m, inputs, forward_fn)
+        if output_transform is not None:
+            out = output_transform(out)
+        tensors = flat_tensors(out)
+        output_shapes.extend(tuple(t.shape) for t in tensors)
+        output_fns.extend(t.grad_fn for t in tensors if t.grad_fn is not None)
+        return out
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (ops.TORCH_CONV, nn.Linear))]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs, forward_fn=forward, verbose=False
+            )
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, training in modes:
+            m.training = training
+    inputs_4d = [t for t in flat_tensors(example_inputs) if t.dim() == 4]
+    input_hw = (int(inputs_4d[0].shape[2]), int(inputs_4d[0].shape[3])) if inputs_4d else None
+    by_fn = _node_of_gradfn(dg)
+    output_nodes = {by_fn[fn] for fn in output_fns if fn in by_fn}
+    return Trace(dg, out_shapes, input_hw, output_shapes, output_nodes)
+
+
+def _module_near(dg: tp.DependencyGraph, node: Node) -> str:
+    """The closest named module before or after an op node, for error messages."""
+    for direction in ("inputs", "outputs"):
+        seen: set[Node] = set()
+        frontier = list(getattr(node, direction))
+        while frontier:
+            n = frontier.pop(0)
+            if n in seen:
+                continue
+            seen.add(n)
+            name = dg._module2name.get(n.module)
+            if isinstance(name, str) and not isinstance(n.module, nn.Parameter):
+                return f"{'after' if direction == 'inputs' else 'before'} module '{name}'"
+            frontier.extend(getattr(n, direction))
+    return "at the model input"
+
+
+def check_unsupported(dg: tp.DependencyGraph) -> None:
+    """Raise GraphError for weighted functional ops, which Torch-Pruning would mistake for element-wise ones."""
+    for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.ELEMENTWISE:
+            op_name = str(getattr(node.module, "_grad_fn", ""))
+            if _WEIGHTED_OP.search(op_name):
+                raise GraphError(
+                    f"op {op_name} {_module_near(dg, node)} computes with weights outside a registered layer "
+                    "(a functional call such as F.conv2d / F.linear / x @ w on a bare nn.Parameter); "
+                    "ChannelGraph cannot map its channels. Use nn.Conv2d / nn.Linear / nn.BatchNorm2d modules."
+                )
+
+
+def _split_sizes(grad_fn: Any) -> tuple[int, list[int]] | None:
+    """(channel count, part sizes) of a split along dim 1, or None when the split is along another dim."""
+    sizes = tuple(getattr(grad_fn, "_saved_self_sym_sizes", ()))
+    dim = getattr(grad_fn, "_saved_dim", None)
+    if not sizes or dim is None or dim % len(sizes) != 1:
+        return None
+    total = int(sizes[1])
+    if hasattr(grad_fn, "_saved_split_sizes"):
+        return total, [int(s) for s in grad_fn._saved_split_sizes]
+    step = int(grad_fn._saved_split_size)
+    return total, [min(step, total - start) for start in range(0, total, step)]
+
+
+def _node_of_gradfn(dg: tp.DependencyGraph) -> dict[Any, Node]:
+    return {node.grad_fn: node for node in dg.module2node.values() if node.grad_fn is not None}
+
+
+def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
+    """Recompute split and concat index mappings from autograd metadata; return concats that cannot be mapped.
+
+    Torch-Pruning 1.6.1 misreads ``chunk`` / ``split(int)`` sizes on current PyTorch (it finds no
+    ``_saved_self_sizes`` and falls back to guessing from consumers) and numbers split outputs by the order
+    their consumers appear, so ``x.split(c, 1)[1]`` is mapped as part 0. Split sizes come from the saved
+    arguments, each output's part from its autograd edge (``output_nr``), concat sizes from the parts fed in.
+    """
+    by_fn = _node_of_gradfn(dg)
+    for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.SPLIT:
+            info = _split_sizes(node.grad_fn)
+            if info is not None:
+                node.module.split_sizes = info[1]
+                node.module.offsets = [0, *itertools.accumulate(info[1])]
+    unmapped: set[Node] = set()
+    for node in dg.module2node.values():
+        if node.type != ops.OPTYPE.CONCAT:
+            continue
+        sizes: list[int] = []
+        for fn, nr in node.grad_fn.next_functions:
+            src = by_fn.get(fn)
+            if src is None:
+                unmapped.add(node)
+                break
+            if src.type == ops.OPTYPE.SPLIT and src.module.split_sizes is not None:
+                sizes.append(src.module.split_sizes[nr])
+            else:
+                ch = shape_infer.infer_out_channels_recursively(dg, src, [0])
+                if ch is None:
+                    unmapped.add(node)
+                    break
+                sizes.append(int(ch))
+        node.module.concat_sizes = None if node in unmapped else sizes
+        node.module.offsets = None
+    index_mapping.update_index_mapping(dg)
+    for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.SPLIT and node.module.offsets is not None and _split_sizes(node.grad_fn):
+            _map_split_parts(node)
+    return unmapped
+
+
+def _map_split_parts(node: Node) -> None:
+    offsets = node.module.offsets
+    parts: dict[Node, list[int]] = {}
+    for out in node.outputs:
+        if out not in parts:
+            parts[out] = [nr for fn, nr in out.grad_fn.next_functions if fn is node.grad_fn]
+    taken: dict[Node, int] = {}
+    for dep in node.dependencies:
+        if dep.target in parts:
+            k = taken.get(dep.target, 0)
+            taken[dep.target] = k + 1
+            nrs = parts[dep.target]
+            part = nrs[min(k, len(nrs) - 1)] if nrs else 0
+            dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[part : part + 2], reverse=False)
+    for out, nrs in parts.items():
+        k = 0
+        for dep in out.dependencies:
+            if dep.target is node:
+                part = nrs[min(k, len(nrs) - 1)] if nrs else 0
+                dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[part : part + 2], reverse=True)
+                k += 1
+
+
+def root_modules(model: nn.Module, dg: tp.DependencyGraph) -> Iterator[tuple[str, nn.Module]]:
+    """Conv and Linear layers that took part in the traced forward, in model order."""
+    for name, module in model.named_modules():
+        if isinstance(module, (ops.TORCH_CONV, nn.Linear)) and module in dg.module2node:
+            yield name, module
+
+
+def propagate(dg: tp.DependencyGraph, node: Node, handler: Callable[..., Any], channels: int) -> dict[
+    tuple[Node, Callable[..., Any]], dict[int, int]
+]:
+    """Follow dependencies from removing every output channel of ``node``.
+
+    Returns, for each (node, pruning function) reached, a map from that node's channel index to the root channel
+    it follows.
+    """
+    start = [_HybridIndex(idx=i, root_idx=i) for i in range(channels)]
+    items: dict[tuple[Node, Callable[..., Any]], dict[int, int]] = {(node, handler): {i: i for i in range(channels)}}
+    seen: set[tuple[Node, Callable[..., Any], frozenset[_HybridIndex]]] = set()
+    stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex]]] = [(node, handler, start)]
+    while stack:
+        cur, fn, idxs = stack.pop()
+        for dep in cur.dependencies:
+            if dep.trigger != fn:
+                continue
+            new = idxs
+            for mapping in dep.index_mapping:
+                if mapping is not None:
+                    new = mapping(new)
+            if not new:
+                continue
+            key = (dep.target, dep.handler, frozenset(new))
+            if key in seen:
+                continue
+            seen.add(key)
+            slot = items.setdefault((dep.target, dep.handler), {})
+            for h in new:
+                if h.root_idx is not None:
+                    slot.setdefault(int(h.idx), int(h.root_idx))
+            stack.append((dep.target, dep.handler, new))
+    return items
+
+
+def _even_parts(total: int, sizes: Sequence[int]) -> int | None:
+    """Part size when ``sizes`` split ``total`` channels into equal parts, else None."""
+    if len(sizes) > 1 and len(set(sizes)) == 1 and sizes[0] * len(sizes) == total:
+        return sizes[0]
+    return None
+
+
+def _couple(uf: _UnionFind, mapping: dict[int, int], total: int, part: int) -> bool:
+    """Union the root channels that sit at the same position of each ``part``-sized slice of ``total`` channels.
+
+    Returns False when ``mapping`` (layer channel -> root channel) does not cover all ``total`` channels.
+    """
+    if len(mapping) != total or any(i not in mapping for i in range(total)):
+        return False
+    for i in range(part, total):
+        uf.union(mapping[i % part], mapping[i])
+    return True
+
+
+def _out_item(items: dict[tuple[Node, Callable[..., Any]], dict[int, int]], dg: tp.DependencyGraph, node: Node) -> (
+    dict[int, int] | None
+):
+    """The channel map of ``node``'s output side inside a group (its in-side when in and out share a function)."""
+    pruner = dg.get_pruner_of_module(node.module)
+    for (n, fn), mapping in items.items():
+        if n is node and (pruner is None or fn == pruner.prune_out_channels):
+            return mapping
+    return None
+
+
+def build_group(
+    tr: Trace,
+    name: str,
+    module: nn.Module,
+    items: dict[tuple[Node, Callable[..., Any]], dict[int, int]],
+    ignored: set[nn.Module],
+    stride: int | None,
+) -> RawGroup:
+    """Turn the propagated items of one root into a RawGroup: units, layer refs, constraints and reason."""
+    dg = tr.dg
+    pruner = dg.get_pruner_of_module(module)
+    channels = int(pruner.get_out_channels(module))
+    uf = _UnionFind(channels)
+    reasons: list[str] = []
+    constrained: list[str] = []
+    layers: list[tuple[str, str, Dim, dict[int, int]]] = []
+    has_reshape = has_linear_in = False
+    for (node, fn), mapping in items.items():
+        target, kind = node.module, node.type
+        op = type(node.grad_fn).__name__ if node.grad_fn is not None else "?"
+        if kind == ops.OPTYPE.OUTPUT:
+            reasons.append(f"channels form a model output (tensor of shape {tuple(target.shape)})")
+        elif kind == ops.OPTYPE.CONCAT and node in tr.unmapped_concats:
+            reasons.append(
+                f"torch.cat (op {op} {_module_near(dg, node)}) joins a tensor whose channels cannot be traced"
+            )
+        elif kind == ops.OPTYPE.PARAMETER:
+            pname = dg._param_to_name.get(target, "?")
+            reasons.append(f"channels index the bare nn.Parameter '{pname}' {tuple(target.shape)}")
+        elif kind in _UNMAPPED_TYPES:
+            reasons.append(f"channels pass through {_UNMAPPED_TYPES[kind]} (op {op}), which is not mapped")
+        elif kind == ops.OPTYPE.RESHAPE:
+            has_reshape = True
+        elif kind == ops.OPTYPE.SPLIT:
+            info = _split_sizes(node.grad_fn)
+            if info is None:
+                continue
+            total, sizes = info
+            part = _even_parts(total, sizes)
+            if part is None:
+                reasons.append(f"split at op {op} has unequal parts {tuple(sizes)} that cannot follow a removal")
+            elif not _couple(uf, mapping, total, part):
+                reasons.append(f"split at op {op} takes channels from several channel groups")
+            else:
+                constrained.append(f"{op} {_module_near(dg, node)}")
+        elif kind == ops.OPTYPE.SLICE:
+            g = node.grad_fn
+            in_shape = tuple(getattr(g, "_saved_self_sym_sizes", ()))
+            if not in_shape or g._saved_dim % len(in_shape) != 1:
+                continue
+            total = int(in_shape[1])
+            start, end, step = int(g._saved_start), min(int(g._saved_end), total), int(g._saved_step)
+            if start == 0 and end == total and step == 1:
+                continue
+            length = end - start
+            src = _out_item(items, dg, node.inputs[0]) if node.inputs else None
+            if step != 1 or length <= 0 or total % length or start % length:
+                reasons.append(
+                    f"channel slice [{start}:{end}:{step}] of a {total}-channel tensor (op {op} "
+                    f"{_module_near(dg, node)}) is not an equal part and cannot follow a removal"
+                )
+            elif src is None or not _couple(uf, src, total, length):
+                reasons.append(f"channel slice at op {op} takes channels from several channel groups")
+            else:
+                constrained.append(f"{op} {_module_near(dg, node)}")
+        elif isinstance(target, nn.Module) and target in dg._module2name and kind not in (
+            ops.OPTYPE.CONCAT, ops.OPTYPE.ELEMENTWISE
+        ):
+            lname = dg._module2name[target]
+            lpruner = dg.get_pruner_of_module(target)
+            same_fn = lpruner.prune_out_channels == lpruner.prune_in_channels
+            dim: Dim = "out" if fn == lpruner.prune_out_channels else "in"
+            if target in ignored:
+                reasons.append(f"touches ignored layer '{lname}' ({dim})")
+            if node in tr.output_nodes and dim == "out":
+                shape = tr.out_shapes.get(target)
+                reasons.append(f"channels form a model output ('{lname}' output{'' if shape is None else f' {shape}'})")
+            if isinstance(target, nn.Linear) and dim == "in":
+                has_linear_in = True
+            if isinstance(target, ops.TORCH_CONV) and target.groups > 1:
+                c = target.out_channels if dim == "out" else target.in_channels
+                if same_fn and target.in_channels != target.out_channels:
+                    reasons.append(f"depthwise conv '{lname}' with a channel multiplier is not supported")
+                elif not same_fn and not _couple(uf, mapping, c, c // target.groups):
+                    reasons.append(f"grouped conv '{lname}' takes channels from several channel groups")
+            layers.append((lname, type(target).__name__, dim, mapping))
+            if same_fn and isinstance(target, ops.TORCH_CONV):
+                layers.append((lname, type(target).__name__, "in", mapping))
+    if has_reshape and not has_linear_in:
+        reasons.append("channels pass through a reshape / view that is not a flatten into nn.Linear")
+
+    units: dict[int, list[int]] = {}
+    for r in range(channels):
+        units.setdefault(uf.find(r), []).append(r)
+    unit_of = {r: u for u, (_, members) in enumerate(sorted(units.items())) for r in members}
+    size = len(units)
+    refs: list[tuple[str, str, Dim, list[int]]] = []
+    for lname, kind_name, dim, mapping in layers:
+        per_unit: list[list[int]] = [[] for _ in range(size)]
+        for idx, root in mapping.items():
+            per_unit[unit_of[root]].append(idx)
+        counts = {len(p) for p in per_unit}
+        if len(counts) != 1 or 0 in counts:
+            reasons.append(f"channels map irregularly onto layer '{lname}' ({dim})")
+            continue
+        for slot in range(counts.pop()):
+            refs.append((lname, kind_name, dim, [sorted(p)[slot] for p in per_unit]))
+    if size < 2:
+        reasons.append("the group has a single channel unit; removing it would remove all channels")
+    reason = "; ".join(dict.fromkeys(reasons)) if reasons else None
+    return RawGroup(name, size, refs, stride, reason, constrained)
+
+
+def extract_groups(
+    model: nn.Module,
+    tr: Trace,
+    ignored: set[nn.Module],
+) -> list[RawGroup]:
+    """Every channel group of the model, one per Conv/Linear whose output channels are not already covered."""
+    dg = tr.dg
+    covered: set[nn.Module] = set()
+    groups: list[RawGroup] = []
+    for name, module in root_modules(model, dg):
+        if module in covered:
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        channels = pruner.get_out_channels(module)
+        if not channels:
+            continue
+        items = propagate(dg, dg.module2node[module], pruner.prune_out_channels, int(channels))
+        for node, fn in items:
+            if isinstance(node.module, (ops.TORCH_CONV, nn.Linear)):
+                p = dg.get_pruner_of_module(node.module)
+                if fn == p.prune_out_channels:
+                    covered.add(node.module)
+        shape = tr.out_shapes.get(module)
+        stride = None
+        if shape is not None and len(shape) == 4 and tr.input_hw is not None and shape[2] > 0:
+            stride = max(1, round(max(tr.input_hw[0] / shape[2], tr.input_hw[1] / shape[3])))
+        groups.append(build_group(tr, name, module, items, ignored, stride))
+    return groups
+
+
+def prune_layers(
+    modules: dict[str, nn.Module],
+    removed: dict[tuple[str, Dim], list[int]],
+) -> None:
+    """Physically remove channels with Torch-Pruning's per-layer functions, keeping ``requires_grad`` flags."""
+    done: set[str] = set()
+    for (name, dim), idxs in removed.items():
+        module = modules[name]
+        pruner = _pruner_of(module)
+        same_fn = pruner.prune_out_channels == pruner.prune_in_channels
+        if same_fn and name in done:
+            continue
+        flags = {pname: p.requires_grad for pname, p in module.named_parameters(recurse=False)}
+        fn = pruner.prune_out_channels if dim == "out" or same_fn else pruner.prune_in_channels
+        fn(module, sorted(idxs))
+        for pname, p in module.named_parameters(recurse=False):
+            p.requires_grad_(flags.get(pname, True))
+        done.add(name)
+
+
+def _pruner_of(module: nn.Module) -> Any:
+    return tp.pruner.function.PrunerBox[ops.module2type(module)]
+
+
+def shift(indices: Sequence[int], removed_sorted: Sequence[int]) -> list[int]:
+    """Indices after removing ``removed_sorted`` channels from a layer (none of ``indices`` is removed)."""
+    return [i - bisect.bisect_left(removed_sorted, i) for i in indices]

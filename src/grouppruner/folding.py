@@ -1,0 +1,181 @@
+"""Beta folding: move the constant that a removed channel still emits into the layers that consume it.
+
+A channel whose BatchNorm scale (gamma) is zero emits ``act(beta)`` everywhere, whatever its input. Removing it
+outright would drop that constant from every consumer (torch-pruning does this; outputs move by ~1e-2 on YOLOv4).
+Folding keeps the network function: the constant's contribution is added to the consumer's bias, or, for a
+bias-free consumer followed directly by a BatchNorm, subtracted from that BatchNorm's running mean (the BN computes
+``(x - mean) / std * gamma + beta``, so adding a constant ``c`` to its input equals ``mean -= c``).
+
+How the constants are found, so that residual adds, concatenation, max-pool, upsampling, chunking and identity
+need no special code: the removed channels are made constant (gamma = 0 on every BatchNorm of the channel group;
+for a producer layer without a following BatchNorm its weights are zeroed so that it emits its bias), one probe
+forward pass in eval mode records the input of every consumer layer, and the per-channel spatial median of the
+removed input channels is the constant (all pixels are equal there; the median is robust to a layer that pads).
+
+Exactness, for the model in which the removed channels had gamma = 0:
+
+- exact (up to float rounding) for 1x1 convolutions and linear layers;
+- exact on interior pixels of a k x k convolution with zero padding; on border pixels the unpruned model saw
+  zero padding instead of the constant for the taps outside the image, so the fold over-corrects there by the
+  weight of the missing taps times the constant. With gamma only close to zero (real sparse training) the fold
+  is the first-order correction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .budget import _call
+
+__all__ = ["FoldTarget", "fold_removed_channels", "fold_target"]
+
+logger = logging.getLogger(__name__)
+
+FoldTarget = str  # "bias" | "running_mean" | "new_bias"
+
+
+def _is_consumer(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (
+        isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+    )
+
+
+def fold_target(model: nn.Module, name: str, successor_bn: Mapping[str, str]) -> FoldTarget:
+    """Where a constant arriving at consumer ``name`` is folded.
+
+    Args:
+        model: the model.
+        name: qualified name of a conv / linear consumer.
+        successor_bn: conv / linear name -> name of the BatchNorm its output goes straight into.
+
+    Returns:
+        ``"bias"`` (the layer has a bias), ``"running_mean"`` (no bias, followed by a BatchNorm with running
+        statistics) or ``"new_bias"`` (a zero bias is added to the layer first).
+    """
+    module = model.get_submodule(name)
+    if getattr(module, "bias", None) is not None:
+        return "bias"
+    bn_name = successor_bn.get(name)
+    if bn_name is not None:
+        bn = model.get_submodule(bn_name)
+        if getattr(bn, "running_mean", None) is not None:
+            return "running_mean"
+    return "new_bias"
+
+
+def _consumer_delta(module: nn.Module, channels: torch.Tensor, constants: torch.Tensor) -> torch.Tensor:
+    """Output shift of ``module`` caused by constant inputs: shape (out_channels,)."""
+    weight = module.weight.detach()
+    if isinstance(module, nn.Linear):
+        return weight[:, channels] @ constants
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    summed = weight.sum(dim=tuple(range(2, weight.dim())))  # (out, in / groups): the kernel taps add up
+    per_group_in = module.in_channels // module.groups
+    per_group_out = module.out_channels // module.groups
+    delta = torch.zeros(module.out_channels, dtype=weight.dtype, device=weight.device)
+    group_of = channels // per_group_in
+    for g in torch.unique(group_of).tolist():
+        chosen = group_of == g
+        rows = slice(g * per_group_out, (g + 1) * per_group_out)
+        delta[rows] += summed[rows][:, channels[chosen] % per_group_in] @ constants[chosen]
+    return delta
+
+
+def fold_removed_channels(
+    model: nn.Module,
+    removals: Sequence[tuple[Any, Sequence[int]]],
+    example_inputs: Any,
+    *,
+    successor_bn: Mapping[str, str],
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+) -> list[str]:
+    """Fold the constants of channels about to be removed into their consumers (modifies ``model`` in place).
+
+    Call this before the channels are removed; the removed channels' own parameters are left as they were.
+
+    Args:
+        model: the model, unpruned yet.
+        removals: ``(channel group, group-local channel indices to remove)`` pairs; a channel group is a
+            :class:`grouppruner.graph.ChannelGroup` (its ``layers`` are ``LayerRef`` entries).
+        example_inputs: inputs for the probe forward pass, e.g. a tensor of shape (N, 3, H, W).
+        successor_bn: conv / linear name -> the BatchNorm its output goes straight into
+            (from :func:`grouppruner.budget.record_positions`).
+        forward_fn: optional ``forward_fn(model, example_inputs)`` used instead of calling the model.
+
+    Returns:
+        Names of the layers that were given a new bias parameter (bias-free consumers without a BatchNorm).
+    """
+    consumer_channels: dict[str, list[int]] = {}
+    zeroed: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for group, removed in removals:
+        if not removed:
+            continue
+        out_names = {ref.name for ref in group.layers if ref.dim == "out"}
+        for ref in group.layers:
+            module = model.get_submodule(ref.name)
+            index = torch.tensor([ref.indices[i] for i in removed], dtype=torch.long)
+            if ref.dim == "out" and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if module.weight is not None:
+                    zeroed.append((module.weight.data, index, module.weight.data[index].clone()))
+            elif ref.dim == "out" and _is_consumer(module) and ref.name not in successor_bn:
+                # A producer without its own BN: zero its filters so that it emits its bias, a constant.
+                zeroed.append((module.weight.data, index, module.weight.data[index].clone()))
+            elif ref.dim == "in" and _is_consumer(module) and ref.name not in out_names:
+                consumer_channels.setdefault(ref.name, []).extend(ref.indices[i] for i in removed)
+    if not consumer_channels:
+        return []
+
+    constants: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, channels in consumer_channels.items():
+        index = torch.tensor(channels, dtype=torch.long)
+
+        def capture(module: nn.Module, args: tuple[Any, ...], name: str = name, index: torch.Tensor = index) -> None:
+            if name in constants:  # a layer called twice: the first call is the one the graph traced
+                return
+            x = args[0].detach()
+            if isinstance(module, nn.Linear):
+                constants[name] = x.reshape(-1, x.shape[-1])[:, index].median(dim=0).values
+            else:
+                constants[name] = x[0, index].reshape(len(index), -1).median(dim=1).values
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(capture))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for tensor, index, _ in zeroed:
+                tensor[index] = 0
+            _call(model, example_inputs, forward_fn)
+    finally:
+        with torch.no_grad():
+            for tensor, index, saved in zeroed:
+                tensor[index] = saved
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+    added: list[str] = []
+    with torch.no_grad():
+        for name, channels in consumer_channels.items():
+            if name not in constants:
+                logger.warning("beta folding: consumer %s was not called in the probe pass; nothing folded", name)
+                continue
+            module = model.get_submodule(name)
+            delta = _consumer_delta(module, torch.tensor(channels, dtype=torch.long), constants[name])
+            target = fold_target(model, name, successor_bn)
+            if target == "bias":
+                module.bias.add_(delta)
+            elif target == "running_mean":
+                bn = model.get_submodule(successor_bn[name])
+                bn.running_mean.sub_(delta)
+            else:
+                module.bias = nn.Parameter(delta.clone())
+                added.append(name)
+            logger.debug("beta folding: %d channels into %s (%s)", len(channels), name, target)
+    return added

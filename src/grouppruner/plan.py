@@ -1,0 +1,194 @@
+"""The pruning plan: what :class:`grouppruner.pruning.GroupPruner` will remove, as plain JSON-serializable data.
+
+A plan is made for one model (identified by :func:`model_fingerprint`) and records, per layer group, the threshold
+and the channel counts, per channel group the kept channel indices, and the predicted parameters and MACs before
+and after. Applied plans are kept on the model (:func:`applied_plans`) so that
+:func:`grouppruner.checkpoint.save_pruned` can store the structure next to the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = ["ChannelGroupPlan", "LayerGroupPlan", "PruningPlan", "applied_plans", "model_fingerprint"]
+
+_PLANS_ATTR = "_grouppruner_plans"
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash of the architecture: module names, classes and parameter / buffer shapes (not values).
+
+    Args:
+        model: any module.
+
+    Returns:
+        16 hex characters; equal for two instances built the same way, different once channels are removed.
+    """
+    entries: list[Any] = []
+    for name, module in model.named_modules():
+        params = [(n, list(p.shape)) for n, p in module.named_parameters(recurse=False)]
+        buffers = [(n, list(b.shape)) for n, b in module.named_buffers(recurse=False)]
+        entries.append([name, type(module).__name__, params, buffers])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+@dataclass
+class LayerGroupPlan:
+    """One layer group of the plan.
+
+    Attributes:
+        name: layer-group name (e.g. ``"stride16"``).
+        threshold: channels whose (coupled) score is below this value are removed, unless ``min_channels`` or
+            ``round_to`` keep them.
+        channels_before: channels of all its channel groups before pruning.
+        channels_after: channels kept.
+        channel_groups: names of its channel groups.
+    """
+
+    name: str
+    threshold: float
+    channels_before: int
+    channels_after: int
+    channel_groups: list[str]
+
+
+@dataclass
+class ChannelGroupPlan:
+    """One channel group of the plan.
+
+    Attributes:
+        name: channel-group name (its root layer).
+        size: channels before pruning.
+        kept: sorted group-local indices (0 .. size-1) of the channels that stay.
+    """
+
+    name: str
+    size: int
+    kept: list[int]
+
+    @property
+    def removed(self) -> list[int]:
+        """Sorted group-local indices of the channels that go."""
+        keep = set(self.kept)
+        return [i for i in range(self.size) if i not in keep]
+
+
+@dataclass
+class PruningPlan:
+    """What to prune, for one model. Plain data: ``to_json()`` / ``from_json()`` round-trip exactly.
+
+    Attributes:
+        fingerprint: :func:`model_fingerprint` of the model the plan was made for.
+        mode: ``"ratios"``, ``"thresholds"``, ``"target_params"`` or ``"target_macs"``.
+        target: the requested fraction for the target modes, else ``None``.
+        importance: ``"bn_l1"`` or the name of the custom importance callable.
+        coupling: ``"mean"``, ``"max"`` or ``"vote"``.
+        min_channels: per-layer minimum used.
+        round_to: channel multiple used, or ``None``.
+        layer_groups: per layer group threshold and channel counts.
+        channel_groups: per channel group the kept indices (every planned group, pruned or not).
+        params_before: parameters of the model before (predicted by the cost model, equal to the real count).
+        params_after: predicted parameters after applying the plan.
+        macs_before: conv + linear MACs for the example inputs before.
+        macs_after: predicted MACs after.
+        add_bias: layers that receive a new bias parameter through beta folding.
+        input_shapes: shapes of the example inputs (used to re-trace the model in ``load_pruned``).
+    """
+
+    fingerprint: str
+    mode: str
+    target: float | None
+    importance: str
+    coupling: str
+    min_channels: int
+    round_to: int | None
+    layer_groups: list[LayerGroupPlan]
+    channel_groups: list[ChannelGroupPlan]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    add_bias: list[str] = field(default_factory=list)
+    input_shapes: list[list[int]] = field(default_factory=list)
+
+    @property
+    def params_ratio(self) -> float:
+        """Predicted parameters after / before."""
+        return self.params_after / max(self.params_before, 1)
+
+    @property
+    def macs_ratio(self) -> float:
+        """Predicted MACs after / before."""
+        return self.macs_after / max(self.macs_before, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as nested dicts / lists of str, int and float."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        """Rebuild a plan from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: when fields are missing or unknown.
+        """
+        try:
+            values = dict(data)
+            values["layer_groups"] = [LayerGroupPlan(**g) for g in data["layer_groups"]]
+            values["channel_groups"] = [ChannelGroupPlan(**g) for g in data["channel_groups"]]
+            return cls(**values)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a valid PruningPlan: {error}") from error
+
+    def to_json(self, **kwargs: Any) -> str:
+        """Strict JSON text (no NaN / Infinity); keyword arguments go to :func:`json.dumps`."""
+        return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        """Rebuild a plan from :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"PruningPlan JSON cannot be parsed: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError("PruningPlan JSON must be an object")
+        return cls.from_dict(data)
+
+    def summary(self) -> str:
+        """A text table: per layer group threshold, channels before -> after, then predicted totals."""
+        header = f"{'layer group':<24} {'threshold':>11} {'channels':>17} {'kept':>7}"
+        lines = [f"PruningPlan ({self.mode}" + (f"={self.target:g}" if self.target is not None else "") + ")"]
+        lines += [header, "-" * len(header)]
+        for group in self.layer_groups:
+            kept = group.channels_after / max(group.channels_before, 1)
+            counts = f"{group.channels_before} -> {group.channels_after}"
+            lines.append(f"{group.name:<24} {group.threshold:>11.4g} {counts:>17} {kept:>7.1%}")
+        lines.append("-" * len(header))
+        lines.append(
+            f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.1%}); "
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})"
+        )
+        return "\n".join(lines)
+
+
+def applied_plans(model: nn.Module) -> list[PruningPlan]:
+    """The plans applied to ``model`` so far, oldest first (empty for a model that was never pruned).
+
+    Args:
+        model: a model pruned by :meth:`grouppruner.pruning.GroupPruner.apply` or restored by ``load_pruned``.
+
+    Returns:
+        A new list; the plans themselves are shared.
+    """
+    return list(model.__dict__.get(_PLANS_ATTR, []))
+
+
+def record_plan(model: nn.Module, plan: PruningPlan) -> None:
+    """Append ``plan`` to the plans kept on ``model`` (used by ``apply`` and ``load_pruned``)."""
+    model.__dict__.setdefault(_PLANS_ATTR, []).append(plan)

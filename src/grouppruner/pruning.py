@@ -1,0 +1,558 @@
+"""Group channel pruning: per-layer-group thresholds on BatchNorm scales, budgets, beta folding, physical removal.
+
+Typical use after sparse training::
+
+    graph = gp.ChannelGraph(model, torch.zeros(1, 3, 416, 416))
+    pruner = gp.GroupPruner(graph, min_channels=8, round_to=8)
+    plan = pruner.plan(target_params=0.35)      # or ratios={...}, thresholds={...}, target_macs=...
+    print(plan.summary())
+    pruner.apply(plan)                          # model is now physically smaller
+    optimizer = gp.pruning.rebuild_optimizer(optimizer, model)
+
+Scores: each channel group (channels that must go together, from :class:`grouppruner.graph.ChannelGraph`) gets
+one score per channel. With ``importance="bn_l1"`` every BatchNorm of the group gives a row ``|gamma|``; the rows
+are combined by ``coupling``: ``"mean"``, ``"max"`` or ``"vote"`` (the authors' majority vote over per-layer
+masks: a channel stays when at least half of its BatchNorms keep it, which equals thresholding the
+``ceil(L / 2)``-th largest of its ``L`` scores). A channel is removed when its score is below its layer group's
+threshold, unless ``min_channels`` (a hard per-group, hence per-layer, minimum) or ``round_to`` keep it; the
+channels kept are always the highest-scoring ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .budget import CostModel, kept_count, record_positions, solve_cut
+from .folding import _is_consumer, fold_removed_channels, fold_target
+from .graph import ChannelGraph, ChannelGroup
+from .plan import (
+    ChannelGroupPlan,
+    LayerGroupPlan,
+    PruningPlan,
+    applied_plans,
+    model_fingerprint,
+    record_plan,
+)
+
+__all__ = [
+    "GroupPruner",
+    "Importance",
+    "PruningPlan",
+    "applied_plans",
+    "apply_structure",
+    "model_fingerprint",
+    "rebuild_optimizer",
+]
+
+logger = logging.getLogger(__name__)
+
+Importance = Callable[[nn.Module, ChannelGroup], torch.Tensor]
+"""A custom importance: ``importance(model, group)`` returns scores of shape (group.size,) or (L, group.size)
+(one row per layer, combined by ``coupling``); higher means more important."""
+
+_COUPLINGS = ("mean", "max", "vote")
+_OLD_PARAMS_ATTR = "_grouppruner_old_params"
+
+
+def _input_shapes(example_inputs: Any) -> list[list[int]]:
+    if isinstance(example_inputs, torch.Tensor):
+        return [list(example_inputs.shape)]
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in example_inputs):
+        return [list(x.shape) for x in example_inputs]
+    return []
+
+
+def _bn_l1(model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
+    rows = []
+    for ref in group.bns:
+        weight = getattr(model.get_submodule(ref.name), "weight", None)
+        if weight is not None:
+            rows.append(weight.detach().abs()[list(ref.indices)])
+    return torch.stack(rows) if rows else None
+
+
+class GroupPruner:
+    """Plans and applies group channel pruning on the model of a :class:`~grouppruner.graph.ChannelGraph`.
+
+    Args:
+        graph: the channel graph of the model to prune (it is pruned in place through the graph).
+        layer_groups: layer-group name -> channel groups (objects or names); defaults to
+            ``graph.layer_groups()``. Channel groups in no layer group are never pruned.
+        importance: ``"bn_l1"`` (|gamma| of the group's BatchNorms; groups without a BatchNorm are left
+            alone) or a callable ``importance(model, group)`` returning (size,) or (L, size) scores.
+        min_channels: every channel group, hence every layer, keeps at least this many channels (or all of
+            them if it has fewer). Never violated.
+        round_to: if given, kept channel counts are multiples of it (a group smaller than that keeps all).
+        coupling: how the per-layer scores of a channel group combine: ``"mean"``, ``"max"`` or ``"vote"``.
+        example_inputs: inputs for the cost model and the folding probe; defaults to ``graph.example_inputs``.
+        forward_fn: ``forward_fn(model, example_inputs)``; defaults to ``graph.forward_fn`` if set.
+
+    Raises:
+        ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice.
+        TypeError: ``importance`` neither ``"bn_l1"`` nor callable.
+    """
+
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        *,
+        layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None = None,
+        importance: str | Importance = "bn_l1",
+        min_channels: int = 8,
+        round_to: int | None = None,
+        coupling: str = "mean",
+        example_inputs: Any = None,
+        forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    ) -> None:
+        if isinstance(importance, str):
+            if importance != "bn_l1":
+                raise ValueError(f"GroupPruner: unknown importance {importance!r}; use 'bn_l1' or a callable")
+        elif not callable(importance):
+            raise TypeError(f"GroupPruner: importance must be 'bn_l1' or a callable, got {type(importance)}")
+        if coupling not in _COUPLINGS:
+            raise ValueError(f"GroupPruner: coupling must be one of {_COUPLINGS}, got {coupling!r}")
+        if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+            raise ValueError(f"GroupPruner: min_channels must be an int >= 1, got {min_channels!r}")
+        if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+            raise ValueError(f"GroupPruner: round_to must be None or an int >= 1, got {round_to!r}")
+        self.graph = graph
+        self.model: nn.Module = graph.model
+        self.importance = importance
+        self.min_channels = min_channels
+        self.round_to = round_to
+        self.coupling = coupling
+        self.example_inputs = example_inputs if example_inputs is not None else getattr(graph, "example_inputs", None)
+        if self.example_inputs is None:
+            raise ValueError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
+        self.forward_fn = forward_fn if forward_fn is not None else getattr(graph, "forward_fn", None)
+        self.layer_groups = self._resolve_layer_groups(layer_groups)
+        self._positions, self._successor_bn = record_positions(
+            self.model, self.example_inputs, forward_fn=self.forward_fn
+        )
+
+    def _resolve_layer_groups(
+        self, layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None
+    ) -> dict[str, list[str]]:
+        source = self.graph.layer_groups() if layer_groups is None else layer_groups
+        resolved: dict[str, list[str]] = {}
+        owner: dict[str, str] = {}
+        for lg_name, members in source.items():
+            names = []
+            for member in members:
+                cg_name = member if isinstance(member, str) else member.name
+                try:
+                    group = self.graph.group(cg_name)
+                except KeyError as error:
+                    raise ValueError(f"layer group {lg_name!r}: unknown channel group {cg_name!r}") from error
+                if not group.prunable:
+                    raise ValueError(
+                        f"layer group {lg_name!r}: channel group {cg_name!r} is not prunable ({group.reason})"
+                    )
+                if cg_name in owner:
+                    raise ValueError(
+                        f"channel group {cg_name!r} is in two layer groups: {owner[cg_name]!r} and {lg_name!r}"
+                    )
+                owner[cg_name] = lg_name
+                names.append(cg_name)
+            resolved[str(lg_name)] = names
+        return resolved
+
+    # ------------------------------------------------------------------ scoring
+
+    def scores(self, group: ChannelGroup) -> np.ndarray | None:
+        """Coupled score of every channel of ``group``: shape (group.size,), or ``None`` if it cannot be scored.
+
+        Raises:
+            ValueError: NaN / infinite scores or a wrong score shape, naming the group.
+        """
+        if isinstance(self.importance, str):
+            rows = _bn_l1(self.model, group)
+            if rows is None:
+                return None
+        else:
+            rows = torch.as_tensor(self.importance(self.model, group)).detach().float()
+            if rows.dim() == 1:
+                rows = rows.unsqueeze(0)
+        if rows.dim() != 2 or rows.shape[1] != group.size:
+            raise ValueError(
+                f"importance for channel group {group.name!r} has shape {tuple(rows.shape)}, "
+                f"expected ({group.size},) or (L, {group.size})"
+            )
+        if not torch.isfinite(rows).all():
+            raise ValueError(f"importance for channel group {group.name!r} contains NaN or infinite scores")
+        values = rows.cpu().double().numpy()
+        if self.coupling == "mean":
+            return np.asarray(values.mean(axis=0))
+        if self.coupling == "max":
+            return np.asarray(values.max(axis=0))
+        # Majority vote: kept iff >= half of the L per-layer masks keep it, i.e. the ceil(L/2)-th largest passes.
+        majority = math.ceil(values.shape[0] / 2)
+        return np.asarray(-np.sort(-values, axis=0)[majority - 1])
+
+    def _check_refs(self, group: ChannelGroup) -> None:
+        # A LayerRef pointing outside its layer would corrupt the removal; fail with the culprit named instead.
+        for ref in group.layers:
+            weight = getattr(self.model.get_submodule(ref.name), "weight", None)
+            if weight is None or len(ref.indices) != group.size:
+                continue
+            module = self.model.get_submodule(ref.name)
+            if ref.dim == "out" or isinstance(module, nn.modules.batchnorm._BatchNorm):
+                width = int(weight.shape[0])
+            else:
+                width = int(weight.shape[1]) * int(getattr(module, "groups", 1))
+            if ref.indices and max(ref.indices) >= width:
+                raise ValueError(
+                    f"channel group {group.name!r}: layer {ref.name!r} ({ref.dim}) has {width} channels but the "
+                    f"graph maps channel indices up to {max(ref.indices)}; the ChannelGraph is inconsistent"
+                )
+
+    def _kept(self, score: np.ndarray, threshold: float) -> list[int]:
+        raw = int((score >= threshold).sum())
+        count = kept_count(raw, len(score), self.min_channels, self.round_to)
+        order = np.argsort(-score, kind="stable")  # highest scores first, ties by index
+        return sorted(int(i) for i in order[:count])
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(
+        self,
+        *,
+        ratios: Mapping[str, float] | None = None,
+        thresholds: Mapping[str, float] | None = None,
+        target_params: float | None = None,
+        target_macs: float | None = None,
+    ) -> PruningPlan:
+        """Decide which channels to remove. Exactly one mode must be given.
+
+        Args:
+            ratios: layer group -> fraction in [0, 1); the group's threshold is that quantile of its channel
+                scores (the authors' rule). Layer groups not listed are not pruned.
+            thresholds: layer group -> absolute threshold on the scores. Layer groups not listed are not pruned.
+            target_params: fraction of the current parameter count to keep, in (0, 1]; thresholds are solved
+                (see :mod:`grouppruner.budget` for how the budget is shared between layer groups).
+            target_macs: fraction of the current conv + linear MACs to keep, in (0, 1].
+
+        Returns:
+            The plan; nothing is changed on the model.
+
+        Raises:
+            ValueError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1] or below what
+                ``min_channels`` allows (the message gives the smallest reachable value), NaN values.
+            KeyError: an unknown layer-group name (the message lists the valid ones).
+        """
+        modes = {
+            "ratios": ratios, "thresholds": thresholds, "target_params": target_params, "target_macs": target_macs,
+        }
+        given = [name for name, value in modes.items() if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"GroupPruner.plan needs exactly one of {list(modes)}, got {given or 'none'}")
+        mode = given[0]
+        scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]] = {}
+        for lg_name, cg_names in self.layer_groups.items():
+            scored[lg_name] = []
+            for cg_name in cg_names:
+                group = self.graph.group(cg_name)
+                self._check_refs(group)
+                score = self.scores(group)
+                if score is None:
+                    logger.info("channel group %s has no BatchNorm to score; it is not pruned", cg_name)
+                    continue
+                scored[lg_name].append((group, score))
+        cost = CostModel(self.model, self._positions)
+
+        if mode in ("ratios", "thresholds"):
+            values = self._check_group_values(mode, ratios if mode == "ratios" else thresholds)
+            group_thresholds: dict[str, float] = {}
+            for lg_name, members in scored.items():
+                pooled = np.sort(np.concatenate([s for _, s in members])) if members else np.zeros(0)
+                if lg_name not in values or len(pooled) == 0:
+                    group_thresholds[lg_name] = float(pooled[0]) if len(pooled) else 0.0
+                elif mode == "ratios":
+                    group_thresholds[lg_name] = float(pooled[int(math.floor(values[lg_name] * len(pooled)))])
+                else:
+                    group_thresholds[lg_name] = values[lg_name]
+            kept = {
+                group.name: self._kept(score, group_thresholds[lg_name])
+                for lg_name, members in scored.items()
+                for group, score in members
+            }
+            target = None
+        else:
+            target = float(modes[mode])  # type: ignore[arg-type]
+            if not 0.0 < target <= 1.0 or math.isnan(target):
+                raise ValueError(f"{mode} must be a fraction in (0, 1], got {target}")
+            group_thresholds, kept = self._solve(scored, cost, mode, target)
+
+        return self._make_plan(mode, target, scored, group_thresholds, kept, cost)
+
+    def _check_group_values(self, mode: str, values: Mapping[str, float] | None) -> dict[str, float]:
+        assert values is not None
+        checked: dict[str, float] = {}
+        for name, value in values.items():
+            if name not in self.layer_groups:
+                raise KeyError(
+                    f"{mode}: unknown layer group {name!r}; valid layer groups: {sorted(self.layer_groups)}"
+                )
+            value = float(value)
+            if math.isnan(value):
+                raise ValueError(f"{mode}[{name!r}] is NaN")
+            if mode == "ratios" and not 0.0 <= value < 1.0:
+                raise ValueError(f"ratios[{name!r}] must be in [0, 1), got {value}")
+            checked[name] = value
+        return checked
+
+    def _solve(
+        self,
+        scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]],
+        cost: CostModel,
+        mode: str,
+        target: float,
+    ) -> tuple[dict[str, float], dict[str, list[int]]]:
+        scale = {
+            lg: max((float(s.max()) for _, s in members if len(s)), default=1.0) or 1.0
+            for lg, members in scored.items()
+        }
+        entries = []
+        for lg, members in scored.items():
+            for group, score in members:
+                refs = [(ref.name, ref.dim) for ref in group.layers]
+                entries.append((group.size, np.sort(score / scale[lg]), refs))
+        column = 0 if mode == "target_params" else 1
+        total = cost.params if mode == "target_params" else cost.macs
+        goal = target * total
+
+        def evaluate(cut: float) -> float:
+            removed: dict[tuple[str, str], int] = {}
+            for size, ordered, refs in entries:
+                raw = size - int(np.searchsorted(ordered, cut, side="left"))
+                gone = size - kept_count(raw, size, self.min_channels, self.round_to)
+                if gone:
+                    for key in refs:
+                        removed[key] = removed.get(key, 0) + gone
+            return float(cost.predict(removed)[column])
+
+        distinct = np.unique(np.concatenate([e[1] for e in entries])) if entries else np.zeros(1)
+        candidates = np.append(distinct, np.nextafter(distinct[-1], np.inf))
+        smallest = evaluate(float(candidates[-1]))
+        if smallest > goal:
+            raise ValueError(
+                f"{mode}={target:g} is not reachable with min_channels={self.min_channels}"
+                f"{'' if self.round_to is None else f', round_to={self.round_to}'}: "
+                f"the smallest reachable value is {smallest / total:.4f}"
+            )
+        cut, reached = solve_cut(evaluate, candidates, goal)
+        if abs(reached - goal) > 0.01 * goal:
+            logger.warning("%s=%g: the closest reachable value is %.4f", mode, target, reached / total)
+        thresholds = {lg: cut * scale[lg] for lg in scored}
+        kept = {
+            group.name: self._kept(score / scale[lg], cut) for lg, members in scored.items() for group, score in members
+        }
+        return thresholds, kept
+
+    def _make_plan(
+        self,
+        mode: str,
+        target: float | None,
+        scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]],
+        thresholds: dict[str, float],
+        kept: dict[str, list[int]],
+        cost: CostModel,
+    ) -> PruningPlan:
+        removed: dict[tuple[str, str], int] = {}
+        consumers: set[str] = set()
+        for members in scored.values():
+            for group, _ in members:
+                gone = group.size - len(kept[group.name])
+                if not gone:
+                    continue
+                out_names = {ref.name for ref in group.layers if ref.dim == "out"}
+                for ref in group.layers:
+                    removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
+                    if ref.dim == "in" and ref.name not in out_names and _is_consumer(
+                        self.model.get_submodule(ref.name)
+                    ):
+                        consumers.add(ref.name)
+        add_bias = sorted(n for n in consumers if fold_target(self.model, n, self._successor_bn) == "new_bias")
+        params_after, macs_after = cost.predict(removed, add_bias)
+        layer_plans = [
+            LayerGroupPlan(
+                name=lg,
+                threshold=float(thresholds[lg]),
+                channels_before=sum(g.size for g, _ in members),
+                channels_after=sum(len(kept[g.name]) for g, _ in members),
+                channel_groups=[g.name for g, _ in members],
+            )
+            for lg, members in scored.items()
+        ]
+        group_plans = [
+            ChannelGroupPlan(name=g.name, size=g.size, kept=kept[g.name])
+            for members in scored.values()
+            for g, _ in members
+        ]
+        return PruningPlan(
+            fingerprint=model_fingerprint(self.model),
+            mode=mode,
+            target=target,
+            importance=self.importance if isinstance(self.importance, str) else getattr(
+                self.importance, "__name__", type(self.importance).__name__
+            ),
+            coupling=self.coupling,
+            min_channels=self.min_channels,
+            round_to=self.round_to,
+            layer_groups=layer_plans,
+            channel_groups=group_plans,
+            params_before=cost.params,
+            params_after=params_after,
+            macs_before=cost.macs,
+            macs_after=macs_after,
+            add_bias=add_bias,
+            input_shapes=_input_shapes(self.example_inputs),
+        )
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(self, plan: PruningPlan, *, fold: bool = True) -> nn.Module:
+        """Remove the planned channels in place (after beta folding) and return the model.
+
+        The plan is kept on the model (:func:`applied_plans`) for :func:`grouppruner.checkpoint.save_pruned`.
+        Parameters of pruned layers are new tensors afterwards: rebuild optimizers (:func:`rebuild_optimizer`).
+
+        Args:
+            plan: a plan made for this model in its current state.
+            fold: fold the constant output of removed channels into their consumers (see
+                :mod:`grouppruner.folding`); ``False`` only drops them, like torch-pruning.
+
+        Returns:
+            ``graph.model``, pruned.
+
+        Raises:
+            ValueError: the plan was made for another model (or for this one before it was changed).
+        """
+        removals = _check_plan(self.graph, plan)
+        if fold:
+            added = fold_removed_channels(
+                self.model, removals, self.example_inputs, successor_bn=self._successor_bn,
+                forward_fn=self.forward_fn,
+            )
+            if sorted(added) != sorted(plan.add_bias):
+                raise RuntimeError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
+        _remember_parameter_names(self.model)
+        apply_structure(self.graph, plan, removals=removals, add_bias=not fold)
+        logger.info(
+            "pruned %d channel groups: params %d -> %d, MACs %d -> %d",
+            sum(1 for _, r in removals if r), plan.params_before, plan.params_after, plan.macs_before, plan.macs_after,
+        )
+        return self.model
+
+
+def _check_plan(graph: ChannelGraph, plan: PruningPlan) -> list[tuple[ChannelGroup, list[int]]]:
+    fingerprint = model_fingerprint(graph.model)
+    if plan.fingerprint != fingerprint:
+        raise ValueError(
+            f"the plan was made for a model with fingerprint {plan.fingerprint}, this model has {fingerprint} "
+            "(another architecture, or a model that was changed after planning)"
+        )
+    removals = []
+    for entry in plan.channel_groups:
+        try:
+            group = graph.group(entry.name)
+        except KeyError as error:
+            raise ValueError(f"the plan names channel group {entry.name!r}, which this graph lacks") from error
+        if group.size != entry.size:
+            raise ValueError(f"channel group {entry.name!r} has {group.size} channels, the plan expects {entry.size}")
+        removals.append((group, entry.removed))
+    return removals
+
+
+def apply_structure(
+    graph: ChannelGraph,
+    plan: PruningPlan,
+    *,
+    removals: Sequence[tuple[ChannelGroup, Sequence[int]]] | None = None,
+    add_bias: bool = True,
+) -> None:
+    """Apply the structural part of ``plan`` (new biases, channel removal) without folding; records the plan.
+
+    This is what ``load_pruned`` replays on a freshly built model before loading the pruned weights.
+
+    Args:
+        graph: channel graph of the model the plan was made for.
+        plan: the plan.
+        removals: precomputed ``(group, removed indices)`` pairs (checked against the plan when ``None``).
+        add_bias: create the zero biases listed in ``plan.add_bias`` (folding creates them itself).
+    """
+    if removals is None:
+        removals = _check_plan(graph, plan)
+    if add_bias:
+        for name in plan.add_bias:
+            module = graph.model.get_submodule(name)
+            out = module.weight.shape[0]
+            module.bias = nn.Parameter(torch.zeros(out, dtype=module.weight.dtype, device=module.weight.device))
+    for group, removed in removals:
+        if removed:
+            graph.remove_channels(group.name, list(removed))
+    record_plan(graph.model, plan)
+
+
+def _remember_parameter_names(model: nn.Module) -> None:
+    # Optimizers keep the old parameter objects alive, so their ids stay unique while anyone can ask about them.
+    names: dict[int, str] = model.__dict__.setdefault(_OLD_PARAMS_ATTR, {})
+    names.update({id(p): n for n, p in model.named_parameters()})
+
+
+def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+    """A new optimizer of the same class and hyper-parameters for the pruned ``model``.
+
+    Pruning replaces the parameters of every pruned layer, so an optimizer created before ``apply`` would keep
+    updating tensors the model no longer uses. Each old parameter is mapped to the model's parameter of the same
+    name; param-group options (lr, weight decay, ...) are kept; biases created by beta folding join the first
+    param group. Optimizer state (momentum buffers) is dropped, since its shapes no longer fit.
+
+    Args:
+        optimizer: the optimizer built for the model before pruning.
+        model: the model after :meth:`GroupPruner.apply`.
+
+    Returns:
+        A fresh optimizer over the model's current parameters.
+
+    Raises:
+        ValueError: an optimizer parameter is neither in the model nor a parameter replaced by pruning.
+    """
+    current = dict(model.named_parameters())
+    by_id = {id(p): p for p in current.values()}
+    old_names: dict[int, str] = model.__dict__.get(_OLD_PARAMS_ATTR, {})
+    used: set[int] = set()
+    groups: list[dict[str, Any]] = []
+    for param_group in optimizer.param_groups:
+        params = []
+        for p in param_group["params"]:
+            if id(p) in by_id:
+                new = p
+            elif id(p) in old_names and old_names[id(p)] in current:
+                new = current[old_names[id(p)]]
+            else:
+                raise ValueError(
+                    f"rebuild_optimizer: an optimizer parameter of shape {tuple(p.shape)} is not part of the model"
+                )
+            used.add(id(new))
+            params.append(new)
+        groups.append({**{k: v for k, v in param_group.items() if k != "params"}, "params": params})
+    added = [p for plan in applied_plans(model) for name in plan.add_bias
+             if (p := current.get(f"{name}.bias")) is not None and id(p) not in used]
+    if added and groups:
+        groups[0]["params"].extend(_unique(added))
+    return type(optimizer)(groups, **optimizer.defaults)
+
+
+def _unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+    for p in params:
+        seen.setdefault(id(p), p)
+    return list(seen.values())

@@ -5,7 +5,7 @@ For a feature map ``F`` of shape ``(N, C, H, W)`` the spatial attention map is
 ``A(F) = normalize_L2(mean_c |F|^p).view(N, H*W)``
 
 It is aggregated over channels, so a pruned student with fewer channels can still be compared with the original
-teacher layer by layer. :class:`AttentionDistiller` hooks the chosen layers of both models, keeps only the maps
+teacher layer by layer. `AttentionDistiller` hooks the chosen layers of both models, keeps only the maps
 (``N * H * W`` fp32 values per layer, never the feature) and returns the weighted per-layer loss.
 """
 
@@ -206,14 +206,14 @@ def _select_feature(output: Any, selector: Selector | None, layer: str, role: st
 class AttentionRecorder:
     """Forward hooks on named layers of one model that record only their spatial attention maps.
 
-    While :attr:`active`, each hooked layer stores ``spatial_attention(output)`` (``(N, H*W)`` fp32) in
-    :attr:`maps` and its grid ``(H, W)`` in :attr:`grids`; the feature itself is never kept.
+    While `active`, each hooked layer stores ``spatial_attention(output)`` (``(N, H*W)`` fp32) in
+    `maps` and its grid ``(H, W)`` in `grids`; the feature itself is never kept.
 
     Args:
         model: the (unwrapped) model owning the layers.
         layers: qualified module names to hook.
         role: ``"teacher"`` or ``"student"``, used in error messages.
-        p: exponent of :func:`spatial_attention`.
+        p: exponent of `spatial_attention`.
         select: optional per-layer selector for layers whose output is not a tensor.
     """
 
@@ -279,12 +279,14 @@ class AttentionRecorder:
 class AttentionDistiller(nn.Module):
     """Spatial-attention distillation from a frozen teacher to a student (typically the pruned teacher).
 
-    Usage in a training loop::
+    Usage in a training loop:
 
-        distiller = AttentionDistiller(teacher, student, model.distill_layers)
-        outputs = distiller(images)               # runs the student, and the teacher under no_grad
-        kd, per_layer = distiller.loss()          # weighted sum over layers, per-layer values for logging
-        (task_loss(outputs, targets) + kd).backward()
+    ```python
+    distiller = AttentionDistiller(teacher, student, teacher.distill_layers)
+    outputs = distiller(images)        # runs the student, and the teacher under no_grad
+    kd, per_layer = distiller.loss()   # weighted sum over layers, per-layer values for logging
+    (task_loss(outputs, targets) + kd).backward()
+    ```
 
     The teacher is put in eval mode, frozen (``requires_grad_(False)``) and run under ``torch.no_grad()``; it stays
     in eval when ``train()`` is called on the distiller or on any module holding it, and it is switched back to
@@ -299,15 +301,15 @@ class AttentionDistiller(nn.Module):
             ``student name -> teacher name``. A ``module.`` / ``_orig_mod.`` prefix is ignored.
         weights: per-layer weights, a mapping by student name (missing layers weigh 1) or a sequence in the
             order of ``layers``. Default 1 for every layer (the paper used larger weights on backbone layers).
-        p: exponent of :func:`spatial_attention` (paper: 2).
+        p: exponent of `spatial_attention` (paper: 2).
         loss: ``"mse"`` (paper: mean squared difference of the maps) or ``"l1"`` (mean absolute difference).
         resize: ``None`` makes a spatial-size mismatch between a student and teacher layer an error;
             ``"bilinear"`` or ``"area"`` resize the student's map to the teacher's grid (then renormalise).
         select: per-layer selector (by student name) for layers whose output is a tuple / list / dict:
             an index or key, or a callable returning the ``(N, C, H, W)`` feature. Applied to both models.
-        fg_weight: weight of foreground cells when :meth:`loss` gets a mask or boxes.
-        bg_weight: weight of background cells when :meth:`loss` gets a mask or boxes.
-        check_finite: check the per-layer losses for NaN/Inf in :meth:`loss` (one device sync per step) and
+        fg_weight: weight of foreground cells when `loss` gets a mask or boxes.
+        bg_weight: weight of background cells when `loss` gets a mask or boxes.
+        check_finite: check the per-layer losses for NaN/Inf in `loss` (one device sync per step) and
             raise an error naming the layer and the model at fault.
 
     Raises:
@@ -464,10 +466,10 @@ class AttentionDistiller(nn.Module):
             **kwargs: keyword inputs of the student's forward.
 
         Returns:
-            The student's output, unchanged. The teacher's output is kept in :attr:`last_teacher_output`.
+            The student's output, unchanged. The teacher's output is kept in `last_teacher_output`.
 
         Raises:
-            DistillerStateError: after :meth:`remove`.
+            DistillerStateError: after `remove`.
             LayerOutputError: a hooked layer produced a tuple / non-4-D tensor, ran twice, or did not run.
             ValueError: a student map and a teacher map differ in spatial size and ``resize`` is None.
         """
@@ -557,7 +559,7 @@ class AttentionDistiller(nn.Module):
             mask: optional ``(N, 1, Hm, Wm)`` foreground mask in ``[0, 1]`` at any resolution covering the input
                 (usually the input's); area-resized to each layer's grid.
             boxes: optional ground-truth boxes, ``N`` tensors ``(M_i, 4)`` xyxy in input pixels; mapped to each
-                layer's grid with the layer's stride (input size / grid size) by :func:`boxes_to_grid_mask`.
+                layer's grid with the layer's stride (input size / grid size) by `boxes_to_grid_mask`.
             input_size: ``(H, W)`` of the input for ``boxes``; default: the 4-D tensor given to the last forward.
 
         Returns:
@@ -565,7 +567,7 @@ class AttentionDistiller(nn.Module):
             per-layer losses (detached), keyed by student layer name.
 
         Raises:
-            DistillerStateError: no forward since construction / the last :meth:`clear`.
+            DistillerStateError: no forward since construction / the last `clear`.
             NonFiniteFeatureError: a feature had NaN / Inf (names the layer and the model).
             ValueError: both ``mask`` and ``boxes`` given, or their shapes do not match the batch.
         """

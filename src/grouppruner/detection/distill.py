@@ -1,8 +1,8 @@
 """Output-level knowledge distillation for YOLOv4: class / objectness KL and box L2 at ground-truth cells.
 
-The term the paper combined with spatial-attention distilling (:class:`grouppruner.AttentionDistiller`):
+The term the paper combined with spatial-attention distilling (`grouppruner.AttentionDistiller`):
 the student's raw head maps are pulled towards the teacher's. Positions are those the training loss assigns
-to each ground-truth box (:class:`grouppruner.detection.YoloLoss`'s multi-anchor assignment), so the class and
+to each ground-truth box (`grouppruner.detection.YoloLoss`'s multi-anchor assignment), so the class and
 box terms act where the detector is trained, while the objectness term covers every anchor position.
 """
 
@@ -33,7 +33,7 @@ class YoloOutputDistill(nn.Module):
       ``KL(softmax(c_t / T) || softmax(c_s / T)) * T^2`` (sum over the C classes);
     * ``box_s`` = mean over ``P_s`` of the squared L2 distance between the decoded boxes
       ``(cx, cy, w, h)`` in grid cells of that scale: ``xy = 2 sigmoid(t_xy) - 0.5`` (relative to the cell),
-      ``wh = (2 sigmoid(t_wh))^2 * anchor / stride`` (the parameterisation of :func:`~.decode`).
+      ``wh = (2 sigmoid(t_wh))^2 * anchor / stride`` (the parameterisation of `decode`).
 
     ``total = cls_weight * sum_s cls_s + obj_weight * sum_s obj_s + box_weight * sum_s box_s``; a scale without
     ground-truth positions contributes 0 to ``cls`` and ``box``. The teacher's maps are detached. The ``T^2``
@@ -42,13 +42,13 @@ class YoloOutputDistill(nn.Module):
     Args:
         num_classes: number of classes C.
         anchors: ``(S, A, 2)`` anchor (w, h) in input pixels per scale; default those of ``yolov4.cfg``
-            (pass ``model.anchors`` when the model uses others, or build with :meth:`from_model`).
+            (pass ``model.anchors`` when the model uses others, or build with `from_model`).
         strides: stride of each head map.
         temperature: softmax / sigmoid temperature T (paper: 3).
         cls_weight: weight of the class KL.
         obj_weight: weight of the objectness KL.
         box_weight: weight of the box L2.
-        anchor_threshold: anchor-to-box size ratio of the assignment (as in :class:`YoloLoss`).
+        anchor_threshold: anchor-to-box size ratio of the assignment (as in `YoloLoss`).
         use_difficult: also use boxes flagged ``difficult`` as ground-truth positions.
 
     Shape:
@@ -95,7 +95,7 @@ class YoloOutputDistill(nn.Module):
 
     @classmethod
     def from_model(cls, model: YOLOv4, **kwargs: float | bool) -> YoloOutputDistill:
-        """Build for a :class:`YOLOv4` (its ``num_classes``, ``anchors`` and ``strides``); ``kwargs`` as above."""
+        """Build for a `YOLOv4` (its ``num_classes``, ``anchors`` and ``strides``); ``kwargs`` as above."""
         return cls(model.num_classes, anchors=model.anchors, strides=model.strides, **kwargs)  # type: ignore[arg-type]
 
     def forward(

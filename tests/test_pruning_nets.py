@@ -22,8 +22,10 @@ class CBA(nn.Sequential):
     """Conv -> BatchNorm -> activation (activation optional)."""
 
     def __init__(self, c_in: int, c_out: int, *, k: int = 1, groups: int = 1, act: str | None = "leaky") -> None:
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, k, 1, k // 2, groups=groups, bias=False),
-                                   nn.BatchNorm2d(c_out)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, c_out, k, 1, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out),
+        ]
         if act is not None:
             layers.append(ACTS[act]())
         super().__init__(*layers)
@@ -69,7 +71,7 @@ class RandomNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for op, module in zip(self.spec, self.ops):
+        for op, module in zip(self.spec, self.ops, strict=True):
             kind = op[0]
             if kind == "res":
                 x = nn.functional.leaky_relu(x + module(x), 0.1)

@@ -14,12 +14,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_pruning_nets import RandomNet, gamma_zero_reference, net_specs, randomize_bn
 from torch import nn
 
 from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner
+from test_pruning_nets import RandomNet, gamma_zero_reference, net_specs, randomize_bn
 
 INPUT = (2, 3, 16, 16)
 
@@ -37,12 +37,8 @@ def check_random_net(spec: tuple, data: st.DataObject) -> None:
     min_channels = data.draw(st.integers(1, 4), label="min_channels")
     round_to = data.draw(st.sampled_from([None, 2, 4]), label="round_to")
     coupling = data.draw(st.sampled_from(["mean", "max", "vote"]), label="coupling")
-    pruner = GroupPruner(
-        graph, min_channels=min_channels, round_to=round_to, coupling=coupling, example_inputs=x
-    )
-    ratios = {
-        name: data.draw(st.floats(0.0, 0.95), label=f"ratio[{name}]") for name in pruner.layer_groups
-    }
+    pruner = GroupPruner(graph, min_channels=min_channels, round_to=round_to, coupling=coupling, example_inputs=x)
+    ratios = {name: data.draw(st.floats(0.0, 0.95), label=f"ratio[{name}]") for name in pruner.layer_groups}
     plan = pruner.plan(ratios=ratios)
     reference = gamma_zero_reference(model, graph, plan)
     widths = {n: m.weight.shape[0] for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))}

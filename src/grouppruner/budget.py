@@ -20,7 +20,9 @@ distinct normalised scores, ties kept together).
 
 from __future__ import annotations
 
+import logging
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,8 @@ import torch
 from torch import nn
 
 __all__ = ["CostModel", "ModuleCost", "kept_count", "record_positions", "solve_cut"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,13 +102,34 @@ def _call(model: nn.Module, inputs: Any, forward_fn: Callable[[nn.Module, Any], 
     return model(*inputs)
 
 
+def _meta_call(model: nn.Module, example_inputs: Any) -> None:
+    """Run ``model`` on the meta device: shapes only, no compute, no activation memory."""
+
+    def to_meta(value: Any) -> Any:
+        return value.to("meta") if isinstance(value, torch.Tensor) else value
+
+    state = {n: torch.empty_like(t, device="meta") for n, t in model.named_parameters(remove_duplicate=False)}
+    state.update({n: torch.empty_like(t, device="meta") for n, t in model.named_buffers(remove_duplicate=False)})
+    if isinstance(example_inputs, torch.Tensor):
+        args: tuple[Any, ...] = (to_meta(example_inputs),)
+        kwargs: dict[str, Any] = {}
+    elif isinstance(example_inputs, Mapping):
+        args, kwargs = (), {k: to_meta(v) for k, v in example_inputs.items()}
+    else:
+        args, kwargs = tuple(to_meta(v) for v in example_inputs), {}
+    torch.func.functional_call(model, state, args, kwargs, strict=False)
+
+
 def record_positions(
     model: nn.Module,
     example_inputs: Any,
     *,
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
 ) -> tuple[dict[str, int], dict[str, str]]:
-    """Run ``model`` once (eval mode, no autograd) and record what channel pruning cannot change.
+    """Trace ``model`` once (eval mode, no autograd) and record what channel pruning cannot change.
+
+    The pass runs on the meta device when possible (shapes only: no compute and no activation memory) and
+    falls back to a real forward pass (always with ``forward_fn``, or when an op has no meta kernel).
 
     Args:
         model: the model.
@@ -118,7 +143,7 @@ def record_positions(
     """
     names = {module: name for name, module in model.named_modules()}
     positions: dict[str, int] = {}
-    outputs: dict[int, str] = {}
+    outputs: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
     successor: dict[str, str] = {}
     handles = []
 
@@ -126,14 +151,15 @@ def record_positions(
         name = names[module]
         if name in positions or not isinstance(output, torch.Tensor):
             return
-        channels = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+        channels = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
         positions[name] = output.numel() // max(int(channels), 1)
-        outputs[id(output)] = name
+        outputs[id(output)] = (weakref.ref(output), name)
 
     def on_bn_input(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            producer = outputs.get(id(args[0]))
-            if producer is not None and producer not in successor:
+        if args and isinstance(args[0], torch.Tensor) and id(args[0]) in outputs:
+            # The weak reference tells a live producer output from a new tensor that reuses a freed id.
+            ref, producer = outputs[id(args[0])]
+            if ref() is args[0] and producer not in successor:
                 successor[producer] = names[module]
 
     for module in model.modules():
@@ -145,8 +171,16 @@ def record_positions(
     model.eval()
     try:
         with torch.no_grad():
-            # The output tensors are kept alive until the pass ends, so ids in `outputs` stay unique.
-            _call(model, example_inputs, forward_fn)
+            try:
+                if forward_fn is not None:
+                    raise NotImplementedError("forward_fn given")
+                _meta_call(model, example_inputs)
+            except (NotImplementedError, RuntimeError, TypeError, ValueError) as error:
+                logger.debug("shape trace on the meta device failed (%s); running a real forward pass", error)
+                positions.clear()
+                outputs.clear()
+                successor.clear()
+                _call(model, example_inputs, forward_fn)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -169,13 +203,27 @@ class CostModel:
             if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
                 kernel = math.prod(module.kernel_size)
                 self.modules[name] = ModuleCost(
-                    name, "conv", module.out_channels, module.in_channels, module.groups, kernel,
-                    module.bias is not None, positions.get(name, 0), own,
+                    name,
+                    "conv",
+                    module.out_channels,
+                    module.in_channels,
+                    module.groups,
+                    kernel,
+                    module.bias is not None,
+                    positions.get(name, 0),
+                    own,
                 )
             elif isinstance(module, nn.Linear):
                 self.modules[name] = ModuleCost(
-                    name, "linear", module.out_features, module.in_features, 1, 1,
-                    module.bias is not None, positions.get(name, 0), own,
+                    name,
+                    "linear",
+                    module.out_features,
+                    module.in_features,
+                    1,
+                    1,
+                    module.bias is not None,
+                    positions.get(name, 0),
+                    own,
                 )
             elif own > 0:
                 first = next(module.parameters(recurse=False))

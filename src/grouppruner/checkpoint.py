@@ -102,7 +102,7 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
         raise CheckpointError(f"{path}: not a grouppruner checkpoint (format {meta.get('format')!r})")
     if meta.get("version") != _VERSION:
         raise CheckpointError(f"{path}: checkpoint version {meta.get('version')} is not supported ({_VERSION})")
-    state = {key[len(_STATE):]: value for key, value in blob.items() if key.startswith(_STATE)}
+    state = {key[len(_STATE) :]: value for key, value in blob.items() if key.startswith(_STATE)}
     return meta, state
 
 
@@ -150,8 +150,10 @@ def load_pruned(
             if not plan.input_shapes:
                 raise CheckpointError(f"{path}: plan {index} stores no input shapes; pass example_inputs=")
             shapes = plan.input_shapes
-            inputs = torch.zeros(shapes[0], device=device) if len(shapes) == 1 else tuple(
-                torch.zeros(s, device=device) for s in shapes
+            inputs = (
+                torch.zeros(shapes[0], device=device)
+                if len(shapes) == 1
+                else tuple(torch.zeros(s, device=device) for s in shapes)
             )
         apply_structure(ChannelGraph(model, inputs, **graph_options), plan)
     if model_fingerprint(model) != meta["pruned_fingerprint"]:

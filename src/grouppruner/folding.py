@@ -40,9 +40,7 @@ FoldTarget = str  # "bias" | "running_mean" | "new_bias"
 
 
 def _is_consumer(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (
-        isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
-    )
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed)
 
 
 def fold_target(model: nn.Module, name: str, successor_bn: Mapping[str, str]) -> FoldTarget:
@@ -70,6 +68,7 @@ def fold_target(model: nn.Module, name: str, successor_bn: Mapping[str, str]) ->
 
 def _consumer_delta(module: nn.Module, channels: torch.Tensor, constants: torch.Tensor) -> torch.Tensor:
     """Output shift of ``module`` caused by constant inputs: shape (out_channels,)."""
+    assert isinstance(module.weight, torch.Tensor)
     weight = module.weight.detach()
     if isinstance(module, nn.Linear):
         return weight[:, channels] @ constants
@@ -118,13 +117,15 @@ def fold_removed_channels(
         out_names = {ref.name for ref in group.layers if ref.dim == "out"}
         for ref in group.layers:
             module = model.get_submodule(ref.name)
+            weight = getattr(module, "weight", None)
             index = torch.tensor([ref.indices[i] for i in removed], dtype=torch.long)
             if ref.dim == "out" and isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if module.weight is not None:
-                    zeroed.append((module.weight.data, index, module.weight.data[index].clone()))
+                if isinstance(weight, torch.Tensor):
+                    zeroed.append((weight.data, index, weight.data[index].clone()))
             elif ref.dim == "out" and _is_consumer(module) and ref.name not in successor_bn:
                 # A producer without its own BN: zero its filters so that it emits its bias, a constant.
-                zeroed.append((module.weight.data, index, module.weight.data[index].clone()))
+                assert isinstance(weight, torch.Tensor)
+                zeroed.append((weight.data, index, weight.data[index].clone()))
             elif ref.dim == "in" and _is_consumer(module) and ref.name not in out_names:
                 consumer_channels.setdefault(ref.name, []).extend(ref.indices[i] for i in removed)
     if not consumer_channels:
@@ -170,10 +171,13 @@ def fold_removed_channels(
             delta = _consumer_delta(module, torch.tensor(channels, dtype=torch.long), constants[name])
             target = fold_target(model, name, successor_bn)
             if target == "bias":
-                module.bias.add_(delta)
+                bias = module.bias
+                assert isinstance(bias, torch.Tensor)
+                bias.add_(delta)
             elif target == "running_mean":
-                bn = model.get_submodule(successor_bn[name])
-                bn.running_mean.sub_(delta)
+                running_mean = model.get_submodule(successor_bn[name]).running_mean
+                assert isinstance(running_mean, torch.Tensor)
+                running_mean.sub_(delta)
             else:
                 module.bias = nn.Parameter(delta.clone())
                 added.append(name)

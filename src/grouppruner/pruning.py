@@ -248,7 +248,10 @@ class GroupPruner:
             KeyError: an unknown layer-group name (the message lists the valid ones).
         """
         modes = {
-            "ratios": ratios, "thresholds": thresholds, "target_params": target_params, "target_macs": target_macs,
+            "ratios": ratios,
+            "thresholds": thresholds,
+            "target_params": target_params,
+            "target_macs": target_macs,
         }
         given = [name for name, value in modes.items() if value is not None]
         if len(given) != 1:
@@ -275,7 +278,7 @@ class GroupPruner:
                 if lg_name not in values or len(pooled) == 0:
                     group_thresholds[lg_name] = float(pooled[0]) if len(pooled) else 0.0
                 elif mode == "ratios":
-                    group_thresholds[lg_name] = float(pooled[int(math.floor(values[lg_name] * len(pooled)))])
+                    group_thresholds[lg_name] = float(pooled[math.floor(values[lg_name] * len(pooled))])
                 else:
                     group_thresholds[lg_name] = values[lg_name]
             kept = {
@@ -297,9 +300,7 @@ class GroupPruner:
         checked: dict[str, float] = {}
         for name, value in values.items():
             if name not in self.layer_groups:
-                raise KeyError(
-                    f"{mode}: unknown layer group {name!r}; valid layer groups: {sorted(self.layer_groups)}"
-                )
+                raise KeyError(f"{mode}: unknown layer group {name!r}; valid layer groups: {sorted(self.layer_groups)}")
             value = float(value)
             if math.isnan(value):
                 raise ValueError(f"{mode}[{name!r}] is NaN")
@@ -375,8 +376,10 @@ class GroupPruner:
                 out_names = {ref.name for ref in group.layers if ref.dim == "out"}
                 for ref in group.layers:
                     removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
-                    if ref.dim == "in" and ref.name not in out_names and _is_consumer(
-                        self.model.get_submodule(ref.name)
+                    if (
+                        ref.dim == "in"
+                        and ref.name not in out_names
+                        and _is_consumer(self.model.get_submodule(ref.name))
                     ):
                         consumers.add(ref.name)
         add_bias = sorted(n for n in consumers if fold_target(self.model, n, self._successor_bn) == "new_bias")
@@ -400,9 +403,9 @@ class GroupPruner:
             fingerprint=model_fingerprint(self.model),
             mode=mode,
             target=target,
-            importance=self.importance if isinstance(self.importance, str) else getattr(
-                self.importance, "__name__", type(self.importance).__name__
-            ),
+            importance=self.importance
+            if isinstance(self.importance, str)
+            else getattr(self.importance, "__name__", type(self.importance).__name__),
             coupling=self.coupling,
             min_channels=self.min_channels,
             round_to=self.round_to,
@@ -438,7 +441,10 @@ class GroupPruner:
         removals = _check_plan(self.graph, plan)
         if fold:
             added = fold_removed_channels(
-                self.model, removals, self.example_inputs, successor_bn=self._successor_bn,
+                self.model,
+                removals,
+                self.example_inputs,
+                successor_bn=self._successor_bn,
                 forward_fn=self.forward_fn,
             )
             if sorted(added) != sorted(plan.add_bias):
@@ -447,7 +453,11 @@ class GroupPruner:
         apply_structure(self.graph, plan, removals=removals, add_bias=not fold)
         logger.info(
             "pruned %d channel groups: params %d -> %d, MACs %d -> %d",
-            sum(1 for _, r in removals if r), plan.params_before, plan.params_after, plan.macs_before, plan.macs_after,
+            sum(1 for _, r in removals if r),
+            plan.params_before,
+            plan.params_after,
+            plan.macs_before,
+            plan.macs_after,
         )
         return self.model
 
@@ -493,8 +503,9 @@ def apply_structure(
     if add_bias:
         for name in plan.add_bias:
             module = graph.model.get_submodule(name)
-            out = module.weight.shape[0]
-            module.bias = nn.Parameter(torch.zeros(out, dtype=module.weight.dtype, device=module.weight.device))
+            weight = module.weight
+            assert isinstance(weight, torch.Tensor)
+            module.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
     for group, removed in removals:
         if removed:
             graph.remove_channels(group.name, list(removed))
@@ -544,8 +555,12 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> tor
             used.add(id(new))
             params.append(new)
         groups.append({**{k: v for k, v in param_group.items() if k != "params"}, "params": params})
-    added = [p for plan in applied_plans(model) for name in plan.add_bias
-             if (p := current.get(f"{name}.bias")) is not None and id(p) not in used]
+    added = [
+        p
+        for plan in applied_plans(model)
+        for name in plan.add_bias
+        if (p := current.get(f"{name}.bias")) is not None and id(p) not in used
+    ]
     if added and groups:
         groups[0]["params"].extend(_unique(added))
     return type(optimizer)(groups, **optimizer.defaults)

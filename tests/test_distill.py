@@ -259,6 +259,37 @@ def test_student_pruned_with_fewer_channels_same_names() -> None:
     assert student.stem.conv.weight.grad is not None
 
 
+def test_student_pruned_by_group_pruner() -> None:
+    """A student pruned by GroupPruner (fewer channels, same names): near-dead channels go, the maps stay equal."""
+    pytest.importorskip("grouppruner.pruning")
+    torch.manual_seed(2)
+    teacher = TinyNet(8).eval()
+    _randomize_bn(teacher)
+    for m in teacher.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            dead = torch.arange(m.num_features) % 2 == 1  # half the channels emit about act(0) = 0
+            m.weight.data[dead] = 1e-7 * torch.arange(1, int(dead.sum()) + 1, dtype=torch.float32)
+            m.bias.data[dead] = 0.0
+    student = copy.deepcopy(teacher)
+    example = torch.randn(1, 3, 32, 32)
+    graph = gp.ChannelGraph(student, example)
+    pruner = gp.GroupPruner(graph, min_channels=2, example_inputs=example)
+    pruner.apply(pruner.plan(ratios=dict.fromkeys(graph.layer_groups(), 0.5)))
+    widths = [student.stem.conv.out_channels, student.stage1.conv.out_channels, student.stage2.conv.out_channels]
+    assert 4 <= widths[0] < 8 and 8 <= widths[1] < 16 and 16 <= widths[2] < 32
+    d = gp.AttentionDistiller(teacher, student, LAYERS)
+    d.eval()
+    x = torch.randn(2, 3, 24, 40)
+    d(x)
+    total, _ = d.loss()
+    assert total.item() < 1e-9
+    d.train()
+    out = d(x)
+    total, _ = d.loss()
+    (total + out.square().mean()).backward()
+    assert total.item() > 0 and student.stem.conv.weight.grad is not None
+
+
 def _slice_channels(model: TinyNet, keep: dict[str, list[int]]) -> TinyNet:
     """A thinner copy of ``model`` keeping channels ``keep[block]`` of each block (same module names)."""
     thin = copy.deepcopy(model)

@@ -4,13 +4,15 @@ Configurations, timed interleaved (one of each per round, so machine-load drift 
 ``--repeats`` rounds after one warm-up round:
 
 * ``plain``    student step without distillation: forward, YoloLoss, backward, SGD step;
-* ``teacher``  the teacher forward alone (eval, no_grad): the unavoidable cost of having a teacher;
+* ``teacher``  the teacher forward (eval, no_grad) followed by the plain step, no hooks: the unavoidable cost
+  of having a teacher at all;
 * ``attn``     the step with ``AttentionDistiller`` (hooks keep only ``N x H*W`` fp32 maps);
 * ``features`` the step with a feature-storing baseline (hooks keep whole feature maps of both models, as
   torchdistill / mmrazor recorders do, and the same loss is computed from them afterwards).
 
-Printed: median times, the overhead of each distillation step beyond ``plain + teacher`` as a fraction of the
-``plain`` step, and the bytes the recorders hold after a forward (maps vs features, per layer and in all).
+Printed: median wall and CPU times (process CPU time is less disturbed by other jobs on a shared machine), the
+overhead of each distillation step beyond ``teacher`` (the teacher forward plus the plain step) as a fraction of
+the ``plain`` step, and the bytes the recorders hold after a forward (maps vs features, per layer and in all).
 
     python benchmarks/distill_step.py                  # student width 0.5 vs teacher width 1.0, 320x320, batch 2
     python benchmarks/distill_step.py --teacher-width 0.5 --repeats 3
@@ -89,7 +91,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--student-width", type=float, default=0.5)
     parser.add_argument("--teacher-width", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,6 +120,7 @@ def main() -> None:
     def teacher_forward() -> None:
         with torch.no_grad():
             teacher(images)
+        plain()
 
     def attn() -> None:
         outputs = distiller(images)
@@ -153,6 +156,7 @@ def main() -> None:
         "features": features,
     }
     times: dict[str, list[float]] = {name: [] for name in configs}
+    cpu_times: dict[str, list[float]] = {name: [] for name in configs}
     # Both recorders produce the same loss (checked once, before timing).
     distiller(images)
     kd_attn = distiller.loss()[0].item()
@@ -164,24 +168,28 @@ def main() -> None:
     store_t.active = store_s.active = False
     for round_index in range(args.repeats + 1):
         for name, fn in configs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            elapsed = time.perf_counter() - start
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             if round_index > 0:  # round 0 warms up
                 times[name].append(elapsed)
-    median = {name: statistics.median(values) for name, values in times.items()}
+                cpu_times[name].append(elapsed_cpu)
 
     print(
         f"YOLOv4 student width {args.student_width} vs teacher width {args.teacher_width}, "
-        f"{args.size}x{args.size}, batch {args.batch}, {args.threads} threads, median of {args.repeats}"
+        f"{args.size}x{args.size}, batch {args.batch}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"distillation loss: attention recorder {kd_attn:.6g}, feature recorder {kd_feat:.6g}")
-    for name, value in median.items():
-        print(f"  {name:9s} {value * 1e3:9.1f} ms   ({value / median['plain']:.3f} x plain step)")
-    base = median["plain"] + median["teacher"]
-    for name in ("attn", "features"):
-        overhead = (median[name] - base) / median["plain"]
-        print(f"  {name:9s} overhead beyond plain step + teacher forward: {overhead * 100:+.1f} % of a step")
+    for label, samples in (("wall", times), ("cpu", cpu_times)):
+        median = {name: statistics.median(values) for name, values in samples.items()}
+        print(f"{label} time, median of {args.repeats}:")
+        for name, value in median.items():
+            print(f"  {name:9s} {value * 1e3:9.1f} ms   ({value / median['plain']:.3f} x plain step)")
+        teacher_share = (median["teacher"] - median["plain"]) / median["plain"]
+        print(f"  teacher forward (teacher - plain): {teacher_share:.3f} x plain step")
+        for name in ("attn", "features"):
+            overhead = (median[name] - median["teacher"]) / median["plain"]
+            print(f"  {name:9s} overhead beyond the teacher forward: {overhead * 100:+.1f} % of a plain step")
     maps, feats = recorded["attn"], recorded["features"]
     print("recorded bytes after a forward (maps / features, ratio, 1/C):")
     for key in feats:

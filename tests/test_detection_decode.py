@@ -47,6 +47,17 @@ def test_batched_nms_matches_bruteforce(seed, iou):
     assert batched_nms(boxes, scores, labels, iou, block=7).tolist() == expected
 
 
+def test_batched_nms_long_suppression_chain():
+    # box i overlaps only its neighbours (IoU 0.25): greedy keeps every second box along the chain
+    boxes = torch.tensor([[6.0 * i, 0.0, 6.0 * i + 10, 10.0] for i in range(40)])
+    scores = torch.linspace(1.0, 0.1, 40)
+    labels = torch.zeros(40, dtype=torch.long)
+    expected = list(range(0, 40, 2))
+    assert reference_nms(boxes, scores, labels, 0.2) == expected
+    assert batched_nms(boxes, scores, labels, 0.2).tolist() == expected
+    assert batched_nms(boxes, scores, labels, 0.2, block=16).tolist() == expected
+
+
 def test_batched_nms_ties_and_duplicates():
     boxes = torch.tensor([[0.0, 0, 10, 10]] * 3 + [[0.0, 0, 10, 10]])
     scores = torch.tensor([0.5, 0.9, 0.9, 0.2])

@@ -123,11 +123,39 @@ def decode(
     return results
 
 
+def _greedy_nms(boxes: Tensor, iou: float, block: int) -> Tensor:
+    """Class-agnostic greedy NMS of (K, 4) boxes already sorted by decreasing score -> (K,) kept mask."""
+    k = boxes.shape[0]
+    removed = torch.zeros(k, dtype=torch.bool, device=boxes.device)
+    kept = torch.zeros(k, dtype=torch.bool, device=boxes.device)
+    for start in range(0, k, block):
+        end = min(start + block, k)
+        # suppressor[j, i]: earlier box j would suppress later box i of this block.
+        suppressor = (box_iou(boxes[start:end], boxes[start:end]) > iou).triu(diagonal=1).float()
+        candidate = ~removed[start:end]
+        block_kept = candidate.clone()
+        # Greedy NMS inside the block is the unique solution of "kept_i = candidate_i and no kept j < i
+        # suppresses i" (a triangular system); iterating it from "all candidates kept" reaches that solution
+        # after at most (longest suppression chain) steps, so stopping at the first fixed point is exact.
+        while True:
+            suppressed = (block_kept.float() @ suppressor) > 0
+            updated = candidate & ~suppressed
+            if torch.equal(updated, block_kept):
+                break
+            block_kept = updated
+        kept[start:end] = block_kept
+        if end < k and bool(block_kept.any()):
+            later = box_iou(boxes[start:end][block_kept], boxes[end:]) > iou
+            removed[end:] |= later.any(dim=0)
+    return kept
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, *, block: int = 256) -> Tensor:
     """Greedy class-aware non-maximum suppression (exact, pure torch, memory O(block x K)).
 
     Visiting boxes by decreasing score (ties: lower index first), a box is kept unless a kept box of the same
-    label overlaps it with IoU > ``iou``.
+    label overlaps it with IoU > ``iou``. Each label is processed separately, so the work is about
+    ``sum_c K_c^2`` box pairs rather than ``K^2``.
 
     Args:
         boxes: (K, 4) xyxy.
@@ -146,27 +174,10 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, *, bl
             f"batched_nms: scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must have shape "
             f"({boxes.shape[0]},)"
         )
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
-    boxes = boxes[order].float()
-    # Shifting each class into its own disjoint region makes one class-agnostic pass class-aware.
-    span = (boxes.max() - boxes.min()).item() + 1.0
-    boxes = boxes + (labels[order].to(boxes.dtype) * span)[:, None]
-    k = boxes.shape[0]
-    removed = torch.zeros(k, dtype=torch.bool, device=boxes.device)
-    kept = torch.zeros(k, dtype=torch.bool, device=boxes.device)
-    for start in range(0, k, block):
-        end = min(start + block, k)
-        overlaps = box_iou(boxes[start:end], boxes[start:end]) > iou
-        local_removed = removed[start:end].clone()
-        for i in range(end - start):
-            if not bool(local_removed[i]):
-                # Only later boxes can be suppressed by box i (greedy order).
-                local_removed[i + 1 :] |= overlaps[i, i + 1 :]
-        block_kept = ~local_removed
-        kept[start:end] = block_kept
-        if end < k and bool(block_kept.any()):
-            later = box_iou(boxes[start:end][block_kept], boxes[end:]) > iou
-            removed[end:] |= later.any(dim=0)
-    return order[kept]
+    sorted_labels = labels[order]
+    keep = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    for label in torch.unique(sorted_labels):
+        members = order[sorted_labels == label]  # this label's boxes, by decreasing score
+        keep[members[_greedy_nms(boxes[members].float(), iou, block)]] = True
+    return order[keep[order]]

@@ -1,0 +1,149 @@
+"""save_pruned / load_pruned: no pickle, atomic writes, exact round trip, clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import grouppruner as gp
+from grouppruner.checkpoint import CheckpointError, load_pruned, read_meta, save_pruned
+from grouppruner.graph import ChannelGraph
+from grouppruner.plan import applied_plans
+from grouppruner.pruning import GroupPruner
+from test_pruning_nets import CBA, randomize_bn
+from zoo import MiniDetector, ResNetTiny
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def fresh(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = MiniDetector().eval()
+    randomize_bn(model, torch.Generator().manual_seed(seed))
+    return model
+
+
+def prune(model: nn.Module, ratio: float, **options: object) -> nn.Module:
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, **options)  # type: ignore[arg-type]
+    return pruner.apply(pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, ratio)))
+
+
+def assert_same_outputs(a: nn.Module, b: nn.Module) -> None:
+    with torch.no_grad():
+        for x, y in zip(a.eval()(X), b.eval()(X), strict=True):
+            assert torch.equal(x, y)
+
+
+def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    model = prune(fresh(), 0.5)
+    path = tmp_path / "pruned.pt"
+    gp.save_pruned(model, path)
+    restored = gp.load_pruned(fresh(seed=7), path)  # other initial weights: everything comes from the file
+    assert_same_outputs(model, restored)
+    assert applied_plans(restored) == applied_plans(model)
+    assert {k: v.shape for k, v in restored.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_file_is_tensors_only_and_loads_with_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "pruned.pt"
+    save_pruned(prune(fresh(), 0.3), path)
+    blob = torch.load(path, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in blob.values())
+    meta, state = read_meta(path)
+    assert meta["format"] == "grouppruner.pruned" and len(meta["plans"]) == 1
+    assert "head.0.weight" in state
+
+
+def test_chained_plans_round_trip(tmp_path: Path) -> None:
+    model = prune(prune(fresh(), 0.3), 0.3, round_to=2)
+    assert len(applied_plans(model)) == 2
+    path = tmp_path / "twice.pt"
+    save_pruned(model, path)
+    assert_same_outputs(model, load_pruned(fresh(), path))
+
+
+class BareConsumer(nn.Module):
+    """A bias-free consumer without BatchNorm: beta folding gives it a new bias parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = CBA(3, 8)
+        self.bare = nn.Conv2d(8, 8, 1, bias=False)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bare(self.stem(x))))
+
+
+def test_added_bias_round_trips(tmp_path: Path) -> None:
+    def build() -> nn.Module:
+        model = BareConsumer().eval()
+        randomize_bn(model, torch.Generator().manual_seed(1))
+        return model
+
+    model = build()
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=1)
+    plan = pruner.plan(ratios={"stem/s1": 0.5})
+    assert plan.add_bias == ["bare"]
+    pruner.apply(plan)
+    path = tmp_path / "bias.pt"
+    save_pruned(model, path)
+    restored = load_pruned(build(), path)
+    assert restored.bare.bias is not None
+    assert_same_outputs(model, restored)
+
+
+def test_unpruned_model_round_trips(tmp_path: Path) -> None:
+    model = fresh()
+    path = tmp_path / "dense.pt"
+    save_pruned(model, path)
+    assert_same_outputs(model, load_pruned(fresh(3), path))
+
+
+def test_other_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "pruned.pt"
+    save_pruned(prune(fresh(), 0.5), path)
+    with pytest.raises(CheckpointError, match="fingerprint") as info:
+        load_pruned(ResNetTiny(), path)
+    assert str(path) in str(info.value) and "ResNetTiny" in str(info.value)
+    with pytest.raises(CheckpointError, match="fingerprint"):  # an already pruned model is not the original
+        load_pruned(prune(fresh(), 0.5), path)
+
+
+def test_foreign_and_damaged_files(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(3)}, plain)
+    with pytest.raises(CheckpointError, match="not a grouppruner checkpoint"):
+        load_pruned(fresh(), plain)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_pruned(fresh(), garbage)
+    with pytest.raises(FileNotFoundError):
+        load_pruned(fresh(), tmp_path / "missing.pt")
+
+
+def test_failed_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "pruned.pt"
+    save_pruned(fresh(), path)
+    before = path.read_bytes()
+
+    def broken_save(obj: object, file: object) -> None:
+        os.write(file.fileno(), b"partial")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(prune(fresh(), 0.5), path)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]

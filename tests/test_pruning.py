@@ -1,0 +1,392 @@
+"""GroupPruner / PruningPlan: planning modes, hard rules, scoring, folding targets, bad input, optimizer, ONNX."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import grouppruner as gp
+from grouppruner.budget import kept_count, solve_cut
+from grouppruner.graph import ChannelGraph
+from grouppruner.plan import PruningPlan, applied_plans, model_fingerprint
+from grouppruner.profile import count_macs, count_params
+from grouppruner.pruning import GroupPruner, rebuild_optimizer
+from test_pruning_nets import CBA, gamma_zero_reference, randomize_bn
+from zoo import MiniDetector, ResNetTiny
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # tiny models: thread-pool overhead dominates (conftest restores 2 per test)
+
+
+def detector(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = MiniDetector().eval()
+    randomize_bn(model, torch.Generator().manual_seed(seed))
+    return model
+
+
+def make_pruner(model: nn.Module, **options: object) -> GroupPruner:
+    return GroupPruner(ChannelGraph(model, X), example_inputs=X, **options)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- plan data
+
+
+def test_public_names() -> None:
+    assert gp.GroupPruner is GroupPruner
+    assert gp.PruningPlan is PruningPlan
+
+
+def test_plan_is_plain_json_and_round_trips() -> None:
+    pruner = make_pruner(detector(), min_channels=2)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.4))
+    text = plan.to_json()
+    assert isinstance(json.loads(text), dict)
+    again = PruningPlan.from_json(text)
+    assert again == plan
+    assert again.fingerprint == model_fingerprint(pruner.model)
+    assert {g.name for g in plan.layer_groups} == set(pruner.layer_groups)
+    for entry in plan.channel_groups:
+        assert entry.kept == sorted(entry.kept)
+        assert sorted(entry.kept + entry.removed) == list(range(entry.size))
+    table = plan.summary()
+    for group in plan.layer_groups:
+        assert group.name in table
+        assert f"{group.channels_before} -> {group.channels_after}" in table
+    assert f"{plan.params_before:,}" in table and f"{plan.macs_after:,}" in table
+    with pytest.raises(ValueError, match="PruningPlan"):
+        PruningPlan.from_json('{"mode": "ratios"}')
+    with pytest.raises(ValueError, match="parsed"):
+        PruningPlan.from_json("{not json")
+
+
+def test_fingerprint_identifies_architecture() -> None:
+    assert model_fingerprint(detector(0)) == model_fingerprint(detector(1))  # values do not matter
+    assert model_fingerprint(detector()) != model_fingerprint(ResNetTiny())
+
+
+def test_cost_model_predicts_before_counts() -> None:
+    model = detector()
+    plan = make_pruner(model).plan(ratios={})
+    assert plan.params_before == plan.params_after == count_params(model)
+    assert plan.macs_before == plan.macs_after == count_macs(model, X)
+
+
+# ----------------------------------------------------------------------------- rules and solver
+
+
+@pytest.mark.parametrize(
+    ("raw", "size", "minimum", "round_to", "expected"),
+    [
+        (0, 16, 4, None, 4),
+        (7, 16, 4, None, 7),
+        (7, 16, 4, 8, 8),
+        (9, 16, 4, 8, 16),
+        (1, 3, 4, None, 3),
+        (0, 10, 1, 8, 8),
+        (9, 10, 1, 8, 10),
+        (16, 16, 4, 8, 16),
+    ],
+)
+def test_kept_count_rules(raw: int, size: int, minimum: int, round_to: int | None, expected: int) -> None:
+    assert kept_count(raw, size, minimum, round_to) == expected
+
+
+def test_solve_cut_picks_closest_step() -> None:
+    candidates = np.array([0.0, 1.0, 2.0, 3.0, np.inf])
+    costs = {0.0: 100.0, 1.0: 80.0, 2.0: 52.0, 3.0: 30.0, np.inf: 10.0}
+    assert solve_cut(costs.__getitem__, candidates, 50.0) == (2.0, 52.0)
+    assert solve_cut(costs.__getitem__, candidates, 70.0) == (1.0, 80.0)
+    assert solve_cut(costs.__getitem__, candidates, 100.0) == (0.0, 100.0)
+
+
+def test_ratio_threshold_is_the_group_quantile() -> None:
+    pruner = make_pruner(detector(), min_channels=1)
+    name = next(iter(pruner.layer_groups))
+    plan = pruner.plan(ratios={name: 0.5})
+    scores = np.sort(np.concatenate([pruner.scores(pruner.graph.group(g)) for g in pruner.layer_groups[name]]))
+    entry = next(g for g in plan.layer_groups if g.name == name)
+    assert entry.threshold == pytest.approx(scores[math.floor(0.5 * len(scores))])
+    assert entry.channels_after == int((scores >= entry.threshold).sum())
+    others = [g for g in plan.layer_groups if g.name != name]
+    assert all(g.channels_after == g.channels_before for g in others)
+
+
+def test_thresholds_mode_keeps_channels_at_or_above() -> None:
+    pruner = make_pruner(detector(), min_channels=1)
+    plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, 0.7))
+    for entry in plan.channel_groups:
+        score = pruner.scores(pruner.graph.group(entry.name))
+        assert score is not None
+        expected = [i for i in range(entry.size) if score[i] >= 0.7]
+        assert entry.kept == expected or (not expected and len(entry.kept) == 1)
+
+
+def test_min_channels_and_round_to_hold_for_every_group() -> None:
+    pruner = make_pruner(detector(), min_channels=5, round_to=4)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.95))
+    for entry in plan.channel_groups:
+        kept = len(entry.kept)
+        assert kept >= min(entry.size, 5)
+        assert kept % 4 == 0 or kept == entry.size
+        score = pruner.scores(pruner.graph.group(entry.name))
+        assert score is not None
+        removed = entry.removed
+        if removed:  # the kept channels are the strongest ones
+            assert min(score[entry.kept]) >= max(score[removed])
+
+
+def test_coupling_mean_max_vote() -> None:
+    model = ResNetTiny().eval()
+    pruner_mean = make_pruner(model, coupling="mean")
+    group = next(g for g in pruner_mean.graph.channel_groups if len(g.bns) >= 3)
+    rows = torch.stack([model.get_submodule(r.name).weight.detach().abs()[list(r.indices)] for r in group.bns])
+    rows = rows.double().numpy()
+    np.testing.assert_allclose(pruner_mean.scores(group), rows.mean(0))
+    pruner_max = GroupPruner(pruner_mean.graph, coupling="max", example_inputs=X)
+    np.testing.assert_allclose(pruner_max.scores(group), rows.max(0))
+    pruner_vote = GroupPruner(pruner_mean.graph, coupling="vote", example_inputs=X)
+    majority = math.ceil(rows.shape[0] / 2)
+    vote = pruner_vote.scores(group)
+    assert vote is not None
+    for threshold in (0.2, 0.5, 0.9):  # thresholding the vote score == majority of per-layer masks
+        np.testing.assert_array_equal(vote >= threshold, (rows >= threshold).sum(0) >= majority)
+
+
+def test_callable_importance_keeps_highest() -> None:
+    def by_index(model: nn.Module, group: gp.ChannelGroup) -> torch.Tensor:
+        return torch.arange(group.size, dtype=torch.float32)
+
+    pruner = make_pruner(detector(), importance=by_index, min_channels=1)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
+    assert plan.importance == "by_index"
+    for entry in plan.channel_groups:
+        assert entry.kept == list(range(entry.size - len(entry.kept), entry.size))
+
+
+def test_target_modes_land_close_on_small_model() -> None:
+    pruner = make_pruner(detector(), min_channels=1)
+    for target in (0.8, 0.5):
+        plan = pruner.plan(target_params=target)
+        assert abs(plan.params_ratio - target) <= 0.05  # coarse steps: a 36k-parameter model
+        plan = pruner.plan(target_macs=target)
+        assert abs(plan.macs_ratio - target) <= 0.05
+
+
+# ----------------------------------------------------------------------------- apply and folding
+
+
+def test_apply_prunes_in_place_and_records_plan() -> None:
+    model = detector()
+    pruner = make_pruner(model, min_channels=2)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
+    shapes = [o.shape for o in model(X)]
+    assert pruner.apply(plan) is model
+    assert [o.shape for o in model(X)] == shapes
+    assert count_params(model) == plan.params_after < plan.params_before
+    assert count_macs(model, X) == plan.macs_after
+    assert applied_plans(model) == [plan]
+    assert model_fingerprint(model) != plan.fingerprint
+
+
+class FoldTargets(nn.Module):
+    """One producer feeding three 1x1 consumers: with bias, bias-free + BN, bias-free without BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = CBA(3, 8)
+        self.with_bias = nn.Conv2d(8, 4, 1, bias=True)
+        self.with_bn = nn.Sequential(nn.Conv2d(8, 4, 1, bias=False), nn.BatchNorm2d(4))
+        self.bare = nn.Conv2d(8, 4, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return torch.cat([self.with_bias(y), self.with_bn(y), torch.relu(self.bare(y))], 1)
+
+
+def test_folding_into_bias_running_mean_and_new_bias() -> None:
+    model = FoldTargets().eval()
+    randomize_bn(model, torch.Generator().manual_seed(2))
+    pruner = make_pruner(model, min_channels=1)
+    plan = pruner.plan(ratios={"stem/s1": 0.5})
+    assert plan.add_bias == ["bare"]
+    reference = gamma_zero_reference(model, pruner.graph, plan)
+    mean_before = model.with_bn[1].running_mean.clone()
+    pruner.apply(plan)
+    assert not torch.equal(model.with_bn[1].running_mean, mean_before)
+    assert model.bare.bias is not None
+    assert count_params(model) == plan.params_after
+    torch.testing.assert_close(model(X), reference(X), atol=1e-5, rtol=1e-5)
+
+
+class Wide3x3(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = CBA(3, 8)
+        self.body = CBA(8, 8, k=3)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.stem(x)))
+
+
+def test_folding_is_exact_inside_3x3_and_approximate_on_borders() -> None:
+    model = Wide3x3().eval()
+    randomize_bn(model, torch.Generator().manual_seed(4))
+    pruner = make_pruner(model, min_channels=1)
+    plan = pruner.plan(ratios={"stem/s1": 0.5})
+    reference = gamma_zero_reference(model, pruner.graph, plan)
+    expected = reference(X)
+    out = pruner.apply(plan)(X)
+    torch.testing.assert_close(out[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
+    assert (out - expected).abs().amax() > 1e-3  # border pixels: padding saw zeros, not the constant
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_options() -> None:
+    graph = ChannelGraph(detector(), X)
+    with pytest.raises(ValueError, match="min_channels"):
+        GroupPruner(graph, min_channels=0, example_inputs=X)
+    with pytest.raises(ValueError, match="round_to"):
+        GroupPruner(graph, round_to=0, example_inputs=X)
+    with pytest.raises(ValueError, match="coupling"):
+        GroupPruner(graph, coupling="median", example_inputs=X)
+    with pytest.raises(ValueError, match="importance"):
+        GroupPruner(graph, importance="taylor", example_inputs=X)
+    with pytest.raises(TypeError, match="importance"):
+        GroupPruner(graph, importance=3, example_inputs=X)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown channel group 'nope'"):
+        GroupPruner(graph, layer_groups={"a": ["nope"]}, example_inputs=X)
+    with pytest.raises(ValueError, match="not prunable"):
+        GroupPruner(graph, layer_groups={"a": ["head.0"]}, example_inputs=X)
+    first = graph.channel_groups[0].name
+    with pytest.raises(ValueError, match="two layer groups"):
+        GroupPruner(graph, layer_groups={"a": [first], "b": [first]}, example_inputs=X)
+
+
+def test_bad_plan_arguments() -> None:
+    pruner = make_pruner(detector())
+    name = next(iter(pruner.layer_groups))
+    with pytest.raises(ValueError, match="exactly one"):
+        pruner.plan()
+    with pytest.raises(ValueError, match="exactly one"):
+        pruner.plan(ratios={name: 0.1}, target_params=0.5)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            pruner.plan(ratios={name: bad})
+    with pytest.raises(ValueError, match="NaN"):
+        pruner.plan(ratios={name: float("nan")})
+    with pytest.raises(KeyError, match="valid layer groups") as info:
+        pruner.plan(ratios={"backbone/s99": 0.5})
+    assert name in str(info.value)
+    with pytest.raises(KeyError, match="unknown layer group"):
+        pruner.plan(thresholds={"nope": 0.5})
+    for bad in (0.0, 1.2, float("nan")):
+        with pytest.raises(ValueError, match="target_params"):
+            pruner.plan(target_params=bad)
+
+
+def test_unreachable_target_names_smallest_value() -> None:
+    pruner = make_pruner(detector(), min_channels=8)
+    with pytest.raises(ValueError, match=r"smallest reachable value is (\d\.\d+)") as info:
+        pruner.plan(target_params=0.05)
+    smallest = float(str(info.value).rsplit(" ", 1)[-1])
+    plan = pruner.plan(target_params=smallest)
+    assert plan.params_ratio == pytest.approx(smallest, abs=1e-4)
+
+
+def test_nan_scores_are_rejected() -> None:
+    model = detector()
+    pruner = make_pruner(model)
+    with torch.no_grad():
+        model.backbone["s4"][1].weight[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN") as info:
+        pruner.plan(ratios={})
+    assert "backbone.s4" in str(info.value)
+
+    def wrong_shape(model: nn.Module, group: gp.ChannelGroup) -> torch.Tensor:
+        return torch.ones(group.size + 1)
+
+    model = detector()
+    with pytest.raises(ValueError, match="shape"):
+        make_pruner(model, importance=wrong_shape).plan(ratios={})
+
+
+def test_plan_for_another_model_is_rejected() -> None:
+    pruner = make_pruner(detector(), min_channels=1)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
+    other = make_pruner(ResNetTiny().eval())
+    with pytest.raises(ValueError, match="fingerprint"):
+        other.apply(plan)
+    pruner.apply(plan)
+    with pytest.raises(ValueError, match="fingerprint"):  # the same model, already changed by the plan
+        pruner.apply(plan)
+
+
+# ----------------------------------------------------------------------------- optimizer, ONNX
+
+
+def test_rebuild_optimizer_maps_pruned_parameters() -> None:
+    model = detector()
+    model.train()
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone")]
+    optimizer = torch.optim.SGD([{"params": backbone, "lr": 0.1}, {"params": rest}], lr=0.01, momentum=0.9)
+    pruner = make_pruner(model, min_channels=2)
+    pruner.apply(pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5)))
+    current = {id(p) for p in model.parameters()}
+    stale = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in current]
+    assert stale  # the old optimizer would update tensors the model no longer uses
+    rebuilt = rebuild_optimizer(optimizer, model)
+    assert type(rebuilt) is torch.optim.SGD
+    assert [g["lr"] for g in rebuilt.param_groups] == [0.1, 0.01]
+    assert rebuilt.param_groups[0]["momentum"] == 0.9
+    assert {id(p) for g in rebuilt.param_groups for p in g["params"]} == current
+    loss = sum(o.square().mean() for o in model(X))
+    loss.backward()
+    before = model.backbone["stem"][0].weight.detach().clone()
+    rebuilt.step()
+    assert not torch.equal(before, model.backbone["stem"][0].weight)
+    foreign = torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=0.1)
+    with pytest.raises(ValueError, match="not part of the model"):
+        rebuild_optimizer(foreign, model)
+
+
+def test_onnx_export_matches_pytorch() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = detector()
+    pruner = make_pruner(model, min_channels=2, round_to=2)
+    pruner.apply(pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.6)))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in favour of dynamo
+        torch.onnx.export(model, (X,), buffer, dynamo=False, opset_version=17, input_names=["images"])
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"images": X.numpy()})
+    with torch.no_grad():
+        expected = model(X)
+    assert len(outputs) == len(expected)
+    for got, want in zip(outputs, expected, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_copy_keeps_applied_plan() -> None:
+    model = detector()
+    pruner = make_pruner(model, min_channels=1)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.3))
+    pruner.apply(plan)
+    assert applied_plans(copy.deepcopy(model)) == [plan]

@@ -1,0 +1,75 @@
+"""Budget solver on the full YOLOv4 at 416 x 416: targets 0.5 / 0.35 / 0.2 of params and MACs within 1 %.
+
+The graph and the pruner are built once for the module. The analytic predictor is checked against the real
+pruned model once (last test: it prunes the shared model).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from grouppruner.graph import ChannelGraph
+from grouppruner.profile import count_macs, count_params
+from grouppruner.pruning import GroupPruner
+
+detection = pytest.importorskip("grouppruner.detection.yolov4")
+
+INPUT = torch.zeros(1, 3, 416, 416)
+
+
+def sparse_like_gammas(model: nn.Module, seed: int = 0) -> None:
+    """Gammas as after sparse training: per BN a random share of near-zero channels, the rest O(1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                c = module.num_features
+                share = torch.rand(1, generator=generator).item()
+                small = torch.rand(c, generator=generator) < share
+                gamma = torch.rand(c, generator=generator) * 0.9 + 0.1
+                module.weight.copy_(torch.where(small, gamma * 1e-3, gamma))
+
+
+@pytest.fixture(scope="module")
+def pruner() -> GroupPruner:
+    torch.manual_seed(0)
+    model = detection.yolov4(num_classes=20).eval()
+    sparse_like_gammas(model)
+    return GroupPruner(ChannelGraph(model, INPUT), example_inputs=INPUT, min_channels=8)
+
+
+@pytest.mark.parametrize("mode", ["target_params", "target_macs"])
+@pytest.mark.parametrize("target", [0.5, 0.35, 0.2])
+def test_target_within_one_percent(pruner: GroupPruner, mode: str, target: float) -> None:
+    plan = pruner.plan(**{mode: target})
+    reached = plan.params_ratio if mode == "target_params" else plan.macs_ratio
+    assert abs(reached - target) <= 0.01 * target
+    assert plan.mode == mode and plan.target == target
+    assert plan.params_before == count_params(pruner.model)
+    for entry in plan.channel_groups:
+        assert len(entry.kept) >= min(entry.size, 8)
+
+
+def test_round_to_target_within_one_percent(pruner: GroupPruner) -> None:
+    rounded = GroupPruner(pruner.graph, example_inputs=INPUT, min_channels=8, round_to=8)
+    plan = rounded.plan(target_params=0.35)
+    assert abs(plan.params_ratio - 0.35) <= 0.01 * 0.35
+    for entry in plan.channel_groups:
+        assert len(entry.kept) % 8 == 0 or len(entry.kept) == entry.size
+
+
+def test_budget_is_shared_by_group_distribution(pruner: GroupPruner) -> None:
+    plan = pruner.plan(target_params=0.35)
+    fractions = [g.channels_after / g.channels_before for g in plan.layer_groups]
+    assert max(fractions) - min(fractions) > 0.05  # not one uniform ratio: each group's gammas decide
+
+
+def test_predicted_counts_match_the_pruned_model(pruner: GroupPruner) -> None:
+    plan = pruner.plan(target_params=0.35)
+    model = pruner.apply(plan, fold=False)  # folding changes values, not shapes
+    assert count_params(model) == plan.params_after
+    assert count_macs(model, INPUT) == plan.macs_after
+    outputs = model(INPUT)
+    assert [tuple(o.shape) for o in outputs] == [(1, 75, 52, 52), (1, 75, 26, 26), (1, 75, 13, 13)]

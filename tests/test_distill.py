@@ -514,6 +514,8 @@ def test_bad_layer_names_list_close_matches() -> None:
         gp.AttentionDistiller(teacher, student, LAYERS, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="not distilled"):
         gp.AttentionDistiller(teacher, student, LAYERS, weights={"head": 1.0})
+    with pytest.raises(TypeError, match="DataParallel"):
+        gp.AttentionDistiller(teacher, nn.DataParallel(student), LAYERS)
     with pytest.raises(TypeError, match="single string"):
         gp.AttentionDistiller(teacher, student, "stem")
 

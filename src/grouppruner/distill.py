@@ -315,6 +315,7 @@ class AttentionDistiller(nn.Module):
     Raises:
         ValueError: teacher and student are the same object, ``layers`` is empty or has duplicates, bad
             weights / options.
+        TypeError: the student is wrapped in ``nn.DataParallel`` (use DistributedDataParallel).
         LayerNotFoundError: a name is missing in a model (the message lists close matches and the names).
     """
 
@@ -337,6 +338,9 @@ class AttentionDistiller(nn.Module):
         for role, model in (("teacher", teacher), ("student", student)):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"{role} must be an nn.Module, got {type(model).__name__}")
+        if isinstance(student, nn.DataParallel):
+            # DataParallel runs replicas in threads that share the hooks; each would record its own shard.
+            raise TypeError("a DataParallel student is not supported: use DistributedDataParallel (or no wrapper)")
         teacher_root, student_root = _unwrap(teacher), _unwrap(student)
         if teacher is student or teacher_root is student_root:
             raise ValueError(
@@ -362,9 +366,10 @@ class AttentionDistiller(nn.Module):
         self.check_finite = check_finite
 
         self.student = student
-        # DDP refuses a module without trainable parameters, so a DDP-wrapped teacher is run unwrapped;
-        # a compiled teacher keeps its compiled forward.
-        self.teacher = teacher.module if isinstance(teacher, nn.parallel.DistributedDataParallel) else teacher
+        # The teacher needs no gradient synchronisation (and DataParallel replicas would each record a shard),
+        # so a DDP / DataParallel teacher is run unwrapped; a compiled teacher keeps its compiled forward.
+        parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+        self.teacher = teacher.module if isinstance(teacher, parallel) else teacher
         self.teacher.eval()
         self.teacher.requires_grad_(False)
 

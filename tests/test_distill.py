@@ -547,3 +547,21 @@ def test_loss_before_forward_and_nan_feature_named() -> None:
     d(torch.randn(1, 3, 16, 16))
     with pytest.raises(NonFiniteFeatureError, match="layer 'stage1' of the teacher"):
         d.loss()
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.spare = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.conv(x))
+
+
+def test_layer_running_twice_or_never_is_an_error() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(LayerOutputError, match="'conv' of the teacher ran more than once"):
+        gp.AttentionDistiller(_Twice(), _Twice(), ["conv"])(x)
+    with pytest.raises(LayerOutputError, match=r"\['spare'\] of the student did not run"):
+        gp.AttentionDistiller(_Twice(), _Twice(), ["spare"])(x)

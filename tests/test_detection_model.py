@@ -5,6 +5,15 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from grouppruner.detection.backbones import (
+    ConvBNAct,
+    CSPStage,
+    DarkResidual,
+    InvertedResidual,
+    scale_channels,
+    scale_depth,
+)
+from grouppruner.detection.neck import SPP, ConvSet, PANet
 from grouppruner.detection.yolov4 import DEFAULT_ANCHORS, YOLOv4, yolov4
 
 TINY = {"width": 0.125, "depth": 0.34}
@@ -228,3 +237,29 @@ def test_torch_pruning_traces_and_prunes(backbone):
         outputs = model(example)
     assert [tuple(o.shape) for o in outputs] == [(1, 24, 8, 8), (1, 24, 4, 4), (1, 24, 2, 2)]
     assert n_params(model) < 0.75 * before
+
+
+def test_scaling_helpers():
+    assert scale_channels(1024, 1.0) == 1024
+    assert scale_channels(32, 0.125) == 8  # floor
+    assert scale_channels(256, 0.33) == 88  # 84.48 -> nearest multiple of 8
+    assert scale_channels(20, 1.0) == 20  # width 1 keeps cfg values untouched
+    assert [scale_depth(n, 0.34) for n in (1, 2, 8, 8, 4)] == [1, 1, 3, 3, 1]
+
+
+def test_building_blocks_shapes():
+    x = torch.rand(2, 16, 8, 8)
+    assert CSPStage(16, 32, 16, 16, 2)(x).shape == (2, 32, 4, 4)
+    assert DarkResidual(16, 8)(x).shape == x.shape
+    block = InvertedResidual(16, 16, 1, 6)
+    assert block.use_residual and block(x).shape == x.shape
+    assert not InvertedResidual(16, 24, 2, 6).use_residual
+    assert InvertedResidual(16, 24, 2, 6)(x).shape == (2, 24, 4, 4)
+    assert SPP(16, 8)(x).shape == (2, 8, 8, 8)
+    assert ConvSet(16, 8)(x).shape == (2, 8, 8, 8)
+    neck = PANet((8, 16, 32), width=0.125)
+    outs = neck([torch.rand(1, 8, 8, 8), torch.rand(1, 16, 4, 4), torch.rand(1, 32, 2, 2)])
+    assert [tuple(o.shape) for o in outs] == [(1, 32, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]
+    assert neck.out_channels == (32, 64, 128)
+    with pytest.raises(ValueError, match="activation"):
+        ConvBNAct(3, 8, act="gelu")

@@ -145,6 +145,8 @@ def test_loss_rejects_bad_inputs():
         loss_fn(outputs, [])
     with pytest.raises(ValueError, match="channels"):
         YoloLoss(3, anchors=SMALL_ANCHORS)(outputs, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
+    with pytest.raises(ValueError, match="label 5 outside"):
+        loss_fn(outputs, [{"boxes": torch.tensor([[1.0, 1, 9, 9]]), "labels": torch.tensor([5])}])
     with pytest.raises(KeyError, match="labels"):
         loss_fn(outputs, [{"boxes": torch.zeros(0, 4)}])
     with pytest.raises(ValueError, match="anchors"):

@@ -171,6 +171,9 @@ class YoloLoss(nn.Module):
                     f"({num_anchors} anchors x (5 + {self.num_classes} classes))"
                 )
         gt = _targets_tensor(targets, use_difficult=self.use_difficult, device=device)
+        if gt.shape[0] and not bool(((gt[:, 1] >= 0) & (gt[:, 1] < self.num_classes)).all()):
+            bad = gt[(gt[:, 1] < 0) | (gt[:, 1] >= self.num_classes)][0]
+            raise ValueError(f"YoloLoss: target {int(bad[0])} has label {int(bad[1])} outside [0, {self.num_classes})")
         box_loss = torch.zeros((), device=device)
         obj_loss = torch.zeros((), device=device)
         cls_loss = torch.zeros((), device=device)

@@ -82,6 +82,7 @@ class YOLOv4(nn.Module):
 
     Attributes:
         num_classes: C.
+        backbone_name: ``"cspdarknet53"`` or ``"mobilenetv2"``.
         anchors: buffer (3, 3, 2), anchor (w, h) in input pixels per stride.
         strides: ``(8, 16, 32)``.
         distill_layers: names of the nine feature maps the paper distils from: the backbone stage outputs

@@ -26,7 +26,7 @@ from torch import nn
 from torch_pruning import ops
 from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency import index_mapping, shape_infer
-from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+from torch_pruning.dependency.index_mapping import _ConcatIndexMapping, _SplitIndexMapping
 from torch_pruning.dependency.node import Node
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Trace:
     """What one traced forward pass tells: the dependency graph, output shapes of roots, model outputs."""
 
     dg: tp.DependencyGraph
-    out_shapes: dict[nn.Module, tuple[int, ...]]
+    out_shapes: dict[nn.Module, list[tuple[int, ...]]]
     input_hw: tuple[int, int] | None
     output_shapes: list[tuple[int, ...]]
     output_nodes: set[Node] = field(default_factory=set)
@@ -137,13 +137,13 @@ def trace(
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
-    out_shapes: dict[nn.Module, tuple[int, ...]] = {}
+    out_shapes: dict[nn.Module, list[tuple[int, ...]]] = {}
     output_shapes: list[tuple[int, ...]] = []
     output_fns: list[Any] = []
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor):
-            out_shapes[module] = tuple(output.shape)
+            out_shapes.setdefault(module, []).append(tuple(output.shape))
 
     def forward(m: nn.Module, inputs: Any) -> Any:
         out = call_model(m, inputs, forward_fn)
@@ -196,8 +196,8 @@ def _module_near(dg: tp.DependencyGraph, node: Node) -> str:
 def check_unsupported(dg: tp.DependencyGraph) -> None:
     """Raise GraphError for weighted functional ops, which Torch-Pruning would mistake for element-wise ones."""
     for node in dg.module2node.values():
-        if node.type == ops.OPTYPE.ELEMENTWISE:
-            op_name = str(getattr(node.module, "_grad_fn", ""))
+        if node.type in (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.OUTPUT) and node.grad_fn is not None:
+            op_name = type(node.grad_fn).__name__
             if _WEIGHTED_OP.search(op_name):
                 raise GraphError(
                     f"op {op_name} {_module_near(dg, node)} computes with weights outside a registered layer "
@@ -262,7 +262,28 @@ def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.SPLIT and node.module.offsets is not None and _split_sizes(node.grad_fn):
             _map_split_parts(node)
+        elif node.type == ops.OPTYPE.CONCAT and node.module.concat_sizes is not None:
+            _map_concat_parts(node)
     return unmapped
+
+
+def _map_concat_parts(node: Node) -> None:
+    """Offset mappings between each concat input (in argument order) and the concat output."""
+    offsets = [0, *itertools.accumulate(node.module.concat_sizes)]
+    node.module.offsets = offsets
+    deps_in = [d for d in node.dependencies if d.target in node.inputs]
+    for k, src in enumerate(node.inputs):
+        back = next((d for d in deps_in if d.target is src), None)
+        if back is not None:
+            deps_in.remove(back)
+            back.index_mapping[1] = _ConcatIndexMapping(offset=offsets[k : k + 2], reverse=True)
+    seen: dict[Node, int] = {}
+    for k, src in enumerate(node.inputs):
+        n = seen.get(src, 0)
+        seen[src] = n + 1
+        forward = [d for d in src.dependencies if d.target is node]
+        if n < len(forward):
+            forward[n].index_mapping[1] = _ConcatIndexMapping(offset=offsets[k : k + 2], reverse=False)
 
 
 def _map_split_parts(node: Node) -> None:
@@ -382,6 +403,8 @@ def build_group(
         op = type(node.grad_fn).__name__ if node.grad_fn is not None else "?"
         if kind == ops.OPTYPE.OUTPUT:
             reasons.append(f"channels form a model output (tensor of shape {tuple(target.shape)})")
+        elif node in tr.output_nodes and target not in dg._module2name:
+            reasons.append(f"channels form a model output (op {op} {_module_near(dg, node)})")
         elif kind == ops.OPTYPE.CONCAT and node in tr.unmapped_concats:
             reasons.append(
                 f"torch.cat (op {op} {_module_near(dg, node)}) joins a tensor whose channels cannot be traced"
@@ -435,8 +458,8 @@ def build_group(
             if target in ignored:
                 reasons.append(f"touches ignored layer '{lname}' ({dim})")
             if node in tr.output_nodes and dim == "out":
-                shape = tr.out_shapes.get(target)
-                reasons.append(f"channels form a model output ('{lname}' output{'' if shape is None else f' {shape}'})")
+                shapes = tr.out_shapes.get(target, [])
+                reasons.append(f"channels form a model output ('{lname}' output {', '.join(map(str, shapes))})")
             if isinstance(target, nn.Linear) and dim == "in":
                 has_linear_in = True
             if isinstance(target, ops.TORCH_CONV) and target.groups > 1:
@@ -445,6 +468,10 @@ def build_group(
                     reasons.append(f"depthwise conv '{lname}' with a channel multiplier is not supported")
                 elif not same_fn and not _couple(uf, mapping, c, c // target.groups):
                     reasons.append(f"grouped conv '{lname}' takes channels from several channel groups")
+            if isinstance(target, nn.GroupNorm) and target.num_groups > 1:
+                part = target.num_channels // target.num_groups
+                if not _couple(uf, mapping, target.num_channels, part):
+                    reasons.append(f"GroupNorm '{lname}' takes channels from several channel groups")
             layers.append((lname, type(target).__name__, dim, mapping))
             if same_fn and isinstance(target, ops.TORCH_CONV):
                 layers.append((lname, type(target).__name__, "in", mapping))
@@ -454,10 +481,19 @@ def build_group(
     units: dict[int, list[int]] = {}
     for r in range(channels):
         units.setdefault(uf.find(r), []).append(r)
-    unit_of = {r: u for u, (_, members) in enumerate(sorted(units.items())) for r in members}
     size = len(units)
+    unit_of = list(range(channels))
+    if size != channels:
+        for u, (_, members) in enumerate(sorted(units.items())):
+            for r in members:
+                unit_of[r] = u
     refs: list[tuple[str, str, Dim, list[int]]] = []
     for lname, kind_name, dim, mapping in layers:
+        if size == channels and len(mapping) == channels:
+            inverse = {root: idx for idx, root in mapping.items()}
+            if len(inverse) == channels:  # one layer channel per group channel: the common case
+                refs.append((lname, kind_name, dim, [inverse[r] for r in range(channels)]))
+                continue
         per_unit: list[list[int]] = [[] for _ in range(size)]
         for idx, root in mapping.items():
             per_unit[unit_of[root]].append(idx)
@@ -465,8 +501,9 @@ def build_group(
         if len(counts) != 1 or 0 in counts:
             reasons.append(f"channels map irregularly onto layer '{lname}' ({dim})")
             continue
+        ordered = [sorted(p) for p in per_unit]
         for slot in range(counts.pop()):
-            refs.append((lname, kind_name, dim, [sorted(p)[slot] for p in per_unit]))
+            refs.append((lname, kind_name, dim, [p[slot] for p in ordered]))
     if size < 2:
         reasons.append("the group has a single channel unit; removing it would remove all channels")
     reason = "; ".join(dict.fromkeys(reasons)) if reasons else None
@@ -495,12 +532,20 @@ def extract_groups(
                 p = dg.get_pruner_of_module(node.module)
                 if fn == p.prune_out_channels:
                     covered.add(node.module)
-        shape = tr.out_shapes.get(module)
-        stride = None
-        if shape is not None and len(shape) == 4 and tr.input_hw is not None and shape[2] > 0:
-            stride = max(1, round(max(tr.input_hw[0] / shape[2], tr.input_hw[1] / shape[3])))
-        groups.append(build_group(tr, name, module, items, ignored, stride))
+        groups.append(build_group(tr, name, module, items, ignored, _stride(tr, module)))
     return groups
+
+
+def _stride(tr: Trace, module: nn.Module) -> int | None:
+    """Input size over output size of a module's 4-D output; None if not 4-D or if calls disagree (shared layers)."""
+    if tr.input_hw is None:
+        return None
+    strides = set()
+    for shape in tr.out_shapes.get(module, []):
+        if len(shape) != 4 or shape[2] <= 0 or shape[3] <= 0:
+            return None
+        strides.add(max(1, round(max(tr.input_hw[0] / shape[2], tr.input_hw[1] / shape[3]))))
+    return strides.pop() if len(strides) == 1 else None
 
 
 def prune_layers(

@@ -181,14 +181,15 @@ class ChannelGraph:
         self._modules: dict[str, nn.Module] = dict(model.named_modules())
         ignored = self._resolve_ignore(ignore)
         tr = impl.trace(model, example_inputs, forward_fn, output_transform)
-        if not tr.dg.module2node:
-            raise ValueError(
-                f"tracing {type(model).__name__} found no layer: its outputs {tr.output_shapes} are not computed "
-                "from its parameters (pass output_transform to select tensor outputs)"
-            )
         impl.check_unsupported(tr.dg)
         tr.unmapped_concats = impl.fix_index_mappings(tr.dg)
         raws = impl.extract_groups(model, tr, ignored)
+        if not raws:
+            raise ValueError(
+                f"tracing {type(model).__name__} found no Conv/Linear layer on the path to its outputs "
+                f"{tr.output_shapes}: they are not computed from its parameters "
+                "(pass output_transform to select the tensor outputs)"
+            )
         self.channel_groups = [
             ChannelGroup(
                 name=r.name,

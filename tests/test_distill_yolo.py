@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import grouppruner as gp
+import grouppruner.detection
 from grouppruner.detection.distill import YoloOutputDistill
 from grouppruner.detection.yolov4 import yolov4
 from grouppruner.distill import boxes_to_grid_mask
@@ -95,6 +96,7 @@ def test_output_distill_zero_for_identical_outputs_and_bad_input() -> None:
         kd(student, [teacher[0][:, :, :4], *teacher[1:]], targets)
     with pytest.raises(ValueError, match="temperature"):
         YoloOutputDistill(20, temperature=0.0)
+    assert grouppruner.detection.YoloOutputDistill is YoloOutputDistill  # the public name
 
 
 def test_attention_and_output_distill_on_yolov4_student() -> None:

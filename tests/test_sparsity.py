@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from grouppruner.sparsity import (
@@ -17,6 +20,7 @@ from grouppruner.sparsity import (
     Linear,
     NonFiniteError,
     Step,
+    _quantile_cut,
 )
 
 
@@ -209,6 +213,40 @@ def test_dynamic_group_scope_protects_each_group_separately() -> None:
         kept[scope] = {name: 1.0 - st.rate for name, st in sparsity.stats().items()}
     assert kept["global"]["first"] == 0.0 and kept["global"]["second"] == pytest.approx(20 * 0.25 / 12, abs=0.09)
     assert kept["group"]["first"] == pytest.approx(2 / 8) and kept["group"]["second"] == pytest.approx(3 / 12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, 0.001, 0.1, 0.5, 0.5, 1.0, 2.0, 3.5]), min_size=1, max_size=40),
+    q=st.sampled_from([0.0, 0.1, 0.35, 0.5, 0.65, 0.9, 1.0]),
+)
+def test_quantile_cut_classifies_like_torch_quantile(values: list[float], q: float) -> None:
+    """The O(n) cut marks exactly the channels strictly above torch.quantile (ties included)."""
+    array = np.array(values, dtype=np.float32)
+    expected = torch.from_numpy(array) > torch.quantile(torch.from_numpy(array), q)
+    assert np.array_equal(array > _quantile_cut(array, q), expected.numpy())
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_bf16_parameters(dynamic: bool) -> None:
+    model = Net().to(torch.bfloat16)
+    schedule = Dynamic(1e-2, total_steps=2, warmup=0.0, keep=0.5, decay=0.0) if dynamic else Constant(1e-2)
+    sparsity = BNSparsity(model, schedule=schedule)
+    x, y = _data()
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x.bfloat16()).float(), y).backward()
+    before = model.bn2.weight.grad.clone()
+    sparsity.step()
+    gamma = model.bn2.weight.detach().float()
+    rate = torch.full_like(gamma, 1e-2)
+    if dynamic:
+        everything = torch.cat([model.bn1.weight.detach(), model.bn2.weight.detach()]).float().abs()
+        rate[gamma.abs() > torch.quantile(everything, 0.5)] = 0.0
+    expected = (before.float() + rate * torch.sign(gamma)).bfloat16()
+    assert model.bn2.weight.grad.dtype == torch.bfloat16
+    # bf16 rounds the sum (and possibly the rate) once: equal up to bf16 resolution, far below the 1e-2 rate
+    torch.testing.assert_close(model.bn2.weight.grad.float(), expected.float(), rtol=0, atol=2e-3)
+    assert not torch.allclose(model.bn2.weight.grad.float(), before.float(), rtol=0, atol=2e-3)
 
 
 # ------------------------------------------------------------------------------------------ AMP

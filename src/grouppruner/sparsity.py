@@ -26,8 +26,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -48,6 +50,10 @@ __all__ = [
     "Schedule",
     "Step",
 ]
+
+
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+IndexArray: TypeAlias = npt.NDArray[np.int64]
 
 
 class NonFiniteError(ValueError):
@@ -98,15 +104,17 @@ class Schedule(ABC):
             )
         return min(max(step, 0) / self.total_steps, 1.0)
 
-    def channel_factors(self, abs_gamma: Tensor, groups: Sequence[Tensor]) -> Tensor | None:
+    def channel_factors(self, abs_gamma: FloatArray, groups: Sequence[IndexArray]) -> FloatArray | None:
         """Per-channel multipliers of the base rate at the current step, or ``None`` when uniform.
 
+        Works on host NumPy arrays: single-threaded, so it never waits on a busy intra-op thread pool.
+
         Args:
-            abs_gamma: ``(N,)`` |gamma| of the regularized channels.
-            groups: one ``(N_g,)`` int64 index tensor into ``abs_gamma`` per layer group (a partition).
+            abs_gamma: ``(N,)`` float32 |gamma| of the regularized channels.
+            groups: one ``(N_g,)`` int64 index array into ``abs_gamma`` per layer group (a partition).
 
         Returns:
-            ``(N,)`` factors (same dtype as ``abs_gamma``) or ``None``.
+            ``(N,)`` float32 factors, or ``None``.
         """
         return None
 
@@ -274,21 +282,30 @@ class Dynamic(Schedule):
     def rate_at(self, step: int) -> float:
         return self.s
 
-    def channel_factors(self, abs_gamma: Tensor, groups: Sequence[Tensor]) -> Tensor | None:
-        if not self.is_dynamic(self.last_step) or abs_gamma.numel() == 0:
+    def channel_factors(self, abs_gamma: FloatArray, groups: Sequence[IndexArray]) -> FloatArray | None:
+        if not self.is_dynamic(self.last_step) or abs_gamma.size == 0:
             return None
-        values = abs_gamma.float()
         q = 1.0 - self.keep
         if self.scope == "global" or not groups:
-            threshold = torch.quantile(values, q)
+            threshold: FloatArray | np.float32 = _quantile_cut(abs_gamma, q)
         else:
-            # a handful of layer groups: one quantile each
-            threshold = torch.empty_like(values)
-            for index in groups:
-                if index.numel():
-                    threshold[index] = torch.quantile(values[index], q)
-        ones = torch.ones((), dtype=values.dtype, device=values.device)
-        return torch.where(values > threshold, ones * self.decay, ones)
+            threshold = np.empty_like(abs_gamma)
+            for index in groups:  # a handful of layer groups: one selection each
+                if index.size:
+                    threshold[index] = _quantile_cut(abs_gamma[index], q)
+        factors: FloatArray = np.where(abs_gamma > threshold, np.float32(self.decay), np.float32(1.0))
+        return factors.astype(np.float32)
+
+
+def _quantile_cut(values: FloatArray, q: float) -> np.float32:
+    """A cut ``c`` with ``values > c`` exactly where ``values > torch.quantile(values, q)`` (linear).
+
+    The interpolated quantile lies between the order statistics ``floor(q (n-1))`` and the next one, so
+    "strictly above it" is "strictly above the lower order statistic": an O(n) partition instead of a sort.
+    """
+    k = math.floor(round(q * (values.size - 1), 9))
+    cut: np.float32 = np.partition(values, k)[k]
+    return cut
 
 
 # --------------------------------------------------------------------------------------------------- regularizer
@@ -393,61 +410,74 @@ class BNSparsity:
         used = sorted({g for _, _, owners in layers for g in owners if g >= 0})
         renumber = {old: new for new, old in enumerate(used)}
         layers = [(n, bn, [renumber.get(g, -1) for g in owners]) for n, bn, owners in layers]
-        group_names = [group_names[g] for g in used]
         self.layer_names: tuple[str, ...] = tuple(name for name, _, _ in layers)
-        self.layer_group_names: tuple[str, ...] = tuple(group_names)
+        self.layer_group_names: tuple[str, ...] = tuple(group_names[g] for g in used)
         # modules, not parameters: pruning replaces the Parameter objects, and the size check must see that
         self._bns: list[_BatchNorm] = [bn for _, bn, _ in layers]
         self._sizes: list[int] = [bn.num_features for bn in self._bns]
         self._numel = sum(self._sizes)
-        owner = torch.tensor([g for _, _, groups in layers for g in groups], dtype=torch.long)
-        self._reg_index = (owner >= 0).nonzero().squeeze(1)  # (N_reg,) flat positions that are regularized
-        self._full = self._reg_index.numel() == self._numel
-        self._mask = (owner >= 0).to(torch.float32)  # (N,)
-        self._group_ids = owner[self._reg_index]  # (N_reg,) layer group of each regularized channel
-        self._group_index = [(self._group_ids == g).nonzero().squeeze(1) for g in range(len(group_names))]
-        self._device = torch.device("cpu")
+        owner = np.array([g for _, _, owners in layers for g in owners], dtype=np.int64)  # (N,) -1: protected
+        self._reg_index: IndexArray = np.flatnonzero(owner >= 0)  # (N_reg,) regularized flat positions
+        self._group_ids: IndexArray = owner[self._reg_index]  # (N_reg,) layer group of each
+        self._group_index = [np.flatnonzero(self._group_ids == g) for g in range(len(used))]
+        self._full = self._reg_index.size == self._numel
+        # only layers with protected channels need a mask in the hot path
+        self._partial = [i for i, (_, _, owners) in enumerate(layers) if min(owners) < 0]
+        self._partial_masks = [
+            torch.tensor([float(g >= 0) for g in layers[i][2]], dtype=self._bns[i].weight.dtype) for i in self._partial
+        ]
 
     @property
     def num_channels(self) -> int:
         """Number of regularized channels."""
-        return int(self._reg_index.numel())
-
-    def _to(self, device: torch.device) -> None:
-        if device != self._device:
-            self._reg_index = self._reg_index.to(device)
-            self._mask = self._mask.to(device)
-            self._group_ids = self._group_ids.to(device)
-            self._group_index = [index.to(device) for index in self._group_index]
-            self._device = device
+        return int(self._reg_index.size)
 
     def _gammas(self) -> list[Tensor]:
-        return [bn.weight for bn in self._bns]
-
-    def _flat(self, gammas: list[Tensor]) -> Tensor:
-        """``(N,)`` the gammas concatenated in layer order (detached)."""
-        with torch.no_grad():
-            flat = torch.cat(gammas)
-        if flat.numel() != self._numel:
+        gammas: list[Tensor] = [bn.weight for bn in self._bns]
+        if [g.shape[0] for g in gammas] != self._sizes:
             raise ValueError(
                 "BatchNorm sizes changed since BNSparsity was built (was the model pruned?); build a new one"
             )
-        self._to(flat.device)
-        return flat
+        return gammas
 
-    def _rates(self, flat: Tensor, scale: float = 1.0) -> Tensor | float:
-        """Rate per flat channel: ``(N,)`` tensor (0 on protected channels), or a float when uniform."""
-        base = self.schedule.rate() * scale
-        abs_reg = flat.abs() if self._full else flat.abs()[self._reg_index]
-        factors = self.schedule.channel_factors(abs_reg, self._group_index)
-        if factors is None:
-            return base if self._full else self._mask * base
-        per_channel = factors.to(torch.float32) * base
+    def _host(self, tensors: list[Tensor]) -> FloatArray:
+        """The tensors concatenated into one float32 host array: ``(N,)`` for gammas, ``(2N,)`` with grads.
+
+        One ``cat`` and one copy; the per-channel math then runs in NumPy, single-threaded, so the regularizer
+        never waits on the intra-op thread pool (which stalls badly when the cores are oversubscribed).
+        """
+        with torch.no_grad():
+            flat = torch.cat(tensors)
+            if flat.dtype != torch.float32:
+                flat = flat.float()
+            host: FloatArray = flat.cpu().numpy()
+        return host
+
+    def _uniform(self) -> bool:
+        return type(self.schedule).channel_factors is Schedule.channel_factors
+
+    def _factors(self, host_gammas: FloatArray) -> FloatArray | None:
+        """``(N,)`` float32 rate multiplier per tracked channel (0 on protected ones), ``None`` when uniform.
+
+        Args:
+            host_gammas: ``(N,)`` the gammas as a host array (from :meth:`_host`).
+        """
+        if self._uniform():
+            return None
         if self._full:
-            return per_channel
-        rates = torch.zeros(self._numel, dtype=torch.float32, device=flat.device)
-        rates[self._reg_index] = per_channel
-        return rates
+            return self.schedule.channel_factors(np.abs(host_gammas), self._group_index)
+        reg = self._reg_index
+        factors = self.schedule.channel_factors(np.abs(host_gammas[reg]), self._group_index)
+        if factors is None:
+            return None
+        out = np.zeros(self._numel, dtype=np.float32)
+        out[reg] = factors
+        return out
+
+    def _mask_host(self) -> FloatArray:
+        mask = np.zeros(self._numel, dtype=np.float32)
+        mask[self._reg_index] = 1.0
+        return mask
 
     # ------------------------------------------------------------------ hot path
     def step(self) -> None:
@@ -457,31 +487,56 @@ class BNSparsity:
         ``optimizer.step()`` (and before ``scaler.unscale_`` when a scaler was given). Under DDP every rank
         computes the same update from identical gammas, so replicas stay identical.
 
+        The update runs as a few ``torch._foreach_*`` kernels over the per-layer tensors (no Python loop over
+        layers doing tensor work); ``Dynamic`` adds one host copy of |gamma| for its quantile.
+
         Raises:
             RuntimeError: no gradient yet (``step()`` before ``backward()``), or some BatchNorm got none.
             NonFiniteError: NaN/inf in a gamma, or in a gradient when no scaler handles overflow.
+            ValueError: the BatchNorms changed size since construction (the model was pruned).
         """
         gammas = self._gammas()
-        grads = [p.grad for p in gammas]
-        if any(g is None for g in grads):
-            self._raise_missing_grads(grads)
-        flat = self._flat(gammas)
+        maybe_grads = [p.grad for p in gammas]
+        if any(g is None for g in maybe_grads):
+            self._raise_missing_grads(maybe_grads)
+        grads: list[Tensor] = maybe_grads  # type: ignore[assignment]  # None ruled out above
         scaled = self.scaler is not None and self.scaler.is_enabled()
-        scale = float(self.scaler.get_scale()) if scaled and self.scaler is not None else 1.0
         with torch.no_grad():
-            grads_t: list[Tensor] = grads  # type: ignore[assignment]  # None ruled out above
-            if self.check_finite:
-                flat_grad = torch.cat(grads_t)
-                finite = torch.stack([torch.isfinite(flat).all(), torch.isfinite(flat_grad).all()]).tolist()
-                if not finite[0]:
-                    self._raise_nonfinite(flat, "gamma")
-                if not finite[1] and not scaled:
-                    self._raise_nonfinite(flat_grad, "gradient of gamma")
-            rates = self._rates(flat, scale)
-            update = torch.sign(flat).mul_(rates)
-            torch._foreach_add_(grads_t, torch.split(update, self._sizes))
+            host = self._host(gammas + grads) if self.check_finite else None
+            if host is not None:
+                self._check_finite(host, scaled)
+            rate = self.schedule.rate()
+            if scaled:
+                assert self.scaler is not None
+                rate *= float(self.scaler.get_scale())
+            host_gammas = host[: self._numel] if host is not None else None
+            if host_gammas is None and not self._uniform():
+                host_gammas = self._host(gammas)
+            factors = None if host_gammas is None else self._factors(host_gammas)
+            if factors is not None and host_gammas is not None:
+                # per-channel rates: the update is built on the host gammas, one copy to the device
+                update = torch.from_numpy(np.sign(host_gammas) * factors).to(gammas[0].device)
+                torch._foreach_add_(grads, torch.split(update, self._sizes), alpha=rate)
+            else:
+                signs = torch._foreach_sign(gammas)
+                if self._partial:
+                    torch._foreach_mul_([signs[i] for i in self._partial], self._masks_on(gammas[0].device))
+                torch._foreach_add_(grads, signs, alpha=rate)
         if self.advance_schedule:
             self.schedule.step()
+
+    def _masks_on(self, device: torch.device) -> list[Tensor]:
+        if self._partial_masks[0].device != device:
+            self._partial_masks = [m.to(device) for m in self._partial_masks]
+        return self._partial_masks
+
+    def _check_finite(self, host: FloatArray, scaled: bool) -> None:
+        """``host``: ``(2N,)`` gammas then gradients. Non-finite gradients are the scaler's business."""
+        n = self._numel
+        if not np.isfinite(host[:n]).all():
+            self._raise_nonfinite(host[:n], "gamma")
+        if not scaled and not np.isfinite(host[n:]).all():
+            self._raise_nonfinite(host[n:], "gradient of gamma")
 
     def penalty(self) -> Tensor:
         """The same regularizer as a loss term: ``sum(rate * |gamma|)``, a differentiable 0-d tensor.
@@ -490,13 +545,16 @@ class BNSparsity:
         the loss) and advance the schedule yourself: ``sparsity.schedule.step()`` once per optimizer step.
         With gradient accumulation add ``penalty() / accumulation_steps`` to each micro-batch loss.
         """
-        flat = self._flat(self._gammas())
-        with torch.no_grad():
-            rates = self._rates(flat)
-        gammas = torch.cat(self._gammas())
-        if isinstance(rates, float):
-            return gammas.abs().sum() * rates
-        return (gammas.abs() * rates).sum()
+        gammas = self._gammas()
+        factors = None if self._uniform() else self._factors(self._host(gammas))
+        if factors is None and self._partial:
+            factors = self._mask_host()
+        flat = torch.cat(gammas)
+        rate = self.schedule.rate()
+        if factors is None:
+            return flat.abs().sum() * rate
+        weights = torch.from_numpy(factors).to(device=flat.device, dtype=flat.dtype)
+        return (flat.abs() * weights).sum() * rate
 
     # ------------------------------------------------------------------ errors
     def _raise_missing_grads(self, grads: Sequence[Tensor | None]) -> None:
@@ -511,13 +569,14 @@ class BNSparsity:
             "used in the forward pass. Pass them in exclude=."
         )
 
-    def _raise_nonfinite(self, flat: Tensor, what: str) -> None:
-        bad = (~torch.isfinite(flat)).nonzero()
-        first = int(bad[0, 0])
-        layer = int(torch.searchsorted(torch.tensor(self._sizes).cumsum(0), first, right=True))
+    def _raise_nonfinite(self, host: FloatArray, what: str) -> None:
+        ends = np.cumsum(self._sizes)
+        bad_positions = np.flatnonzero(~np.isfinite(host))
+        bad = list(dict.fromkeys(self.layer_names[i] for i in np.searchsorted(ends, bad_positions, side="right")))
         raise NonFiniteError(
-            f"non-finite {what} in BatchNorm {self.layer_names[layer]!r} "
-            f"({bad.numel()} value(s) over all regularized layers); stopped before the optimizer step"
+            f"non-finite {what} in BatchNorm {bad[0]!r}"
+            + (f" (and {len(bad) - 1} more: {bad[1:6]})" if len(bad) > 1 else "")
+            + "; stopped before the optimizer step"
         )
 
     # ------------------------------------------------------------------ state
@@ -543,41 +602,34 @@ class BNSparsity:
     def stats(self, threshold: float = 1e-2) -> dict[str, LayerGroupStats]:
         """Per layer group: channel count, current mean rate, fraction of ``|gamma| < threshold``, mean |gamma|.
 
-        A few vectorized reductions and one host sync: cheap enough to log every N steps.
+        One host copy of the gammas and a few NumPy reductions: cheap enough to log every N steps.
         """
-        flat = self._flat(self._gammas())
-        with torch.no_grad():
-            abs_reg = flat.abs()[self._reg_index].float()
-            rates = self._rates(flat)
-            rate_reg = torch.full_like(abs_reg, rates) if isinstance(rates, float) else rates[self._reg_index]
-            n = len(self.layer_group_names)
-            ids = self._group_ids
-            rows = torch.stack(
-                [
-                    torch.bincount(ids, minlength=n).float(),
-                    torch.bincount(ids, weights=rate_reg, minlength=n),
-                    torch.bincount(ids, weights=(abs_reg < threshold).float(), minlength=n),
-                    torch.bincount(ids, weights=abs_reg, minlength=n),
-                ]
-            ).tolist()
-        out: dict[str, LayerGroupStats] = {}
-        for g, name in enumerate(self.layer_group_names):
-            count = rows[0][g]
-            denominator = max(count, 1.0)
-            out[name] = LayerGroupStats(
-                channels=int(count),
-                rate=rows[1][g] / denominator,
-                below=rows[2][g] / denominator,
-                mean_abs=rows[3][g] / denominator,
-            )
-        return out
+        gammas = self._gammas()
+        host = self._host(gammas)
+        abs_reg = np.abs(host[self._reg_index]).astype(np.float64)
+        factors = self._factors(host)
+        rate_reg = self.schedule.rate() * (
+            np.ones_like(abs_reg) if factors is None else factors[self._reg_index].astype(np.float64)
+        )
+        n = len(self.layer_group_names)
+        ids = self._group_ids
+        count = np.bincount(ids, minlength=n).astype(np.float64)
+        denominator = np.maximum(count, 1.0)
+        rate = np.bincount(ids, weights=rate_reg, minlength=n) / denominator
+        below = np.bincount(ids, weights=(abs_reg < threshold).astype(np.float64), minlength=n) / denominator
+        mean_abs = np.bincount(ids, weights=abs_reg, minlength=n) / denominator
+        return {
+            name: LayerGroupStats(int(count[g]), float(rate[g]), float(below[g]), float(mean_abs[g]))
+            for g, name in enumerate(self.layer_group_names)
+        }
 
     def gammas(self) -> dict[str, Tensor]:
         """Per layer group: ``(C_g,)`` float32 CPU copy of the regularized gammas (e.g. for plotting)."""
-        flat = self._flat(self._gammas())
+        gammas = self._gammas()
         with torch.no_grad():
-            reg = flat[self._reg_index].float().cpu()
-        ids = self._group_ids.cpu()
+            flat = torch.cat(gammas).float().cpu()
+        reg = flat[torch.from_numpy(self._reg_index)]
+        ids = torch.from_numpy(self._group_ids)
         return {name: reg[ids == g].clone() for g, name in enumerate(self.layer_group_names)}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import sys
 import time
 from collections import OrderedDict
 from datetime import timedelta
@@ -55,6 +56,8 @@ def _step_loss(out: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
 
 def _worker(rank: int, port: int, outdir: str) -> None:
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # stay on loopback whatever the hostname resolves to
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",

@@ -73,7 +73,6 @@ def _consumer_delta(module: nn.Module, channels: torch.Tensor, constants: torch.
     if isinstance(module, nn.Linear):
         return weight[:, channels] @ constants
     assert isinstance(module, nn.modules.conv._ConvNd)
-    summed = weight.sum(dim=tuple(range(2, weight.dim())))  # (out, in / groups): the kernel taps add up
     per_group_in = module.in_channels // module.groups
     per_group_out = module.out_channels // module.groups
     delta = torch.zeros(module.out_channels, dtype=weight.dtype, device=weight.device)
@@ -81,8 +80,73 @@ def _consumer_delta(module: nn.Module, channels: torch.Tensor, constants: torch.
     for g in torch.unique(group_of).tolist():
         chosen = group_of == g
         rows = slice(g * per_group_out, (g + 1) * per_group_out)
-        delta[rows] += summed[rows][:, channels[chosen] % per_group_in] @ constants[chosen]
+        taps = weight[rows][:, channels[chosen] % per_group_in]  # (out / groups, chosen, *kernel)
+        delta[rows] += taps.sum(dim=tuple(range(2, taps.dim()))) @ constants[chosen]  # the kernel taps add up
     return delta
+
+
+def _shrink(example_inputs: Any, max_stride: int | None) -> torch.Tensor | None:
+    """A crop of a single image batch to one image of 2 x the largest feature stride, or ``None``."""
+    if max_stride is None or not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
+        return None
+    size = 2 * max_stride
+    height, width = example_inputs.shape[-2:]
+    if height <= size and width <= size and example_inputs.shape[0] == 1:
+        return None
+    return example_inputs[:1, :, : min(height, size), : min(width, size)]
+
+
+def _probe(
+    model: nn.Module,
+    consumer_channels: Mapping[str, list[int]],
+    zeroed: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    inputs: Any,
+    forward_fn: Callable[[nn.Module, Any], Any] | None,
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """One eval-mode pass with the removed channels made constant.
+
+    Returns:
+        Per consumer the value of each removed input channel at the centre pixel, shape (len(channels),), and
+        whether every such channel was spatially constant (then any input size gives the same constants).
+    """
+    constants: dict[str, torch.Tensor] = {}
+    constant = True
+    handles = []
+    for name, channels in consumer_channels.items():
+        index = torch.tensor(channels, dtype=torch.long)
+
+        def capture(module: nn.Module, args: tuple[Any, ...], name: str = name, index: torch.Tensor = index) -> None:
+            nonlocal constant
+            if name in constants:  # a layer called twice: the first call is the one the graph traced
+                return
+            x = args[0].detach()
+            if isinstance(module, nn.Linear):
+                values = x.reshape(-1, x.shape[-1])[:, index].T  # (channels, positions)
+                centre = values[:, 0]
+            else:
+                values = x[0, index].reshape(len(index), -1)
+                middle = (slice(None), *[size // 2 for size in x.shape[2:]])
+                centre = x[0, index][middle]
+            spread = values.amax(dim=1) - values.amin(dim=1)
+            constant = constant and bool((spread <= 1e-5 * (1 + centre.abs())).all())
+            constants[name] = centre
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(capture))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for tensor, index, _ in zeroed:
+                tensor[index] = 0
+            _call(model, inputs, forward_fn)
+    finally:
+        with torch.no_grad():
+            for tensor, index, saved in zeroed:
+                tensor[index] = saved
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return constants, constant
 
 
 def fold_removed_channels(
@@ -92,6 +156,7 @@ def fold_removed_channels(
     *,
     successor_bn: Mapping[str, str],
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    max_stride: int | None = None,
 ) -> list[str]:
     """Fold the constants of channels about to be removed into their consumers (modifies ``model`` in place).
 
@@ -105,6 +170,9 @@ def fold_removed_channels(
         successor_bn: conv / linear name -> the BatchNorm its output goes straight into
             (from :func:`grouppruner.budget.record_positions`).
         forward_fn: optional ``forward_fn(model, example_inputs)`` used instead of calling the model.
+        max_stride: largest feature stride of the model; if given and the inputs are one image tensor, the probe
+            first runs on a crop of ``2 * max_stride`` pixels (the constants do not depend on the input), and
+            falls back to the full inputs when that fails or a removed channel is not spatially constant.
 
     Returns:
         Names of the layers that were given a new bias parameter (bias-free consumers without a BatchNorm).
@@ -131,35 +199,20 @@ def fold_removed_channels(
     if not consumer_channels:
         return []
 
-    constants: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, channels in consumer_channels.items():
-        index = torch.tensor(channels, dtype=torch.long)
-
-        def capture(module: nn.Module, args: tuple[Any, ...], name: str = name, index: torch.Tensor = index) -> None:
-            if name in constants:  # a layer called twice: the first call is the one the graph traced
-                return
-            x = args[0].detach()
-            if isinstance(module, nn.Linear):
-                constants[name] = x.reshape(-1, x.shape[-1])[:, index].median(dim=0).values
-            else:
-                constants[name] = x[0, index].reshape(len(index), -1).median(dim=1).values
-
-        handles.append(model.get_submodule(name).register_forward_pre_hook(capture))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for tensor, index, _ in zeroed:
-                tensor[index] = 0
-            _call(model, example_inputs, forward_fn)
-    finally:
-        with torch.no_grad():
-            for tensor, index, saved in zeroed:
-                tensor[index] = saved
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    small = _shrink(example_inputs, max_stride)
+    constants: dict[str, torch.Tensor] | None = None
+    if small is not None:
+        try:
+            constants, constant = _probe(model, consumer_channels, zeroed, small, forward_fn)
+        except (RuntimeError, ValueError, IndexError) as error:
+            logger.debug("beta folding: probe at reduced size failed (%s); probing at full size", error)
+            constant = False
+        if not constant:
+            constants = None
+    if constants is None:
+        constants, constant = _probe(model, consumer_channels, zeroed, example_inputs, forward_fn)
+        if not constant:
+            logger.info("beta folding: some removed channels are not spatially constant; folded their centre value")
 
     added: list[str] = []
     with torch.no_grad():

@@ -446,6 +446,7 @@ class GroupPruner:
                 self.example_inputs,
                 successor_bn=self._successor_bn,
                 forward_fn=self.forward_fn,
+                max_stride=max((g.stride for g in self.graph.channel_groups if g.stride), default=None),
             )
             if sorted(added) != sorted(plan.add_bias):
                 raise RuntimeError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")

@@ -1,0 +1,161 @@
+"""Group channel pruning of the full YOLOv4 (VOC, 416 x 416) against Torch-Pruning, in one process.
+
+What it measures (BN gammas drawn to mimic a sparse-trained model, fixed seed):
+
+1. time of ``ChannelGraph`` + ``GroupPruner.plan(target_params=0.35)`` + ``apply`` (with beta folding), against
+   Torch-Pruning's ``MetaPruner`` with ``BNScaleImportance`` (global ranking) at the pruning ratio that gives the
+   same parameter count (found by bisection first, untimed; the timed run builds its graph from scratch);
+2. parameters, conv + linear MACs and fp32 size of every model;
+3. CPU latency, batch 1, 2 threads, median of repeats: dense, ours, ours with ``round_to=8``, Torch-Pruning.
+
+Run: ``python benchmarks/prune_yolov4.py [--repeats 10]`` (about 1-3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from grouppruner.detection.yolov4 import yolov4
+from grouppruner.graph import ChannelGraph
+from grouppruner.profile import count_macs, count_params, measure_latency, model_size_bytes
+from grouppruner.pruning import GroupPruner
+
+TARGET = 0.35
+
+
+def sparse_like_gammas(model: nn.Module, seed: int = 0) -> None:
+    """Gammas as after sparse training: per BN a random share of near-zero channels, the rest O(1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                c = module.num_features
+                share = torch.rand(1, generator=generator).item()
+                small = torch.rand(c, generator=generator) < share
+                gamma = torch.rand(c, generator=generator) * 0.9 + 0.1
+                module.weight.copy_(torch.where(small, gamma * 1e-3, gamma))
+                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+
+
+def ours(model: nn.Module, x: torch.Tensor, round_to: int | None) -> tuple[nn.Module, dict[str, float]]:
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    graph = ChannelGraph(model, x)
+    times["graph"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pruner = GroupPruner(graph, example_inputs=x, min_channels=8, round_to=round_to)
+    plan = pruner.plan(target_params=TARGET)
+    times["plan"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pruner.apply(plan)
+    times["apply"] = time.perf_counter() - start
+    times["total"] = sum(times.values())
+    return model, times
+
+
+def head_convs(model: nn.Module) -> list[nn.Module]:
+    return [m for n, m in model.named_modules() if n.startswith("head") and isinstance(m, nn.Conv2d)]
+
+
+def torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x,
+            importance=tp.importance.BNScaleImportance(),
+            global_pruning=True,
+            pruning_ratio=ratio,
+            ignored_layers=head_convs(model),
+        )
+        pruner.step()
+    return model
+
+
+def torch_pruning_ratio(dense: nn.Module, x: torch.Tensor, goal: int, steps: int = 7) -> float:
+    """Bisection on Torch-Pruning's global channel ratio until its parameter count is near ``goal``."""
+    lo, hi = 0.0, 0.95
+    best = (float("inf"), 0.5)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        params = count_params(torch_pruning(copy.deepcopy(dense), x, mid))
+        best = min(best, (abs(params - goal), mid))
+        if params > goal:
+            lo = mid
+        else:
+            hi = mid
+    return best[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="latency repeats (median reported)")
+    parser.add_argument("--timing-runs", type=int, default=3, help="pruning runs per method (median reported)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    x = torch.zeros(1, 3, 416, 416)
+    dense = yolov4(num_classes=20).eval()
+    sparse_like_gammas(dense)
+    dense_params = count_params(dense)
+
+    our_times = []
+    for _ in range(args.timing_runs):
+        pruned, times = ours(copy.deepcopy(dense), x, None)
+        our_times.append(times)
+    rounded, _ = ours(copy.deepcopy(dense), x, 8)
+
+    ratio = torch_pruning_ratio(dense, x, count_params(pruned))
+    tp_times = []
+    for _ in range(args.timing_runs):
+        candidate = copy.deepcopy(dense)
+        start = time.perf_counter()
+        tp_model = torch_pruning(candidate, x, ratio)
+        tp_times.append(time.perf_counter() - start)
+
+    print(f"YOLOv4-VOC 416x416, target_params={TARGET}, {torch.get_num_threads()} threads")
+    median = {k: statistics.median(t[k] for t in our_times) for k in our_times[0]}
+    print(
+        f"pruning time (median of {args.timing_runs}): ours {median['total']:.2f} s "
+        f"(graph {median['graph']:.2f} + plan {median['plan']:.2f} + apply {median['apply']:.2f}); "
+        f"torch-pruning {statistics.median(tp_times):.2f} s (ratio {ratio:.3f}); "
+        f"ours / torch-pruning = {median['total'] / statistics.median(tp_times):.2f}"
+    )
+
+    models = {"dense": dense, "ours": pruned, "ours round_to=8": rounded, "torch-pruning": tp_model}
+    rows = {}
+    for name, model in models.items():
+        rows[name] = (
+            count_params(model),
+            count_macs(model, x),
+            model_size_bytes(model),
+            measure_latency(model, x, repeats=args.repeats, warmup=2, threads=2),
+        )
+    base = rows["dense"]
+    print(f"{'model':<18} {'params':>12} {'GMACs':>8} {'MB':>8} {'latency ms':>11}  ratios vs dense (p/MACs/lat)")
+    for name, (params, macs, size, latency) in rows.items():
+        print(
+            f"{name:<18} {params:>12,} {macs / 1e9:>8.2f} {size / 2**20:>8.1f} {latency * 1e3:>11.1f}  "
+            f"{params / base[0]:.3f} / {macs / base[1]:.3f} / {latency / base[3]:.3f}"
+        )
+    for name in ("ours", "ours round_to=8", "torch-pruning"):
+        params, macs, _, latency = rows[name]
+        macs_cut, latency_cut = 1 - macs / base[1], 1 - latency / base[3]
+        print(f"{name}: latency cut / MACs cut = {latency_cut / macs_cut:.2f}")
+    print(
+        f"latency ours / torch-pruning: {rows['ours'][3] / rows['torch-pruning'][3]:.2f}, "
+        f"ours round_to=8 / torch-pruning: {rows['ours round_to=8'][3] / rows['torch-pruning'][3]:.2f} "
+        f"(params {rows['ours'][0] / dense_params:.3f} vs {rows['torch-pruning'][0] / dense_params:.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -169,8 +169,13 @@ def test_bad_schedules(factory: object, match: str) -> None:
 def test_schedule_needing_total_steps_fails_at_construction() -> None:
     with pytest.raises(ValueError, match="Dynamic needs total_steps"):
         BNSparsity(Net(), schedule=Dynamic(1e-3))
-    sparsity = BNSparsity(Net(), schedule=Dynamic(1e-3), total_steps=50)
-    assert sparsity.schedule.total_steps == 50
+    schedule = Dynamic(1e-3)
+    schedule.step()
+    sparsity = BNSparsity(Net(), schedule=schedule, total_steps=50)
+    assert sparsity.schedule.total_steps == 50 and sparsity.schedule.last_step == 1
+    assert "20 channels in 2 BatchNorms" in repr(sparsity)
+    with pytest.raises(ValueError, match="total_steps must be a positive int"):
+        BNSparsity(Net(), schedule=Dynamic(1e-3), total_steps=0)
     with pytest.raises(ValueError, match="conflicts"):
         BNSparsity(Net(), schedule=Dynamic(1e-3, total_steps=10), total_steps=50)
 
@@ -403,6 +408,7 @@ def test_stats_per_layer_group() -> None:
         model.bn1.weight.copy_(torch.tensor([0.0, 0.001, -0.005, 0.5, 1.0, -1.0, 0.02, 0.3]))
         model.bn2.weight.fill_(-0.5)
     sparsity = BNSparsity(model, schedule=2e-3, layer_groups=lambda name: name.upper())
+    assert list(BNSparsity(model, schedule=1.0, layer_groups={"x": "bn2", "y": ["bn*"]}).stats()) == ["y", "x"]
     stats = sparsity.stats(threshold=0.01)
     assert list(stats) == ["BN1", "BN2"]
     assert stats["BN1"].channels == 8 and stats["BN1"].below == pytest.approx(3 / 8)

@@ -79,8 +79,8 @@ class Schedule(ABC):
     needs_total_steps: bool = True
 
     def __init__(self, *, total_steps: int | None = None) -> None:
-        if total_steps is not None and (isinstance(total_steps, bool) or total_steps <= 0):
-            raise ValueError(f"{type(self).__name__}: total_steps must be a positive int, got {total_steps!r}")
+        if total_steps is not None:
+            _check_total_steps(type(self).__name__, total_steps)
         self.total_steps = total_steps
         self.last_step = 0
 
@@ -136,6 +136,11 @@ class Schedule(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+
+def _check_total_steps(owner: str, total_steps: int) -> None:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+        raise ValueError(f"{owner}: total_steps must be a positive int, got {total_steps!r}")
 
 
 def _check_rate(owner: str, **rates: float) -> None:
@@ -329,7 +334,7 @@ class LayerGroupStats:
 
 
 ExcludeSpec = Iterable["str | nn.Module"]
-LayerGroupsSpec = Mapping[str, Sequence[str]] | Callable[[Any], str] | None
+LayerGroupsSpec = Mapping[str, Sequence[str] | str] | Callable[[Any], str] | None
 
 
 class BNSparsity:
@@ -375,7 +380,7 @@ class BNSparsity:
         if total_steps is not None:
             if self.schedule.total_steps not in (None, total_steps):
                 raise ValueError(f"total_steps={total_steps} conflicts with the schedule's {self.schedule.total_steps}")
-            Schedule.__init__(self.schedule, total_steps=total_steps)  # validates
+            _check_total_steps(type(self.schedule).__name__, total_steps)
             self.schedule.total_steps = total_steps
         if self.schedule.needs_total_steps:
             self.schedule.progress(0)  # fail now, not at the first step
@@ -431,6 +436,12 @@ class BNSparsity:
     def num_channels(self) -> int:
         """Number of regularized channels."""
         return int(self._reg_index.size)
+
+    def __repr__(self) -> str:
+        return (
+            f"BNSparsity({self.num_channels} channels in {len(self.layer_names)} BatchNorms, "
+            f"{len(self.layer_group_names)} layer groups, schedule={self.schedule!r})"
+        )
 
     def _gammas(self) -> list[Tensor]:
         gammas: list[Tensor] = [bn.weight for bn in self._bns]
@@ -675,6 +686,10 @@ def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], b
     return excluded
 
 
+def _matches(name: str, patterns: Sequence[str] | str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
+
+
 def _check_bn(name: str, module: nn.Module) -> _BatchNorm:
     if not isinstance(module, _BatchNorm):
         raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not BatchNorm")
@@ -701,7 +716,7 @@ def _layers_from_model(
     elif isinstance(layer_groups, Mapping):
         group_of = {}
         for n, _ in chosen:
-            hit = next((g for g, pats in layer_groups.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)), None)
+            hit = next((g for g, pats in layer_groups.items() if _matches(n, pats)), None)
             if hit is None:
                 raise ValueError(f"layer_groups: BatchNorm {n!r} matches no pattern")
             group_of[n] = hit

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import grouppruner as gp
+from grouppruner._distill_impl import grid_stride
 from grouppruner.distill import (
     DistillerStateError,
     LayerNotFoundError,
     LayerOutputError,
     NonFiniteFeatureError,
-    _grid_stride,
     boxes_to_grid_mask,
     spatial_attention,
 )
@@ -439,8 +439,8 @@ def test_foreground_boxes_on_non_square_input() -> None:
     # A box smaller than a cell still marks its cell; different strides per axis.
     tiny = boxes_to_grid_mask([torch.tensor([[9.0, 1.0, 10.0, 2.0]])], (2, 3), (4.0, 8.0))
     assert tiny.nonzero().tolist() == [[0, 0, 1]]
-    assert _grid_stride(320, 40) == 8 and _grid_stride(321, 41) == 8 and _grid_stride(321, 40) == 8
-    assert _grid_stride(30, 4) == 8  # 30 -> 15 -> 8 -> 4 through three stride-2 convs
+    assert grid_stride(320, 40) == 8 and grid_stride(321, 41) == 8 and grid_stride(321, 40) == 8
+    assert grid_stride(30, 4) == 8  # 30 -> 15 -> 8 -> 4 through three stride-2 convs
 
     teacher, student = _pair()
     d = gp.AttentionDistiller(teacher, student, LAYERS, fg_weight=3.0, bg_weight=0.5)

@@ -11,8 +11,6 @@ teacher layer by layer. `AttentionDistiller` hooks the chosen layers of both mod
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from ._distill_impl import (
+    ChannelEnergy,
+    first_device,
+    grid_stride,
+    missing_message,
+    strip_wrapper_prefix,
+    unwrap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +48,6 @@ Selector: TypeAlias = "int | str | Callable[[Any], Tensor]"
 
 LossKind: TypeAlias = Literal["mse", "l1"]
 ResizeMode: TypeAlias = Literal["bilinear", "area"]
-
-# Wrappers whose wrapped model is the one that owns the named layers.
-_WRAPPER_ATTRS = ("module", "_orig_mod")
-_WRAPPER_PREFIXES = tuple(f"{attr}." for attr in _WRAPPER_ATTRS)
 
 
 class LayerNotFoundError(KeyError):
@@ -99,49 +102,12 @@ def spatial_attention(feature: Tensor, *, p: float = 2.0) -> Tensor:
     tiny = torch.finfo(torch.float32).tiny
     # Autocast off: the map must be computed in fp32 from features of any dtype.
     with torch.autocast(device_type=feature.device.type, enabled=False):
-        energy = _ChannelEnergy.apply(feature, float(p)).flatten(1)  # type: ignore[no-untyped-call]
+        energy = ChannelEnergy.apply(feature, float(p)).flatten(1)  # type: ignore[no-untyped-call]
         # The normalised map does not depend on the scale of the energy (nor on the 1/C of the mean): divide by the
         # per-sample peak first (detached: the result does not depend on it, so gradients stay exact) so that the
         # L2 norm of tiny energies (an untrained teacher in eval mode emits ~1e-10 features) does not underflow.
         peak = energy.detach().amax(dim=1, keepdim=True).clamp_min(tiny)
         return F.normalize(energy / peak, p=2.0, dim=1, eps=tiny)
-
-
-def _compute_dtype(feature: Tensor) -> torch.dtype:
-    """fp32 for fp32 and lower-precision features, fp64 for fp64 ones."""
-    return torch.promote_types(feature.dtype, torch.float32)
-
-
-class _ChannelEnergy(torch.autograd.Function):
-    """``sum_c |F|^p`` in fp32, ``(N, C, H, W) -> (N, H, W)``, for features of any floating dtype.
-
-    Written out because ``torch.linalg.vector_norm(F, dim=1)`` is ~4x slower than an elementwise power and a sum
-    on CPU, and because the plain ``F.float().square().sum(1)`` would keep an fp32 copy of a bf16 / fp16 feature
-    alive for backward: this saves only the feature itself, which the next layer keeps anyway.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, feature: Tensor, p: float) -> Tensor:
-        f32 = feature.to(_compute_dtype(feature))
-        energy = f32.square().sum(dim=1) if p == 2.0 else f32.abs().pow(p).sum(dim=1)
-        ctx.save_for_backward(feature)
-        ctx.p = p
-        return energy
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (feature,) = ctx.saved_tensors
-        p: float = ctx.p
-        f32 = feature.to(_compute_dtype(feature))
-        g = grad.unsqueeze(1)
-        if p == 2.0:
-            grad_feature = f32 * (2.0 * g)
-        else:
-            # d|f|^p/df = p |f|^(p-1) sign(f), taken as 0 at f = 0 (also for p < 1, where it is unbounded).
-            magnitude = f32.abs()
-            slope = torch.where(magnitude > 0, magnitude.pow(p - 1.0), torch.zeros_like(magnitude))
-            grad_feature = slope * f32.sign() * (p * g)
-        return grad_feature.to(feature.dtype), None
 
 
 def boxes_to_grid_mask(
@@ -185,40 +151,6 @@ def boxes_to_grid_mask(
     if not masks:
         raise ValueError("boxes is empty: expected one (M, 4) tensor per image")
     return torch.stack(masks)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model that owns the named layers, under DDP / DataParallel (``.module``) and torch.compile."""
-    seen = 0
-    while seen < 8:
-        for attr in _WRAPPER_ATTRS:
-            inner = getattr(model, attr, None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                break
-        else:
-            return model
-        seen += 1
-    return model
-
-
-def _strip_wrapper_prefix(name: str) -> str:
-    """``module._orig_mod.backbone.x`` -> ``backbone.x`` (names copied from a wrapped model's state_dict)."""
-    while name.startswith(_WRAPPER_PREFIXES):
-        name = name.split(".", 1)[1]
-    return name
-
-
-def _missing_message(missing: Sequence[str], role: str, model: nn.Module) -> str:
-    available = [name for name, _ in model.named_modules() if name]
-    lines = [f"{len(missing)} layer(s) not found in the {role} ({type(model).__name__}):"]
-    for name in missing:
-        close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
-        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        lines.append(f"  {name!r}{hint}")
-    shown = available if len(available) <= 40 else [*available[:40], f"... ({len(available)} in all)"]
-    lines.append(f"available module names: {', '.join(shown)}")
-    return "\n".join(lines)
 
 
 def _select_feature(output: Any, selector: Selector | None, layer: str, role: str) -> Tensor:
@@ -376,7 +308,7 @@ class AttentionDistiller(nn.Module):
         if isinstance(student, nn.DataParallel):
             # DataParallel runs replicas in threads that share the hooks; each would record its own shard.
             raise TypeError("a DataParallel student is not supported: use DistributedDataParallel (or no wrapper)")
-        teacher_root, student_root = _unwrap(teacher), _unwrap(student)
+        teacher_root, student_root = unwrap(teacher), unwrap(student)
         if teacher is student or teacher_root is student_root:
             raise ValueError(
                 "teacher and student are the same object; distil from a frozen copy "
@@ -439,7 +371,7 @@ class AttentionDistiller(nn.Module):
             raw = [(str(n), str(n)) for n in layers]
         if not raw:
             raise ValueError("layers is empty: name at least one layer to distil")
-        pairs = [(_strip_wrapper_prefix(s), _strip_wrapper_prefix(t)) for s, t in raw]
+        pairs = [(strip_wrapper_prefix(s), strip_wrapper_prefix(t)) for s, t in raw]
         student_names = [s for s, _ in pairs]
         duplicates = sorted({s for s in student_names if student_names.count(s) > 1})
         if duplicates:
@@ -450,9 +382,9 @@ class AttentionDistiller(nn.Module):
         missing_t = [t for _, t in pairs if t not in teacher_modules]
         messages = []
         if missing_s:
-            messages.append(_missing_message(missing_s, "student", student))
+            messages.append(missing_message(missing_s, "student", student))
         if missing_t:
-            messages.append(_missing_message(missing_t, "teacher", teacher))
+            messages.append(missing_message(missing_t, "teacher", teacher))
         if messages:
             raise LayerNotFoundError("\n".join(messages))
         return pairs
@@ -462,10 +394,10 @@ class AttentionDistiller(nn.Module):
         if weights is None:
             resolved = dict.fromkeys(names, 1.0)
         elif isinstance(weights, Mapping):
-            unknown = sorted(set(map(_strip_wrapper_prefix, weights)) - set(names))
+            unknown = sorted(set(map(strip_wrapper_prefix, weights)) - set(names))
             if unknown:
                 raise ValueError(f"weights names layers that are not distilled: {unknown}; layers: {names}")
-            given = {_strip_wrapper_prefix(k): float(v) for k, v in weights.items()}
+            given = {strip_wrapper_prefix(k): float(v) for k, v in weights.items()}
             resolved = {n: given.get(n, 1.0) for n in names}
         else:
             if len(weights) != len(names):
@@ -493,8 +425,8 @@ class AttentionDistiller(nn.Module):
         if any(m.training for m in self.teacher.modules()):
             logger.debug("teacher was switched to train mode; putting it back in eval")
             self.teacher.eval()
-        device = _first_device(self.student)
-        if device is not None and _first_device(self.teacher) not in (None, device):
+        device = first_device(self.student)
+        if device is not None and first_device(self.teacher) not in (None, device):
             logger.info("moving the teacher to %s to follow the student", device)
             self.teacher.to(device)
 
@@ -677,7 +609,7 @@ class AttentionDistiller(nn.Module):
             if len(boxes) != batch:
                 raise ValueError(f"boxes has {len(boxes)} entries for a batch of {batch}")
             assert input_size is not None  # checked in loss()
-            stride = (_grid_stride(input_size[0], grid[0]), _grid_stride(input_size[1], grid[1]))
+            stride = (grid_stride(input_size[0], grid[0]), grid_stride(input_size[1], grid[1]))
             return boxes_to_grid_mask(boxes, grid, stride).to(like.device).flatten(1)
         return None
 
@@ -703,20 +635,3 @@ class AttentionDistiller(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-def _grid_stride(input_len: int, grid_len: int) -> float:
-    """Input pixels per cell along one axis: the integer stride when the grid matches one, else the ratio.
-
-    With ``input_len=321`` and a stride-8 network the grid has 41 (ceil) or 40 (floor) cells; both give 8.
-    """
-    ratio = input_len / grid_len
-    nominal = round(ratio)
-    if nominal >= 1 and grid_len in (math.ceil(input_len / nominal), input_len // nominal):
-        return float(nominal)
-    return ratio
-
-
-def _first_device(model: nn.Module) -> torch.device | None:
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return None if first is None else first.device

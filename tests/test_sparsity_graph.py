@@ -165,3 +165,30 @@ def test_pruning_after_construction_is_detected() -> None:
     rebuilt = BNSparsity(graph, schedule=1e-3)
     assert rebuilt.num_channels == 8 + 4
     rebuilt.step()
+
+
+def test_bn_shared_by_two_prunable_groups_is_split_between_their_layer_groups() -> None:
+    model = CatNet()
+    graph = ChannelGraph(model, torch.randn(1, 3, 16, 16))  # nothing ignored: conv_a and conv_b both prunable
+    sparsity = BNSparsity(graph, schedule=1e-3, layer_groups=lambda g: g.name)
+    stats = sparsity.stats()
+    assert stats["conv_a"].channels == 8 and stats["conv_b"].channels == 4
+    gammas = sparsity.gammas()
+    assert torch.equal(gammas["conv_a"], model.cat_bn.weight.detach()[:8])
+    assert torch.equal(gammas["conv_b"], model.cat_bn.weight.detach()[8:])
+
+
+def test_dynamic_group_scope_uses_the_graph_layer_groups() -> None:
+    model, graph = _graph()
+    with torch.no_grad():
+        model.cat_bn.weight.copy_(torch.arange(1.0, 13.0))  # large: a global quantile would keep only these
+        model.mid_bn.weight.copy_(torch.arange(1.0, 7.0) / 100)
+    schedule = Dynamic(1.0, total_steps=1, warmup=0.0, keep=0.5, decay=0.0, scope="group")
+    sparsity = BNSparsity(graph, schedule=schedule, layer_groups=lambda g: "a" if g.name == "conv_a" else "m")
+    _backward(model)
+    before = _bn_grads(model)
+    sparsity.step()
+    delta = {n: _bn_grads(model)[n] - before[n] for n in before}
+    # each layer group keeps its own upper half: cat_bn channels 4..7 and mid_bn channels 3..5
+    torch.testing.assert_close(delta["cat_bn"][:8], torch.tensor([1.0] * 4 + [0.0] * 4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(delta["mid_bn"], torch.tensor([1.0] * 3 + [0.0] * 3), rtol=0, atol=1e-6)

@@ -619,14 +619,13 @@ class BNSparsity:
         host = self._host(gammas)
         abs_reg = np.abs(host[self._reg_index]).astype(np.float64)
         factors = self._factors(host)
-        rate_reg = self.schedule.rate() * (
-            np.ones_like(abs_reg) if factors is None else factors[self._reg_index].astype(np.float64)
-        )
+        factor_reg = np.ones_like(abs_reg) if factors is None else factors[self._reg_index].astype(np.float64)
         n = len(self.layer_group_names)
         ids = self._group_ids
         count = np.bincount(ids, minlength=n).astype(np.float64)
         denominator = np.maximum(count, 1.0)
-        rate = np.bincount(ids, weights=rate_reg, minlength=n) / denominator
+        # mean factor first, then the rate: a uniform rate comes out exactly, without summation noise
+        rate = self.schedule.rate() * (np.bincount(ids, weights=factor_reg, minlength=n) / denominator)
         below = np.bincount(ids, weights=(abs_reg < threshold).astype(np.float64), minlength=n) / denominator
         mean_abs = np.bincount(ids, weights=abs_reg, minlength=n) / denominator
         return {

@@ -124,6 +124,14 @@ def test_ratio_threshold_is_the_group_quantile() -> None:
     assert all(g.channels_after == g.channels_before for g in others)
 
 
+def test_ratio_is_honoured_when_scores_tie() -> None:
+    model = MiniDetector().eval()  # fresh BatchNorms: every gamma is 1
+    pruner = make_pruner(model, min_channels=1)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
+    for group in plan.layer_groups:
+        assert group.channels_before - group.channels_after == group.channels_before // 2
+
+
 def test_thresholds_mode_keeps_channels_at_or_above() -> None:
     pruner = make_pruner(detector(), min_channels=1)
     plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, 0.7))

@@ -213,8 +213,8 @@ class GroupPruner:
                     f"graph maps channel indices up to {max(ref.indices)}; the ChannelGraph is inconsistent"
                 )
 
-    def _kept(self, score: np.ndarray, threshold: float) -> list[int]:
-        raw = int((score >= threshold).sum())
+    def _kept(self, score: np.ndarray, raw: int) -> list[int]:
+        """Group-local indices to keep: the ``raw`` best channels, adjusted by min_channels / round_to."""
         count = kept_count(raw, len(score), self.min_channels, self.round_to)
         order = np.argsort(-score, kind="stable")  # highest scores first, ties by index
         return sorted(int(i) for i in order[:count])
@@ -232,8 +232,9 @@ class GroupPruner:
         """Decide which channels to remove. Exactly one mode must be given.
 
         Args:
-            ratios: layer group -> fraction in [0, 1); the group's threshold is that quantile of its channel
-                scores (the authors' rule). Layer groups not listed are not pruned.
+            ratios: layer group -> fraction p in [0, 1); the group's threshold is the p-quantile of its channel
+                scores (the authors' rule): its ``floor(p * n)`` lowest-scoring channels go (ties ranked by
+                position, so p is honoured even when scores tie). Layer groups not listed are not pruned.
             thresholds: layer group -> absolute threshold on the scores. Layer groups not listed are not pruned.
             target_params: fraction of the current parameter count to keep, in (0, 1]; thresholds are solved
                 (see :mod:`grouppruner.budget` for how the budget is shared between layer groups).
@@ -273,19 +274,29 @@ class GroupPruner:
         if mode in ("ratios", "thresholds"):
             values = self._check_group_values(mode, ratios if mode == "ratios" else thresholds)
             group_thresholds: dict[str, float] = {}
+            kept: dict[str, list[int]] = {}
             for lg_name, members in scored.items():
-                pooled = np.sort(np.concatenate([s for _, s in members])) if members else np.zeros(0)
+                pooled = np.concatenate([s for _, s in members]) if members else np.zeros(0)
+                ordered = np.sort(pooled)
                 if lg_name not in values or len(pooled) == 0:
-                    group_thresholds[lg_name] = float(pooled[0]) if len(pooled) else 0.0
+                    group_thresholds[lg_name] = float(ordered[0]) if len(pooled) else 0.0
+                    kept.update({g.name: self._kept(s, len(s)) for g, s in members})
                 elif mode == "ratios":
-                    group_thresholds[lg_name] = float(pooled[math.floor(values[lg_name] * len(pooled))])
+                    # The lowest floor(p * n) channels go. Ties are ranked by relative position inside their
+                    # channel group, which spreads them evenly over the groups and honours p even when all tie.
+                    cut = math.floor(values[lg_name] * len(pooled))
+                    group_thresholds[lg_name] = float(ordered[cut])
+                    relative = np.concatenate([np.arange(len(s)) / len(s) for _, s in members])
+                    gone = np.zeros(len(pooled), dtype=bool)
+                    gone[np.lexsort((relative, pooled))[:cut]] = True
+                    offset = 0
+                    for group, score in members:
+                        raw = len(score) - int(gone[offset : offset + len(score)].sum())
+                        kept[group.name] = self._kept(score, raw)
+                        offset += len(score)
                 else:
                     group_thresholds[lg_name] = values[lg_name]
-            kept = {
-                group.name: self._kept(score, group_thresholds[lg_name])
-                for lg_name, members in scored.items()
-                for group, score in members
-            }
+                    kept.update({g.name: self._kept(s, int((s >= values[lg_name]).sum())) for g, s in members})
             target = None
         else:
             target = float(modes[mode])  # type: ignore[arg-type]
@@ -353,7 +364,9 @@ class GroupPruner:
             logger.warning("%s=%g: the closest reachable value is %.4f", mode, target, reached / total)
         thresholds = {lg: cut * scale[lg] for lg in scored}
         kept = {
-            group.name: self._kept(score / scale[lg], cut) for lg, members in scored.items() for group, score in members
+            group.name: self._kept(score, int((score / scale[lg] >= cut).sum()))
+            for lg, members in scored.items()
+            for group, score in members
         }
         return thresholds, kept
 

@@ -19,12 +19,10 @@ Typical loop::
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -34,8 +32,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ._sparsity_targets import ExcludeSpec, LayerGroupsSpec, Layers, layers_from_graph, layers_from_model, unwrap
+
 if TYPE_CHECKING:
-    from .graph import ChannelGraph, ChannelGroup
+    from .graph import ChannelGraph
 
 logger = logging.getLogger(__name__)
 
@@ -333,10 +333,6 @@ class LayerGroupStats:
     mean_abs: float
 
 
-ExcludeSpec = Iterable["str | nn.Module"]
-LayerGroupsSpec = Mapping[str, Sequence[str] | str] | Callable[[Any], str] | None
-
-
 class BNSparsity:
     """Scheduled L1 regularizer on BatchNorm scales, applied to gradients in one vectorized pass.
 
@@ -389,16 +385,16 @@ class BNSparsity:
         self.advance_schedule = advance_schedule
 
         if isinstance(target, nn.Module):
-            model = _unwrap(target)
-            layers, names = _layers_from_model(model, exclude, layer_groups)
+            model = unwrap(target)
+            layers, names = layers_from_model(model, exclude, layer_groups)
         else:
             # imported here so that plain-model users never pay for the graph machinery
             from .graph import ChannelGraph
 
             if not isinstance(target, ChannelGraph):
                 raise TypeError(f"BNSparsity target must be a ChannelGraph or an nn.Module, got {type(target)!r}")
-            model = _unwrap(target.model)
-            layers, names = _layers_from_graph(target, model, exclude, layer_groups)
+            model = unwrap(target.model)
+            layers, names = layers_from_graph(target, model, exclude, layer_groups)
         self._build(layers, names)
         logger.info(
             "BNSparsity: %d of %d channels in %d BatchNorms, %d layer groups, schedule %r",
@@ -410,7 +406,7 @@ class BNSparsity:
         )
 
     # ------------------------------------------------------------------ construction
-    def _build(self, layers: list[tuple[str, _BatchNorm, list[int]]], group_names: list[str]) -> None:
+    def _build(self, layers: Layers, group_names: list[str]) -> None:
         # layer groups without a regularized BN channel (e.g. only BN-free convs, or all excluded) are dropped
         used = sorted({g for _, _, owners in layers for g in owners if g >= 0})
         renumber = {old: new for new, old in enumerate(used)}
@@ -641,122 +637,3 @@ class BNSparsity:
         reg = flat[torch.from_numpy(self._reg_index)]
         ids = torch.from_numpy(self._group_ids)
         return {name: reg[ids == g].clone() for g, name in enumerate(self.layer_group_names)}
-
-
-# --------------------------------------------------------------------------------------------------- helpers
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, wrappers):
-        inner = model.module
-        assert isinstance(inner, nn.Module)
-        model = inner
-    return model
-
-
-def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], bool]:
-    """Predicate on module names; unknown names/patterns are an error listing close matches."""
-    names = [n for n, _ in model.named_modules() if n]
-    by_id = {id(m): n for n, m in model.named_modules()}
-    prefixes: list[str] = []
-    patterns: list[str] = []
-    for item in exclude:
-        if isinstance(item, nn.Module):
-            if id(item) not in by_id:
-                raise ValueError(f"exclude: module {type(item).__name__} is not part of the model")
-            prefixes.append(by_id[id(item)])
-        elif isinstance(item, str):
-            if item in names:
-                prefixes.append(item)
-            elif any(ch in item for ch in "*?[") and any(fnmatch.fnmatchcase(n, item) for n in names):
-                patterns.append(item)
-            else:
-                close = difflib.get_close_matches(item, names, n=5)
-                raise ValueError(f"exclude: no module named or matching {item!r}; close matches: {close}")
-        else:
-            raise TypeError(f"exclude entries must be modules or names, got {type(item)!r}")
-
-    def excluded(name: str) -> bool:
-        return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes) or any(
-            fnmatch.fnmatchcase(name, pat) for pat in patterns
-        )
-
-    return excluded
-
-
-def _matches(name: str, patterns: Sequence[str] | str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
-
-
-def _check_bn(name: str, module: nn.Module) -> _BatchNorm:
-    if not isinstance(module, _BatchNorm):
-        raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not BatchNorm")
-    if not module.affine or module.weight is None:
-        raise ValueError(
-            f"BatchNorm {name!r} is not affine (no gamma to regularize); make it affine or pass it in exclude="
-        )
-    return module
-
-
-def _layers_from_model(
-    model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
-) -> tuple[list[tuple[str, _BatchNorm, list[int]]], list[str]]:
-    is_excluded = _excluded_names(model, exclude)
-    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
-    if not bns:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layer: nothing to regularize")
-    chosen = [(n, _check_bn(n, m)) for n, m in bns if not is_excluded(n)]
-    chosen = _trainable(chosen)
-    if not chosen:
-        raise ValueError(f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize")
-    if layer_groups is None:
-        group_of = {n: "all" for n, _ in chosen}
-    elif isinstance(layer_groups, Mapping):
-        group_of = {}
-        for n, _ in chosen:
-            hit = next((g for g, pats in layer_groups.items() if _matches(n, pats)), None)
-            if hit is None:
-                raise ValueError(f"layer_groups: BatchNorm {n!r} matches no pattern")
-            group_of[n] = hit
-    else:
-        group_of = {n: str(layer_groups(n)) for n, _ in chosen}
-    names = list(dict.fromkeys(group_of.values()))
-    ids = {g: i for i, g in enumerate(names)}
-    return [(n, bn, [ids[group_of[n]]] * bn.num_features) for n, bn in chosen], names
-
-
-def _layers_from_graph(
-    graph: ChannelGraph, model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
-) -> tuple[list[tuple[str, _BatchNorm, list[int]]], list[str]]:
-    is_excluded = _excluded_names(model, exclude)
-    partition: dict[str, list[ChannelGroup]] = graph.layer_groups(layer_groups)
-    owners: dict[str, list[int]] = {}
-    modules: dict[str, _BatchNorm] = {}
-    names = list(partition)
-    for g, groups in enumerate(partition.values()):
-        for group in groups:
-            for ref in group.bns:
-                if is_excluded(ref.name):
-                    continue
-                if ref.name not in modules:
-                    modules[ref.name] = _check_bn(ref.name, model.get_submodule(ref.name))
-                    owners[ref.name] = [-1] * modules[ref.name].num_features
-                # a BN after a concat scores several groups: each group claims its own channels
-                for index in ref.indices:
-                    owners[ref.name][index] = g
-    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    chosen = _trainable(sorted(modules.items(), key=lambda item: order[item[0]]))
-    if not chosen:
-        raise ValueError(
-            f"{type(model).__name__}: no prunable channel group is scored by a trainable affine BatchNorm "
-            "(no BatchNorms, all excluded, or all frozen): nothing to regularize"
-        )
-    return [(n, bn, owners[n]) for n, bn in chosen], names
-
-
-def _trainable(bns: list[tuple[str, _BatchNorm]]) -> list[tuple[str, _BatchNorm]]:
-    frozen = [n for n, bn in bns if not bn.weight.requires_grad]
-    if frozen:
-        logger.warning("BNSparsity: skipping %d frozen BatchNorm(s) (requires_grad=False): %s", len(frozen), frozen)
-    return [(n, bn) for n, bn in bns if bn.weight.requires_grad]

@@ -1,0 +1,141 @@
+"""Which BatchNorm channels :class:`~grouppruner.sparsity.BNSparsity` regularizes: from a model or a ChannelGraph.
+
+Both resolvers return ``(layers, layer_group_names)``: ``layers`` lists ``(qualified name, BatchNorm, owners)`` in
+model order, where ``owners[c]`` is the layer-group index of channel ``c`` or ``-1`` for a protected channel.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+if TYPE_CHECKING:
+    from .graph import ChannelGraph, ChannelGroup
+
+logger = logging.getLogger(__name__)
+
+ExcludeSpec = Iterable["str | nn.Module"]
+LayerGroupsSpec = Mapping[str, Sequence[str] | str] | Callable[[Any], str] | None
+Layers = list[tuple[str, _BatchNorm, list[int]]]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        inner = model.module
+        assert isinstance(inner, nn.Module)
+        model = inner
+    return model
+
+
+def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], bool]:
+    """Predicate on module names; unknown names/patterns are an error listing close matches."""
+    names = [n for n, _ in model.named_modules() if n]
+    by_id = {id(m): n for n, m in model.named_modules()}
+    prefixes: list[str] = []
+    patterns: list[str] = []
+    for item in exclude:
+        if isinstance(item, nn.Module):
+            if id(item) not in by_id:
+                raise ValueError(f"exclude: module {type(item).__name__} is not part of the model")
+            prefixes.append(by_id[id(item)])
+        elif isinstance(item, str):
+            if item in names:
+                prefixes.append(item)
+            elif any(ch in item for ch in "*?[") and any(fnmatch.fnmatchcase(n, item) for n in names):
+                patterns.append(item)
+            else:
+                close = difflib.get_close_matches(item, names, n=5)
+                raise ValueError(f"exclude: no module named or matching {item!r}; close matches: {close}")
+        else:
+            raise TypeError(f"exclude entries must be modules or names, got {type(item)!r}")
+
+    def excluded(name: str) -> bool:
+        return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes) or any(
+            fnmatch.fnmatchcase(name, pat) for pat in patterns
+        )
+
+    return excluded
+
+
+def _matches(name: str, patterns: Sequence[str] | str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
+
+
+def _check_bn(name: str, module: nn.Module) -> _BatchNorm:
+    if not isinstance(module, _BatchNorm):
+        raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not BatchNorm")
+    if not module.affine or module.weight is None:
+        raise ValueError(
+            f"BatchNorm {name!r} is not affine (no gamma to regularize); make it affine or pass it in exclude="
+        )
+    return module
+
+
+def layers_from_model(
+    model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
+) -> tuple[Layers, list[str]]:
+    is_excluded = _excluded_names(model, exclude)
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
+    if not bns:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer: nothing to regularize")
+    chosen = [(n, _check_bn(n, m)) for n, m in bns if not is_excluded(n)]
+    chosen = _trainable(chosen)
+    if not chosen:
+        raise ValueError(f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize")
+    if layer_groups is None:
+        group_of = {n: "all" for n, _ in chosen}
+    elif isinstance(layer_groups, Mapping):
+        group_of = {}
+        for n, _ in chosen:
+            hit = next((g for g, pats in layer_groups.items() if _matches(n, pats)), None)
+            if hit is None:
+                raise ValueError(f"layer_groups: BatchNorm {n!r} matches no pattern")
+            group_of[n] = hit
+    else:
+        group_of = {n: str(layer_groups(n)) for n, _ in chosen}
+    names = list(dict.fromkeys(group_of.values()))
+    ids = {g: i for i, g in enumerate(names)}
+    return [(n, bn, [ids[group_of[n]]] * bn.num_features) for n, bn in chosen], names
+
+
+def layers_from_graph(
+    graph: ChannelGraph, model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
+) -> tuple[Layers, list[str]]:
+    is_excluded = _excluded_names(model, exclude)
+    partition: dict[str, list[ChannelGroup]] = graph.layer_groups(layer_groups)
+    owners: dict[str, list[int]] = {}
+    modules: dict[str, _BatchNorm] = {}
+    names = list(partition)
+    for g, groups in enumerate(partition.values()):
+        for group in groups:
+            for ref in group.bns:
+                if is_excluded(ref.name):
+                    continue
+                if ref.name not in modules:
+                    modules[ref.name] = _check_bn(ref.name, model.get_submodule(ref.name))
+                    owners[ref.name] = [-1] * modules[ref.name].num_features
+                # a BN after a concat scores several groups: each group claims its own channels
+                for index in ref.indices:
+                    owners[ref.name][index] = g
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    chosen = _trainable(sorted(modules.items(), key=lambda item: order[item[0]]))
+    if not chosen:
+        raise ValueError(
+            f"{type(model).__name__}: no prunable channel group is scored by a trainable affine BatchNorm "
+            "(no BatchNorms, all excluded, or all frozen): nothing to regularize"
+        )
+    return [(n, bn, owners[n]) for n, bn in chosen], names
+
+
+def _trainable(bns: list[tuple[str, _BatchNorm]]) -> list[tuple[str, _BatchNorm]]:
+    frozen = [n for n, bn in bns if not bn.weight.requires_grad]
+    if frozen:
+        logger.warning("BNSparsity: skipping %d frozen BatchNorm(s) (requires_grad=False): %s", len(frozen), frozen)
+    return [(n, bn) for n, bn in bns if bn.weight.requires_grad]

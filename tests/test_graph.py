@@ -195,6 +195,18 @@ def test_slice_block() -> None:
     assert outputs(graph.model, example_input())[0].shape == (1, 10, 8, 8)
 
 
+def test_split_second_part_used_alone() -> None:
+    """``torch.split(x, c, 1)[1]``: Torch-Pruning 1.6.1 maps the consumer to part 0; it must be part 1."""
+    graph = ChannelGraph(ZOO["tiny_split"](), example_input())
+    conv1 = graph.group("backbone.1.conv1.0")
+    assert conv1.size == 8 and conv1.prunable
+    assert refs(conv1, "backbone.1.conv1.0", "out") == [tuple(range(8)), tuple(range(8, 16))]
+    assert refs(conv1, "backbone.1.conv2.0", "in") == [tuple(range(8))]
+    graph.remove_channels(conv1, [0])
+    assert graph.model.backbone[1].conv2[0].in_channels == 7
+    assert outputs(graph.model, example_input())[0].shape == (1, 10, 8, 8)
+
+
 @pytest.mark.parametrize(
     "name, root", [("c2f_static", "backbone.1.cv1.0"), ("tiny_slice_static", "backbone.1.conv1.0")]
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -106,6 +107,11 @@ def test_model_without_convolution() -> None:
 def test_not_a_module() -> None:
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         ChannelGraph(lambda x: x, torch.randn(1, 3, 8, 8))  # type: ignore[arg-type]
+
+
+def test_data_parallel_wrapper_rejected() -> None:
+    with pytest.raises(TypeError, match=r"model\.module"):
+        ChannelGraph(nn.DataParallel(ZOO["plain"]()), example_input())
 
 
 def test_wrong_input_shape_wraps_model_error() -> None:
@@ -290,6 +296,21 @@ def test_group_norm_loses_equal_counts_per_group() -> None:
     ]
     graph.remove_channels(g, [0, 3])
     assert model[1].num_channels == 8 and model(example_input()).shape == (1, 4, 32, 32)
+
+
+def test_depthwise_conv_on_the_input_is_fixed() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    graph = ChannelGraph(model, example_input())
+    reason = graph.group("0").reason
+    assert reason is not None and "reads a model input" in reason
+    assert graph.group("1").prunable
+
+
+def test_uncopyable_model_with_chunk_is_marked() -> None:
+    model = ZOO["c2f"]()
+    model.lock = threading.Lock()  # deepcopy fails on it
+    reason = ChannelGraph(model, example_input()).group("backbone.1.cv1.0").reason
+    assert reason is not None and "cannot be copied" in reason
 
 
 def test_built_under_no_grad_and_channel_group_helpers() -> None:

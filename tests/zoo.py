@@ -244,13 +244,15 @@ class TinyCSP(nn.Module):
     """YOLOv4-tiny CSP block: the second half of a conv output is taken by channel slicing in forward().
 
     ``static=True`` slices with a width fixed at construction (``x[:, self.c // 2:]``), which cannot follow a
-    channel removal; the default computes it from the tensor (``x[:, x.shape[1] // 2:]``).
+    channel removal; the default computes it from the tensor (``x[:, x.shape[1] // 2:]``). ``use_split=True``
+    takes the half as ``torch.split(x, x.shape[1] // 2, 1)[1]`` (only the second part is used).
     """
 
-    def __init__(self, c: int = 16, *, static: bool = False) -> None:
+    def __init__(self, c: int = 16, *, static: bool = False, use_split: bool = False) -> None:
         super().__init__()
         self.c = c
         self.static = static
+        self.use_split = use_split
         self.conv1 = ConvBN(c, c)
         self.conv2 = ConvBN(c // 2, c // 2)
         self.conv3 = ConvBN(c // 2, c // 2)
@@ -261,7 +263,7 @@ class TinyCSP(nn.Module):
         x = self.conv1(x)
         route = x
         half = self.c // 2 if self.static else x.shape[1] // 2
-        x = self.conv2(x[:, half:])
+        x = self.conv2(torch.split(x, half, 1)[1] if self.use_split else x[:, half:])
         route1 = x
         x = self.conv3(x)
         x = self.conv4(torch.cat([x, route1], 1))
@@ -271,9 +273,9 @@ class TinyCSP(nn.Module):
 class TinySliceNet(nn.Module):
     """Stem + YOLOv4-tiny CSP block + output conv: ``-> (N, 10, 8, 8)``."""
 
-    def __init__(self, *, static: bool = False) -> None:
+    def __init__(self, *, static: bool = False, use_split: bool = False) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(ConvBN(3, 16, s=2), TinyCSP(16, static=static))
+        self.backbone = nn.Sequential(ConvBN(3, 16, s=2), TinyCSP(16, static=static, use_split=use_split))
         self.head = nn.Conv2d(32, 10, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -381,6 +383,7 @@ ZOO: dict[str, Callable[[], nn.Module]] = {
     "resnext": ResNeXtTiny,
     "c2f": C2fNet,
     "tiny_slice": TinySliceNet,
+    "tiny_split": lambda: TinySliceNet(use_split=True),
     "se": SENet,
     "linear_head": LinearClassifier,
     "flatten_head": FlattenClassifier,

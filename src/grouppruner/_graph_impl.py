@@ -464,7 +464,9 @@ def build_group(
                 has_linear_in = True
             if isinstance(target, ops.TORCH_CONV) and target.groups > 1:
                 c = target.out_channels if dim == "out" else target.in_channels
-                if same_fn and target.in_channels != target.out_channels:
+                if same_fn and not node.inputs:
+                    reasons.append(f"depthwise conv '{lname}' reads a model input, whose channels are fixed")
+                elif same_fn and target.in_channels != target.out_channels:
                     reasons.append(f"depthwise conv '{lname}' with a channel multiplier is not supported")
                 elif not same_fn and not _couple(uf, mapping, c, c // target.groups):
                     reasons.append(f"grouped conv '{lname}' takes channels from several channel groups")

@@ -148,7 +148,8 @@ class ChannelGraph:
             are protected (default: every tensor in the returned nested list / tuple / dict).
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or an ``ignore`` entry has the wrong type.
+        TypeError: ``model`` is not an ``nn.Module`` (or is a DataParallel / DDP wrapper: pass ``model.module``),
+            or an ``ignore`` entry has the wrong type.
         ValueError: the model has no convolution, its forward fails on ``example_inputs`` (the model's own
             error is chained), or an ``ignore`` name / pattern matches no module (close matches are listed).
         GraphError: the model uses an op whose channels cannot be mapped (named with its module).
@@ -173,6 +174,10 @@ class ChannelGraph:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            raise TypeError(
+                f"model is wrapped in {type(model).__name__}; build the graph on the wrapped model (model.module)"
+            )
         if not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
             raise ValueError(
                 f"{type(model).__name__} has no convolution layer (nn.Conv1d/2d/3d); ChannelGraph needs a CNN"
@@ -255,7 +260,10 @@ class ChannelGraph:
         """
 
         def trial(ids: Sequence[int]) -> str | None:
-            model = copy.deepcopy(self.model)
+            try:
+                model = copy.deepcopy(self.model)
+            except Exception as err:  # a model holding un-copyable state cannot be checked
+                return f"the model cannot be copied to check the split ({type(err).__name__}: {err})"
             modules = dict(model.named_modules())
             groups = list(self.channel_groups)
             for gi in ids:
@@ -266,7 +274,7 @@ class ChannelGraph:
                     out = impl.call_model(model, example_inputs, forward_fn)
                     if output_transform is not None:
                         out = output_transform(out)
-            except ValueError as err:
+            except Exception as err:
                 return str(err.__cause__ or err)
             shapes = [tuple(t.shape) for t in impl.flat_tensors(out)]
             return None if shapes == output_shapes else f"output shapes change from {output_shapes} to {shapes}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from grouppruner.sparsity import (
     Dynamic,
     Linear,
     NonFiniteError,
+    Schedule,
     Step,
     _quantile_cut,
 )
@@ -252,6 +254,57 @@ def test_bf16_parameters(dynamic: bool) -> None:
     # bf16 rounds the sum (and possibly the rate) once: equal up to bf16 resolution, far below the 1e-2 rate
     torch.testing.assert_close(model.bn2.weight.grad.float(), expected.float(), rtol=0, atol=2e-3)
     assert not torch.allclose(model.bn2.weight.grad.float(), before.float(), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Linear(4e-3, 0.0, total_steps=4),
+        lambda: Cosine(4e-3, 1e-3, total_steps=4),
+        lambda: Step(4e-3, milestones=(0.5,), factor=0.5, total_steps=4),
+    ],
+    ids=["linear", "cosine", "step"],
+)
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_step_applies_the_scheduled_rate_of_each_step(make: Callable[[], Schedule], check_finite: bool) -> None:
+    schedule = make()
+    model = Net()
+    sparsity = BNSparsity(model, schedule=schedule, check_finite=check_finite)
+    sign = torch.sign(model.bn1.weight.detach())
+    for t in range(5):  # one past the end: the rate stays at its final value
+        _backward(model, *_data())
+        before = model.bn1.weight.grad.clone()
+        sparsity.step()
+        assert torch.equal(model.bn1.weight.grad, before + schedule.rate_at(t) * sign), t
+    assert schedule.last_step == 5 and schedule.rate() == schedule.rate_at(4)
+
+
+def test_schedule_driven_per_epoch() -> None:
+    model = Net()
+    sparsity = BNSparsity(model, schedule=Linear(2e-3, 0.0, total_steps=2), advance_schedule=False)
+    sign = torch.sign(model.bn2.weight.detach())
+    for epoch in range(2):
+        for _ in range(3):
+            _backward(model, *_data())
+            before = model.bn2.weight.grad.clone()
+            sparsity.step()
+            torch.testing.assert_close(model.bn2.weight.grad - before, (2e-3 - 1e-3 * epoch) * sign, rtol=0, atol=1e-8)
+        sparsity.schedule.step()
+    assert sparsity.schedule.last_step == 2
+
+
+def test_dynamic_without_finite_check_matches_with_it() -> None:
+    init = Net().state_dict()
+    grads = []
+    for check_finite in (True, False):
+        model = Net()
+        model.load_state_dict(init)
+        schedule = Dynamic(1e-2, total_steps=2, warmup=0.0, keep=0.3, decay=0.05)
+        _backward(model, *_data())
+        BNSparsity(model, schedule=schedule, check_finite=check_finite).step()
+        grads.append(_grads(model))
+    for name, grad in grads[0].items():
+        assert torch.equal(grad, grads[1][name]), name
 
 
 # ------------------------------------------------------------------------------------------ AMP

@@ -11,6 +11,8 @@ from torch import nn
 from grouppruner.graph import ChannelGraph, ChannelGroup, LayerRef
 from zoo import ZOO, C2fNet, TinySliceNet, example_input
 
+# Removing channels changes a channel mean / max, so the output cannot stay exactly the same.
+NOT_EXACT = {"spatial_attention"}
 STATIC = {"c2f_static": lambda: C2fNet(static=True), "tiny_slice_static": lambda: TinySliceNet(static=True)}
 ALL = {**ZOO, **STATIC}
 
@@ -86,8 +88,9 @@ def test_remove_from_every_group_keeps_function(name: str) -> None:
     with torch.no_grad():
         after = outputs(model, x)
     assert [t.shape for t in after] == [t.shape for t in before]
-    for a, b in zip(after, before, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if name not in NOT_EXACT:
+        for a, b in zip(after, before, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in ALL[name]().parameters())
 
 
@@ -104,7 +107,7 @@ def test_outputs_protected(name: str) -> None:
         assert touches_output == (g.name in out_layers)
         if touches_output:
             assert not g.prunable and g.reason is not None and "model output" in g.reason
-        elif name not in STATIC:
+        elif name not in STATIC and g.size > 1:
             assert g.prunable, (g.name, g.reason)
     # the inputs of the output layers stay prunable
     feeding = [g for g in graph.channel_groups if any(r.name in out_layers and r.dim == "in" for r in g.layers)]
@@ -226,6 +229,17 @@ def test_squeeze_excitation_multiply_couples() -> None:
     assert refs(g, "backbone.2.fc1", "in") == [tuple(range(16))]
     assert refs(g, "head", "in") == [tuple(range(16))]
     assert refs(graph.group("backbone.2.fc1"), "backbone.2.fc2", "in") == [tuple(range(4))]
+
+
+def test_channel_reduction_and_broadcast_do_not_couple() -> None:
+    graph = ChannelGraph(ZOO["spatial_attention"](), example_input())
+    g = graph.group("backbone.1.0")
+    assert {(r.name, r.dim) for r in g.layers} == {("backbone.1.0", "out"), ("backbone.1.1", "out"), ("head", "in")}
+    sam = graph.group("backbone.2.conv")
+    assert sam.size == 1 and not sam.prunable
+    graph.remove_channels(g, [0, 1, 2])
+    assert outputs(graph.model, example_input())[0].shape == (1, 10, 8, 8)
+    assert graph.model.backbone[2].conv.in_channels == 2
 
 
 def test_linear_heads() -> None:

@@ -86,6 +86,20 @@ class ConcatThenChunk(nn.Module):
         return self.c(p) + self.d(q) + self.e(self.mid(x))
 
 
+class CoordConcat(nn.Module):
+    """Concatenates two constant coordinate channels in front of a feature map (CoordConv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = ConvBN(3, 8)
+        self.head = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        coords = torch.zeros(f.shape[0], 2, f.shape[2], f.shape[3])
+        return self.head(torch.cat([coords, f], 1))
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -272,6 +286,14 @@ def test_shared_head_couples_its_inputs() -> None:
     assert head.stride is None and not head.prunable
     graph.remove_channels(g, [0, 2])
     assert [o.shape for o in graph.model(example_input())] == [(1, 6, 16, 16), (1, 6, 8, 8)]
+
+
+def test_concat_with_constant_channels() -> None:
+    graph = ChannelGraph(CoordConcat(), example_input())
+    g = graph.group("body.0")
+    assert [r.indices for r in g.layers if r.name == "head"] == [tuple(range(2, 10))]
+    graph.remove_channels(g, [0, 7])
+    assert graph.model.head.in_channels == 8 and graph.model(example_input()).shape == (1, 4, 32, 32)
 
 
 def test_channel_shuffle_not_prunable() -> None:

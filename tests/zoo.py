@@ -307,6 +307,30 @@ class SENet(nn.Module):
         return self.head(self.backbone(x))
 
 
+class SpatialAttention(nn.Module):
+    """CBAM-style spatial attention: channel mean and max -> 7x7 conv -> sigmoid map multiplied onto the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+class SpatialAttentionNet(nn.Module):
+    """Conv blocks with a spatial attention module (channel reduction + one-channel broadcast multiply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(ConvBN(3, 16, s=2), ConvBN(16, 16, s=2), SpatialAttention())
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
 class LinearClassifier(nn.Module):
     """Conv features -> global average pool -> flatten -> Linear(10): ``-> (N, 10)``."""
 
@@ -385,6 +409,7 @@ ZOO: dict[str, Callable[[], nn.Module]] = {
     "tiny_slice": TinySliceNet,
     "tiny_split": lambda: TinySliceNet(use_split=True),
     "se": SENet,
+    "spatial_attention": SpatialAttentionNet,
     "linear_head": LinearClassifier,
     "flatten_head": FlattenClassifier,
     "frozen": frozen_backbone,

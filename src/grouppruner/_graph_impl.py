@@ -25,7 +25,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
 from torch_pruning._helpers import _HybridIndex
-from torch_pruning.dependency import index_mapping, shape_infer
+from torch_pruning.dependency import index_mapping
 from torch_pruning.dependency.index_mapping import _ConcatIndexMapping, _SplitIndexMapping
 from torch_pruning.dependency.node import Node
 
@@ -223,15 +223,64 @@ def _node_of_gradfn(dg: tp.DependencyGraph) -> dict[Any, Node]:
     return {node.grad_fn: node for node in dg.module2node.values() if node.grad_fn is not None}
 
 
+def _channels(fn: Any, nr: int) -> int | None:
+    """Channel count (dim 1) of output ``nr`` of an autograd node, from its recorded metadata."""
+    if fn is None:
+        return None
+    if type(fn).__name__ == "AccumulateGrad":
+        shape = tuple(fn.variable.shape)
+    else:
+        meta = getattr(fn, "_input_metadata", ())
+        if nr >= len(meta):
+            return None
+        shape = tuple(meta[nr].shape)
+    return int(shape[1]) if len(shape) > 1 else None
+
+
+def _is_traced_input(dg: tp.DependencyGraph, fn: Any) -> bool:
+    """Whether Torch-Pruning made a graph input of this autograd edge (it skips constants and wrapped leaves)."""
+    if fn is None:
+        return False
+    if type(fn).__name__ == "AccumulateGrad":
+        return any(fn.variable is p for p, _ in dg.unwrapped_parameters)
+    return True
+
+
+def _concat_ranges(dg: tp.DependencyGraph, node: Node) -> list[tuple[int, int]] | None:
+    """Channel range of each traced input of a channel concat, or None when it cannot be determined.
+
+    Sizes come from autograd metadata; one argument that does not depend on the parameters (a constant such as
+    coordinate channels) is allowed, its size being the rest of the output.
+    """
+    g = node.grad_fn
+    total = _channels(g, 0)
+    meta = getattr(g, "_input_metadata", ())
+    ndim = len(meta[0].shape) if meta else 4
+    if ndim > 1 and getattr(g, "_saved_dim", 1) % ndim != 1:
+        return []  # not a channel concat: channels pass through unchanged
+    sizes = [_channels(fn, nr) for fn, nr in g.next_functions]
+    unknown = [i for i, size in enumerate(sizes) if size is None]
+    if total is None or len(unknown) > 1:
+        return None
+    if unknown:
+        sizes[unknown[0]] = total - sum(size for size in sizes if size is not None)
+    offsets = [0, *itertools.accumulate(int(size or 0) for size in sizes)]
+    if offsets[-1] != total:
+        return None
+    return [
+        (offsets[i], offsets[i + 1]) for i, (fn, _) in enumerate(g.next_functions) if _is_traced_input(dg, fn)
+    ]
+
+
 def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
     """Recompute split and concat index mappings from autograd metadata; return concats that cannot be mapped.
 
     Torch-Pruning 1.6.1 misreads ``chunk`` / ``split(int)`` sizes on current PyTorch (it finds no
-    ``_saved_self_sizes`` and falls back to guessing from consumers) and numbers split outputs by the order
-    their consumers appear, so ``x.split(c, 1)[1]`` is mapped as part 0. Split sizes come from the saved
-    arguments, each output's part from its autograd edge (``output_nr``), concat sizes from the parts fed in.
+    ``_saved_self_sizes`` and falls back to guessing from consumers), numbers split outputs by the order their
+    consumers appear (so ``x.split(c, 1)[1]`` is mapped as part 0) and infers concat sizes from neighbouring
+    layers, which fails behind splits. Split sizes come from the saved arguments, each output's part from its
+    autograd edge (``output_nr``), concat sizes from the recorded shapes of the tensors fed in.
     """
-    by_fn = _node_of_gradfn(dg)
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.SPLIT:
             info = _split_sizes(node.grad_fn)
@@ -239,51 +288,70 @@ def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
                 node.module.split_sizes = info[1]
                 node.module.offsets = [0, *itertools.accumulate(info[1])]
     unmapped: set[Node] = set()
+    concats: dict[Node, list[tuple[int, int]]] = {}
     for node in dg.module2node.values():
-        if node.type != ops.OPTYPE.CONCAT:
-            continue
-        sizes: list[int] = []
-        for fn, nr in node.grad_fn.next_functions:
-            src = by_fn.get(fn)
-            if src is None:
+        if node.type == ops.OPTYPE.CONCAT:
+            ranges = _concat_ranges(dg, node)
+            if ranges is None or (ranges and len(ranges) != len(node.inputs)):
                 unmapped.add(node)
-                break
-            if src.type == ops.OPTYPE.SPLIT and src.module.split_sizes is not None:
-                sizes.append(src.module.split_sizes[nr])
-            else:
-                ch = shape_infer.infer_out_channels_recursively(dg, src, [0])
-                if ch is None:
-                    unmapped.add(node)
-                    break
-                sizes.append(int(ch))
-        node.module.concat_sizes = None if node in unmapped else sizes
-        node.module.offsets = None
+            elif ranges:
+                concats[node] = ranges
+                node.module.concat_sizes = [b - a for a, b in ranges]
     index_mapping.update_index_mapping(dg)
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.SPLIT and node.module.offsets is not None and _split_sizes(node.grad_fn):
             _map_split_parts(node)
-        elif node.type == ops.OPTYPE.CONCAT and node.module.concat_sizes is not None:
-            _map_concat_parts(node)
+    for node, ranges in concats.items():
+        _map_concat_parts(node, ranges)
     return unmapped
 
 
-def _map_concat_parts(node: Node) -> None:
-    """Offset mappings between each concat input (in argument order) and the concat output."""
-    offsets = [0, *itertools.accumulate(node.module.concat_sizes)]
-    node.module.offsets = offsets
+def cut_channel_mismatches(dg: tp.DependencyGraph) -> None:
+    """Drop couplings that Torch-Pruning draws through ops which do not keep channel ``i`` as channel ``i``.
+
+    Torch-Pruning treats every unknown op as element-wise. A reduction over channels (``x.mean(1, keepdim=True)``,
+    ``x.amax(1)``: CBAM-style spatial attention) or a broadcast of a one-channel map (``x * attention``) would
+    then couple unrelated channels; such edges (input and output channel counts differ, or the op reduces dim 1)
+    are removed from the dependency graph.
+    """
+    by_fn = _node_of_gradfn(dg)
+    for node in list(dg.module2node.values()):
+        g = node.grad_fn
+        if node.type != ops.OPTYPE.ELEMENTWISE or g is None:
+            continue
+        out_ch = _channels(g, 0)
+        reduces = _reduces_channels(g)
+        for fn, nr in g.next_functions:
+            src = by_fn.get(fn)
+            in_ch = _channels(fn, nr)
+            if src is not None and (reduces or (in_ch is not None and out_ch is not None and in_ch != out_ch)):
+                src.dependencies = [d for d in src.dependencies if d.target is not node]
+                node.dependencies = [d for d in node.dependencies if d.target is not src]
+
+
+def _reduces_channels(grad_fn: Any) -> bool:
+    if not hasattr(grad_fn, "_saved_keepdim") or not hasattr(grad_fn, "_saved_dim"):
+        return False
+    dims = grad_fn._saved_dim if isinstance(grad_fn._saved_dim, tuple) else (grad_fn._saved_dim,)
+    ndim = len(getattr(grad_fn, "_saved_self_sym_sizes", ())) or 4
+    return any((d - 2**64 if d >= 2**63 else d) % ndim == 1 for d in dims)
+
+
+def _map_concat_parts(node: Node, ranges: list[tuple[int, int]]) -> None:
+    """Offset mappings between each traced concat input (in argument order) and the concat output."""
     deps_in = [d for d in node.dependencies if d.target in node.inputs]
-    for k, src in enumerate(node.inputs):
+    for src, (start, end) in zip(node.inputs, ranges, strict=True):
         back = next((d for d in deps_in if d.target is src), None)
         if back is not None:
             deps_in.remove(back)
-            back.index_mapping[1] = _ConcatIndexMapping(offset=offsets[k : k + 2], reverse=True)
+            back.index_mapping[1] = _ConcatIndexMapping(offset=[start, end], reverse=True)
     seen: dict[Node, int] = {}
-    for k, src in enumerate(node.inputs):
+    for src, (start, end) in zip(node.inputs, ranges, strict=True):
         n = seen.get(src, 0)
         seen[src] = n + 1
         forward = [d for d in src.dependencies if d.target is node]
         if n < len(forward):
-            forward[n].index_mapping[1] = _ConcatIndexMapping(offset=offsets[k : k + 2], reverse=False)
+            forward[n].index_mapping[1] = _ConcatIndexMapping(offset=[start, end], reverse=False)
 
 
 def _map_split_parts(node: Node) -> None:

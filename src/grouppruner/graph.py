@@ -183,10 +183,14 @@ class ChannelGraph:
                 f"{type(model).__name__} has no convolution layer (nn.Conv1d/2d/3d); ChannelGraph needs a CNN"
             )
         self.model = model
+        # Kept so that later stages (pruning's cost model and folding probe) trace the model the same way.
+        self.example_inputs = example_inputs
+        self.forward_fn = forward_fn
         self._modules: dict[str, nn.Module] = dict(model.named_modules())
         ignored = self._resolve_ignore(ignore)
         tr = impl.trace(model, example_inputs, forward_fn, output_transform)
         impl.check_unsupported(tr.dg)
+        impl.cut_channel_mismatches(tr.dg)
         tr.unmapped_concats = impl.fix_index_mappings(tr.dg)
         raws = impl.extract_groups(model, tr, ignored)
         if not raws:

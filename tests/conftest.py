@@ -1,3 +1,8 @@
+import os
+
+# Busy-waiting OpenMP threads make 2-thread torch ops far slower when other processes share the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 

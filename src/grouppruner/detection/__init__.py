@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Public name -> defining submodule, resolved on first access.
+# `yolov4` names both a submodule and the builder function; binding the function here means importing the
+# submodule (as other modules do) cannot shadow it.
+from .yolov4 import YOLOv4, yolov4
+
+# Other public names -> defining submodule, resolved on first access (the data tools need the extra).
 _EXPORTS = {
-    "yolov4": "yolov4",
-    "YOLOv4": "yolov4",
     "VOC_CLASSES": "data",
     "YoloLoss": "loss",
     "kmeans_anchors": "loss",
@@ -24,7 +26,11 @@ _EXPORTS = {
     "train_one_epoch": "train",
     "evaluate": "train",
     "YoloOutputDistill": "distill",
+    "RecipeConfig": "recipe",
+    "run_recipe": "recipe",
 }
+
+__all__ = ["YOLOv4", "yolov4", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

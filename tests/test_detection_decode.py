@@ -10,6 +10,16 @@ from grouppruner.detection.decode import batched_nms, box_iou, decode, split_hea
 ANCHORS = torch.tensor([[[10.0, 20.0], [20.0, 10.0], [16.0, 16.0]]] * 3) * torch.tensor([1.0, 2.0, 4.0]).view(3, 1, 1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run on one intra-op thread: tiny models gain nothing from more, and on a shared CPU two OpenMP threads
+    spin-wait for each other (100x slower steps)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> list[int]:
     """Textbook greedy NMS, one pair at a time, in plain Python."""
 

@@ -132,6 +132,10 @@ def test_wrong_input_shape_wraps_model_error() -> None:
     with pytest.raises(ValueError, match=r"forward of PlainCNN failed on example_inputs Tensor\(1, 4, 32, 32\)") as e:
         ChannelGraph(ZOO["plain"](), torch.randn(1, 4, 32, 32))
     assert isinstance(e.value.__cause__, RuntimeError)
+    model = ZOO["plain"]()
+    with pytest.raises(ValueError):
+        ChannelGraph(model, torch.randn(1, 4, 32, 32))
+    assert not any(m._forward_hooks for m in model.modules())  # no tracing hook left behind
 
 
 def test_wrong_input_type_wraps_model_error() -> None:

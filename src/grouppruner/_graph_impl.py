@@ -3,7 +3,8 @@
 Torch-Pruning's ``DependencyGraph`` is built once. Its dependencies and index mappings (concat, split, slice,
 flatten) are then walked here, from every Conv/Linear output, to collect which channel of which layer follows
 which channel of the root layer. Channels that must go together beyond what Torch-Pruning models (the equal
-parts of a ``chunk`` / ``split`` / slice written in ``forward()``, the groups of a grouped convolution) are
+parts of a ``chunk`` / ``split`` / slice written in ``forward()``, the groups of a grouped convolution or of a
+``GroupNorm``) are
 merged into *units* with a union-find; one unit is one channel of the public ``ChannelGroup``.
 
 Removal calls Torch-Pruning's per-layer pruning functions directly on the member layers and shifts the
@@ -148,13 +149,20 @@ def trace(
     def forward(m: nn.Module, inputs: Any) -> Any:
         out = call_model(m, inputs, forward_fn)
         if output_transform is not None:
-            out = output_transform(out)
+            try:
+                out = output_transform(out)
+            except Exception as err:
+                raise ValueError(f"output_transform failed on the outputs of {type(m).__name__}: {err}") from err
         tensors = flat_tensors(out)
         output_shapes.extend(tuple(t.shape) for t in tensors)
         output_fns.extend(t.grad_fn for t in tensors if t.grad_fn is not None)
         return out
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (ops.TORCH_CONV, nn.Linear))]
+    # Torch-Pruning does not remove its tracing hooks when the forward raises; remember what was there.
+    existing = {m: set(m._forward_hooks) for m in model.modules()}
+    for m in model.modules():
+        if isinstance(m, (ops.TORCH_CONV, nn.Linear)):
+            m.register_forward_hook(record)
     try:
         for p, _ in flags:
             p.requires_grad_(True)
@@ -163,8 +171,9 @@ def trace(
                 model, example_inputs, forward_fn=forward, verbose=False
             )
     finally:
-        for h in hooks:
-            h.remove()
+        for m, keep in existing.items():
+            for key in set(m._forward_hooks) - keep:
+                del m._forward_hooks[key]
         for p, flag in flags:
             p.requires_grad_(flag)
         for m, training in modes:
@@ -325,6 +334,7 @@ def cut_channel_mismatches(dg: tp.DependencyGraph) -> None:
             src = by_fn.get(fn)
             in_ch = _channels(fn, nr)
             if src is not None and (reduces or (in_ch is not None and out_ch is not None and in_ch != out_ch)):
+                logger.debug("no channel coupling through %s (%s -> %s channels)", type(g).__name__, in_ch, out_ch)
                 src.dependencies = [d for d in src.dependencies if d.target is not node]
                 node.dependencies = [d for d in node.dependencies if d.target is not src]
 

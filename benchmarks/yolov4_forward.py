@@ -6,6 +6,9 @@ same process so that machine noise hits both, and ratios are against the CSPDark
 
     python benchmarks/yolov4_forward.py [--size 416] [--threads 2] [--repeats 5] [--rounds 3]
                                         [--num-classes 20] [--width 1.0] [--depth 1.0]
+
+On a CPU shared with other jobs, run it with OMP_WAIT_POLICY=PASSIVE: busy-waiting OpenMP threads that lose
+their core to another process make latencies erratic (several times slower, unstable ratios).
 """
 
 from __future__ import annotations

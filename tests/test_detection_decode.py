@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grouppruner.detection.decode import batched_nms, box_iou, decode, split_head_map
+from grouppruner.detection.decode import DEFAULT_ANCHORS, batched_nms, box_iou, decode, split_head_map
 
 ANCHORS = torch.tensor([[[10.0, 20.0], [20.0, 10.0], [16.0, 16.0]]] * 3) * torch.tensor([1.0, 2.0, 4.0]).view(3, 1, 1)
 
@@ -150,6 +150,15 @@ def test_decode_shapes_filter_sort_clip():
         n_above = int((full["scores"] >= 0.3).sum())
         assert det["scores"].shape[0] == min(5, n_above)
         assert torch.equal(det["scores"], full["scores"][: det["scores"].shape[0]])
+
+
+def test_decode_defaults_to_cfg_anchors():
+    outputs = [torch.randn(1, 3 * 7, 416 // s, 416 // s) for s in (8, 16, 32)]
+    default = decode(outputs, conf=0.0)[0]
+    explicit = decode(outputs, torch.tensor(DEFAULT_ANCHORS), (8, 16, 32), conf=0.0)[0]
+    assert all(torch.equal(default[key], explicit[key]) for key in ("boxes", "scores", "labels"))
+    other = decode(outputs, torch.tensor(DEFAULT_ANCHORS) * 0.5, (8, 16, 32), conf=0.0)[0]
+    assert not torch.equal(default["boxes"], other["boxes"])
 
 
 def test_decode_rejects_mismatched_inputs():

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["batched_nms", "box_iou", "decode", "split_head_map"]
+__all__ = ["DEFAULT_ANCHORS", "batched_nms", "box_iou", "decode", "split_head_map"]
+
+#: Anchors of ``yolov4.cfg`` in input pixels, (3 scales, 3 anchors, (w, h)) for strides 8, 16, 32.
+DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((12.0, 16.0), (19.0, 36.0), (40.0, 28.0)),
+    ((36.0, 75.0), (76.0, 55.0), (72.0, 146.0)),
+    ((142.0, 110.0), (192.0, 243.0), (459.0, 401.0)),
+)
 
 
 def split_head_map(output: Tensor, num_anchors: int = 3) -> Tensor:
@@ -59,7 +66,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 def decode(
     outputs: Sequence[Tensor],
-    anchors: Tensor,
+    anchors: Tensor | None = None,
     strides: Sequence[int] = (8, 16, 32),
     *,
     conf: float = 0.001,
@@ -73,7 +80,8 @@ def decode(
 
     Args:
         outputs: raw head maps ``[(N, A * (5 + C), H_i, W_i)]``, one per stride.
-        anchors: (num_scales, A, 2) anchor (w, h) in input pixels, e.g. ``model.anchors``.
+        anchors: (num_scales, A, 2) anchor (w, h) in input pixels, e.g. ``model.anchors``; default
+            :data:`DEFAULT_ANCHORS` (those of ``yolov4.cfg``).
         strides: stride of each map in input pixels.
         conf: minimum score ``objectness * class probability``.
         max_candidates: per-image cap on candidates, applied after the ``conf`` filter.
@@ -82,6 +90,8 @@ def decode(
         N dicts with ``"boxes"`` (K, 4) xyxy in input pixels, ``"scores"`` (K,) and ``"labels"`` (K,) int64,
         sorted by decreasing score.
     """
+    if anchors is None:
+        anchors = torch.tensor(DEFAULT_ANCHORS)
     if len(outputs) != len(strides) or anchors.shape[0] != len(strides):
         raise ValueError(
             f"decode: got {len(outputs)} head maps, {anchors.shape[0]} anchor sets and {len(strides)} strides"

@@ -15,17 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import CSPDarknet53, MobileNetV2
-from .decode import batched_nms, decode
+from .decode import DEFAULT_ANCHORS, batched_nms, decode
 from .neck import PANet
 
 __all__ = ["DEFAULT_ANCHORS", "YOLOv4", "YoloHead", "yolov4"]
-
-#: Anchors of ``yolov4.cfg`` in input pixels, (3 scales, 3 anchors, (w, h)) for strides 8, 16, 32.
-DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
-    ((12.0, 16.0), (19.0, 36.0), (40.0, 28.0)),
-    ((36.0, 75.0), (76.0, 55.0), (72.0, 146.0)),
-    ((142.0, 110.0), (192.0, 243.0), (459.0, 401.0)),
-)
 
 _BACKBONES = ("cspdarknet53", "mobilenetv2")
 

@@ -6,7 +6,9 @@ What it measures (BN gammas drawn to mimic a sparse-trained model, fixed seed):
    Torch-Pruning's ``MetaPruner`` with ``BNScaleImportance`` (global ranking) at the pruning ratio that gives the
    same parameter count (found by bisection first, untimed; the timed run builds its graph from scratch);
 2. parameters, conv + linear MACs and fp32 size of every model;
-3. CPU latency, batch 1, 2 threads, median of repeats: dense, ours, ours with ``round_to=8``, Torch-Pruning.
+3. CPU latency, batch 1, 2 threads (and 1 thread), median of single passes taken round-robin over the models so
+   that load changes on a shared machine hit all models alike: dense, ours, ours with ``round_to=8``,
+   Torch-Pruning.
 
 Run: ``python benchmarks/prune_yolov4.py [--repeats 10]`` (about 1-3 minutes on 2 cores).
 """
@@ -47,6 +49,7 @@ def sparse_like_gammas(model: nn.Module, seed: int = 0) -> None:
 
 def ours(model: nn.Module, x: torch.Tensor, round_to: int | None) -> tuple[nn.Module, dict[str, float]]:
     times: dict[str, float] = {}
+    cpu = time.process_time()
     start = time.perf_counter()
     graph = ChannelGraph(model, x)
     times["graph"] = time.perf_counter() - start
@@ -58,6 +61,7 @@ def ours(model: nn.Module, x: torch.Tensor, round_to: int | None) -> tuple[nn.Mo
     pruner.apply(plan)
     times["apply"] = time.perf_counter() - start
     times["total"] = sum(times.values())
+    times["cpu"] = time.process_time() - cpu
     return model, times
 
 
@@ -95,6 +99,19 @@ def torch_pruning_ratio(dense: nn.Module, x: torch.Tensor, goal: int, steps: int
     return best[1]
 
 
+def interleaved_latency(
+    models: dict[str, nn.Module], x: torch.Tensor, repeats: int, *, threads: int
+) -> dict[str, float]:
+    """Median single-pass latency per model, measured round-robin so that load changes hit all models alike."""
+    for model in models.values():
+        measure_latency(model, x, repeats=1, warmup=1, threads=threads)
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            samples[name].append(measure_latency(model, x, repeats=1, warmup=0, threads=threads))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10, help="latency repeats (median reported)")
@@ -114,12 +131,14 @@ def main() -> None:
     rounded, _ = ours(copy.deepcopy(dense), x, 8)
 
     ratio = torch_pruning_ratio(dense, x, count_params(pruned))
-    tp_times = []
+    tp_times, tp_cpu = [], []
     for _ in range(args.timing_runs):
         candidate = copy.deepcopy(dense)
+        cpu = time.process_time()
         start = time.perf_counter()
         tp_model = torch_pruning(candidate, x, ratio)
         tp_times.append(time.perf_counter() - start)
+        tp_cpu.append(time.process_time() - cpu)
 
     print(f"YOLOv4-VOC 416x416, target_params={TARGET}, {torch.get_num_threads()} threads")
     median = {k: statistics.median(t[k] for t in our_times) for k in our_times[0]}
@@ -127,31 +146,37 @@ def main() -> None:
         f"pruning time (median of {args.timing_runs}): ours {median['total']:.2f} s "
         f"(graph {median['graph']:.2f} + plan {median['plan']:.2f} + apply {median['apply']:.2f}); "
         f"torch-pruning {statistics.median(tp_times):.2f} s (ratio {ratio:.3f}); "
-        f"ours / torch-pruning = {median['total'] / statistics.median(tp_times):.2f}"
+        f"ours / torch-pruning = {median['total'] / statistics.median(tp_times):.2f}; CPU time ours "
+        f"{median['cpu']:.2f} s, torch-pruning {statistics.median(tp_cpu):.2f} s "
+        f"(ratio {median['cpu'] / statistics.median(tp_cpu):.2f})"
     )
 
     models = {"dense": dense, "ours": pruned, "ours round_to=8": rounded, "torch-pruning": tp_model}
-    rows = {}
-    for name, model in models.items():
-        rows[name] = (
-            count_params(model),
-            count_macs(model, x),
-            model_size_bytes(model),
-            measure_latency(model, x, repeats=args.repeats, warmup=2, threads=2),
-        )
+    latency = interleaved_latency(models, x, args.repeats, threads=2)
+    latency_1t = interleaved_latency(models, x, max(3, args.repeats // 2), threads=1)
+    rows = {
+        name: (count_params(m), count_macs(m, x), model_size_bytes(m), latency[name], latency_1t[name])
+        for name, m in models.items()
+    }
     base = rows["dense"]
-    print(f"{'model':<18} {'params':>12} {'GMACs':>8} {'MB':>8} {'latency ms':>11}  ratios vs dense (p/MACs/lat)")
-    for name, (params, macs, size, latency) in rows.items():
+    print(
+        f"{'model':<16} {'params':>11} {'GMACs':>6} {'MB':>6} {'ms 2thr':>8} {'ms 1thr':>8}  "
+        "vs dense: params / MACs / latency 2thr / latency 1thr"
+    )
+    for name, (params, macs, size, lat, lat1) in rows.items():
         print(
-            f"{name:<18} {params:>12,} {macs / 1e9:>8.2f} {size / 2**20:>8.1f} {latency * 1e3:>11.1f}  "
-            f"{params / base[0]:.3f} / {macs / base[1]:.3f} / {latency / base[3]:.3f}"
+            f"{name:<16} {params:>11,} {macs / 1e9:>6.2f} {size / 2**20:>6.1f} {lat * 1e3:>8.1f} {lat1 * 1e3:>8.1f}  "
+            f"{params / base[0]:.3f} / {macs / base[1]:.3f} / {lat / base[3]:.3f} / {lat1 / base[4]:.3f}"
         )
     for name in ("ours", "ours round_to=8", "torch-pruning"):
-        params, macs, _, latency = rows[name]
-        macs_cut, latency_cut = 1 - macs / base[1], 1 - latency / base[3]
-        print(f"{name}: latency cut / MACs cut = {latency_cut / macs_cut:.2f}")
+        _, macs, _, lat, lat1 = rows[name]
+        macs_cut = 1 - macs / base[1]
+        print(
+            f"{name}: latency cut / MACs cut = {(1 - lat / base[3]) / macs_cut:.2f} (2 threads), "
+            f"{(1 - lat1 / base[4]) / macs_cut:.2f} (1 thread)"
+        )
     print(
-        f"latency ours / torch-pruning: {rows['ours'][3] / rows['torch-pruning'][3]:.2f}, "
+        f"latency (2 threads) ours / torch-pruning: {rows['ours'][3] / rows['torch-pruning'][3]:.2f}, "
         f"ours round_to=8 / torch-pruning: {rows['ours round_to=8'][3] / rows['torch-pruning'][3]:.2f} "
         f"(params {rows['ours'][0] / dense_params:.3f} vs {rows['torch-pruning'][0] / dense_params:.3f})"
     )

@@ -4,7 +4,7 @@ ChannelGraph = DependencyGraph build (one traced forward) + group extraction + s
 shows what the extra layer costs. Both run in this process on the same model, interleaved; medians of repeats,
 for wall-clock and process CPU time (on a shared machine the CPU time is the steadier of the two).
 
-    python benchmarks/graph_build.py [--size 416] [--repeats 5] [--threads 2]
+    python benchmarks/graph_build.py [--size 416] [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=416, help="input height and width")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

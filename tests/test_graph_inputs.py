@@ -274,8 +274,10 @@ def test_every_output_tensor_is_protected_and_output_transform_selects() -> None
 
 def test_forward_fn_and_tuple_inputs() -> None:
     x = example_input()
-    graph = ChannelGraph(TwoInputs(), {"pair": (x, x)}, forward_fn=lambda m, inp: m(*inp["pair"]))
+    inputs = {"pair": (x, x)}
+    graph = ChannelGraph(TwoInputs(), inputs, forward_fn=lambda m, inp: m(*inp["pair"]))
     assert graph.group("body.0").prunable
+    assert graph.example_inputs is inputs and graph.forward_fn is not None and graph.output_transform is None
     tupled = ChannelGraph(TwoInputs(), (x, x))
     graph.remove_channels("body.0", [1])
     tupled.remove_channels("body.0", [1])

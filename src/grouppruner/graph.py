@@ -16,7 +16,8 @@ What this layer adds over a bare ``DependencyGraph``:
 - functional ops with weights (``F.conv2d`` on a bare parameter) raise :class:`GraphError`;
 - removals update the stored indices incrementally instead of re-tracing.
 
-Interface changes since the first commit: none.
+Interface changes since the first commit: additions only (``ChannelGraph.example_inputs``, ``.forward_fn`` and
+``.output_transform`` keep the constructor arguments for later forward passes, e.g. by the pruner).
 """
 
 from __future__ import annotations
@@ -154,6 +155,13 @@ class ChannelGraph:
             error is chained), or an ``ignore`` name / pattern matches no module (close matches are listed).
         GraphError: the model uses an op whose channels cannot be mapped (named with its module).
 
+    Attributes:
+        model: The traced model; :meth:`remove_channels` prunes it in place.
+        channel_groups: All channel groups, prunable or not, in model order; always current.
+        example_inputs: The ``example_inputs`` given (for later forward passes over the same model).
+        forward_fn: The ``forward_fn`` given, or ``None``.
+        output_transform: The ``output_transform`` given, or ``None``.
+
     Example:
         >>> graph = ChannelGraph(model, torch.randn(1, 3, 416, 416))   # doctest: +SKIP
         >>> for name, groups in graph.layer_groups().items():           # doctest: +SKIP
@@ -162,6 +170,9 @@ class ChannelGraph:
 
     model: nn.Module
     channel_groups: list[ChannelGroup]
+    example_inputs: Any
+    forward_fn: Callable[[nn.Module, Any], Any] | None
+    output_transform: Callable[[Any], Any] | None
 
     def __init__(
         self,
@@ -186,6 +197,7 @@ class ChannelGraph:
         # Kept so that later stages (pruning's cost model and folding probe) trace the model the same way.
         self.example_inputs = example_inputs
         self.forward_fn = forward_fn
+        self.output_transform = output_transform
         self._modules: dict[str, nn.Module] = dict(model.named_modules())
         ignored = self._resolve_ignore(ignore)
         tr = impl.trace(model, example_inputs, forward_fn, output_transform)

@@ -60,7 +60,7 @@ def zero_channels(model: nn.Module, group: ChannelGroup, units: list[int]) -> No
             if r.dim != "out":
                 continue
             m = modules[r.name]
-            idx = torch.tensor([r.indices[u] for u in units])
+            idx = torch.tensor([r.indices[u] for u in units], dtype=torch.long)
             m.weight[idx] = 0  # type: ignore[index]
             if getattr(m, "bias", None) is not None:
                 m.bias[idx] = 0  # type: ignore[index]
@@ -169,6 +169,15 @@ def test_grouped_conv_parts() -> None:
     graph.remove_channels(reduce, [1])
     conv = graph.model.backbone[1].grouped[0]
     assert (conv.in_channels, conv.out_channels, conv.weight.shape[1]) == (12, 16, 3)
+
+
+def test_grouped_conv_stays_grouped_when_one_channel_per_group_is_left() -> None:
+    graph = ChannelGraph(ZOO["resnext"](), example_input())
+    graph.remove_channels("backbone.1.grouped.0", [0, 1, 2])  # out: 16 -> 4, i.e. groups == out_channels
+    graph.remove_channels("backbone.1.reduce.0", [0])  # in: 16 -> 12; must not be pruned as a depthwise conv
+    conv = graph.model.backbone[1].grouped[0]
+    assert (conv.in_channels, conv.out_channels, conv.groups, tuple(conv.weight.shape)) == (12, 4, 4, (4, 3, 3, 3))
+    assert outputs(graph.model, example_input())[0].shape == (1, 10, 16, 16)
 
 
 def test_chunk_block() -> None:

@@ -630,13 +630,18 @@ def _stride(tr: Trace, module: nn.Module) -> int | None:
 
 def prune_layers(
     modules: dict[str, nn.Module],
+    pruners: dict[str, Any],
     removed: dict[tuple[str, Dim], list[int]],
 ) -> None:
-    """Physically remove channels with Torch-Pruning's per-layer functions, keeping ``requires_grad`` flags."""
+    """Physically remove channels with Torch-Pruning's per-layer functions, keeping ``requires_grad`` flags.
+
+    ``pruners`` holds the pruning function set chosen for each layer when the graph was built: a grouped conv
+    whose output shrinks to one channel per group must not turn into a depthwise conv for Torch-Pruning.
+    """
     done: set[str] = set()
     for (name, dim), idxs in removed.items():
         module = modules[name]
-        pruner = _pruner_of(module)
+        pruner = pruners[name]
         same_fn = pruner.prune_out_channels == pruner.prune_in_channels
         if same_fn and name in done:
             continue
@@ -646,10 +651,6 @@ def prune_layers(
         for pname, p in module.named_parameters(recurse=False):
             p.requires_grad_(flags.get(pname, True))
         done.add(name)
-
-
-def _pruner_of(module: nn.Module) -> Any:
-    return tp.pruner.function.PrunerBox[ops.module2type(module)]
 
 
 def shift(indices: Sequence[int], removed_sorted: Sequence[int]) -> list[int]:

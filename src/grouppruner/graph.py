@@ -106,6 +106,7 @@ def _close(name: str, names: Iterable[str]) -> str:
 
 def _apply_removal(
     modules: dict[str, nn.Module],
+    pruners: dict[str, Any],
     groups: list[ChannelGroup],
     index: dict[tuple[str, str], set[int]],
     gi: int,
@@ -117,7 +118,7 @@ def _apply_removal(
     for ref in groups[gi].layers:
         removed.setdefault((ref.name, ref.dim), set()).update(ref.indices[u] for u in units)
     ordered = {key: sorted(v) for key, v in removed.items()}
-    impl.prune_layers(modules, ordered)
+    impl.prune_layers(modules, pruners, ordered)
     affected = set().union(*(index.get(key, set()) for key in ordered))
     for gj in sorted(affected | {gi}):
         layers = []
@@ -223,6 +224,11 @@ class ChannelGraph:
             for r in raws
         ]
         self._position = {g.name: i for i, g in enumerate(self.channel_groups)}
+        self._pruners: dict[str, Any] = {
+            ref.name: tr.dg.get_pruner_of_module(self._modules[ref.name])
+            for g in self.channel_groups
+            for ref in g.layers
+        }
         self._index: dict[tuple[str, str], set[int]] = {}
         for gi, g in enumerate(self.channel_groups):
             for ref in g.layers:
@@ -283,7 +289,7 @@ class ChannelGraph:
             modules = dict(model.named_modules())
             groups = list(self.channel_groups)
             for gi in ids:
-                _apply_removal(modules, groups, self._index, gi, [groups[gi].size - 1])
+                _apply_removal(modules, self._pruners, groups, self._index, gi, [groups[gi].size - 1])
             model.eval()
             try:
                 with torch.no_grad():
@@ -431,7 +437,9 @@ class ChannelGraph:
         if len(units) >= current.size:
             raise ValueError(f"cannot remove all {current.size} channels of group '{name}'; keep at least one")
         if units:
-            _apply_removal(self._modules, self.channel_groups, self._index, self._position[name], units)
+            _apply_removal(
+                self._modules, self._pruners, self.channel_groups, self._index, self._position[name], units
+            )
         return self.channel_groups[self._position[name]]
 
     def summary(self) -> str:

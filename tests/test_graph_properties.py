@@ -17,7 +17,10 @@ from grouppruner.graph import ChannelGraph
 from test_graph import check_partition, outputs, zero_channels
 from zoo import ZOO, example_input
 
-MODELS = ["densenet", "c2f", "tiny_slice", "tiny_split", "resnext", "mobilenetv2", "fpn", "spp", "flatten_head", "se"]
+MODELS = [
+    "resnet", "densenet", "c2f", "tiny_slice", "tiny_split", "resnext", "mobilenetv2", "fpn", "spp",
+    "flatten_head", "linear_head", "se", "frozen", "detector",
+]
 
 
 @settings(max_examples=12, deadline=None)

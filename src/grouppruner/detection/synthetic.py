@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
 """The shape classes :func:`make_synthetic_voc` can draw (its default ``classes``)."""
 
-# Base hue (degrees) of each class: colour is a hint, not a give-away (see _HUE_SPREAD).
+# Base hue (degrees) of each class: with the spread of make_synthetic_voc's hue_spread, colour is a hint, not
+# a give-away.
 _CLASS_HUE = {"circle": 0.0, "square": 60.0, "triangle": 120.0, "star": 180.0, "cross": 240.0, "ring": 300.0}
-_HUE_SPREAD = 40.0
 _SUPERSAMPLE = 2
 _JPEG_QUALITY = 85
 
@@ -200,6 +200,7 @@ def _render_image(
     difficult_size: float,
     clutter: int,
     noise: float,
+    hue_spread: float,
 ) -> tuple[np.ndarray, list[SyntheticObject]]:
     """Render one image ``(H, W, 3)`` uint8 and its objects."""
     long_side = image_size
@@ -232,7 +233,7 @@ def _render_image(
                 break
         else:
             continue
-        hue = _CLASS_HUE.get(name, 360.0 * classes.index(name) / len(classes)) + rng.normal(0, _HUE_SPREAD)
+        hue = _CLASS_HUE.get(name, 360.0 * classes.index(name) / len(classes)) + rng.normal(0, hue_spread)
         colour = _rgb(hue, float(rng.uniform(0.45, 1.0)), float(rng.uniform(0.45, 1.0)))
         _paint(canvas, mask, _texture((height, width), colour, rng))
         ids = trial
@@ -308,6 +309,7 @@ def make_synthetic_voc(
     difficult_size: float = 10.0,
     clutter: int = 8,
     noise: float = 0.03,
+    hue_spread: float = 40.0,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
 ) -> SyntheticVOC:
     """Write a VOC-format detection folder of rendered shapes.
@@ -336,6 +338,8 @@ def make_synthetic_voc(
         difficult_size: Objects whose box side is below this are marked difficult.
         clutter: Approximate number of background distractor shapes per image.
         noise: Standard deviation of the Gaussian pixel noise, relative to the 0-255 range.
+        hue_spread: Standard deviation (degrees) of an object's hue around its class hue (class hues are 60
+            degrees apart): smaller makes colour a stronger cue and the data easier.
         split_fractions: Fractions of the images in ``train``, ``val``, ``test`` (normalized; ``trainval`` is
             ``train + val``).
 
@@ -357,10 +361,10 @@ def make_synthetic_voc(
         raise ValueError(f"make_synthetic_voc: num_images must be >= 1, got {num_images}")
     if image_size < 32:
         raise ValueError(f"make_synthetic_voc: image_size must be >= 32, got {image_size}")
-    if max_objects < 1 or min_size < 2 or clutter < 0 or noise < 0:
+    if max_objects < 1 or min_size < 2 or clutter < 0 or noise < 0 or hue_spread < 0:
         raise ValueError(
-            "make_synthetic_voc: need max_objects >= 1, min_size >= 2, clutter >= 0, noise >= 0; got "
-            f"{max_objects}, {min_size}, {clutter}, {noise}"
+            "make_synthetic_voc: need max_objects >= 1, min_size >= 2, clutter >= 0, noise >= 0, hue_spread >= 0; "
+            f"got {max_objects}, {min_size}, {clutter}, {noise}, {hue_spread}"
         )
     fractions = np.asarray(split_fractions, dtype=np.float64)
     if fractions.shape != (3,) or (fractions < 0).any() or fractions.sum() <= 0:
@@ -374,7 +378,9 @@ def make_synthetic_voc(
     for index in range(num_images):
         image_id = f"{index:06d}"
         rng = np.random.default_rng([seed, index])
-        pixels, objs = _render_image(rng, classes, image_size, max_objects, min_size, difficult_size, clutter, noise)
+        pixels, objs = _render_image(
+            rng, classes, image_size, max_objects, min_size, difficult_size, clutter, noise, hue_spread
+        )
         height, width = pixels.shape[:2]
         buffer = BytesIO()
         Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=_JPEG_QUALITY)

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from . import _graph_impl as impl
-from ._graph_impl import GraphError
+from . import _graph_trace as tracing
+from ._graph_trace import GraphError
 
 __all__ = ["ChannelGraph", "ChannelGroup", "GraphError", "LayerGroupSpec", "LayerRef"]
 
@@ -201,10 +202,10 @@ class ChannelGraph:
         self.output_transform = output_transform
         self._modules: dict[str, nn.Module] = dict(model.named_modules())
         ignored = self._resolve_ignore(ignore)
-        tr = impl.trace(model, example_inputs, forward_fn, output_transform)
-        impl.check_unsupported(tr.dg)
-        impl.cut_channel_mismatches(tr.dg)
-        tr.unmapped_concats = impl.fix_index_mappings(tr.dg)
+        tr = tracing.trace(model, example_inputs, forward_fn, output_transform)
+        tracing.check_unsupported(tr.dg)
+        tracing.cut_channel_mismatches(tr.dg)
+        tr.unmapped_concats = tracing.fix_index_mappings(tr.dg)
         raws = impl.extract_groups(model, tr, ignored)
         if not raws:
             raise ValueError(
@@ -293,12 +294,12 @@ class ChannelGraph:
             model.eval()
             try:
                 with torch.no_grad():
-                    out = impl.call_model(model, example_inputs, forward_fn)
+                    out = tracing.call_model(model, example_inputs, forward_fn)
                     if output_transform is not None:
                         out = output_transform(out)
             except Exception as err:
                 return str(err.__cause__ or err)
-            shapes = [tuple(t.shape) for t in impl.flat_tensors(out)]
+            shapes = [tuple(t.shape) for t in tracing.flat_tensors(out)]
             return None if shapes == output_shapes else f"output shapes change from {output_shapes} to {shapes}"
 
         ids = sorted(constrained)

@@ -32,7 +32,7 @@ from torch import nn
 
 from .budget import _call
 
-__all__ = ["FoldTarget", "fold_removed_channels", "fold_target"]
+__all__ = ["FoldTarget", "fold_removed_channels", "fold_target", "is_fold_consumer"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,18 @@ FoldTarget = str  # "bias" | "running_mean" | "new_bias"
 
 def _is_consumer(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed)
+
+
+def is_fold_consumer(module: nn.Module) -> bool:
+    """Whether constants arriving at ``module``'s inputs must be folded into it.
+
+    True for linear layers and convolutions, except depthwise ones: their output channel ``c`` reads only input
+    channel ``c``, which the channel group removes together. A full convolution whose input and output are in the
+    same channel group (e.g. ``x + conv(x)``) is folded: its kept outputs still read the removed inputs.
+    """
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        return not module.transposed and module.groups != module.in_channels
+    return _is_consumer(module)
 
 
 def fold_target(model: nn.Module, name: str, successor_bn: Mapping[str, str]) -> FoldTarget:
@@ -182,7 +194,6 @@ def fold_removed_channels(
     for group, removed in removals:
         if not removed:
             continue
-        out_names = {ref.name for ref in group.layers if ref.dim == "out"}
         for ref in group.layers:
             module = model.get_submodule(ref.name)
             weight = getattr(module, "weight", None)
@@ -194,7 +205,7 @@ def fold_removed_channels(
                 # A producer without its own BN: zero its filters so that it emits its bias, a constant.
                 assert isinstance(weight, torch.Tensor)
                 zeroed.append((weight.data, index, weight.data[index].clone()))
-            elif ref.dim == "in" and _is_consumer(module) and ref.name not in out_names:
+            elif ref.dim == "in" and is_fold_consumer(module):
                 consumer_channels.setdefault(ref.name, []).extend(ref.indices[i] for i in removed)
     if not consumer_channels:
         return []

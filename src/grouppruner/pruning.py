@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .budget import CostModel, kept_count, record_positions, solve_cut
-from .folding import _is_consumer, fold_removed_channels, fold_target
+from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .graph import ChannelGraph, ChannelGroup
 from .plan import (
     ChannelGroupPlan,
@@ -386,14 +386,9 @@ class GroupPruner:
                 gone = group.size - len(kept[group.name])
                 if not gone:
                     continue
-                out_names = {ref.name for ref in group.layers if ref.dim == "out"}
                 for ref in group.layers:
                     removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
-                    if (
-                        ref.dim == "in"
-                        and ref.name not in out_names
-                        and _is_consumer(self.model.get_submodule(ref.name))
-                    ):
+                    if ref.dim == "in" and is_fold_consumer(self.model.get_submodule(ref.name)):
                         consumers.add(ref.name)
         add_bias = sorted(n for n in consumers if fold_target(self.model, n, self._successor_bn) == "new_bias")
         params_after, macs_after = cost.predict(removed, add_bias)

@@ -341,6 +341,11 @@ def test_uncopyable_model_with_chunk_is_marked() -> None:
     assert reason is not None and "cannot be copied" in reason
 
 
+def test_inference_mode_is_rejected() -> None:
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
+        ChannelGraph(ZOO["plain"](), example_input())
+
+
 def test_built_under_no_grad_and_channel_group_helpers() -> None:
     with torch.no_grad():
         graph = ChannelGraph(ZOO["resnet"](), example_input())

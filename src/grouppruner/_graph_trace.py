@@ -96,6 +96,8 @@ def trace(
     follows ``grad_fn`` links, so frozen layers would vanish from the graph); flags and train/eval modes of
     every module are restored afterwards.
     """
+    if torch.is_inference_mode_enabled():
+        raise ValueError("ChannelGraph traces autograd links and cannot be built inside torch.inference_mode()")
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     out_shapes: dict[nn.Module, list[tuple[int, ...]]] = {}

@@ -154,7 +154,8 @@ class ChannelGraph:
         TypeError: ``model`` is not an ``nn.Module`` (or is a DataParallel / DDP wrapper: pass ``model.module``),
             or an ``ignore`` entry has the wrong type.
         ValueError: the model has no convolution, its forward fails on ``example_inputs`` (the model's own
-            error is chained), or an ``ignore`` name / pattern matches no module (close matches are listed).
+            error is chained), an ``ignore`` name / pattern matches no module (close matches are listed), or
+            the graph is built inside ``torch.inference_mode()``.
         GraphError: the model uses an op whose channels cannot be mapped (named with its module).
 
     Attributes:

@@ -100,6 +100,34 @@ class CoordConcat(nn.Module):
         return self.head(torch.cat([coords, f], 1))
 
 
+class YoloStyleHead(nn.Module):
+    """Head output reshaped to (N, anchors, H, W, 5 + classes) in forward()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = ConvBN(3, 16, s=2)
+        self.head = nn.Conv2d(16, 3 * 7, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.head(self.body(x))
+        n, _, h, w = p.shape
+        return p.view(n, 3, 7, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+
+class MLPHead(nn.Module):
+    """Pooled features -> hidden Linear (prunable) -> output Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = ConvBN(3, 8, s=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(self.pool(self.body(x)).flatten(1))))
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -300,6 +328,28 @@ def test_concat_with_constant_channels() -> None:
     assert [r.indices for r in g.layers if r.name == "head"] == [tuple(range(2, 10))]
     graph.remove_channels(g, [0, 7])
     assert graph.model.head.in_channels == 8 and graph.model(example_input()).shape == (1, 4, 32, 32)
+
+
+def test_reshaped_head_output_is_protected_and_its_inputs_prunable() -> None:
+    graph = ChannelGraph(YoloStyleHead(), example_input())
+    reason = graph.group("head").reason
+    assert reason is not None and "model output (tensor of shape (1, 3, 16, 16, 7))" in reason
+    graph.remove_channels("body.0", [0, 5])
+    assert graph.model(example_input()).shape == (1, 3, 16, 16, 7)
+
+
+def test_hidden_linear_layer_group() -> None:
+    graph = ChannelGraph(MLPHead(), example_input())
+    assert {k: [g.name for g in v] for k, v in graph.layer_groups().items()} == {
+        "body/s2": ["body.0"], "fc1/flat": ["fc1"]
+    }
+    graph.remove_channels("fc1", [3, 4])
+    assert graph.model.fc2.in_features == 14 and graph.model(example_input()).shape == (1, 4)
+
+
+def test_default_layer_group_of_a_bare_sequential() -> None:
+    model = nn.Sequential(ConvBN(3, 8, s=2), ConvBN(8, 8, s=2), nn.Conv2d(8, 4, 1))
+    assert list(ChannelGraph(model, example_input()).layer_groups()) == ["model/s2", "model/s4"]
 
 
 def test_channel_shuffle_not_prunable() -> None:

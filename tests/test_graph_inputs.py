@@ -352,6 +352,20 @@ def test_default_layer_group_of_a_bare_sequential() -> None:
     assert list(ChannelGraph(model, example_input()).layer_groups()) == ["model/s2", "model/s4"]
 
 
+def test_op_changing_the_channel_count_is_not_prunable() -> None:
+    class Repeat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = ConvBN(3, 8)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x).repeat(1, 2, 1, 1))
+
+    reason = ChannelGraph(Repeat(), example_input()).group("body.0").reason
+    assert reason == "op RepeatBackward0 after module 'body.1' maps 8 to 16 channels, which cannot follow a removal"
+
+
 def test_channel_shuffle_not_prunable() -> None:
     reason = ChannelGraph(ChannelShuffle(), example_input()).group("body.0").reason
     assert reason is not None and "reshape / view" in reason

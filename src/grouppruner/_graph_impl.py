@@ -158,6 +158,8 @@ def build_group(
             reasons.append(f"channels form a model output (tensor of shape {tuple(target.shape)})")
         elif node in tr.output_nodes and target not in dg._module2name:
             reasons.append(f"channels form a model output (op {op} {module_near(dg, node)})")
+        elif node in tr.unmapped_ops:
+            reasons.append(f"{tr.unmapped_ops[node]}, which cannot follow a removal")
         elif kind == ops.OPTYPE.CONCAT and node in tr.unmapped_concats:
             reasons.append(
                 f"torch.cat (op {op} {module_near(dg, node)}) joins a tensor whose channels cannot be traced"

@@ -82,6 +82,7 @@ class Trace:
     output_shapes: list[tuple[int, ...]]
     output_nodes: set[Node] = field(default_factory=set)
     unmapped_concats: set[Node] = field(default_factory=set)
+    unmapped_ops: dict[Node, str] = field(default_factory=dict)
 
 
 def trace(
@@ -277,15 +278,17 @@ def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
     return unmapped
 
 
-def cut_channel_mismatches(dg: tp.DependencyGraph) -> None:
-    """Drop couplings that Torch-Pruning draws through ops which do not keep channel ``i`` as channel ``i``.
+def cut_channel_mismatches(dg: tp.DependencyGraph) -> dict[Node, str]:
+    """Handle ops that Torch-Pruning treats as element-wise although they do not keep channel ``i`` as ``i``.
 
-    Torch-Pruning treats every unknown op as element-wise. A reduction over channels (``x.mean(1, keepdim=True)``,
-    ``x.amax(1)``: CBAM-style spatial attention) or a broadcast of a one-channel map (``x * attention``) would
-    then couple unrelated channels; such edges (input and output channel counts differ, or the op reduces dim 1)
-    are removed from the dependency graph.
+    A reduction over channels (``x.mean(1, keepdim=True)``, ``x.amax(1)``: CBAM-style spatial attention) and a
+    one-channel map broadcast onto a feature map (``x * attention``) couple nothing: the edge is removed from the
+    dependency graph (the output width does not depend on that input's width). Any other change of the channel
+    count (``x.repeat(1, 2, 1, 1)``, ...) is returned as ``{op node: description}``; groups reaching it are not
+    prunable, since removing input channels would change the op's output width.
     """
     by_fn = _node_of_gradfn(dg)
+    unmapped: dict[Node, str] = {}
     for node in list(dg.module2node.values()):
         g = node.grad_fn
         if node.type != ops.OPTYPE.ELEMENTWISE or g is None:
@@ -295,10 +298,15 @@ def cut_channel_mismatches(dg: tp.DependencyGraph) -> None:
         for fn, nr in g.next_functions:
             src = by_fn.get(fn)
             in_ch = _channels(fn, nr)
-            if src is not None and (reduces or (in_ch is not None and out_ch is not None and in_ch != out_ch)):
+            if src is None or (not reduces and (in_ch is None or out_ch is None or in_ch == out_ch)):
+                continue
+            if reduces or in_ch == 1:
                 logger.debug("no channel coupling through %s (%s -> %s channels)", type(g).__name__, in_ch, out_ch)
                 src.dependencies = [d for d in src.dependencies if d.target is not node]
                 node.dependencies = [d for d in node.dependencies if d.target is not src]
+            else:
+                unmapped[node] = f"op {type(g).__name__} {module_near(dg, node)} maps {in_ch} to {out_ch} channels"
+    return unmapped
 
 
 def _reduces_channels(grad_fn: Any) -> bool:

@@ -205,7 +205,7 @@ class ChannelGraph:
         ignored = self._resolve_ignore(ignore)
         tr = tracing.trace(model, example_inputs, forward_fn, output_transform)
         tracing.check_unsupported(tr.dg)
-        tracing.cut_channel_mismatches(tr.dg)
+        tr.unmapped_ops = tracing.cut_channel_mismatches(tr.dg)
         tr.unmapped_concats = tracing.fix_index_mappings(tr.dg)
         raws = impl.extract_groups(model, tr, ignored)
         if not raws:

@@ -48,6 +48,8 @@ class RandomNet(nn.Module):
                 c = op[1]
             elif kind == "dw":
                 self.ops.append(CBA(c, c, k=3, groups=c, act=act))
+            elif kind == "gconv":
+                self.ops.append(CBA(c, c, groups=2, act=act))
             elif kind == "res":
                 self.ops.append(nn.Sequential(CBA(c, c, act=act), CBA(c, c, act=None)))
             elif kind == "concat":
@@ -100,6 +102,8 @@ def net_specs(draw: st.DrawFn, chunk: bool = True) -> tuple[list[tuple[Any, ...]
         choices = ["conv", "dw", "res", "concat", "pool"]
         if chunk and c % 2 == 0 and c <= 24:
             choices += ["chunk"]
+        if c % 2 == 0:
+            choices.append("gconv")
         if chunk and c % 2 == 0 and c >= 8:
             choices += ["split_add"]
         if size >= 8:
@@ -121,7 +125,7 @@ def net_specs(draw: st.DrawFn, chunk: bool = True) -> tuple[list[tuple[Any, ...]
         elif kind == "split_add":
             ops.append((kind,))
             c //= 2
-        elif kind in ("dw", "res", "pool"):
+        elif kind in ("dw", "gconv", "res", "pool"):
             ops.append((kind,))
         elif kind == "down":
             ops.append((kind,))

@@ -1,4 +1,5 @@
-"""Property tests: random CNNs (conv/BN/act, residual add, concat, max-pool, upsample, depthwise, chunk).
+"""Property tests: random CNNs (conv/BN/act, residual add, concat, max-pool, upsample, depthwise and grouped
+convs, chunk).
 
 For every example: plan with random per-layer-group ratios -> apply; the forward pass works, output shapes are
 kept, the pruned model equals the unpruned model whose removed channels have gamma = 0 (beta folding is exact

@@ -25,7 +25,7 @@ from torch import nn
 
 from .plan import PruningPlan, applied_plans, model_fingerprint
 
-__all__ = ["CheckpointError", "load_pruned", "save_pruned"]
+__all__ = ["CheckpointError", "load_pruned", "read_meta", "save_pruned"]
 
 logger = logging.getLogger(__name__)
 

@@ -3,34 +3,46 @@
 The four stages, each in its own module:
 
 - :mod:`grouppruner.graph` -- which channels must be pruned together (``ChannelGraph``, ``ChannelGroup``);
-- :mod:`grouppruner.sparsity` -- scheduled L1 on BatchNorm scales (``BNSparsity``);
-- :mod:`grouppruner.pruning` -- group channel pruning (``GroupPruner``, ``PruningPlan``);
-- :mod:`grouppruner.distill` -- spatial-attention distillation (``AttentionDistiller``).
+- :mod:`grouppruner.sparsity` -- scheduled L1 on BatchNorm scales (``BNSparsity`` and its schedules);
+- :mod:`grouppruner.pruning` -- group channel pruning (``GroupPruner``, ``PruningPlan``), saved with
+  :mod:`grouppruner.checkpoint` (``save_pruned``, ``load_pruned``);
+- :mod:`grouppruner.distill` -- spatial-attention distillation (``spatial_attention``, ``AttentionDistiller``).
+
+:mod:`grouppruner.profile` measures parameters, MACs, size and latency; :mod:`grouppruner.plot` (extra ``plot``)
+draws gamma histograms; :mod:`grouppruner.detection` (extra ``detection``) is the reference YOLOv4.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
-# Public name -> defining module. Resolved on first access so that `import grouppruner` stays cheap.
-_EXPORTS = {
-    "ChannelGraph": "graph",
-    "ChannelGroup": "graph",
-    "BNSparsity": "sparsity",
-    "GroupPruner": "pruning",
-    "PruningPlan": "pruning",
-    "spatial_attention": "distill",
-    "AttentionDistiller": "distill",
-    "save_pruned": "checkpoint",
-    "load_pruned": "checkpoint",
-}
+from . import checkpoint, distill, graph, profile, pruning, sparsity
+from .checkpoint import CheckpointError, load_pruned, save_pruned
+from .distill import AttentionDistiller, spatial_attention
+from .graph import ChannelGraph, ChannelGroup, LayerRef
+from .plan import PruningPlan, applied_plans
+from .pruning import GroupPruner, rebuild_optimizer
+from .sparsity import BNSparsity
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module 'grouppruner' has no attribute {name!r}")
+__all__ = [
+    "AttentionDistiller",
+    "BNSparsity",
+    "ChannelGraph",
+    "ChannelGroup",
+    "CheckpointError",
+    "GroupPruner",
+    "LayerRef",
+    "PruningPlan",
+    "__version__",
+    "applied_plans",
+    "checkpoint",
+    "distill",
+    "graph",
+    "load_pruned",
+    "profile",
+    "pruning",
+    "rebuild_optimizer",
+    "save_pruned",
+    "sparsity",
+    "spatial_attention",
+]

@@ -1,40 +1,48 @@
 """The reference detector: YOLOv4 (CSPDarknet53 / MobileNetV2), its loss, decoding, VOC data and VOC mAP.
 
 Needs the ``detection`` extra (``pip install grouppruner[detection]``). The core modules never import it.
+
+- model: :func:`yolov4`, :class:`YOLOv4`;
+- training: :class:`YoloLoss`, :func:`kmeans_anchors`, :func:`train_one_epoch`, :func:`evaluate`;
+- inference: :func:`decode`, :func:`batched_nms`, ``YOLOv4.predict``;
+- data: :class:`VOCDetection`, :func:`collate`, :func:`make_synthetic_voc`, :func:`voc_eval`;
+- recovery: :class:`YoloOutputDistill` (output-level distillation);
+- the whole method: :func:`run_recipe`, :class:`RecipeConfig`.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-# `yolov4` names both a submodule and the builder function; binding the function here means importing the
-# submodule (as other modules do) cannot shadow it.
+# The functions are bound after their submodules, so `grouppruner.detection.yolov4` / `.decode` name the
+# functions, as users expect, even though submodules of the same names exist.
+from .data import VOC_CLASSES, VOCDataError, VOCDetection, collate
+from .decode import DEFAULT_ANCHORS, batched_nms, decode
+from .distill import YoloOutputDistill
+from .loss import YoloLoss, kmeans_anchors
+from .metrics import voc_eval
+from .recipe import RecipeConfig, StageResult, run_recipe
+from .synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
+from .train import evaluate, train_one_epoch
 from .yolov4 import YOLOv4, yolov4
 
-# Other public names -> defining submodule, resolved on first access (the data tools need the extra).
-_EXPORTS = {
-    "VOC_CLASSES": "data",
-    "YoloLoss": "loss",
-    "kmeans_anchors": "loss",
-    "decode": "decode",
-    "batched_nms": "decode",
-    "VOCDetection": "data",
-    "collate": "data",
-    "make_synthetic_voc": "synthetic",
-    "voc_eval": "metrics",
-    "train_one_epoch": "train",
-    "evaluate": "train",
-    "YoloOutputDistill": "distill",
-    "RecipeConfig": "recipe",
-    "run_recipe": "recipe",
-}
-
-__all__ = ["YOLOv4", "yolov4", *_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module 'grouppruner.detection' has no attribute {name!r}")
+__all__ = [
+    "DEFAULT_ANCHORS",
+    "SYNTHETIC_CLASSES",
+    "VOC_CLASSES",
+    "RecipeConfig",
+    "StageResult",
+    "VOCDataError",
+    "VOCDetection",
+    "YOLOv4",
+    "YoloLoss",
+    "YoloOutputDistill",
+    "batched_nms",
+    "collate",
+    "decode",
+    "evaluate",
+    "kmeans_anchors",
+    "make_synthetic_voc",
+    "run_recipe",
+    "train_one_epoch",
+    "voc_eval",
+    "yolov4",
+]

@@ -69,16 +69,18 @@ def root_modules(model: nn.Module, dg: tp.DependencyGraph) -> Iterator[tuple[str
             yield name, module
 
 
-def propagate(dg: tp.DependencyGraph, node: Node, handler: Callable[..., Any], channels: int) -> dict[
-    tuple[Node, Callable[..., Any]], dict[int, int]
-]:
-    """Follow dependencies from removing every output channel of ``node``.
+def propagate(
+    dg: tp.DependencyGraph, node: Node, handler: Callable[..., Any], channels: Sequence[int]
+) -> dict[tuple[Node, Callable[..., Any]], dict[int, int]]:
+    """Follow dependencies from removing output channels ``channels`` of ``node``.
 
-    Returns, for each (node, pruning function) reached, a map from that node's channel index to the root channel
-    it follows.
+    Returns, for each (node, pruning function) reached, a map from that node's channel index to the position in
+    ``channels`` of the root channel it follows.
     """
-    start = [_HybridIndex(idx=i, root_idx=i) for i in range(channels)]
-    items: dict[tuple[Node, Callable[..., Any]], dict[int, int]] = {(node, handler): {i: i for i in range(channels)}}
+    start = [_HybridIndex(idx=c, root_idx=k) for k, c in enumerate(channels)]
+    items: dict[tuple[Node, Callable[..., Any]], dict[int, int]] = {
+        (node, handler): {c: k for k, c in enumerate(channels)}
+    }
     seen: set[tuple[Node, Callable[..., Any], frozenset[_HybridIndex]]] = set()
     stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex]]] = [(node, handler, start)]
     while stack:
@@ -141,11 +143,10 @@ def build_group(
     items: dict[tuple[Node, Callable[..., Any]], dict[int, int]],
     ignored: set[nn.Module],
     stride: int | None,
+    channels: int,
 ) -> RawGroup:
-    """Turn the propagated items of one root into a RawGroup: units, layer refs, constraints and reason."""
+    """Turn the propagated items of ``channels`` root channels into a RawGroup: units, layer refs, reason."""
     dg = tr.dg
-    pruner = dg.get_pruner_of_module(module)
-    channels = int(pruner.get_out_channels(module))
     uf = _UnionFind(channels)
     reasons: list[str] = []
     constrained: list[str] = []
@@ -274,22 +275,20 @@ def extract_groups(
 ) -> list[RawGroup]:
     """Every channel group of the model, one per Conv/Linear whose output channels are not already covered."""
     dg = tr.dg
-    covered: set[nn.Module] = set()
+    covered: dict[nn.Module, set[int]] = {}  # output channels of a layer already in some group
     groups: list[RawGroup] = []
     for name, module in root_modules(model, dg):
-        if module in covered:
-            continue
         pruner = dg.get_pruner_of_module(module)
-        channels = pruner.get_out_channels(module)
-        if not channels:
+        done = covered.get(module, set())
+        todo = [c for c in range(int(pruner.get_out_channels(module) or 0)) if c not in done]
+        if not todo:
             continue
-        items = propagate(dg, dg.module2node[module], pruner.prune_out_channels, int(channels))
-        for node, fn in items:
-            if isinstance(node.module, (ops.TORCH_CONV, nn.Linear)):
-                p = dg.get_pruner_of_module(node.module)
-                if fn == p.prune_out_channels:
-                    covered.add(node.module)
-        groups.append(build_group(tr, name, module, items, ignored, _stride(tr, module)))
+        items = propagate(dg, dg.module2node[module], pruner.prune_out_channels, todo)
+        for (node, fn), mapping in items.items():
+            is_layer = isinstance(node.module, (ops.TORCH_CONV, nn.Linear))
+            if is_layer and fn == dg.get_pruner_of_module(node.module).prune_out_channels:
+                covered.setdefault(node.module, set()).update(mapping)
+        groups.append(build_group(tr, name, module, items, ignored, _stride(tr, module), len(todo)))
     return groups
 
 

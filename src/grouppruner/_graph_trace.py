@@ -275,6 +275,13 @@ def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
             _map_split_parts(node)
     for node, ranges in concats.items():
         _map_concat_parts(node, ranges)
+    for node in concats:
+        # From a concat back to an input that is itself a split part or a flatten, the concat's offset must be
+        # undone first; Torch-Pruning always applies index_mapping[0] before [1].
+        for dep in node.dependencies:
+            first, second = dep.index_mapping
+            if first is not None and isinstance(second, _ConcatIndexMapping) and second.reverse:
+                dep.index_mapping = [second, first]
     return unmapped
 
 

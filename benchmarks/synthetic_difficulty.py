@@ -43,10 +43,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-every", type=int, default=0, help="also print test mAP every N epochs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clutter", type=int, default=8, help="make_synthetic_voc clutter")
-    parser.add_argument("--noise", type=float, default=0.03, help="make_synthetic_voc noise")
-    parser.add_argument("--min-size", type=float, default=6.0, help="make_synthetic_voc min_size")
-    parser.add_argument("--hue-spread", type=float, default=40.0, help="make_synthetic_voc hue_spread")
+    parser.add_argument("--clutter", type=int, default=4, help="make_synthetic_voc clutter")
+    parser.add_argument("--noise", type=float, default=0.02, help="make_synthetic_voc noise")
+    parser.add_argument("--min-size", type=float, default=8.0, help="make_synthetic_voc min_size")
+    parser.add_argument("--hue-spread", type=float, default=20.0, help="make_synthetic_voc hue_spread")
+    parser.add_argument("--max-objects", type=int, default=6, help="make_synthetic_voc max_objects")
     parser.add_argument("--root", type=Path, default=None, help="data folder (default: a temporary one)")
     args = parser.parse_args()
 
@@ -63,6 +64,7 @@ def main() -> None:
             noise=args.noise,
             min_size=args.min_size,
             hue_spread=args.hue_spread,
+            max_objects=args.max_objects,
         )
         print(
             f"data: {args.images} images, {data.num_objects} objects ({data.num_difficult} difficult), "

@@ -305,11 +305,11 @@ def make_synthetic_voc(
     classes: Sequence[str] = SYNTHETIC_CLASSES,
     seed: int = 0,
     max_objects: int = 6,
-    min_size: float = 6.0,
+    min_size: float = 8.0,
     difficult_size: float = 10.0,
-    clutter: int = 8,
-    noise: float = 0.03,
-    hue_spread: float = 40.0,
+    clutter: int = 4,
+    noise: float = 0.02,
+    hue_spread: float = 20.0,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
 ) -> SyntheticVOC:
     """Write a VOC-format detection folder of rendered shapes.

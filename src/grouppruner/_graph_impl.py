@@ -185,14 +185,10 @@ def build_group(
             else:
                 constrained.append(f"{op} {module_near(dg, node)}")
         elif kind == ops.OPTYPE.SLICE:
-            g = node.grad_fn
-            in_shape = tuple(getattr(g, "_saved_self_sym_sizes", ()))
-            if not in_shape or g._saved_dim % len(in_shape) != 1:
+            bounds = channel_slice(node)
+            if bounds is None:
                 continue
-            total = int(in_shape[1])
-            start, end, step = int(g._saved_start), min(int(g._saved_end), total), int(g._saved_step)
-            if start == 0 and end == total and step == 1:
-                continue
+            total, start, end, step = bounds
             length = end - start
             src = _out_item(items, dg, node.inputs[0]) if node.inputs else None
             if step != 1 or length <= 0 or total % length or start % length:
@@ -268,6 +264,17 @@ def build_group(
     return RawGroup(name, size, refs, stride, reason, constrained)
 
 
+def channel_slice(node: Node) -> tuple[int, int, int, int] | None:
+    """(channels, start, end, step) of a slice that selects part of dim 1, else None."""
+    g = node.grad_fn
+    in_shape = tuple(getattr(g, "_saved_self_sym_sizes", ()))
+    if not in_shape or g._saved_dim % len(in_shape) != 1:
+        return None
+    total = int(in_shape[1])
+    start, end, step = int(g._saved_start), min(int(g._saved_end), total), int(g._saved_step)
+    return None if (start, end, step) == (0, total, 1) else (total, start, end, step)
+
+
 def extract_groups(
     model: nn.Module,
     tr: Trace,
@@ -276,6 +283,7 @@ def extract_groups(
     """Every channel group of the model, one per Conv/Linear whose output channels are not already covered."""
     dg = tr.dg
     covered: dict[nn.Module, set[int]] = {}  # output channels of a layer already in some group
+    touched: dict[Node, list[int]] = {}  # node -> groups with channels in its output
     groups: list[RawGroup] = []
     for name, module in root_modules(model, dg):
         pruner = dg.get_pruner_of_module(module)
@@ -288,7 +296,19 @@ def extract_groups(
             is_layer = isinstance(node.module, (ops.TORCH_CONV, nn.Linear))
             if is_layer and fn == dg.get_pruner_of_module(node.module).prune_out_channels:
                 covered.setdefault(node.module, set()).update(mapping)
+        for node, _ in items:
+            touched.setdefault(node, []).append(len(groups))
         groups.append(build_group(tr, name, module, items, ignored, _stride(tr, module), len(todo)))
+    # A slice sees only its own range, so groups feeding the rest of its input never reach it; yet removing
+    # their channels moves where the slice starts. Such groups cannot be pruned.
+    for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.SLICE and node.inputs and channel_slice(node) is not None:
+            feeding = sorted(set(touched.get(node.inputs[0], [])))
+            if len(feeding) > 1:
+                op = type(node.grad_fn).__name__
+                for gi in feeding:
+                    note = f"channel slice (op {op} {module_near(dg, node)}) of a tensor spanning several groups"
+                    groups[gi].reason = "; ".join(r for r in (groups[gi].reason, note) if r)
     return groups
 
 

@@ -130,9 +130,7 @@ def trace(
         for p, _ in flags:
             p.requires_grad_(True)
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs, forward_fn=forward, verbose=False
-            )
+            dg = _build_dependency_graph(model, example_inputs, forward)
     finally:
         for m, keep in existing.items():
             for key in set(m._forward_hooks) - keep:
@@ -146,6 +144,23 @@ def trace(
     by_fn = _node_of_gradfn(dg)
     output_nodes = {by_fn[fn] for fn in output_fns if fn in by_fn}
     return Trace(dg, out_shapes, input_hw, output_shapes, output_nodes)
+
+
+def _build_dependency_graph(model: nn.Module, example_inputs: Any, forward: Callable[..., Any]) -> Any:
+    """``DependencyGraph.build_dependency`` of Torch-Pruning 1.6.1 without its last two steps.
+
+    Its shape and index-mapping inference crashes on some concat / split combinations
+    (``sum()`` over an unknown size); :func:`fix_index_mappings` computes those from autograd metadata instead.
+    """
+    dg = tp.DependencyGraph()
+    dg.verbose = False
+    dg.model = model
+    dg._module2name = {module: name for name, module in model.named_modules()}
+    dg.ignored_params = []
+    dg._param_to_name, dg.unwrapped_parameters = dg._detect_unwrapped_parameters(None)
+    dg.module2node = dg._trace(model, example_inputs, forward, output_transform=None)
+    dg._build_dependency(dg.module2node)
+    return dg
 
 
 def module_near(dg: tp.DependencyGraph, node: Node) -> str:
@@ -269,7 +284,21 @@ def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
             elif ranges:
                 concats[node] = ranges
                 node.module.concat_sizes = [b - a for a, b in ranges]
-    index_mapping.update_index_mapping(dg)
+    updaters = {
+        ops.OPTYPE.RESHAPE: index_mapping.update_reshape_index_mapping,
+        ops.OPTYPE.SLICE: index_mapping.update_slice_index_mapping,
+        ops.OPTYPE.UNBIND: index_mapping.update_unbind_index_mapping,
+        ops.OPTYPE.EXPAND: index_mapping.update_expand_index_mapping,
+    }
+    for node in dg.module2node.values():
+        if node.type in updaters:
+            try:
+                updaters[node.type](dg, node)
+            except Exception as err:  # Torch-Pruning's shape inference on an unusual graph
+                raise GraphError(
+                    f"cannot map channels through op {type(node.grad_fn).__name__} {module_near(dg, node)}: "
+                    f"torch-pruning failed with {type(err).__name__}: {err}"
+                ) from err
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.SPLIT and node.module.offsets is not None and split_sizes(node.grad_fn):
             _map_split_parts(node)

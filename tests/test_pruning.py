@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 import grouppruner as gp
-from grouppruner.budget import kept_count, solve_cut
+from grouppruner.budget import kept_count, removal_order, solve_cut
 from grouppruner.graph import ChannelGraph
 from grouppruner.plan import PruningPlan, applied_plans, model_fingerprint
 from grouppruner.profile import count_macs, count_params
@@ -112,6 +113,15 @@ def test_solve_cut_picks_closest_step() -> None:
     assert solve_cut(costs.__getitem__, candidates, 100.0) == (0.0, 100.0)
 
 
+def test_removal_order_spreads_ties_evenly() -> None:
+    tied = [np.ones(4), np.ones(2)]
+    # keys (k + 0.5) / t: first group 1/8, 3/8, 5/8, 7/8; second group 1/4, 3/4
+    np.testing.assert_array_equal(removal_order(tied), [0, 4, 1, 2, 5, 3])
+    mixed = [np.array([0.5, 0.1, 0.5]), np.array([0.5, 0.3])]
+    np.testing.assert_array_equal(removal_order(mixed), [1, 4, 0, 3, 2])  # lower scores first, then tie keys
+    assert removal_order([]).shape == (0,)
+
+
 def test_ratio_threshold_is_the_group_quantile() -> None:
     pruner = make_pruner(detector(), min_channels=1)
     name = next(iter(pruner.layer_groups))
@@ -130,6 +140,28 @@ def test_ratio_is_honoured_when_scores_tie() -> None:
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
     for group in plan.layer_groups:
         assert group.channels_before - group.channels_after == group.channels_before // 2
+
+
+@pytest.mark.parametrize("coupling", ["mean", "max", "vote"])
+@pytest.mark.parametrize("name", ["detector", "resnet", "densenet", "c2f"])
+def test_ratios_prune_exactly_p_when_half_the_gammas_are_zero(name: str, coupling: str) -> None:
+    """Threshold 0 (the 0.4-quantile when half the scores are 0): the zero channels still go, exactly 40 %."""
+    model = ZOO[name]().eval()
+    pruner = make_pruner(model, min_channels=1, coupling=coupling)
+    with torch.no_grad():
+        for names in pruner.layer_groups.values():
+            for group in map(pruner.graph.group, names):
+                for ref in group.bns:  # every other channel of every channel group: scores exactly 0
+                    model.get_submodule(ref.name).weight[list(ref.indices[::2])] = 0.0
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.4))
+    for entry in plan.layer_groups:
+        assert entry.threshold == 0.0
+        assert entry.channels_before - entry.channels_after == math.floor(0.4 * entry.channels_before)
+    for group in plan.channel_groups:
+        score = pruner.scores(pruner.graph.group(group.name))
+        assert score is not None
+        assert (score[group.removed] == 0).all()
+    assert plan.params_after < plan.params_before
 
 
 def test_thresholds_mode_keeps_channels_at_or_above() -> None:
@@ -184,13 +216,36 @@ def test_callable_importance_keeps_highest() -> None:
         assert entry.kept == list(range(entry.size - len(entry.kept), entry.size))
 
 
-def test_target_modes_land_close_on_small_model() -> None:
+def test_target_modes_land_within_one_percent_on_small_model() -> None:
     pruner = make_pruner(detector(), min_channels=1)
     for target in (0.8, 0.5):
         plan = pruner.plan(target_params=target)
-        assert abs(plan.params_ratio - target) <= 0.05  # coarse steps: a 36k-parameter model
+        assert abs(plan.params_ratio - target) <= 0.01 * target
         plan = pruner.plan(target_macs=target)
-        assert abs(plan.macs_ratio - target) <= 0.05
+        assert abs(plan.macs_ratio - target) <= 0.01 * target
+
+
+def test_target_that_cannot_be_met_within_one_percent_raises() -> None:
+    # round_to=8 on a 36k-parameter model: one step of 8 channels is several % of the parameters
+    pruner = make_pruner(detector(), min_channels=1, round_to=8)
+    with pytest.raises(ValueError, match=r"cannot be met within 1% .* closest reachable value is (\d\.\d+)") as info:
+        pruner.plan(target_params=0.8)
+    closest = float(re.search(r"closest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
+    assert abs(closest - 0.8) > 0.008
+    assert pruner.plan(target_params=0.9).params_ratio == pytest.approx(0.9, rel=0.01)
+
+
+def test_plan_missing_its_target_is_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final check on the plan's own numbers catches any solver / plan disagreement."""
+    pruner = make_pruner(detector(), min_channels=1)
+
+    def keep_everything(*args: object) -> tuple[dict[str, float], dict[str, list[int]]]:
+        groups = [pruner.graph.group(n) for names in pruner.layer_groups.values() for n in names]
+        return dict.fromkeys(pruner.layer_groups, 0.0), {g.name: list(range(g.size)) for g in groups}
+
+    monkeypatch.setattr(pruner, "_solve", keep_everything)
+    with pytest.raises(ValueError, match=r"target_macs=0.5: the plan reaches 1.0000, more than 1% away"):
+        pruner.plan(target_macs=0.5)
 
 
 # ----------------------------------------------------------------------------- apply and folding

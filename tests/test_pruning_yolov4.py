@@ -1,7 +1,8 @@
-"""Budget solver on the full YOLOv4 at 416 x 416: targets 0.5 / 0.35 / 0.2 of params and MACs within 1 %.
+"""Budget solver on YOLOv4 at 416 x 416: targets 0.5 / 0.35 / 0.2 of params and MACs within 1 %.
 
-The graph and the pruner are built once for the module. The analytic predictor is checked against the real
-pruned model once (last test: it prunes the shared model).
+Two models, each built once for the module: the full YOLOv4 with sparse-trained-like gammas, and a fresh
+``width=0.25`` YOLOv4 whose gammas all tie (every BatchNorm weight is 1). The analytic predictor is checked
+against the real pruned model once (last test: it prunes the shared full model).
 """
 
 from __future__ import annotations
@@ -38,6 +39,42 @@ def pruner() -> GroupPruner:
     model = detection.yolov4(num_classes=20).eval()
     sparse_like_gammas(model)
     return GroupPruner(ChannelGraph(model, INPUT), example_inputs=INPUT, min_channels=8)
+
+
+@pytest.fixture(scope="module")
+def tied() -> GroupPruner:
+    torch.manual_seed(0)
+    model = detection.yolov4(num_classes=20, width=0.25).eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(bool((m.weight == 1).all()) for m in bns)  # fresh: every score ties
+    return GroupPruner(ChannelGraph(model, INPUT), example_inputs=INPUT, min_channels=8)
+
+
+@pytest.mark.parametrize("mode", ["target_params", "target_macs"])
+@pytest.mark.parametrize("target", [0.5, 0.35, 0.2])
+def test_tied_gammas_target_within_one_percent(tied: GroupPruner, mode: str, target: float) -> None:
+    plan = tied.plan(**{mode: target})
+    reached = plan.params_ratio if mode == "target_params" else plan.macs_ratio
+    assert abs(reached - target) <= 0.01 * target
+    assert tied.plan(**{mode: target}).to_dict() == plan.to_dict()  # deterministic
+    # Ties are split evenly: every channel group not held by min_channels loses the same share (+- one channel).
+    shares = [(1 - len(e.kept) / e.size, 1 / e.size) for e in plan.channel_groups if len(e.kept) > min(e.size, 8)]
+    assert shares
+    assert max(s - d for s, d in shares) <= min(s + d for s, d in shares)  # |s_i - s_j| <= d_i + d_j
+    for entry in plan.channel_groups:
+        assert len(entry.kept) >= min(entry.size, 8)
+
+
+def test_tied_gammas_round_to_and_unreachable_target(tied: GroupPruner) -> None:
+    rounded = GroupPruner(tied.graph, example_inputs=INPUT, min_channels=8, round_to=8)
+    plan = rounded.plan(target_macs=0.35)
+    assert abs(plan.macs_ratio - 0.35) <= 0.01 * 0.35
+    assert all(len(e.kept) % 8 == 0 or len(e.kept) == e.size for e in plan.channel_groups)
+    with pytest.raises(ValueError, match=r"min_channels=8: the smallest reachable value is (\d\.\d+)") as info:
+        tied.plan(target_params=0.001)
+    smallest = float(str(info.value).rsplit(" ", 1)[-1])
+    assert 0.001 < smallest < 0.2
+    assert tied.plan(target_params=smallest).params_ratio == pytest.approx(smallest, rel=0.01)
 
 
 @pytest.mark.parametrize("mode", ["target_params", "target_macs"])

@@ -7,15 +7,22 @@ in one forward pass (recorded once by :func:`record_positions`), since channel r
 
 The solver turns a budget (``target_params`` or ``target_macs``, a fraction of the current model) into per-layer-group
 thresholds. How the budget is shared between layer groups: every channel score is divided by the largest score of
-its layer group, and one global cut ``lam`` on these normalised scores is searched by bisection; the threshold of
-layer group ``g`` is then ``lam * max_g``. After sparse training each layer group has its own gamma scale (deep,
-wide stages end with much smaller gammas than the stem), so a raw global threshold would empty the groups whose
-gammas are uniformly small, while per-group quantiles at one common fraction would ignore that sparse training
-drove some groups much further towards zero than others. The normalised cut prunes, in every group, the channels
-that are small *relative to that group's strongest channels*: a group in which sparse training zeroed 90 % of the
-channels loses about 90 %, a group with a flat distribution loses little. That is the per-group behaviour the
-authors tuned by hand (0.18 ... 0.97 per group on YOLOv4) and it is deterministic (a bisection over the sorted
-distinct normalised scores, ties kept together).
+its layer group, all channels are ranked by this normalised score (:func:`removal_order`), and the prefix of
+that ranking whose removal comes closest to the budget is searched by bisection (:func:`solve_cut`); the threshold of
+layer group ``g`` is then ``lam * max_g`` with ``lam`` the normalised score where the prefix ends. After sparse
+training each layer group has its own gamma scale (deep, wide stages end with much smaller gammas than the stem),
+so a raw global threshold would empty the groups whose gammas are uniformly small, while per-group quantiles at
+one common fraction would ignore that sparse training drove some groups much further towards zero than others.
+The normalised cut prunes, in every group, the channels that are small *relative to that group's strongest
+channels*: a group in which sparse training zeroed 90 % of the channels loses about 90 %, a group with a flat
+distribution loses little. That is the per-group behaviour the authors tuned by hand (0.18 ... 0.97 per group on
+YOLOv4).
+
+Ties are broken deterministically, one channel at a time: channels with equal scores are ranked by their
+relative rank among the equal channels of their own channel group (``(k + 0.5) / t`` for the ``k``-th of ``t``),
+then by position. Equal scores are therefore removed evenly across channel groups (each loses the same share of
+its tied channels), and a model whose gammas all tie (a fresh, untrained one) is cut uniformly, to within one channel
+per group of any target; the ``ratios`` mode ranks ties the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CostModel", "ModuleCost", "kept_count", "record_positions", "solve_cut"]
+__all__ = ["CostModel", "ModuleCost", "kept_count", "record_positions", "removal_order", "solve_cut"]
 
 logger = logging.getLogger(__name__)
 
@@ -279,15 +286,46 @@ def kept_count(raw: int, size: int, min_channels: int, round_to: int | None) -> 
     return kept
 
 
+def removal_order(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """Order in which the channels of several channel groups go: lowest score first, ties spread evenly.
+
+    Channels with equal scores are ranked by ``(k + 0.5) / t``, where ``k`` is the channel's rank (by index)
+    among the ``t`` channels of its own channel group that have this score, and then by position in the
+    concatenation. Removing any prefix of the order therefore takes tied channels from every channel group in
+    proportion to how many it has, deterministically.
+
+    Args:
+        scores: per channel group its channel scores, shape (size_i,).
+
+    Returns:
+        A permutation of ``range(sum(size_i))`` (int64, shape (sum(size_i),)): indices into
+        ``np.concatenate(scores)``, in removal order.
+    """
+    if not scores:
+        return np.zeros(0, dtype=np.int64)
+    spread = []
+    for score in scores:
+        order = np.argsort(score, kind="stable")
+        ordered = score[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        lengths = np.diff(np.r_[starts, len(ordered)])
+        run_start = np.repeat(starts, lengths)
+        key = np.empty(len(score))
+        key[order] = (np.arange(len(ordered)) - run_start + 0.5) / np.repeat(lengths, lengths)
+        spread.append(key)
+    pooled = np.concatenate(scores)
+    return np.lexsort((np.arange(len(pooled)), np.concatenate(spread), pooled)).astype(np.int64)
+
+
 def solve_cut(
     evaluate: Callable[[float], float],
     candidates: np.ndarray,
     target: float,
 ) -> tuple[float, float]:
-    """Find the cut whose predicted cost is closest to ``target`` (bisection over sorted candidate cuts).
+    """Find the candidate cut whose predicted cost is closest to ``target`` (bisection over sorted candidates).
 
-    ``evaluate(cut)`` must be non-increasing in ``cut`` (a higher cut removes more channels). The candidates are
-    the sorted distinct normalised scores followed by ``inf`` (remove everything the hard rules allow).
+    ``evaluate(cut)`` must be non-increasing in ``cut`` (a higher cut removes more channels). The budget solver
+    passes the prefix lengths ``0 .. N`` of :func:`removal_order` as candidates.
 
     Args:
         evaluate: predicted cost (e.g. parameters) for a cut.
@@ -295,10 +333,11 @@ def solve_cut(
         target: the cost to reach.
 
     Returns:
-        ``(cut, cost)``: the chosen cut and its predicted cost.
+        ``(cut, cost)``: the chosen cut and its predicted cost. When even the last candidate costs more than
+        ``target``, that candidate.
     """
     lo, hi = 0, len(candidates) - 1
-    # Invariant: evaluate(candidates[hi]) <= target (checked by the caller); find the first such index.
+    # Find the first candidate whose cost is <= target (the last one if none is), then compare with the one before.
     while lo < hi:
         mid = (lo + hi) // 2
         if evaluate(float(candidates[mid])) <= target:

@@ -44,7 +44,9 @@ class LayerGroupPlan:
     Attributes:
         name: layer-group name (e.g. ``"stride16"``).
         threshold: channels whose (coupled) score is below this value are removed, unless ``min_channels`` or
-            ``round_to`` keep them.
+            ``round_to`` keep them. In the ``ratios`` and target modes, channels whose score equals it may go
+            too: ties at the threshold are split evenly over the channel groups (see
+            :func:`grouppruner.budget.removal_order`); in the ``thresholds`` mode they all stay.
         channels_before: channels of all its channel groups before pruning.
         channels_after: channels kept.
         channel_groups: names of its channel groups.

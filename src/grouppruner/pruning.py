@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .budget import CostModel, kept_count, record_positions, solve_cut
+from .budget import CostModel, kept_count, record_positions, removal_order, solve_cut
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .graph import ChannelGraph, ChannelGroup
 from .plan import (
@@ -59,6 +59,7 @@ Importance = Callable[[nn.Module, ChannelGroup], torch.Tensor]
 
 _COUPLINGS = ("mean", "max", "vote")
 _OLD_PARAMS_ATTR = "_grouppruner_old_params"
+_TOLERANCE = 0.01  # target modes: the plan lands within this relative distance of the target, or plan() raises
 
 
 def _input_shapes(example_inputs: Any) -> list[list[int]]:
@@ -237,15 +238,19 @@ class GroupPruner:
                 position, so p is honoured even when scores tie). Layer groups not listed are not pruned.
             thresholds: layer group -> absolute threshold on the scores. Layer groups not listed are not pruned.
             target_params: fraction of the current parameter count to keep, in (0, 1]; thresholds are solved
-                (see :mod:`grouppruner.budget` for how the budget is shared between layer groups).
+                (see :mod:`grouppruner.budget` for how the budget is shared between layer groups) so that the
+                predicted count lands within 1 % of the target; tied scores are split one channel at a time,
+                deterministically, so a model whose gammas all tie can be cut to any reachable target.
             target_macs: fraction of the current conv + linear MACs to keep, in (0, 1].
 
         Returns:
             The plan; nothing is changed on the model.
 
         Raises:
-            ValueError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1] or below what
-                ``min_channels`` allows (the message gives the smallest reachable value), NaN values.
+            ValueError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1], a target more than
+                1 % below what ``min_channels`` / ``round_to`` allow (the message gives the smallest reachable
+                value), a target that no plan meets within 1 % (channel steps too coarse: the message gives the
+                closest value), NaN values.
             KeyError: an unknown layer-group name (the message lists the valid ones).
         """
         modes = {
@@ -282,18 +287,13 @@ class GroupPruner:
                     group_thresholds[lg_name] = float(ordered[0]) if len(pooled) else 0.0
                     kept.update({g.name: self._kept(s, len(s)) for g, s in members})
                 elif mode == "ratios":
-                    # The lowest floor(p * n) channels go. Ties are ranked by relative position inside their
-                    # channel group, which spreads them evenly over the groups and honours p even when all tie.
+                    # The lowest floor(p * n) channels go, ties spread evenly over the channel groups
+                    # (budget.removal_order), so p is honoured even when all scores tie.
                     cut = math.floor(values[lg_name] * len(pooled))
                     group_thresholds[lg_name] = float(ordered[cut])
-                    relative = np.concatenate([np.arange(len(s)) / len(s) for _, s in members])
-                    gone = np.zeros(len(pooled), dtype=bool)
-                    gone[np.lexsort((relative, pooled))[:cut]] = True
-                    offset = 0
-                    for group, score in members:
-                        raw = len(score) - int(gone[offset : offset + len(score)].sum())
-                        kept[group.name] = self._kept(score, raw)
-                        offset += len(score)
+                    gone = np.bincount(_removal_owners([s for _, s in members])[:cut], minlength=len(members))
+                    for (group, score), count in zip(members, gone, strict=True):
+                        kept[group.name] = self._kept(score, len(score) - int(count))
                 else:
                     group_thresholds[lg_name] = values[lg_name]
                     kept.update({g.name: self._kept(s, int((s >= values[lg_name]).sum())) for g, s in members})
@@ -304,7 +304,17 @@ class GroupPruner:
                 raise ValueError(f"{mode} must be a fraction in (0, 1], got {target}")
             group_thresholds, kept = self._solve(scored, cost, mode, target)
 
-        return self._make_plan(mode, target, scored, group_thresholds, kept, cost)
+        plan = self._make_plan(mode, target, scored, group_thresholds, kept, cost)
+        if target is not None:
+            # The contract of the target modes, checked on the numbers the plan reports: a guard against any
+            # disagreement between the solver and the plan, never a silent miss.
+            reached = plan.params_ratio if mode == "target_params" else plan.macs_ratio
+            if abs(reached - target) > _TOLERANCE * target:
+                raise ValueError(
+                    f"{mode}={target:g}: the plan reaches {reached:.4f}, more than {_TOLERANCE:.0%} away from the "
+                    "target; choose another target or a smaller round_to"
+                )
+        return plan
 
     def _check_group_values(self, mode: str, values: Mapping[str, float] | None) -> dict[str, float]:
         assert values is not None
@@ -327,48 +337,73 @@ class GroupPruner:
         mode: str,
         target: float,
     ) -> tuple[dict[str, float], dict[str, list[int]]]:
+        """Per-layer-group thresholds and kept channels for a budget (see :mod:`grouppruner.budget`).
+
+        Channels are ranked by their score normalised by the largest score of their layer group (ties spread
+        evenly by :func:`~grouppruner.budget.removal_order`); the removed channels are the prefix of this ranking
+        whose predicted cost is closest to the goal, found by bisection over prefix lengths.
+        """
+        members = [(lg, group, score) for lg, pairs in scored.items() for group, score in pairs]
         scale = {
-            lg: max((float(s.max()) for _, s in members if len(s)), default=1.0) or 1.0
-            for lg, members in scored.items()
+            lg: max((float(s.max()) for _, s in pairs if len(s)), default=1.0) or 1.0 for lg, pairs in scored.items()
         }
-        entries = []
-        for lg, members in scored.items():
-            for group, score in members:
-                refs = [(ref.name, ref.dim) for ref in group.layers]
-                entries.append((group.size, np.sort(score / scale[lg]), refs))
+        normalised = [score / scale[lg] for lg, _, score in members]
+        refs = [[(ref.name, ref.dim) for ref in group.layers] for _, group, _ in members]
         column = 0 if mode == "target_params" else 1
         total = cost.params if mode == "target_params" else cost.macs
         goal = target * total
+        order = removal_order(normalised)
+        owners = np.repeat(np.arange(len(members)), [len(s) for s in normalised])[order]
+        channels = len(order)
 
-        def evaluate(cut: float) -> float:
+        biases = [self._new_biases(group) for _, group, _ in members]
+
+        def evaluate(prefix: float) -> float:
             removed: dict[tuple[str, str], int] = {}
-            for size, ordered, refs in entries:
-                raw = size - int(np.searchsorted(ordered, cut, side="left"))
-                gone = size - kept_count(raw, size, self.min_channels, self.round_to)
+            new_bias: set[str] = set()
+            counts = np.bincount(owners[: int(prefix)], minlength=len(members))
+            for (_, group, _), keys, bias, count in zip(members, refs, biases, counts, strict=True):
+                gone = group.size - kept_count(group.size - int(count), group.size, self.min_channels, self.round_to)
                 if gone:
-                    for key in refs:
+                    new_bias.update(bias)
+                    for key in keys:
                         removed[key] = removed.get(key, 0) + gone
-            return float(cost.predict(removed)[column])
+            return float(cost.predict(removed, sorted(new_bias))[column])
 
-        distinct = np.unique(np.concatenate([e[1] for e in entries])) if entries else np.zeros(1)
-        candidates = np.append(distinct, np.nextafter(distinct[-1], np.inf))
-        smallest = evaluate(float(candidates[-1]))
-        if smallest > goal:
+        prefix_cut, reached = solve_cut(evaluate, np.arange(channels + 1, dtype=np.float64), goal)
+        prefix = int(prefix_cut)
+        rules = f"min_channels={self.min_channels}" + ("" if self.round_to is None else f", round_to={self.round_to}")
+        if abs(reached - goal) > _TOLERANCE * goal:
+            smallest = evaluate(channels)
+            if smallest > (1 + _TOLERANCE) * goal:
+                raise ValueError(
+                    f"{mode}={target:g} is not reachable with {rules}: the smallest reachable value is "
+                    f"{smallest / total:.4f}"
+                )
             raise ValueError(
-                f"{mode}={target:g} is not reachable with min_channels={self.min_channels}"
-                f"{'' if self.round_to is None else f', round_to={self.round_to}'}: "
-                f"the smallest reachable value is {smallest / total:.4f}"
+                f"{mode}={target:g} cannot be met within {_TOLERANCE:.0%} with {rules}: the closest reachable value "
+                f"is {reached / total:.4f} (channel steps too coarse); choose another target or a smaller round_to"
             )
-        cut, reached = solve_cut(evaluate, candidates, goal)
-        if abs(reached - goal) > 0.01 * goal:
-            logger.warning("%s=%g: the closest reachable value is %.4f", mode, target, reached / total)
-        thresholds = {lg: cut * scale[lg] for lg in scored}
+        pooled = np.concatenate(normalised) if normalised else np.zeros(0)
+        # Channels scoring below lam go; channels tied at lam are split by the tie order.
+        end = float(np.nextafter(pooled.max(initial=1.0), np.inf))
+        lam = float(pooled[order[prefix]]) if prefix < channels else end
+        counts = np.bincount(owners[:prefix], minlength=len(members))
         kept = {
-            group.name: self._kept(score, int((score / scale[lg] >= cut).sum()))
-            for lg, members in scored.items()
-            for group, score in members
+            group.name: self._kept(score, group.size - int(count))
+            for (_, group, score), count in zip(members, counts, strict=True)
         }
-        return thresholds, kept
+        return {lg: lam * scale[lg] for lg in scored}, kept
+
+    def _new_biases(self, group: ChannelGroup) -> list[str]:
+        """Consumers of ``group`` that gain a bias when any of its channels is removed (beta folding)."""
+        return [
+            ref.name
+            for ref in group.layers
+            if ref.dim == "in"
+            and is_fold_consumer(self.model.get_submodule(ref.name))
+            and fold_target(self.model, ref.name, self._successor_bn) == "new_bias"
+        ]
 
     def _make_plan(
         self,
@@ -380,7 +415,7 @@ class GroupPruner:
         cost: CostModel,
     ) -> PruningPlan:
         removed: dict[tuple[str, str], int] = {}
-        consumers: set[str] = set()
+        new_bias: set[str] = set()
         for members in scored.values():
             for group, _ in members:
                 gone = group.size - len(kept[group.name])
@@ -388,9 +423,8 @@ class GroupPruner:
                     continue
                 for ref in group.layers:
                     removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
-                    if ref.dim == "in" and is_fold_consumer(self.model.get_submodule(ref.name)):
-                        consumers.add(ref.name)
-        add_bias = sorted(n for n in consumers if fold_target(self.model, n, self._successor_bn) == "new_bias")
+                new_bias.update(self._new_biases(group))
+        add_bias = sorted(new_bias)
         params_after, macs_after = cost.predict(removed, add_bias)
         layer_plans = [
             LayerGroupPlan(
@@ -469,6 +503,12 @@ class GroupPruner:
             plan.macs_after,
         )
         return self.model
+
+
+def _removal_owners(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """Group index of every channel in :func:`~grouppruner.budget.removal_order`, shape (sum(size_i),)."""
+    owner = np.repeat(np.arange(len(scores)), [len(s) for s in scores])
+    return np.asarray(owner[removal_order(scores)])
 
 
 def _check_plan(graph: ChannelGraph, plan: PruningPlan) -> list[tuple[ChannelGroup, list[int]]]:

@@ -13,6 +13,10 @@ What this layer adds over a bare ``DependencyGraph``:
 - ``chunk`` / ``split`` / channel slices written in ``forward()`` and grouped convolutions keep equal parts
   (channels at the same position of every part are one unit); a split whose sizes are fixed in code is found
   by a trial removal on a copy of the model and marked not prunable;
+- split and concat sizes come from autograd metadata (Torch-Pruning 1.6.1 misreads ``chunk`` sizes, maps
+  ``x.split(c, 1)[1]`` as part 0 and crashes on some concat / split chains); channel reductions and one-channel
+  broadcasts (spatial attention) couple nothing; other ops that change the channel count make their groups
+  not prunable;
 - functional ops with weights (``F.conv2d`` on a bare parameter) raise :class:`GraphError`;
 - removals update the stored indices incrementally instead of re-tracing.
 

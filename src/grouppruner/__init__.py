@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 from . import checkpoint, distill, graph, profile, pruning, sparsity
 from .checkpoint import CheckpointError, load_pruned, save_pruned
 from .distill import AttentionDistiller, spatial_attention
-from .graph import ChannelGraph, ChannelGroup, LayerRef
+from .graph import ChannelGraph, ChannelGroup, GraphError, LayerRef
 from .plan import PruningPlan, applied_plans
 from .pruning import GroupPruner, rebuild_optimizer
 from .sparsity import BNSparsity
@@ -30,6 +30,7 @@ __all__ = [
     "ChannelGraph",
     "ChannelGroup",
     "CheckpointError",
+    "GraphError",
     "GroupPruner",
     "LayerRef",
     "PruningPlan",

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", default=None, help="a VOCdevkit-style folder (default: generate one in --out)")
     # Defaults (None) come from RecipeConfig, so the help stays right and the detection extra loads lazily.
     demo.add_argument("--num-images", type=int, help="images to generate (default 400)")
-    demo.add_argument("--image-size", type=int, help="square input side (default 160)")
+    demo.add_argument("--image-size", type=int, help="square input side (default 128)")
     demo.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"))
     demo.add_argument("--width", type=float, help="channel multiplier (default 0.25)")
     demo.add_argument("--depth", type=float, help="residual-block multiplier (default 0.34)")

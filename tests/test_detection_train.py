@@ -146,8 +146,7 @@ def test_evaluate_scores_predictions_and_restores_mode() -> None:
 
 @pytest.mark.slow  # about 8 CPU seconds, longer on a busy machine
 def test_tiny_yolov4_overfits_generated_images(tmp_path: Path) -> None:
-    from grouppruner.detection import YoloLoss
-    from grouppruner.detection.yolov4 import DEFAULT_ANCHORS, yolov4
+    from grouppruner.detection import DEFAULT_ANCHORS, YoloLoss, yolov4
 
     data = make_synthetic_voc(tmp_path, 8, image_size=64, seed=0, max_objects=3, min_size=12, clutter=3,
                               noise=0.03, hue_spread=40.0, split_fractions=(1.0, 0.0, 0.0))  # fmt: skip

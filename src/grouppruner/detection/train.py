@@ -46,6 +46,10 @@ def _to_device(targets: Sequence[Mapping[str, Tensor]], device: torch.device) ->
     return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
 
+def _scalar(value: Any) -> float:
+    return float(value.detach()) if isinstance(value, Tensor) else float(value)
+
+
 def _progress(iterable: Iterable[Any], enabled: bool, desc: str) -> Iterable[Any]:
     if not enabled:
         return iterable
@@ -118,8 +122,8 @@ def train_one_epoch(
         total, parts = loss_fn(outputs, targets)
         if not torch.isfinite(total.detach()).all() and scaler is None:
             raise FloatingPointError(
-                f"train_one_epoch: non-finite loss {float(total)} at step {steps} (parts: "
-                f"{ {k: float(v) for k, v in parts.items()} })"
+                f"train_one_epoch: non-finite loss {float(total.detach())} at step {steps} (parts: "
+                f"{ {k: _scalar(v) for k, v in parts.items()} })"
             )
         if scaler is not None:
             torch.autograd.backward(scaler.scale(total))
@@ -135,7 +139,7 @@ def train_one_epoch(
             optimizer.step()
         sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
         for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach() if isinstance(value, Tensor) else value)
+            sums[key] = sums.get(key, 0.0) + _scalar(value)
         steps += 1
     if steps == 0:
         raise ValueError("train_one_epoch: the loader yielded no batch")

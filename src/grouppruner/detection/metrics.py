@@ -100,14 +100,15 @@ def voc_eval(
     Returns:
         A dict with:
 
-        - ``"map"``: mean of the per-class APs over the classes that have at least one non-difficult ground-truth
-          box (classes absent from the ground truth are excluded from the mean, as in the devkit where their AP
-          is undefined; their detections are simply unused). ``nan`` when no class has ground truth.
+        - ``"map"``: mean of the per-class APs over the classes that have at least one non-difficult
+            ground-truth box (classes absent from the ground truth are excluded from the mean, as in the devkit
+            where their AP is undefined; their detections are simply unused). ``nan`` when no class has ground
+            truth.
         - ``"ap"``: ``{class_index: AP}`` for those classes (a class with no detections has AP 0).
         - ``"recall"``: ``{class_index: recall at the lowest score}`` for the same classes.
         - ``"num_gt"``: ``{class_index: number of non-difficult ground-truth boxes}`` for the same classes.
         - ``"absent"``: sorted class indices that have detections or difficult-only ground truth but no
-          non-difficult ground truth.
+            non-difficult ground truth.
 
     Raises:
         ValueError: different numbers of images, mismatched per-image lengths, labels out of range,

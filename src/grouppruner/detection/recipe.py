@@ -48,7 +48,7 @@ STAGES = ("dense", "sparse", "pruned", "recovered")
 
 @dataclass
 class RecipeConfig:
-    """Options of :func:`run_recipe`. The defaults run in a few minutes on two CPU cores.
+    """Options of :func:`run_recipe`. The defaults run in about ten minutes on two CPU cores.
 
     Attributes:
         out_dir: where checkpoints (``<stage>.pt``) and ``results.json`` go; a run with the same ``out_dir``
@@ -79,9 +79,9 @@ class RecipeConfig:
     depth: float = 0.34
     batch_size: int = 16
     lr: float = 5e-3
-    dense_epochs: int = 12
+    dense_epochs: int = 24
     sparse_epochs: int = 6
-    recover_epochs: int = 4
+    recover_epochs: int = 6
     sparsity: float = 1e-3
     target_params: float = 0.35
     min_channels: int = 8

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import sys
-import time
 from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
@@ -14,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ddp_helpers import run_workers
 from grouppruner.distill import AttentionDistiller
 
 LAYERS = ["stem", "stage1", "stage2"]
@@ -92,12 +90,6 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _reference() -> tuple[list[list[float]], dict[str, torch.Tensor]]:
     """Single process: per-shard losses, gradients averaged over shards (what DDP all-reduces)."""
     teacher, student = _models()
@@ -125,18 +117,7 @@ def _reference() -> tuple[list[list[float]], dict[str, torch.Tensor]]:
 
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_match_single_process(tmp_path: Path) -> None:
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 90
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                pytest.fail("DDP workers did not finish within 90 s")
-    finally:
-        for process in ctx.processes:
-            if process.is_alive():
-                process.terminate()
+    run_workers(_worker, WORLD, tmp_path)
     ref_losses, ref_state = _reference()
     for rank in range(WORLD):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)

@@ -9,18 +9,16 @@ statistics, a difference DDP has without any regularizer; SyncBatchNorm is the u
 from __future__ import annotations
 
 import os
-import socket
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ddp_helpers import run_workers
 from grouppruner.sparsity import BNSparsity, Dynamic
 
 WORLD = 2
@@ -86,26 +84,9 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_ddp_ranks_stay_identical_and_match_single_process_on_the_whole_batch(tmp_path: Path) -> None:
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 90
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                pytest.fail("DDP workers did not finish within 90 s")
-    finally:
-        for process in ctx.processes:
-            if process.is_alive():
-                process.terminate()
+    run_workers(_worker, WORLD, tmp_path)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     torch.set_num_threads(1)
     for mode in MODES:

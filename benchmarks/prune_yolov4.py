@@ -6,11 +6,11 @@ What it measures (BN gammas drawn to mimic a sparse-trained model, fixed seed):
    Torch-Pruning's ``MetaPruner`` with ``BNScaleImportance`` (global ranking) at the pruning ratio that gives the
    same parameter count (found by bisection first, untimed; the timed run builds its graph from scratch);
 2. parameters, conv + linear MACs and fp32 size of every model;
-3. CPU latency, batch 1, 2 threads (and 1 thread), median of single passes taken round-robin over the models so
-   that load changes on a shared machine hit all models alike: dense, ours, ours with ``round_to=8``,
-   Torch-Pruning.
+3. CPU latency, batch 1, 2 threads (and 1 thread): the models take turns in rounds (so that load changes on a
+   shared machine hit all alike), each timed over a block of consecutive warm passes; median over the rounds:
+   dense, ours, ours with ``round_to=8``, Torch-Pruning.
 
-Run: ``python benchmarks/prune_yolov4.py [--repeats 10]`` (about 1-3 minutes on 2 cores).
+Run: ``python benchmarks/prune_yolov4.py [--rounds 3]`` (about 1-3 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -100,21 +100,24 @@ def torch_pruning_ratio(dense: nn.Module, x: torch.Tensor, goal: int, steps: int
 
 
 def interleaved_latency(
-    models: dict[str, nn.Module], x: torch.Tensor, repeats: int, *, threads: int
+    models: dict[str, nn.Module], x: torch.Tensor, rounds: int, *, threads: int, block: int = 5
 ) -> dict[str, float]:
-    """Median single-pass latency per model, measured round-robin so that load changes hit all models alike."""
-    for model in models.values():
-        measure_latency(model, x, repeats=1, warmup=1, threads=threads)
+    """Median latency per model over ``rounds`` rounds; in each round every model runs ``block`` warm passes.
+
+    Models take turns round by round, so that load changes on a shared machine hit all of them alike, but each
+    is timed over consecutive passes: single passes taken in turn with other models in between measure a cold
+    start (another model's weights just went through the caches), not the latency of a deployed model.
+    """
     samples: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, model in models.items():
-            samples[name].append(measure_latency(model, x, repeats=1, warmup=0, threads=threads))
+            samples[name].append(measure_latency(model, x, repeats=block, warmup=1, threads=threads))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10, help="latency repeats (median reported)")
+    parser.add_argument("--rounds", type=int, default=3, help="latency rounds of 5 passes (median reported)")
     parser.add_argument("--timing-runs", type=int, default=3, help="pruning runs per method (median reported)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -150,8 +153,8 @@ def main() -> None:
     )
 
     models = {"dense": dense, "ours": pruned, "ours round_to=8": rounded, "torch-pruning": tp_model}
-    latency = interleaved_latency(models, x, args.repeats, threads=2)
-    latency_1t = interleaved_latency(models, x, max(3, args.repeats // 2), threads=1)
+    latency = interleaved_latency(models, x, args.rounds, threads=2)
+    latency_1t = interleaved_latency(models, x, args.rounds, threads=1)
     rows = {
         name: (count_params(m), count_macs(m, x), model_size_bytes(m), latency[name], latency_1t[name])
         for name, m in models.items()

@@ -13,3 +13,10 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (for tiny models, where a second thread only adds synchronization)."""
+    torch.set_num_threads(1)
+    yield

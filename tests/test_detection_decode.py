@@ -10,14 +10,8 @@ from grouppruner.detection.decode import DEFAULT_ANCHORS, batched_nms, box_iou, 
 ANCHORS = torch.tensor([[[10.0, 20.0], [20.0, 10.0], [16.0, 16.0]]] * 3) * torch.tensor([1.0, 2.0, 4.0]).view(3, 1, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run on one intra-op thread: tiny models gain nothing from more, and on a shared CPU two OpenMP threads
-    spin-wait for each other (100x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models gain nothing from a second intra-op thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> list[int]:

@@ -13,14 +13,8 @@ from grouppruner.detection.yolov4 import yolov4
 SMALL_ANCHORS = [[[6, 8], [10, 14], [14, 10]], [[18, 24], [24, 18], [28, 36]], [[36, 30], [48, 48], [60, 56]]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run on one intra-op thread: tiny models gain nothing from more, and on a shared CPU two OpenMP threads
-    spin-wait for each other (100x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models gain nothing from a second intra-op thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixed_targets(n: int, num_classes: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -19,14 +19,8 @@ from grouppruner.detection.yolov4 import DEFAULT_ANCHORS, YOLOv4, yolov4
 TINY = {"width": 0.125, "depth": 0.34}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run on one intra-op thread: tiny models gain nothing from more, and on a shared CPU two OpenMP threads
-    spin-wait for each other (100x slower steps)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models gain nothing from a second intra-op thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv_macs(model: nn.Module, size: int) -> int:

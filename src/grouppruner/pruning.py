@@ -5,7 +5,7 @@ Typical use after sparse training::
     graph = gp.ChannelGraph(model, torch.zeros(1, 3, 416, 416))
     pruner = gp.GroupPruner(graph, min_channels=8, round_to=8)
     plan = pruner.plan(target_params=0.35)      # or ratios={...}, thresholds={...}, target_macs=...
-    print(plan.summary())
+    table = plan.summary()                      # per layer group: threshold, channels before -> after
     pruner.apply(plan)                          # model is now physically smaller
     optimizer = gp.pruning.rebuild_optimizer(optimizer, model)
 

@@ -178,15 +178,18 @@ def record_positions(
     model.eval()
     try:
         with torch.no_grad():
-            try:
-                if forward_fn is not None:
-                    raise NotImplementedError("forward_fn given")
-                _meta_call(model, example_inputs)
-            except (NotImplementedError, RuntimeError, TypeError, ValueError) as error:
-                logger.debug("shape trace on the meta device failed (%s); running a real forward pass", error)
-                positions.clear()
-                outputs.clear()
-                successor.clear()
+            # Shapes on the meta device cost no arithmetic; a custom forward_fn may not run there.
+            traced = False
+            if forward_fn is None:
+                try:
+                    _meta_call(model, example_inputs)
+                    traced = True
+                except (NotImplementedError, RuntimeError, TypeError, ValueError) as error:
+                    logger.debug("shape trace on the meta device failed (%s); running a real forward pass", error)
+                    positions.clear()
+                    outputs.clear()
+                    successor.clear()
+            if not traced:
                 _call(model, example_inputs, forward_fn)
     finally:
         model.train(was_training)

@@ -307,9 +307,9 @@ def make_synthetic_voc(
     max_objects: int = 6,
     min_size: float = 8.0,
     difficult_size: float = 10.0,
-    clutter: int = 4,
-    noise: float = 0.02,
-    hue_spread: float = 20.0,
+    clutter: int = 3,
+    noise: float = 0.015,
+    hue_spread: float = 12.0,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
 ) -> SyntheticVOC:
     """Write a VOC-format detection folder of rendered shapes.

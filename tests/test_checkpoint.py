@@ -147,3 +147,27 @@ def test_failed_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
         save_pruned(prune(fresh(), 0.5), path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_atomic_write_replaces_whole_files_with_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    from grouppruner.checkpoint import atomic_write
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="boom"), atomic_write(target) as file:
+        file.write(b"partial")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary file left
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(target) as file:
+            file.write(b"new")
+    finally:
+        os.umask(umask)
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

@@ -17,15 +17,17 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from .plan import PruningPlan, applied_plans, model_fingerprint
 
-__all__ = ["CheckpointError", "load_pruned", "read_meta", "save_pruned"]
+__all__ = ["CheckpointError", "atomic_write", "load_pruned", "read_meta", "save_pruned"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,36 @@ _STATE = "state/"
 
 class CheckpointError(ValueError):
     """A checkpoint that is not a grouppruner checkpoint, is damaged, or belongs to another architecture."""
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Write a file so that ``path`` holds either its old content or the complete new one, never a partial write.
+
+    Yields a binary file opened on a temporary file in the same directory; when the ``with`` block ends without
+    an exception the file is closed, given the permissions a plain ``open`` would give (the process umask), and
+    renamed over ``path`` with ``os.replace`` (atomic on one filesystem). On an exception the temporary file is
+    removed and ``path`` is untouched.
+
+    Args:
+        path: destination file; its directory must exist.
+
+    Example:
+        >>> with atomic_write("results.json") as file:  # doctest: +SKIP
+        ...     file.write(b"{}")
+    """
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            yield file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
@@ -61,15 +93,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
     }
     for key, value in model.state_dict().items():
         blob[_STATE + key] = value.detach().cpu()
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(blob, file)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as file:
+        torch.save(blob, file)
     logger.info("saved pruned model (%d plans, %d tensors) to %s", len(plans), len(blob) - 1, path)
 
 

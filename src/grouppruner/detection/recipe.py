@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import load_pruned, save_pruned
+from ..checkpoint import atomic_write, load_pruned, save_pruned
 from ..distill import AttentionDistiller
 from ..graph import ChannelGraph
 from ..profile import count_macs, count_params
@@ -48,7 +46,7 @@ STAGES = ("dense", "sparse", "pruned", "recovered")
 
 @dataclass
 class RecipeConfig:
-    """Options of :func:`run_recipe`. The defaults run in about ten minutes on two CPU cores.
+    """Options of :func:`run_recipe`. The defaults run in about four minutes on two idle CPU cores.
 
     Attributes:
         out_dir: where checkpoints (``<stage>.pt``) and ``results.json`` go; a run with the same ``out_dir``
@@ -112,15 +110,8 @@ class StageResult:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as file:
+        file.write(json.dumps(data, indent=2).encode())
 
 
 class _Run:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import atomic_write
+
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
@@ -292,9 +294,8 @@ def _xml(image_id: str, width: int, height: int, objects: Sequence[SyntheticObje
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_write(path) as file:
+        file.write(data)
 
 
 def make_synthetic_voc(

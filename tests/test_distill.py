@@ -389,8 +389,10 @@ def test_remove_and_context_manager_remove_every_hook() -> None:
 
     with gp.AttentionDistiller(teacher, student, LAYERS) as d:
         assert hook_count() == 6
+        assert d.student_recorder.num_hooks == d.teacher_recorder.num_hooks == 3
         d(torch.randn(1, 3, 16, 16))
     assert hook_count() == 0
+    assert d.student_recorder.num_hooks == d.teacher_recorder.num_hooks == 0
     assert d.recorded_bytes() == {}
     with pytest.raises(DistillerStateError, match="removed"):
         d(torch.randn(1, 3, 16, 16))

@@ -76,6 +76,7 @@ def strip_wrapper_prefix(name: str) -> str:
 
 
 def missing_message(missing: Sequence[str], role: str, model: nn.Module) -> str:
+    """Error text for layer names absent from ``model``: close matches per name and the available module names."""
     available = [name for name, _ in model.named_modules() if name]
     lines = [f"{len(missing)} layer(s) not found in the {role} ({type(model).__name__}):"]
     for name in missing:
@@ -100,5 +101,6 @@ def grid_stride(input_len: int, grid_len: int) -> float:
 
 
 def first_device(model: nn.Module) -> torch.device | None:
+    """Device of the first parameter (else buffer) of ``model``; ``None`` for a model without tensors."""
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     return None if first is None else first.device

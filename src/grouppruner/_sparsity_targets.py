@@ -26,6 +26,7 @@ Layers = list[tuple[str, _BatchNorm, list[int]]]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside any DistributedDataParallel / DataParallel wrappers (``.module``), else ``model``."""
     wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     while isinstance(model, wrappers):
         inner = model.module
@@ -81,6 +82,7 @@ def _check_bn(name: str, module: nn.Module) -> _BatchNorm:
 def layers_from_model(
     model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
 ) -> tuple[Layers, list[str]]:
+    """Every trainable BatchNorm not excluded, all its channels owned by its layer group (``layer_groups``)."""
     is_excluded = _excluded_names(model, exclude)
     bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
     if not bns:
@@ -108,6 +110,7 @@ def layers_from_model(
 def layers_from_graph(
     graph: ChannelGraph, model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
 ) -> tuple[Layers, list[str]]:
+    """The BatchNorms scoring the graph's prunable groups; channels of no prunable group are ``-1`` (protected)."""
     is_excluded = _excluded_names(model, exclude)
     partition: dict[str, list[ChannelGroup]] = graph.layer_groups(layer_groups)
     owners: dict[str, list[int]] = {}

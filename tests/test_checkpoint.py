@@ -20,9 +20,7 @@ from zoo import MiniDetector, ResNetTiny
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh(seed: int = 0) -> nn.Module:

@@ -26,9 +26,7 @@ from zoo import ZOO, MiniDetector, ResNetTiny
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # tiny models: thread-pool overhead dominates (conftest restores 2 per test)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def detector(seed: int = 0) -> nn.Module:

@@ -25,11 +25,7 @@ from grouppruner.sparsity import (
     _quantile_cut,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_torch: None) -> None:
-    """These models are tiny: with one thread the tests spend their time on math, not thread hand-offs."""
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):

@@ -9,11 +9,7 @@ from torch import nn
 from grouppruner.graph import ChannelGraph
 from grouppruner.sparsity import BNSparsity, Constant, Dynamic
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_torch: None) -> None:
-    """Tiny models: one thread avoids thread hand-off overhead."""
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CatNet(nn.Module):

@@ -22,12 +22,14 @@ from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner
 from test_pruning_nets import RandomNet, gamma_zero_reference, net_specs, randomize_bn
 
+# Tiny tensors: one thread avoids thread-pool overhead.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 INPUT = (2, 3, 16, 16)
 
 
 def check_random_net(spec: tuple, data: st.DataObject) -> None:
     ops, c0, act = spec
-    torch.set_num_threads(1)  # tiny tensors: one thread avoids thread-pool overhead (conftest restores 2)
     seed = data.draw(st.integers(0, 2**16), label="seed")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -84,7 +86,6 @@ def test_unfolded_removal_moves_outputs() -> None:
     model = RandomNet([("conv", 16), ("res",), ("concat", 8)], 16, "leaky").eval()
     randomize_bn(model, generator)
     x = torch.randn(*INPUT, generator=generator)
-    torch.set_num_threads(1)
     errors = {}
     for fold in (True, False):
         candidate = copy.deepcopy(model)

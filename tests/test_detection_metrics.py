@@ -63,6 +63,9 @@ def test_difficult_objects_are_ignored() -> None:
     # Two detections on one difficult box are both ignored, not a duplicate FP.
     res_dd = voc_eval([_det([B, B, A], [0.9, 0.8, 0.1], [0, 0, 0])], [_gt([A, B], [0, 0], [False, True])])
     assert res_dd["map"] == pytest.approx(1.0)
+    # A difficult box is ignored only when matched (IoU > iou): a weak overlap with it (IoU 0.25) is a FP.
+    res_weak = voc_eval([_det([[20.0, 20.0, 30.0, 30.0], A], [0.9, 0.8], [0, 0])], [_gt([A, B], [0, 0], [False, True])])
+    assert res_weak["map"] == pytest.approx(0.5)
 
 
 def test_no_detections_and_absent_class() -> None:

@@ -6,8 +6,8 @@ The protocol of the VOC devkit (``VOCevaldet`` / ``voc_eval.py``), on continuous
   greedily: each one goes to the ground-truth box of that class in its image with the largest IoU;
 - IoU ``> iou`` (strictly, as in the devkit) with a not-yet-matched box -> true positive; with an already matched
   box (a duplicate) or IoU ``<= iou`` -> false positive;
-- when the best-overlapping box is ``difficult``, the detection is ignored (neither TP nor FP), and difficult
-  boxes do not count in the number of positives;
+- when the best-overlapping box is ``difficult`` and the IoU is ``> iou``, the detection is ignored (neither TP
+  nor FP), and difficult boxes do not count in the number of positives;
 - AP is the area under the interpolated precision/recall curve: all points (VOC 2010+, the default) or the
   11 recall points 0, 0.1, ..., 1 (VOC 2007, ``use_07_metric=True``).
 

@@ -42,7 +42,7 @@ class LayerGroupPlan:
     """One layer group of the plan.
 
     Attributes:
-        name: layer-group name (e.g. ``"stride16"``).
+        name: layer-group name (e.g. ``"backbone/s16"``, see :meth:`grouppruner.graph.ChannelGraph.layer_groups`).
         threshold: channels whose (coupled) score is below this value are removed, unless ``min_channels`` or
             ``round_to`` keep them. In the ``ratios`` and target modes, channels whose score equals it may go
             too: ties at the threshold are split evenly over the channel groups (see

@@ -145,6 +145,9 @@ def test_generator_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     assert sorted(r1.splits["trainval"] + r1.splits["test"]) == [f"{i:06d}" for i in range(10)]
 
     ds = VOCDetection(r1.root, "trainval", 64, classes=r1.classes)
+    assert ds.num_classes == len(r1.classes) == len(SYNTHETIC_CLASSES)
+    all_written = [o for i in range(10) for o in _xml_objects(r1.root / "Annotations" / f"{i:06d}.xml")]
+    assert r1.num_objects == len(all_written) and r1.num_difficult == sum(d for _, _, d in all_written)
     for index, image_id in enumerate(ds.ids):
         image, target = ds[index]
         written = _xml_objects(r1.root / "Annotations" / f"{image_id}.xml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -89,6 +90,14 @@ def test_exclude_forms_and_unknown_name() -> None:
     nested = nn.Sequential(Net(), Net())
     assert BNSparsity(nested, schedule=1e-3, exclude=["0"]).layer_names == ("1.bn1", "1.bn2")
     assert BNSparsity(nested, schedule=1e-3, exclude=["*.bn2"]).layer_names == ("0.bn1", "1.bn1")
+
+
+def test_frozen_batchnorms_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    model = Net()
+    model.bn1.requires_grad_(False)
+    with caplog.at_level(logging.WARNING, logger="grouppruner"):
+        assert BNSparsity(model, schedule=1e-3).layer_names == ("bn2",)
+    assert "frozen" in caplog.text and "bn1" in caplog.text
 
 
 def test_exclude_everything_is_an_error() -> None:

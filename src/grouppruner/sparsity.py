@@ -339,7 +339,8 @@ class BNSparsity:
     Args:
         target: a :class:`~grouppruner.graph.ChannelGraph` (regularize exactly the BatchNorm channels that score
             prunable channel groups; protected channels are never touched), or a model (every affine BatchNorm;
-            a ``DistributedDataParallel`` / ``DataParallel`` wrapper is unwrapped).
+            a ``DistributedDataParallel`` / ``DataParallel`` wrapper is unwrapped). Either way, frozen BatchNorms
+            (``requires_grad=False``) are skipped with a warning.
         schedule: a :class:`Schedule`, or a float for ``Constant(s)``.
         exclude: BatchNorms to leave alone: modules, qualified names (a name also covers its submodules) or glob
             patterns on module names.

@@ -141,6 +141,11 @@ def test_generator_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     for rel in files:
         assert (r1.root / rel).read_bytes() == (r2.root / rel).read_bytes(), rel
     assert (r1.root / "JPEGImages/000000.jpg").read_bytes() != (r3.root / "JPEGImages/000000.jpg").read_bytes()
+    # Image i depends only on (seed, i), not on how many images are generated.
+    r4 = make_synthetic_voc(tmp_path / "d", 4, image_size=80, seed=7)
+    for i in range(4):
+        rel = Path("JPEGImages") / f"{i:06d}.jpg"
+        assert (r4.root / rel).read_bytes() == (r1.root / rel).read_bytes(), rel
     assert set(r1.splits) == {"train", "val", "test", "trainval"}
     assert sorted(r1.splits["trainval"] + r1.splits["test"]) == [f"{i:06d}" for i in range(10)]
 

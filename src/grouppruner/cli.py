@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"))
     demo.add_argument("--width", type=float, help="channel multiplier (default 0.25)")
     demo.add_argument("--depth", type=float, help="residual-block multiplier (default 0.34)")
-    demo.add_argument("--epochs", type=int, nargs=3, metavar=("DENSE", "SPARSE", "RECOVER"))
+    demo.add_argument(
+        "--epochs", type=int, nargs=3, metavar=("DENSE", "SPARSE", "RECOVER"), help="epochs per training stage"
+    )
     demo.add_argument("--sparsity", type=float, help="rate s of the Dynamic schedule (default 1e-3)")
     demo.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
     demo.add_argument("--seed", type=int)

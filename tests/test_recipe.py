@@ -55,9 +55,10 @@ def test_recipe_runs_every_stage_prunes_to_budget_and_resumes(tmp_path):
         assert (tmp_path / "run" / f"{stage}.pt").stat().st_mtime_ns == mtimes[stage]
 
 
-def test_recipe_refuses_an_out_dir_of_another_configuration(tmp_path):
+def test_recipe_refuses_an_out_dir_of_another_configuration_before_any_work(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"config": {"out_dir": "elsewhere"}, "stages": []}))
     with pytest.raises(ValueError, match=r"results\.json"):
         run_recipe(_config(tmp_path, num_images=12))
+    assert not (out / "data").exists()  # no data was generated for a refused run

@@ -260,18 +260,21 @@ def run_recipe(config: RecipeConfig, *, progress: bool = False) -> list[StageRes
     Raises:
         ValueError: a ``results.json`` written for a different configuration (use another ``out_dir``).
     """
-    run = _Run(config, progress)
-    results_path = run.out / "results.json"
+    out = Path(config.out_dir)
+    results_path = out / "results.json"
     done: dict[str, StageResult] = {}
     if results_path.is_file():
+        # Checked before any data is generated or loaded: a refused run should cost nothing.
         saved = json.loads(results_path.read_text(encoding="utf-8"))
         if saved.get("config") != json.loads(json.dumps(asdict(config))):
             raise ValueError(f"{results_path}: written for another configuration; use a new out_dir")
-        # A stage counts as done only if it and every stage before it left their checkpoints.
+        # A stage counts as done only if it and every stage before it left their checkpoints (looked up in
+        # out_dir, so a relative out_dir resumes from any working directory).
         for record in saved["stages"]:
-            if not Path(record["checkpoint"]).is_file():
+            if not (out / f"{record['stage']}.pt").is_file():
                 break
             done[record["stage"]] = StageResult(**record)
+    run = _Run(config, progress)
     for stage in STAGES:
         if stage in done:
             logger.info("%s: done earlier (mAP %.3f), skipped", stage, done[stage].map50)

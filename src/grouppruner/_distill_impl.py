@@ -1,4 +1,4 @@
-"""Helpers of `grouppruner.distill`: the channel-energy autograd function, wrapper unwrapping, name lookup."""
+"""Helpers of `grouppruner.distill`: the channel-energy autograd function, wrapper-prefixed names, name lookup."""
 
 from __future__ import annotations
 
@@ -51,21 +51,6 @@ class ChannelEnergy(torch.autograd.Function):
             slope = torch.where(magnitude > 0, magnitude.pow(p - 1.0), torch.zeros_like(magnitude))
             grad_feature = slope * f32.sign() * (p * g)
         return grad_feature.to(feature.dtype), None
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model that owns the named layers, under DDP / DataParallel (``.module``) and torch.compile."""
-    seen = 0
-    while seen < 8:
-        for attr in _WRAPPER_ATTRS:
-            inner = getattr(model, attr, None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                break
-        else:
-            return model
-        seen += 1
-    return model
 
 
 def strip_wrapper_prefix(name: str) -> str:

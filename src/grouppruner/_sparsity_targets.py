@@ -25,16 +25,6 @@ LayerGroupsSpec = Mapping[str, Sequence[str] | str] | Callable[[Any], str] | Non
 Layers = list[tuple[str, _BatchNorm, list[int]]]
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside any DistributedDataParallel / DataParallel wrappers (``.module``), else ``model``."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, wrappers):
-        inner = model.module
-        assert isinstance(inner, nn.Module)
-        model = inner
-    return model
-
-
 def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], bool]:
     """Predicate on module names; unknown names/patterns are an error listing close matches."""
     names = [n for n, _ in model.named_modules() if n]

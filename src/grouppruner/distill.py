@@ -27,8 +27,8 @@ from ._distill_impl import (
     grid_stride,
     missing_message,
     strip_wrapper_prefix,
-    unwrap,
 )
+from ._wrappers import unwrap
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._sparsity_targets import ExcludeSpec, LayerGroupsSpec, Layers, layers_from_graph, layers_from_model, unwrap
+from ._sparsity_targets import ExcludeSpec, LayerGroupsSpec, Layers, layers_from_graph, layers_from_model
+from ._wrappers import unwrap
 
 if TYPE_CHECKING:
     from .graph import ChannelGraph

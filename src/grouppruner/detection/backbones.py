@@ -182,7 +182,26 @@ class CSPStage(nn.Module):
         return out
 
 
-class CSPDarknet53(nn.Module):
+class _StagedBackbone(nn.Module):
+    """A stem and five stages at strides 2-32; the three deepest stage outputs feed the neck."""
+
+    stem: nn.Module
+    stage1: nn.Module
+    stage2: nn.Module
+    stage3: nn.Module
+    stage4: nn.Module
+    stage5: nn.Module
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """(N, 3, H, W) -> [(N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32)]."""
+        x = self.stage2(self.stage1(self.stem(x)))
+        c3 = self.stage3(x)
+        c4 = self.stage4(c3)
+        c5 = self.stage5(c4)
+        return [c3, c4, c5]
+
+
+class CSPDarknet53(_StagedBackbone):
     """CSPDarknet53 (Mish), layers 0-104 of AlexeyAB's ``yolov4.cfg``.
 
     ``stem`` is the 3x3 conv with 32 channels at stride 1; ``stage1`` .. ``stage5`` are CSP stages with
@@ -212,14 +231,6 @@ class CSPDarknet53(nn.Module):
         self.stage4 = CSPStage(ch(256), ch(512), ch(256), ch(256), scale_depth(8, depth))
         self.stage5 = CSPStage(ch(512), ch(1024), ch(512), ch(512), scale_depth(4, depth))
         self.out_channels: tuple[int, int, int] = (ch(256), ch(512), ch(1024))
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """(N, 3, H, W) -> [(N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32)]."""
-        x = self.stage2(self.stage1(self.stem(x)))
-        c3 = self.stage3(x)
-        c4 = self.stage4(c3)
-        c5 = self.stage5(c4)
-        return [c3, c4, c5]
 
 
 class InvertedResidual(nn.Module):
@@ -263,7 +274,7 @@ _MBV2_STAGES: tuple[tuple[tuple[int, int, int, int], ...], ...] = (
 )
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(_StagedBackbone):
     """MobileNetV2 feature extractor (inverted residuals, depthwise convs, ReLU6), without the last 1x1 conv.
 
     ``stem`` (3x3 conv, 32 channels, stride 2) and ``stage1`` .. ``stage5`` at strides 2, 4, 8, 16, 32 with
@@ -297,11 +308,3 @@ class MobileNetV2(nn.Module):
             scale_channels(96, width),
             scale_channels(320, width),
         )
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """(N, 3, H, W) -> [(N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32)]."""
-        x = self.stage2(self.stage1(self.stem(x)))
-        c3 = self.stage3(x)
-        c4 = self.stage4(c3)
-        c5 = self.stage5(c4)
-        return [c3, c4, c5]

@@ -24,6 +24,15 @@ from .backbones import ConvBNAct, scale_channels
 __all__ = ["SPP", "ConvSet", "PANet"]
 
 
+def _conv_triplet(in_channels: int, channels: int) -> nn.Sequential:
+    """1x1 (C) -> 3x3 (2C) -> 1x1 (C), the conv pattern on both sides of the SPP pooling."""
+    return nn.Sequential(
+        ConvBNAct(in_channels, channels, 1),
+        ConvBNAct(channels, 2 * channels, 3),
+        ConvBNAct(2 * channels, channels, 1),
+    )
+
+
 class SPP(nn.Module):
     """Spatial pyramid pooling block of YOLOv4: three convs, max-pools 5/9/13 + concat, three convs.
 
@@ -40,19 +49,11 @@ class SPP(nn.Module):
 
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
-        self.pre = nn.Sequential(
-            ConvBNAct(in_channels, channels, 1),
-            ConvBNAct(channels, 2 * channels, 3),
-            ConvBNAct(2 * channels, channels, 1),
-        )
+        self.pre = _conv_triplet(in_channels, channels)
         self.pool5 = nn.MaxPool2d(5, stride=1, padding=2)
         self.pool9 = nn.MaxPool2d(9, stride=1, padding=4)
         self.pool13 = nn.MaxPool2d(13, stride=1, padding=6)
-        self.post = nn.Sequential(
-            ConvBNAct(4 * channels, channels, 1),
-            ConvBNAct(channels, 2 * channels, 3),
-            ConvBNAct(2 * channels, channels, 1),
-        )
+        self.post = _conv_triplet(4 * channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, C, H, W)."""

@@ -14,8 +14,8 @@ from grouppruner.checkpoint import CheckpointError, load_pruned, read_meta, save
 from grouppruner.graph import ChannelGraph
 from grouppruner.plan import applied_plans
 from grouppruner.pruning import GroupPruner
-from test_pruning_nets import CBA, randomize_bn
-from zoo import MiniDetector, ResNetTiny
+from test_pruning_nets import CBA, random_detector, randomize_bn
+from zoo import ResNetTiny
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
@@ -23,11 +23,6 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def fresh(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = MiniDetector().eval()
-    randomize_bn(model, torch.Generator().manual_seed(seed))
-    return model
 
 
 def prune(model: nn.Module, ratio: float, **options: object) -> nn.Module:
@@ -42,10 +37,10 @@ def assert_same_outputs(a: nn.Module, b: nn.Module) -> None:
 
 
 def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
-    model = prune(fresh(), 0.5)
+    model = prune(random_detector(), 0.5)
     path = tmp_path / "pruned.pt"
     gp.save_pruned(model, path)
-    restored = gp.load_pruned(fresh(seed=7), path)  # other initial weights: everything comes from the file
+    restored = gp.load_pruned(random_detector(seed=7), path)  # other initial weights: everything comes from the file
     assert_same_outputs(model, restored)
     assert applied_plans(restored) == applied_plans(model)
     assert {k: v.shape for k, v in restored.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
@@ -54,7 +49,7 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
 
 def test_file_is_tensors_only_and_loads_with_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "pruned.pt"
-    save_pruned(prune(fresh(), 0.3), path)
+    save_pruned(prune(random_detector(), 0.3), path)
     blob = torch.load(path, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in blob.values())
     meta, state = read_meta(path)
@@ -63,11 +58,11 @@ def test_file_is_tensors_only_and_loads_with_weights_only(tmp_path: Path) -> Non
 
 
 def test_chained_plans_round_trip(tmp_path: Path) -> None:
-    model = prune(prune(fresh(), 0.3), 0.3, round_to=2)
+    model = prune(prune(random_detector(), 0.3), 0.3, round_to=2)
     assert len(applied_plans(model)) == 2
     path = tmp_path / "twice.pt"
     save_pruned(model, path)
-    assert_same_outputs(model, load_pruned(fresh(), path))
+    assert_same_outputs(model, load_pruned(random_detector(), path))
 
 
 class BareConsumer(nn.Module):
@@ -102,38 +97,38 @@ def test_added_bias_round_trips(tmp_path: Path) -> None:
 
 
 def test_unpruned_model_round_trips(tmp_path: Path) -> None:
-    model = fresh()
+    model = random_detector()
     path = tmp_path / "dense.pt"
     save_pruned(model, path)
-    assert_same_outputs(model, load_pruned(fresh(3), path))
+    assert_same_outputs(model, load_pruned(random_detector(3), path))
 
 
 def test_other_architecture_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "pruned.pt"
-    save_pruned(prune(fresh(), 0.5), path)
+    save_pruned(prune(random_detector(), 0.5), path)
     with pytest.raises(CheckpointError, match="fingerprint") as info:
         load_pruned(ResNetTiny(), path)
     assert str(path) in str(info.value) and "ResNetTiny" in str(info.value)
     with pytest.raises(CheckpointError, match="fingerprint"):  # an already pruned model is not the original
-        load_pruned(prune(fresh(), 0.5), path)
+        load_pruned(prune(random_detector(), 0.5), path)
 
 
 def test_foreign_and_damaged_files(tmp_path: Path) -> None:
     plain = tmp_path / "plain.pt"
     torch.save({"weight": torch.zeros(3)}, plain)
     with pytest.raises(CheckpointError, match="not a grouppruner checkpoint"):
-        load_pruned(fresh(), plain)
+        load_pruned(random_detector(), plain)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"definitely not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
-        load_pruned(fresh(), garbage)
+        load_pruned(random_detector(), garbage)
     with pytest.raises(FileNotFoundError):
-        load_pruned(fresh(), tmp_path / "missing.pt")
+        load_pruned(random_detector(), tmp_path / "missing.pt")
 
 
 def test_failed_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "pruned.pt"
-    save_pruned(fresh(), path)
+    save_pruned(random_detector(), path)
     before = path.read_bytes()
 
     def broken_save(obj: object, file: object) -> None:
@@ -142,7 +137,7 @@ def test_failed_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_pruned(prune(fresh(), 0.5), path)
+        save_pruned(prune(random_detector(), 0.5), path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
 

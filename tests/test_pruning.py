@@ -20,7 +20,7 @@ from grouppruner.graph import ChannelGraph
 from grouppruner.plan import PruningPlan, applied_plans, model_fingerprint
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner, rebuild_optimizer
-from test_pruning_nets import CBA, gamma_zero_reference, randomize_bn
+from test_pruning_nets import CBA, gamma_zero_reference, random_detector, randomize_bn
 from zoo import ZOO, MiniDetector, ResNetTiny
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -29,11 +29,6 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def detector(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = MiniDetector().eval()
-    randomize_bn(model, torch.Generator().manual_seed(seed))
-    return model
 
 
 def make_pruner(model: nn.Module, **options: object) -> GroupPruner:
@@ -49,7 +44,7 @@ def test_public_names() -> None:
 
 
 def test_plan_is_plain_json_and_round_trips() -> None:
-    pruner = make_pruner(detector(), min_channels=2)
+    pruner = make_pruner(random_detector(), min_channels=2)
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.4))
     text = plan.to_json()
     assert isinstance(json.loads(text), dict)
@@ -72,12 +67,12 @@ def test_plan_is_plain_json_and_round_trips() -> None:
 
 
 def test_fingerprint_identifies_architecture() -> None:
-    assert model_fingerprint(detector(0)) == model_fingerprint(detector(1))  # values do not matter
-    assert model_fingerprint(detector()) != model_fingerprint(ResNetTiny())
+    assert model_fingerprint(random_detector(0)) == model_fingerprint(random_detector(1))  # values do not matter
+    assert model_fingerprint(random_detector()) != model_fingerprint(ResNetTiny())
 
 
 def test_cost_model_predicts_before_counts() -> None:
-    model = detector()
+    model = random_detector()
     plan = make_pruner(model).plan(ratios={})
     assert plan.params_before == plan.params_after == count_params(model)
     assert plan.macs_before == plan.macs_after == count_macs(model, X)
@@ -121,7 +116,7 @@ def test_removal_order_spreads_ties_evenly() -> None:
 
 
 def test_ratio_threshold_is_the_group_quantile() -> None:
-    pruner = make_pruner(detector(), min_channels=1)
+    pruner = make_pruner(random_detector(), min_channels=1)
     name = next(iter(pruner.layer_groups))
     plan = pruner.plan(ratios={name: 0.5})
     scores = np.sort(np.concatenate([pruner.scores(pruner.graph.group(g)) for g in pruner.layer_groups[name]]))
@@ -163,7 +158,7 @@ def test_ratios_prune_exactly_p_when_half_the_gammas_are_zero(name: str, couplin
 
 
 def test_thresholds_mode_keeps_channels_at_or_above() -> None:
-    pruner = make_pruner(detector(), min_channels=1)
+    pruner = make_pruner(random_detector(), min_channels=1)
     plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, 0.7))
     for entry in plan.channel_groups:
         score = pruner.scores(pruner.graph.group(entry.name))
@@ -173,7 +168,7 @@ def test_thresholds_mode_keeps_channels_at_or_above() -> None:
 
 
 def test_min_channels_and_round_to_hold_for_every_group() -> None:
-    pruner = make_pruner(detector(), min_channels=5, round_to=4)
+    pruner = make_pruner(random_detector(), min_channels=5, round_to=4)
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.95))
     for entry in plan.channel_groups:
         kept = len(entry.kept)
@@ -207,7 +202,7 @@ def test_callable_importance_keeps_highest() -> None:
     def by_index(model: nn.Module, group: gp.ChannelGroup) -> torch.Tensor:
         return torch.arange(group.size, dtype=torch.float32)
 
-    pruner = make_pruner(detector(), importance=by_index, min_channels=1)
+    pruner = make_pruner(random_detector(), importance=by_index, min_channels=1)
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
     assert plan.importance == "by_index"
     for entry in plan.channel_groups:
@@ -215,7 +210,7 @@ def test_callable_importance_keeps_highest() -> None:
 
 
 def test_target_modes_land_within_one_percent_on_small_model() -> None:
-    pruner = make_pruner(detector(), min_channels=1)
+    pruner = make_pruner(random_detector(), min_channels=1)
     for target in (0.8, 0.5):
         plan = pruner.plan(target_params=target)
         assert abs(plan.params_ratio - target) <= 0.01 * target
@@ -225,7 +220,7 @@ def test_target_modes_land_within_one_percent_on_small_model() -> None:
 
 def test_target_that_cannot_be_met_within_one_percent_raises() -> None:
     # round_to=8 on a 36k-parameter model: one step of 8 channels is several % of the parameters
-    pruner = make_pruner(detector(), min_channels=1, round_to=8)
+    pruner = make_pruner(random_detector(), min_channels=1, round_to=8)
     with pytest.raises(ValueError, match=r"cannot be met within 1% .* closest reachable value is (\d\.\d+)") as info:
         pruner.plan(target_params=0.8)
     closest = float(re.search(r"closest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
@@ -235,7 +230,7 @@ def test_target_that_cannot_be_met_within_one_percent_raises() -> None:
 
 def test_plan_missing_its_target_is_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
     """The final check on the plan's own numbers catches any solver / plan disagreement."""
-    pruner = make_pruner(detector(), min_channels=1)
+    pruner = make_pruner(random_detector(), min_channels=1)
 
     def keep_everything(*args: object) -> tuple[dict[str, float], dict[str, list[int]]]:
         groups = [pruner.graph.group(n) for names in pruner.layer_groups.values() for n in names]
@@ -250,7 +245,7 @@ def test_plan_missing_its_target_is_never_returned(monkeypatch: pytest.MonkeyPat
 
 
 def test_apply_prunes_in_place_and_records_plan() -> None:
-    model = detector()
+    model = random_detector()
     pruner = make_pruner(model, min_channels=2)
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
     shapes = [o.shape for o in model(X)]
@@ -319,7 +314,7 @@ def test_folding_is_exact_inside_3x3_and_approximate_on_borders() -> None:
 
 
 def test_bad_options() -> None:
-    graph = ChannelGraph(detector(), X)
+    graph = ChannelGraph(random_detector(), X)
     with pytest.raises(ValueError, match="min_channels"):
         GroupPruner(graph, min_channels=0, example_inputs=X)
     with pytest.raises(ValueError, match="round_to"):
@@ -340,7 +335,7 @@ def test_bad_options() -> None:
 
 
 def test_bad_plan_arguments() -> None:
-    pruner = make_pruner(detector())
+    pruner = make_pruner(random_detector())
     name = next(iter(pruner.layer_groups))
     with pytest.raises(ValueError, match="exactly one"):
         pruner.plan()
@@ -362,7 +357,7 @@ def test_bad_plan_arguments() -> None:
 
 
 def test_unreachable_target_names_smallest_value() -> None:
-    pruner = make_pruner(detector(), min_channels=8)
+    pruner = make_pruner(random_detector(), min_channels=8)
     with pytest.raises(ValueError, match=r"smallest reachable value is (\d\.\d+)") as info:
         pruner.plan(target_params=0.05)
     smallest = float(str(info.value).rsplit(" ", 1)[-1])
@@ -371,7 +366,7 @@ def test_unreachable_target_names_smallest_value() -> None:
 
 
 def test_nan_scores_are_rejected() -> None:
-    model = detector()
+    model = random_detector()
     pruner = make_pruner(model)
     with torch.no_grad():
         model.backbone["s4"][1].weight[3] = float("nan")
@@ -382,13 +377,13 @@ def test_nan_scores_are_rejected() -> None:
     def wrong_shape(model: nn.Module, group: gp.ChannelGroup) -> torch.Tensor:
         return torch.ones(group.size + 1)
 
-    model = detector()
+    model = random_detector()
     with pytest.raises(ValueError, match="shape"):
         make_pruner(model, importance=wrong_shape).plan(ratios={})
 
 
 def test_plan_for_another_model_is_rejected() -> None:
-    pruner = make_pruner(detector(), min_channels=1)
+    pruner = make_pruner(random_detector(), min_channels=1)
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
     other = make_pruner(ResNetTiny().eval())
     with pytest.raises(ValueError, match="fingerprint"):
@@ -402,7 +397,7 @@ def test_plan_for_another_model_is_rejected() -> None:
 
 
 def test_rebuild_optimizer_maps_pruned_parameters() -> None:
-    model = detector()
+    model = random_detector()
     model.train()
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone")]
@@ -429,7 +424,7 @@ def test_rebuild_optimizer_maps_pruned_parameters() -> None:
 
 def test_onnx_export_matches_pytorch() -> None:
     ort = pytest.importorskip("onnxruntime")
-    model = detector()
+    model = random_detector()
     pruner = make_pruner(model, min_channels=2, round_to=2)
     pruner.apply(pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.6)))
     buffer = io.BytesIO()
@@ -446,7 +441,7 @@ def test_onnx_export_matches_pytorch() -> None:
 
 
 def test_copy_keeps_applied_plan() -> None:
-    model = detector()
+    model = random_detector()
     pruner = make_pruner(model, min_channels=1)
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.3))
     pruner.apply(plan)

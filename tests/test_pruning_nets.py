@@ -15,6 +15,8 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
+from zoo import MiniDetector
+
 ACTS = {"leaky": lambda: nn.LeakyReLU(0.1), "relu": nn.ReLU, "silu": nn.SiLU}
 
 
@@ -146,6 +148,14 @@ def randomize_bn(model: nn.Module, generator: torch.Generator) -> None:
                 module.bias.copy_(torch.randn(c, generator=generator) * 0.5)
                 module.running_mean.copy_(torch.randn(c, generator=generator) * 0.2)
                 module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+
+
+def random_detector(seed: int = 0) -> nn.Module:
+    """A MiniDetector (eval mode) with seeded weights and randomized BatchNorm parameters and statistics."""
+    torch.manual_seed(seed)
+    model = MiniDetector().eval()
+    randomize_bn(model, torch.Generator().manual_seed(seed))
+    return model
 
 
 def gamma_zero_reference(model: nn.Module, graph: Any, plan: Any) -> nn.Module:

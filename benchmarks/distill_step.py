@@ -33,8 +33,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from grouppruner.detection import yolov4
 from grouppruner.detection.loss import YoloLoss
-from grouppruner.detection.yolov4 import yolov4
 from grouppruner.distill import AttentionDistiller, spatial_attention
 
 

@@ -22,8 +22,7 @@ import torch
 import torch_pruning as tp
 
 import grouppruner.detection as detection
-from grouppruner import _graph_impl, _graph_trace
-from grouppruner.graph import ChannelGraph
+from grouppruner.graph import ChannelGraph, coupling, repair, tracing
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -84,11 +83,11 @@ def main() -> None:
     # What ChannelGraph adds after its traced forward pass (index fixes, group extraction), timed on its own.
     post = []
     for _ in range(args.repeats):
-        tr = _graph_trace.trace(model, x, None, None)
+        tr = tracing.trace(model, x, None, None)
         start = time.process_time()
-        tr.unmapped_ops = _graph_trace.cut_channel_mismatches(tr.dg)
-        tr.unmapped_concats = _graph_trace.fix_index_mappings(tr.dg)
-        _graph_impl.extract_groups(model, tr, set())
+        tr.unmapped_ops = repair.cut_channel_mismatches(tr.dg)
+        tr.unmapped_concats = repair.fix_index_mappings(tr.dg)
+        coupling.extract_groups(model, tr, set())
         post.append(time.process_time() - start)
     print(f"[cpu] ChannelGraph work after the traced forward: {statistics.median(post):.3f} s (median)")
 

@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from grouppruner.detection.yolov4 import yolov4
+from grouppruner.detection import yolov4
 from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params, measure_latency, model_size_bytes
 from grouppruner.pruning import GroupPruner

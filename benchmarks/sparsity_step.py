@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 import torch_pruning as tp
 
+from grouppruner.detection import yolov4
 from grouppruner.detection.loss import YoloLoss
-from grouppruner.detection.yolov4 import yolov4
 from grouppruner.graph import ChannelGraph
 from grouppruner.sparsity import BNSparsity, Constant, Dynamic
 

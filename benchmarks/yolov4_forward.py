@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from grouppruner.detection.yolov4 import yolov4
+from grouppruner.detection import yolov4
 from grouppruner.profile import count_macs, count_params, measure_latency, model_size_bytes
 
 

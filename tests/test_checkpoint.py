@@ -12,8 +12,7 @@ from torch import nn
 import grouppruner as gp
 from grouppruner.checkpoint import CheckpointError, load_pruned, read_meta, save_pruned
 from grouppruner.graph import ChannelGraph
-from grouppruner.plan import applied_plans
-from grouppruner.pruning import GroupPruner
+from grouppruner.pruning import GroupPruner, applied_plans
 from test_pruning_nets import CBA, random_detector, randomize_bn
 from zoo import ResNetTiny
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from grouppruner.detection import yolov4
 from grouppruner.detection.decode import split_head_map
 from grouppruner.detection.loss import YoloLoss, ciou, kmeans_anchors
-from grouppruner.detection.yolov4 import yolov4
 
 # anchors sized for 64-pixel images
 SMALL_ANCHORS = [[[6, 8], [10, 14], [14, 10]], [[18, 24], [24, 18], [28, 36]], [[36, 30], [48, 48], [60, 56]]]

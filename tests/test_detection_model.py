@@ -5,7 +5,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from grouppruner.detection.backbones import (
+from grouppruner.detection import DEFAULT_ANCHORS, YOLOv4, yolov4
+from grouppruner.detection.models.backbones import (
     ConvBNAct,
     CSPStage,
     DarkResidual,
@@ -13,8 +14,7 @@ from grouppruner.detection.backbones import (
     scale_channels,
     scale_depth,
 )
-from grouppruner.detection.neck import SPP, ConvSet, PANet
-from grouppruner.detection.yolov4 import DEFAULT_ANCHORS, YOLOv4, yolov4
+from grouppruner.detection.models.neck import SPP, ConvSet, PANet
 
 TINY = {"width": 0.125, "depth": 0.34}
 

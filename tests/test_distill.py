@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import grouppruner as gp
-from grouppruner._distill_impl import grid_stride
+from grouppruner.detection.foreground import box_foreground, boxes_to_grid_mask, grid_stride
 from grouppruner.distill import (
     DistillerStateError,
     LayerNotFoundError,
     LayerOutputError,
-    NonFiniteFeatureError,
-    boxes_to_grid_mask,
+    NonFiniteError,
     spatial_attention,
 )
 
@@ -270,7 +269,6 @@ def test_student_pruned_with_fewer_channels_same_names() -> None:
 
 def test_student_pruned_by_group_pruner() -> None:
     """A student pruned by GroupPruner (fewer channels, same names): near-dead channels go, the maps stay equal."""
-    pytest.importorskip("grouppruner.pruning")
     torch.manual_seed(2)
     teacher = TinyNet(8).eval()
     _randomize_bn(teacher)
@@ -449,7 +447,7 @@ def test_foreground_boxes_on_non_square_input() -> None:
     x = torch.randn(2, 3, 32, 64)
     boxes = [box, torch.tensor([[0.0, 0.0, 20.0, 30.0]])]
     d(x)
-    _, per_layer = d.loss(boxes=boxes)
+    _, per_layer = d.loss(mask=box_foreground(boxes, x.shape[-2:]))
     for name, stride in zip(LAYERS, (2, 4, 8), strict=True):
         grid = (32 // stride, 64 // stride)
         fg = boxes_to_grid_mask(boxes, grid, stride).flatten(1)
@@ -467,10 +465,11 @@ def test_foreground_boxes_on_non_square_input() -> None:
     pixel_mask.zero_()
     pixel_mask[0, 0, 8:16, 40:56] = 1.0
     pixel_mask[1, 0, 0:32, 0:16] = 1.0
-    torch.testing.assert_close(d.loss(mask=pixel_mask)[0], d.loss(boxes=aligned)[0])
-    assert by_mask.item() != d.loss(boxes=aligned)[0].item()
-    with pytest.raises(ValueError, match="either mask or boxes"):
-        d.loss(mask=pixel_mask, boxes=aligned)
+    by_boxes = d.loss(mask=box_foreground(aligned, x.shape[-2:]))[0]
+    torch.testing.assert_close(d.loss(mask=pixel_mask)[0], by_boxes)
+    assert by_mask.item() != by_boxes.item()
+    with pytest.raises(ValueError, match="mask callable must return shape"):
+        d.loss(mask=box_foreground(aligned[:1], x.shape[-2:]))
     with pytest.raises(ValueError, match="mask must have shape"):
         d.loss(mask=pixel_mask[:1])
 
@@ -512,6 +511,33 @@ class _Split(nn.Module):
         return a, b
 
 
+def test_child_named_module_is_not_a_wrapper_prefix() -> None:
+    """``module.0`` names the child ``module`` of an unwrapped model; only a real wrapper's prefix is dropped."""
+
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.module(x)
+
+    teacher, student = Holder(), Holder()
+    d = gp.AttentionDistiller(teacher, student, ["module.0", "module.2"])
+    assert d.layers == ["module.0", "module.2"]
+    d(torch.randn(2, 3, 8, 8))
+    assert d.student_recorder.grids == {"module.0": (8, 8), "module.2": (8, 8)}
+    with pytest.raises(LayerNotFoundError, match="not found in the student"):
+        gp.AttentionDistiller(Holder(), Holder(), ["0"])
+
+
+def test_state_dict_holds_the_student_only() -> None:
+    teacher, student = _pair()
+    d = gp.AttentionDistiller(teacher, student, LAYERS)
+    assert set(d.state_dict()) == {f"student.{k}" for k in student.state_dict()}
+    assert {id(p) for p in d.parameters()} == {id(p) for p in student.parameters()}
+
+
 def test_bad_layer_names_list_close_matches() -> None:
     teacher, student = _pair()
     with pytest.raises(LayerNotFoundError) as err:
@@ -524,7 +550,7 @@ def test_bad_layer_names_list_close_matches() -> None:
     with pytest.raises(ValueError, match="same object"):
         gp.AttentionDistiller(student, torch.compile(student, backend="eager"), LAYERS)
     with pytest.raises(ValueError, match="more than once"):
-        gp.AttentionDistiller(teacher, student, ["stem", "module.stem"])
+        gp.AttentionDistiller(teacher, torch.compile(student, backend="eager"), ["stem", "_orig_mod.stem"])
     with pytest.raises(ValueError, match="weights has 2 values"):
         gp.AttentionDistiller(teacher, student, LAYERS, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="not distilled"):
@@ -560,7 +586,7 @@ def test_loss_before_forward_and_nan_feature_named() -> None:
     with torch.no_grad():
         teacher.stage1.conv.weight[0, 0, 0, 0] = float("nan")
     d(torch.randn(1, 3, 16, 16))
-    with pytest.raises(NonFiniteFeatureError, match="layer 'stage1' of the teacher"):
+    with pytest.raises(NonFiniteError, match="layer 'stage1' of the teacher"):
         d.loss()
 
 

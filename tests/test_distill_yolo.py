@@ -9,9 +9,8 @@ import torch
 
 import grouppruner as gp
 import grouppruner.detection
+from grouppruner.detection import box_foreground, boxes_to_grid_mask, yolov4
 from grouppruner.detection.distill import YoloOutputDistill
-from grouppruner.detection.yolov4 import yolov4
-from grouppruner.distill import boxes_to_grid_mask
 
 
 def _sig(v: float) -> float:
@@ -126,7 +125,7 @@ def test_attention_and_output_distill_on_yolov4_student() -> None:
         grid = (32 // stride, 64 // stride)
         assert distiller.student_recorder.grids[name] == grid
         assert distiller.recorded_bytes()[f"student/{name}"] == 2 * grid[0] * grid[1] * 4
-    attention, per_layer = distiller.loss(boxes=[t["boxes"] for t in targets])
+    attention, per_layer = distiller.loss(mask=box_foreground([t["boxes"] for t in targets], images.shape[-2:]))
     # The box weighting uses each layer's own stride: recompute one layer by hand.
     name = "neck.pan_out16"
     fg = boxes_to_grid_mask([t["boxes"] for t in targets], (2, 4), 16).flatten(1)

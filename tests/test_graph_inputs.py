@@ -151,9 +151,16 @@ def test_not_a_module() -> None:
         ChannelGraph(lambda x: x, torch.randn(1, 3, 8, 8))  # type: ignore[arg-type]
 
 
-def test_data_parallel_wrapper_rejected() -> None:
-    with pytest.raises(TypeError, match=r"model\.module"):
-        ChannelGraph(nn.DataParallel(ZOO["plain"]()), example_input())
+def test_wrappers_are_seen_through() -> None:
+    """One wrapper policy: the graph of a DataParallel / compiled model is the wrapped model's, names included."""
+    model = ZOO["plain"]()
+    plain = ChannelGraph(model, example_input(), ignore=["backbone.1"])
+    for wrapped, prefix in ((nn.DataParallel(model), "module."), (torch.compile(model, backend="eager"), "_orig_mod.")):
+        graph = ChannelGraph(wrapped, example_input(), ignore=[prefix + "backbone.1"])
+        assert graph.model is model
+        assert [(g.name, g.prunable) for g in graph.channel_groups] == [
+            (g.name, g.prunable) for g in plain.channel_groups
+        ]
 
 
 def test_wrong_input_shape_wraps_model_error() -> None:

@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 import grouppruner as gp
-from grouppruner.budget import kept_count, removal_order, solve_cut
 from grouppruner.graph import ChannelGraph
-from grouppruner.plan import PruningPlan, applied_plans, model_fingerprint
 from grouppruner.profile import count_macs, count_params
-from grouppruner.pruning import GroupPruner, rebuild_optimizer
+from grouppruner.pruning import GroupPruner, PruningPlan, applied_plans, model_fingerprint, rebuild_optimizer
+from grouppruner.pruning.budget import kept_count, removal_order, solve_cut
 from test_pruning_nets import CBA, gamma_zero_reference, random_detector, randomize_bn
 from zoo import ZOO, MiniDetector, ResNetTiny
 

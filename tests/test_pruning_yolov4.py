@@ -15,7 +15,7 @@ from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner
 
-detection = pytest.importorskip("grouppruner.detection.yolov4")
+detection = pytest.importorskip("grouppruner.detection")
 
 INPUT = torch.zeros(1, 3, 416, 416)
 

@@ -23,8 +23,8 @@ from grouppruner.sparsity import (
     NonFiniteError,
     Schedule,
     Step,
-    _quantile_cut,
 )
+from grouppruner.sparsity.schedules import _quantile_cut
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from grouppruner._wrappers import unwrap
+from grouppruner._utils.wrappers import unwrap
 
 
 class HasModuleChild(nn.Module):

@@ -1,15 +1,17 @@
 """grouppruner: structured compression of CNN object detectors.
 
-The four stages, each in its own module:
+The method's four stages, one package each, in the order the data flows:
 
-- :mod:`grouppruner.graph` -- which channels must be pruned together (``ChannelGraph``, ``ChannelGroup``);
+- :mod:`grouppruner.graph` -- which channels must be pruned together (``ChannelGraph``, ``ChannelGroup``) and
+  the partition into layer groups;
 - :mod:`grouppruner.sparsity` -- scheduled L1 on BatchNorm scales (``BNSparsity`` and its schedules);
-- :mod:`grouppruner.pruning` -- group channel pruning (``GroupPruner``, ``PruningPlan``), saved with
-  :mod:`grouppruner.checkpoint` (``save_pruned``, ``load_pruned``);
+- :mod:`grouppruner.pruning` -- group channel pruning (``GroupPruner``, ``PruningPlan``, ``Importance``), saved
+  with :mod:`grouppruner.checkpoint` (``save_pruned``, ``load_pruned``);
 - :mod:`grouppruner.distill` -- spatial-attention distillation (``spatial_attention``, ``AttentionDistiller``).
 
 :mod:`grouppruner.profile` measures parameters, MACs, size and latency; :mod:`grouppruner.plot` (extra ``plot``)
-draws gamma histograms; :mod:`grouppruner.detection` (extra ``detection``) is the reference YOLOv4.
+draws gamma histograms; :mod:`grouppruner.detection` (extra ``detection``) is the reference YOLOv4. Every error
+raised on purpose derives from :class:`GroupPrunerError`.
 """
 
 from __future__ import annotations
@@ -17,22 +19,26 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import checkpoint, distill, graph, profile, pruning, sparsity
+from ._utils.errors import GroupPrunerError, NonFiniteError
 from .checkpoint import CheckpointError, load_pruned, save_pruned
 from .distill import AttentionDistiller, spatial_attention
 from .graph import ChannelGraph, ChannelGroup, GraphError, LayerRef
-from .plan import PruningPlan, applied_plans
-from .pruning import GroupPruner, rebuild_optimizer
+from .pruning import BNScale, GroupPruner, Importance, PruningPlan, applied_plans, rebuild_optimizer
 from .sparsity import BNSparsity
 
 __all__ = [
     "AttentionDistiller",
+    "BNScale",
     "BNSparsity",
     "ChannelGraph",
     "ChannelGroup",
     "CheckpointError",
     "GraphError",
     "GroupPruner",
+    "GroupPrunerError",
+    "Importance",
     "LayerRef",
+    "NonFiniteError",
     "PruningPlan",
     "__version__",
     "applied_plans",

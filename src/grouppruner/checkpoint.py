@@ -25,7 +25,8 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from .plan import PruningPlan, applied_plans, model_fingerprint
+from ._utils.errors import CheckpointError
+from .pruning.plan import PruningPlan, applied_plans, model_fingerprint
 
 __all__ = ["CheckpointError", "atomic_write", "load_pruned", "read_meta", "save_pruned"]
 
@@ -35,10 +36,6 @@ _FORMAT = "grouppruner.pruned"
 _VERSION = 1
 _META = "grouppruner/meta"
 _STATE = "state/"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is not a grouppruner checkpoint, is damaged, or belongs to another architecture."""
 
 
 @contextmanager

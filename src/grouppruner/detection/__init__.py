@@ -6,7 +6,8 @@ Needs the ``detection`` extra (``pip install grouppruner[detection]``). The core
 - training: :class:`YoloLoss`, :func:`kmeans_anchors`, :func:`train_one_epoch`, :func:`evaluate`;
 - inference: :func:`decode`, :func:`batched_nms`, ``YOLOv4.predict``;
 - data: :class:`VOCDetection`, :func:`collate`, :func:`make_synthetic_voc`, :func:`voc_eval`;
-- recovery: :class:`YoloOutputDistill` (output-level distillation);
+- recovery: :class:`YoloOutputDistill` (output-level distillation), :func:`box_foreground` (foreground masks
+  for attention distillation);
 - the whole method: :func:`run_recipe`, :class:`RecipeConfig`.
 """
 
@@ -17,12 +18,13 @@ from __future__ import annotations
 from .data import VOC_CLASSES, VOCDataError, VOCDetection, collate
 from .decode import DEFAULT_ANCHORS, batched_nms, decode
 from .distill import YoloOutputDistill
+from .foreground import box_foreground, boxes_to_grid_mask
 from .loss import YoloLoss, kmeans_anchors
 from .metrics import voc_eval
+from .models import YOLOv4, yolov4
 from .recipe import RecipeConfig, StageResult, run_recipe
 from .synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
 from .train import evaluate, train_one_epoch
-from .yolov4 import YOLOv4, yolov4
 
 __all__ = [
     "DEFAULT_ANCHORS",
@@ -36,6 +38,8 @@ __all__ = [
     "YoloLoss",
     "YoloOutputDistill",
     "batched_nms",
+    "box_foreground",
+    "boxes_to_grid_mask",
     "collate",
     "decode",
     "evaluate",

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .decode import split_head_map
 from .loss import YoloLoss, _targets_tensor
-from .yolov4 import YOLOv4
+from .models import YOLOv4
 
 __all__ = ["YoloOutputDistill"]
 

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decode import split_head_map
-from .yolov4 import DEFAULT_ANCHORS
+from .decode import DEFAULT_ANCHORS, split_head_map
 
 __all__ = ["YoloLoss", "ciou", "kmeans_anchors"]
 

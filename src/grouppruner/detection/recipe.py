@@ -33,9 +33,9 @@ from ..pruning import GroupPruner
 from ..sparsity import BNSparsity, Dynamic
 from .data import VOCDetection, collate
 from .loss import YoloLoss, kmeans_anchors
+from .models import YOLOv4, yolov4
 from .synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
 from .train import evaluate, train_one_epoch
-from .yolov4 import YOLOv4, yolov4
 
 __all__ = ["STAGES", "RecipeConfig", "StageResult", "run_recipe"]
 

@@ -6,7 +6,6 @@ model order, where ``owners[c]`` is the layer-group index of channel ``c`` or ``
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._utils.names import select_modules
+
 if TYPE_CHECKING:
-    from .graph import ChannelGraph, ChannelGroup
+    from ..graph import ChannelGraph, ChannelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -26,31 +27,11 @@ Layers = list[tuple[str, _BatchNorm, list[int]]]
 
 
 def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], bool]:
-    """Predicate on module names; unknown names/patterns are an error listing close matches."""
-    names = [n for n, _ in model.named_modules() if n]
-    by_id = {id(m): n for n, m in model.named_modules()}
-    prefixes: list[str] = []
-    patterns: list[str] = []
-    for item in exclude:
-        if isinstance(item, nn.Module):
-            if id(item) not in by_id:
-                raise ValueError(f"exclude: module {type(item).__name__} is not part of the model")
-            prefixes.append(by_id[id(item)])
-        elif isinstance(item, str):
-            if item in names:
-                prefixes.append(item)
-            elif any(ch in item for ch in "*?[") and any(fnmatch.fnmatchcase(n, item) for n in names):
-                patterns.append(item)
-            else:
-                close = difflib.get_close_matches(item, names, n=5)
-                raise ValueError(f"exclude: no module named or matching {item!r}; close matches: {close}")
-        else:
-            raise TypeError(f"exclude entries must be modules or names, got {type(item)!r}")
+    """Predicate on module names: the named modules and their submodules are excluded."""
+    prefixes = select_modules(dict(model.named_modules()), list(exclude), option="exclude")
 
     def excluded(name: str) -> bool:
-        return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes) or any(
-            fnmatch.fnmatchcase(name, pat) for pat in patterns
-        )
+        return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes)
 
     return excluded
 

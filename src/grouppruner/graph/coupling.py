@@ -1,19 +1,16 @@
-"""Internals of :mod:`grouppruner.graph`: index propagation, coupled channel units, removal.
+"""Coupled channels: index propagation through the dependency graph, and the units that form channel groups.
 
-Torch-Pruning's ``DependencyGraph`` is built once (:mod:`._graph_trace`). Its dependencies and index mappings
+Torch-Pruning's ``DependencyGraph`` is built once (:mod:`.tracing`). Its dependencies and index mappings
 (concat, split, slice, flatten) are then walked here, from every Conv/Linear output, to collect which channel of
 which layer follows which channel of the root layer. Channels that must go together beyond what Torch-Pruning
 models (the equal parts of a ``chunk`` / ``split`` / slice written in ``forward()``, the groups of a grouped
 convolution or of a ``GroupNorm``) are merged into *units* with a union-find; one unit is one channel of the
 public ``ChannelGroup``.
 
-Removal calls Torch-Pruning's per-layer pruning functions directly on the member layers and shifts the
-stored indices of every group that shares a layer, so the graph is never rebuilt.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,7 +21,8 @@ from torch_pruning import ops
 from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency.node import Node
 
-from ._graph_trace import Trace, module_near, split_sizes
+from .repair import split_sizes
+from .tracing import Trace, module_near
 
 Dim = Literal["out", "in"]
 
@@ -322,33 +320,3 @@ def _stride(tr: Trace, module: nn.Module) -> int | None:
             return None
         strides.add(max(1, round(max(tr.input_hw[0] / shape[2], tr.input_hw[1] / shape[3]))))
     return strides.pop() if len(strides) == 1 else None
-
-
-def prune_layers(
-    modules: dict[str, nn.Module],
-    pruners: dict[str, Any],
-    removed: dict[tuple[str, Dim], list[int]],
-) -> None:
-    """Physically remove channels with Torch-Pruning's per-layer functions, keeping ``requires_grad`` flags.
-
-    ``pruners`` holds the pruning function set chosen for each layer when the graph was built: a grouped conv
-    whose output shrinks to one channel per group must not turn into a depthwise conv for Torch-Pruning.
-    """
-    done: set[str] = set()
-    for (name, dim), idxs in removed.items():
-        module = modules[name]
-        pruner = pruners[name]
-        same_fn = pruner.prune_out_channels == pruner.prune_in_channels
-        if same_fn and name in done:
-            continue
-        flags = {pname: p.requires_grad for pname, p in module.named_parameters(recurse=False)}
-        fn = pruner.prune_out_channels if dim == "out" or same_fn else pruner.prune_in_channels
-        fn(module, sorted(idxs))
-        for pname, p in module.named_parameters(recurse=False):
-            p.requires_grad_(flags.get(pname, True))
-        done.add(name)
-
-
-def shift(indices: Sequence[int], removed_sorted: Sequence[int]) -> list[int]:
-    """Indices after removing ``removed_sorted`` channels from a layer (none of ``indices`` is removed)."""
-    return [i - bisect.bisect_left(removed_sorted, i) for i in indices]

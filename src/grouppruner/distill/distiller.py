@@ -1,16 +1,10 @@
-"""Spatial-attention distillation: a frozen teacher teaches a (pruned) student through attention maps.
-
-For a feature map ``F`` of shape ``(N, C, H, W)`` the spatial attention map is
-
-``A(F) = normalize_L2(mean_c |F|^p).view(N, H*W)``
-
-It is aggregated over channels, so a pruned student with fewer channels can still be compared with the original
-teacher layer by layer. `AttentionDistiller` hooks the chosen layers of both models, keeps only the maps
-(``N * H * W`` fp32 values per layer, never the feature) and returns the weighted per-layer loss.
+"""The distiller: :class:`AttentionDistiller` runs a frozen teacher and a student on the same inputs and returns the
+weighted difference of their spatial attention maps on chosen layers.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -19,228 +13,22 @@ from typing import Any, Literal, TypeAlias
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from ._distill_impl import (
-    ChannelEnergy,
-    first_device,
-    grid_stride,
-    missing_message,
-    strip_wrapper_prefix,
-)
-from ._wrappers import unwrap
+from .._utils.errors import DistillerStateError, LayerNotFoundError, LayerOutputError, NonFiniteError
+from .._utils.names import close_matches
+from .._utils.wrappers import inner_name, unwrap
+from .recorder import AttentionRecorder, Selector
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "AttentionDistiller",
-    "AttentionRecorder",
-    "DistillerStateError",
-    "LayerNotFoundError",
-    "LayerOutputError",
-    "NonFiniteFeatureError",
-    "boxes_to_grid_mask",
-    "spatial_attention",
-]
-
-Selector: TypeAlias = "int | str | Callable[[Any], Tensor]"
-"""Picks the feature map out of a layer output that is not a plain tensor: an index, a key or a callable."""
+__all__ = ["AttentionDistiller", "ForegroundMask", "LossKind", "ResizeMode"]
 
 LossKind: TypeAlias = Literal["mse", "l1"]
 ResizeMode: TypeAlias = Literal["bilinear", "area"]
-
-
-class LayerNotFoundError(KeyError):
-    """A requested layer name does not exist in the teacher or the student."""
-
-    def __str__(self) -> str:
-        # KeyError would print the repr of the message; keep it readable.
-        return str(self.args[0]) if self.args else ""
-
-
-class LayerOutputError(TypeError):
-    """A hooked layer produced something other than one (N, C, H, W) tensor, or ran twice in one forward."""
-
-
-class NonFiniteFeatureError(ValueError):
-    """A hooked feature map contains NaN or Inf."""
-
-
-class DistillerStateError(RuntimeError):
-    """The distiller was used out of order (``loss()`` before a forward, use after ``remove()``)."""
-
-
-def spatial_attention(feature: Tensor, *, p: float = 2.0) -> Tensor:
-    """Spatial attention map of a feature map, computed in fp32 whatever the input dtype (fp64 stays fp64).
-
-    ``A = normalize_L2(mean_c |F|^p)`` flattened over space. The map does not change when channels are
-    permuted or duplicated, nor when the feature is multiplied by a positive constant. An all-zero feature
-    gives an all-zero map.
-
-    Args:
-        feature: ``(N, C, H, W)`` feature map (any floating dtype, autocast or not).
-        p: exponent applied to ``|F|`` before averaging over channels (paper: 2).
-
-    Returns:
-        ``(N, H*W)`` fp32 map (fp64 for an fp64 feature), each row of unit L2 norm (or zero). Exact for
-        feature magnitudes from about 1e-18 to 1e18 (``p = 2``); beyond, fp32 under/overflows.
-
-    Raises:
-        TypeError: ``feature`` is not a tensor.
-        ValueError: ``feature`` is not 4-D or ``p`` is not a positive finite number.
-    """
-    if not isinstance(feature, Tensor):
-        raise TypeError(f"spatial_attention expects a tensor, got {type(feature).__name__}")
-    if feature.dim() != 4:
-        raise ValueError(f"spatial_attention expects an (N, C, H, W) feature map, got shape {tuple(feature.shape)}")
-    if not (isinstance(p, int | float) and math.isfinite(p) and p > 0):
-        raise ValueError(f"p must be a positive finite number, got {p!r}")
-    if feature.shape[-2] * feature.shape[-1] == 0:
-        raise ValueError(f"spatial_attention got an empty spatial grid, shape {tuple(feature.shape)}")
-    if not feature.is_floating_point():
-        feature = feature.float()
-    tiny = torch.finfo(torch.float32).tiny
-    # Autocast off: the map must be computed in fp32 from features of any dtype.
-    with torch.autocast(device_type=feature.device.type, enabled=False):
-        energy = ChannelEnergy.apply(feature, float(p)).flatten(1)  # type: ignore[no-untyped-call]
-        # The normalised map does not depend on the scale of the energy (nor on the 1/C of the mean): divide by the
-        # per-sample peak first (detached: the result does not depend on it, so gradients stay exact) so that the
-        # L2 norm of tiny energies (an untrained teacher in eval mode emits ~1e-10 features) does not underflow.
-        peak = energy.detach().amax(dim=1, keepdim=True).clamp_min(tiny)
-        return F.normalize(energy / peak, p=2.0, dim=1, eps=tiny)
-
-
-def boxes_to_grid_mask(
-    boxes: Sequence[Tensor],
-    grid_size: tuple[int, int],
-    stride: float | tuple[float, float],
-) -> Tensor:
-    """Foreground mask of ground-truth boxes on a feature grid.
-
-    Cell ``(i, j)`` (row ``i``, column ``j``) covers input pixels ``y in [i*sy, (i+1)*sy)``,
-    ``x in [j*sx, (j+1)*sx)``; it is foreground when it overlaps a box with positive area, so even a box smaller
-    than a cell marks at least one cell.
-
-    Args:
-        boxes: ``N`` tensors of shape ``(M_i, 4)``, ``x1, y1, x2, y2`` in input pixels (``M_i`` may be 0).
-        grid_size: ``(H, W)`` of the feature grid (rows, columns).
-        stride: input pixels per cell, one number or ``(sy, sx)``.
-
-    Returns:
-        ``(N, H, W)`` float mask with values in ``{0, 1}``.
-
-    Raises:
-        ValueError: a box tensor is not ``(M, 4)`` or the stride is not positive.
-    """
-    height, width = grid_size
-    sy, sx = (stride, stride) if isinstance(stride, int | float) else stride
-    if sy <= 0 or sx <= 0:
-        raise ValueError(f"stride must be positive, got {stride!r}")
-    masks = []
-    for index, image_boxes in enumerate(boxes):
-        if image_boxes.dim() != 2 or image_boxes.shape[-1] != 4:
-            raise ValueError(f"boxes[{index}] must have shape (M, 4) xyxy, got {tuple(image_boxes.shape)}")
-        b = image_boxes.detach().float()
-        rows = torch.arange(height, device=b.device, dtype=torch.float32)
-        cols = torch.arange(width, device=b.device, dtype=torch.float32)
-        # Strict inequalities: a box edge lying exactly on a cell border does not claim the next cell.
-        in_rows = (b[:, 1, None] < (rows + 1) * sy) & (b[:, 3, None] > rows * sy)  # (M, H)
-        in_cols = (b[:, 0, None] < (cols + 1) * sx) & (b[:, 2, None] > cols * sx)  # (M, W)
-        cover = (in_rows[:, :, None] & in_cols[:, None, :]).any(dim=0)  # (H, W)
-        masks.append(cover.float())
-    if not masks:
-        raise ValueError("boxes is empty: expected one (M, 4) tensor per image")
-    return torch.stack(masks)
-
-
-def _select_feature(output: Any, selector: Selector | None, layer: str, role: str) -> Tensor:
-    feature = output
-    if selector is not None:
-        feature = selector(output) if callable(selector) else output[selector]
-    if not isinstance(feature, Tensor):
-        raise LayerOutputError(
-            f"layer {layer!r} of the {role} produced {type(feature).__name__}, not a tensor; pass "
-            f"select={{{layer!r}: index_or_callable}} to pick the (N, C, H, W) feature out of it"
-        )
-    if feature.dim() != 4:
-        raise LayerOutputError(
-            f"layer {layer!r} of the {role} produced a tensor of shape {tuple(feature.shape)}; spatial attention "
-            f"needs an (N, C, H, W) feature map (hook a convolutional layer, or pass select={{{layer!r}: ...}})"
-        )
-    return feature
-
-
-class AttentionRecorder:
-    """Forward hooks on named layers of one model that record only their spatial attention maps.
-
-    While `active`, each hooked layer stores ``spatial_attention(output)`` (``(N, H*W)`` fp32) in
-    `maps` and its grid ``(H, W)`` in `grids`; the feature itself is never kept.
-
-    Args:
-        model: the (unwrapped) model owning the layers.
-        layers: qualified module names to hook.
-        role: ``"teacher"`` or ``"student"``, used in error messages.
-        p: exponent of `spatial_attention`.
-        select: optional per-layer selector for layers whose output is not a tensor.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layers: Sequence[str],
-        *,
-        role: str,
-        p: float = 2.0,
-        select: Mapping[str, Selector] | None = None,
-    ) -> None:
-        self.role = role
-        self.p = p
-        self.active = False
-        self.maps: dict[str, Tensor] = {}
-        self.grids: dict[str, tuple[int, int]] = {}
-        self._handles: list[RemovableHandle] = []
-        modules = dict(model.named_modules())
-        select = select or {}
-        for name in layers:
-            hook = self._make_hook(name, select.get(name))
-            self._handles.append(modules[name].register_forward_hook(hook))
-
-    def _make_hook(self, name: str, selector: Selector | None) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.active:
-                return
-            if name in self.maps:
-                raise LayerOutputError(
-                    f"layer {name!r} of the {self.role} ran more than once in one forward (a shared module?); "
-                    "hook a module that runs once per forward"
-                )
-            feature = _select_feature(output, selector, name, self.role)
-            self.maps[name] = spatial_attention(feature, p=self.p)
-            self.grids[name] = (int(feature.shape[-2]), int(feature.shape[-1]))
-
-        return hook
-
-    def clear(self) -> None:
-        """Drop the recorded maps (and the autograd graph they hold)."""
-        self.maps.clear()
-        self.grids.clear()
-
-    def nbytes(self) -> dict[str, int]:
-        """Bytes held per layer: the size of each recorded map's storage (``N * H * W * 4``)."""
-        return {name: m.untyped_storage().nbytes() for name, m in self.maps.items()}
-
-    def remove(self) -> None:
-        """Remove every hook and drop the records."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.clear()
-        self.active = False
-
-    @property
-    def num_hooks(self) -> int:
-        """Number of hooks still registered."""
-        return len(self._handles)
+ForegroundMask: TypeAlias = "Tensor | Callable[[tuple[int, int]], Tensor]"
+"""A foreground mask for :meth:`AttentionDistiller.loss`: an ``(N, 1, H, W)`` tensor in ``[0, 1]`` at any
+resolution (area-resized to each layer's grid), or a callable ``grid (H, W) -> (N, H, W)`` mask on that grid
+(e.g. :func:`grouppruner.detection.box_foreground` for ground-truth boxes)."""
 
 
 class AttentionDistiller(nn.Module):
@@ -274,8 +62,8 @@ class AttentionDistiller(nn.Module):
             ``"bilinear"`` or ``"area"`` resize the student's map to the teacher's grid (then renormalise).
         select: per-layer selector (by student name) for layers whose output is a tuple / list / dict:
             an index or key, or a callable returning the ``(N, C, H, W)`` feature. Applied to both models.
-        fg_weight: weight of foreground cells when `loss` gets a mask or boxes.
-        bg_weight: weight of background cells when `loss` gets a mask or boxes.
+        fg_weight: weight of foreground cells when `loss` gets a mask.
+        bg_weight: weight of background cells when `loss` gets a mask.
         check_finite: check the per-layer losses for NaN/Inf in `loss` (one device sync per step) and
             raise an error naming the layer and the model at fault.
 
@@ -323,8 +111,8 @@ class AttentionDistiller(nn.Module):
         if not (fg_weight >= 0 and bg_weight >= 0 and fg_weight + bg_weight > 0):
             raise ValueError(f"fg_weight and bg_weight must be >= 0 and not both 0, got {fg_weight}, {bg_weight}")
 
-        self.pairs = self._resolve_layers(layers, student_root, teacher_root)
-        self.layer_weights = self._resolve_weights(weights, [s for s, _ in self.pairs])
+        self.pairs = self._resolve_layers(layers, student, teacher)
+        self.layer_weights = self._resolve_weights(weights, [s for s, _ in self.pairs], student)
         self.p = float(p)
         self.loss_kind: LossKind = loss
         self.resize: ResizeMode | None = resize
@@ -336,7 +124,8 @@ class AttentionDistiller(nn.Module):
         # The teacher needs no gradient synchronisation (and DataParallel replicas would each record a shard),
         # so a DDP / DataParallel teacher is run unwrapped; a compiled teacher keeps its compiled forward.
         parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-        self.teacher = teacher.module if isinstance(teacher, parallel) else teacher
+        # Kept out of the module tree: the distiller's state_dict / parameters / .to() are the student's alone.
+        object.__setattr__(self, "teacher", teacher.module if isinstance(teacher, parallel) else teacher)
         self.teacher.eval()
         self.teacher.requires_grad_(False)
 
@@ -371,33 +160,35 @@ class AttentionDistiller(nn.Module):
             raw = [(str(n), str(n)) for n in layers]
         if not raw:
             raise ValueError("layers is empty: name at least one layer to distil")
-        pairs = [(strip_wrapper_prefix(s), strip_wrapper_prefix(t)) for s, t in raw]
+        pairs = [(inner_name(student, s), inner_name(teacher, t)) for s, t in raw]
         student_names = [s for s, _ in pairs]
         duplicates = sorted({s for s in student_names if student_names.count(s) > 1})
         if duplicates:
             raise ValueError(f"layers names these student layers more than once: {duplicates}")
-        student_modules = dict(student.named_modules())
-        teacher_modules = dict(teacher.named_modules())
+        student_modules = dict(unwrap(student).named_modules())
+        teacher_modules = dict(unwrap(teacher).named_modules())
         missing_s = [s for s, _ in pairs if s not in student_modules]
         missing_t = [t for _, t in pairs if t not in teacher_modules]
         messages = []
         if missing_s:
-            messages.append(missing_message(missing_s, "student", student))
+            messages.append(_missing_message(missing_s, "student", unwrap(student)))
         if missing_t:
-            messages.append(missing_message(missing_t, "teacher", teacher))
+            messages.append(_missing_message(missing_t, "teacher", unwrap(teacher)))
         if messages:
             raise LayerNotFoundError("\n".join(messages))
         return pairs
 
     @staticmethod
-    def _resolve_weights(weights: Mapping[str, float] | Sequence[float] | None, names: list[str]) -> dict[str, float]:
+    def _resolve_weights(
+        weights: Mapping[str, float] | Sequence[float] | None, names: list[str], student: nn.Module
+    ) -> dict[str, float]:
         if weights is None:
             resolved = dict.fromkeys(names, 1.0)
         elif isinstance(weights, Mapping):
-            unknown = sorted(set(map(strip_wrapper_prefix, weights)) - set(names))
+            unknown = sorted({inner_name(student, k) for k in weights} - set(names))
             if unknown:
                 raise ValueError(f"weights names layers that are not distilled: {unknown}; layers: {names}")
-            given = {strip_wrapper_prefix(k): float(v) for k, v in weights.items()}
+            given = {inner_name(student, k): float(v) for k, v in weights.items()}
             resolved = {n: given.get(n, 1.0) for n in names}
         else:
             if len(weights) != len(names):
@@ -514,13 +305,7 @@ class AttentionDistiller(nn.Module):
         out.update({f"teacher/{n}": b for n, b in self.teacher_recorder.nbytes().items()})
         return out
 
-    def loss(
-        self,
-        *,
-        mask: Tensor | None = None,
-        boxes: Sequence[Tensor] | None = None,
-        input_size: tuple[int, int] | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, *, mask: ForegroundMask | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted distillation loss over the recorded layers.
 
         Per layer, with ``d = (A_t - A_s)^2`` (``|A_t - A_s|`` for ``loss="l1"``) of shape ``(N, H*W)``:
@@ -528,11 +313,10 @@ class AttentionDistiller(nn.Module):
         elsewhere) the weighted mean ``sum(w * d) / sum(w)``. Total = ``sum_l weight_l * loss_l``.
 
         Args:
-            mask: optional ``(N, 1, Hm, Wm)`` foreground mask in ``[0, 1]`` at any resolution covering the input
-                (usually the input's); area-resized to each layer's grid.
-            boxes: optional ground-truth boxes, ``N`` tensors ``(M_i, 4)`` xyxy in input pixels; mapped to each
-                layer's grid with the layer's stride (input size / grid size) by `boxes_to_grid_mask`.
-            input_size: ``(H, W)`` of the input for ``boxes``; default: the 4-D tensor given to the last forward.
+            mask: optional foreground: an ``(N, 1, Hm, Wm)`` mask in ``[0, 1]`` at any resolution covering the
+                input (usually the input's), area-resized to each layer's grid; or a callable
+                ``grid (H, W) -> (N, H, W)`` mask on that grid (ground-truth boxes:
+                :func:`grouppruner.detection.box_foreground`).
 
         Returns:
             ``(total, per_layer)``: the scalar fp32 loss (differentiable w.r.t. the student) and the unweighted
@@ -540,26 +324,20 @@ class AttentionDistiller(nn.Module):
 
         Raises:
             DistillerStateError: no forward since construction / the last `clear`.
-            NonFiniteFeatureError: a feature had NaN / Inf (names the layer and the model).
-            ValueError: both ``mask`` and ``boxes`` given, or their shapes do not match the batch.
+            NonFiniteError: a feature had NaN / Inf (names the layer and the model).
+            ValueError: the mask's shape does not match the batch or the grid.
         """
         if not self.student_recorder.maps:
             raise DistillerStateError(
                 "loss() called before any forward: call outputs = distiller(inputs) first in each step"
             )
-        if mask is not None and boxes is not None:
-            raise ValueError("pass either mask or boxes, not both")
-        if boxes is not None:
-            input_size = input_size or self.input_size
-            if input_size is None:
-                raise ValueError("boxes need input_size=(H, W): the last forward had no 4-D tensor input")
         per_layer: dict[str, Tensor] = {}
         for s, t in self.pairs:
             a_t = self.teacher_recorder.maps[t]
             a_s = self._student_map(s, self.teacher_recorder.grids[t])
             diff = (a_t - a_s).square() if self.loss_kind == "mse" else (a_t - a_s).abs()
             grid = self.teacher_recorder.grids[t]
-            fg = self._foreground(mask, boxes, input_size, grid, diff)
+            fg = self._foreground(mask, grid, diff)
             if fg is None:
                 per_layer[s] = diff.mean()
             else:
@@ -590,38 +368,31 @@ class AttentionDistiller(nn.Module):
         # Resizing is linear, so renormalising gives the map of the resized energy.
         return F.normalize(image.flatten(1), p=2.0, dim=1)
 
-    def _foreground(
-        self,
-        mask: Tensor | None,
-        boxes: Sequence[Tensor] | None,
-        input_size: tuple[int, int] | None,
-        grid: tuple[int, int],
-        like: Tensor,
-    ) -> Tensor | None:
-        """``(N, H*W)`` foreground fraction of each cell of ``grid``, or None without mask / boxes."""
+    def _foreground(self, mask: ForegroundMask | None, grid: tuple[int, int], like: Tensor) -> Tensor | None:
+        """``(N, H*W)`` foreground fraction of each cell of ``grid``, or None without a mask."""
+        if mask is None:
+            return None
         batch = like.shape[0]
-        if mask is not None:
-            if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != batch:
-                raise ValueError(f"mask must have shape ({batch}, 1, H, W), got {tuple(mask.shape)}")
-            fg = F.interpolate(mask.detach().to(like.device, torch.float32), size=grid, mode="area")
-            return fg.flatten(1)
-        if boxes is not None:
-            if len(boxes) != batch:
-                raise ValueError(f"boxes has {len(boxes)} entries for a batch of {batch}")
-            assert input_size is not None  # checked in loss()
-            stride = (grid_stride(input_size[0], grid[0]), grid_stride(input_size[1], grid[1]))
-            return boxes_to_grid_mask(boxes, grid, stride).to(like.device).flatten(1)
-        return None
+        if callable(mask):
+            fg = mask(grid)
+            if not isinstance(fg, Tensor) or tuple(fg.shape) != (batch, *grid):
+                got = tuple(fg.shape) if isinstance(fg, Tensor) else type(fg).__name__
+                raise ValueError(f"the mask callable must return shape ({batch}, {grid[0]}, {grid[1]}), got {got}")
+            return fg.detach().to(like.device, torch.float32).flatten(1)
+        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != batch:
+            raise ValueError(f"mask must have shape ({batch}, 1, H, W), got {tuple(mask.shape)}")
+        fg = F.interpolate(mask.detach().to(like.device, torch.float32), size=grid, mode="area")
+        return fg.flatten(1)
 
     def _raise_non_finite(self) -> None:
         for s, t in self.pairs:
             for recorder, name in ((self.teacher_recorder, t), (self.student_recorder, s)):
                 if not bool(torch.isfinite(recorder.maps[name]).all()):
-                    raise NonFiniteFeatureError(
+                    raise NonFiniteError(
                         f"the feature of layer {name!r} of the {recorder.role} contains NaN or Inf "
                         "(its attention map is not finite)"
                     )
-        raise NonFiniteFeatureError("the distillation loss is not finite (mask or weights contain NaN / Inf?)")
+        raise NonFiniteError("the distillation loss is not finite (mask or weights contain NaN / Inf?)")
 
     def remove(self) -> None:
         """Remove every hook from both models and drop the records. The distiller cannot be used afterwards."""
@@ -635,3 +406,22 @@ class AttentionDistiller(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def first_device(model: nn.Module) -> torch.device | None:
+    """Device of the first parameter (else buffer) of ``model``; ``None`` for a model without tensors."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return None if first is None else first.device
+
+
+def _missing_message(missing: Sequence[str], role: str, model: nn.Module) -> str:
+    """Error text for layer names absent from ``model``: close matches per name and the available module names."""
+    available = [name for name, _ in model.named_modules() if name]
+    lines = [f"{len(missing)} layer(s) not found in the {role} ({type(model).__name__}):"]
+    for name in missing:
+        close = close_matches(name, available)
+        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        lines.append(f"  {name!r}{hint}")
+    shown = available if len(available) <= 40 else [*available[:40], f"... ({len(available)} in all)"]
+    lines.append(f"available module names: {', '.join(shown)}")
+    return "\n".join(lines)

@@ -1,64 +1,33 @@
-"""Group channel pruning: per-layer-group thresholds on BatchNorm scales, budgets, beta folding, physical removal.
+"""The pruner: :class:`GroupPruner` plans (per-layer-group thresholds, budgets) and applies group channel pruning.
 
-Typical use after sparse training::
-
-    graph = gp.ChannelGraph(model, torch.zeros(1, 3, 416, 416))
-    pruner = gp.GroupPruner(graph, min_channels=8, round_to=8)
-    plan = pruner.plan(target_params=0.35)      # or ratios={...}, thresholds={...}, target_macs=...
-    table = plan.summary()                      # per layer group: threshold, channels before -> after
-    pruner.apply(plan)                          # model is now physically smaller
-    optimizer = gp.pruning.rebuild_optimizer(optimizer, model)
-
-Scores: each channel group (channels that must go together, from :class:`grouppruner.graph.ChannelGraph`) gets
-one score per channel. With ``importance="bn_l1"`` every BatchNorm of the group gives a row ``|gamma|``; the rows
-are combined by ``coupling``: ``"mean"``, ``"max"`` or ``"vote"`` (the authors' majority vote over per-layer
-masks: a channel stays when at least half of its BatchNorms keep it, which equals thresholding the
-``ceil(L / 2)``-th largest of its ``L`` scores). A channel is removed when its score is below its layer group's
-threshold, unless ``min_channels`` (a hard per-group, hence per-layer, minimum) or ``round_to`` keep it; the
-channels kept are always the highest-scoring ones.
+Scores come from an importance (:mod:`.importance`); budgets are solved by :mod:`.budget`; plans are
+:mod:`.plan` records; applying folds removed channels (:mod:`.folding`) and removes them (:mod:`.apply`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .budget import CostModel, kept_count, record_positions, removal_order, solve_cut
+from ..graph import ChannelGraph, ChannelGroup
+from ..profile import record_positions
+from .apply import apply_structure, check_plan
+from .budget import CostModel, kept_count, removal_order, solve_cut
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
-from .graph import ChannelGraph, ChannelGroup
-from .plan import (
-    ChannelGroupPlan,
-    LayerGroupPlan,
-    PruningPlan,
-    applied_plans,
-    model_fingerprint,
-    record_plan,
-)
+from .importance import COUPLINGS, BNScale, Coupling, CustomImportance, Importance, ScoreFn
+from .optimizer import remember_parameter_names
+from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint
 
-__all__ = [
-    "GroupPruner",
-    "Importance",
-    "PruningPlan",
-    "applied_plans",
-    "apply_structure",
-    "model_fingerprint",
-    "rebuild_optimizer",
-]
+__all__ = ["GroupPruner"]
 
 logger = logging.getLogger(__name__)
 
-Importance = Callable[[nn.Module, ChannelGroup], torch.Tensor]
-"""A custom importance: ``importance(model, group)`` returns scores of shape (group.size,) or (L, group.size)
-(one row per layer, combined by ``coupling``); higher means more important."""
-
-_COUPLINGS = ("mean", "max", "vote")
-_OLD_PARAMS_ATTR = "_grouppruner_old_params"
 _TOLERANCE = 0.01  # target modes: the plan lands within this relative distance of the target, or plan() raises
 
 
@@ -70,15 +39,6 @@ def _input_shapes(example_inputs: Any) -> list[list[int]]:
     return []
 
 
-def _bn_l1(model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
-    rows = []
-    for ref in group.bns:
-        weight = getattr(model.get_submodule(ref.name), "weight", None)
-        if weight is not None:
-            rows.append(weight.detach().abs()[list(ref.indices)])
-    return torch.stack(rows) if rows else None
-
-
 class GroupPruner:
     """Plans and applies group channel pruning on the model of a :class:`~grouppruner.graph.ChannelGraph`.
 
@@ -86,18 +46,20 @@ class GroupPruner:
         graph: the channel graph of the model to prune (it is pruned in place through the graph).
         layer_groups: layer-group name -> channel groups (objects or names); defaults to
             ``graph.layer_groups()``. Channel groups in no layer group are never pruned.
-        importance: ``"bn_l1"`` (|gamma| of the group's BatchNorms; groups without a BatchNorm are left
-            alone) or a callable ``importance(model, group)`` returning (size,) or (L, size) scores.
+        importance: an :class:`~grouppruner.pruning.Importance` (default :class:`~grouppruner.pruning.BNScale`,
+            also spelt ``"bn_l1"``: |gamma| of the group's BatchNorms; groups without a BatchNorm are left
+            alone), or a callable ``importance(model, group)`` returning (size,) or (L, size) scores.
         min_channels: every channel group, hence every layer, keeps at least this many channels (or all of
             them if it has fewer). Never violated.
         round_to: if given, kept channel counts are multiples of it (a group smaller than that keeps all).
-        coupling: how the per-layer scores of a channel group combine: ``"mean"``, ``"max"`` or ``"vote"``.
+        coupling: how the per-layer scores of a channel group combine: ``"mean"`` (default), ``"max"`` or
+            ``"vote"``; for an :class:`~grouppruner.pruning.Importance` object, set it on the object instead.
         example_inputs: inputs for the cost model and the folding probe; defaults to ``graph.example_inputs``.
         forward_fn: ``forward_fn(model, example_inputs)``; defaults to ``graph.forward_fn`` if set.
 
     Raises:
         ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice.
-        TypeError: ``importance`` neither ``"bn_l1"`` nor callable.
+        TypeError: ``importance`` is neither an Importance, ``"bn_l1"`` nor callable.
     """
 
     def __init__(
@@ -105,30 +67,22 @@ class GroupPruner:
         graph: ChannelGraph,
         *,
         layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None = None,
-        importance: str | Importance = "bn_l1",
+        importance: Importance | str | ScoreFn = "bn_l1",
         min_channels: int = 8,
         round_to: int | None = None,
-        coupling: str = "mean",
+        coupling: Coupling | None = None,
         example_inputs: Any = None,
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
-        if isinstance(importance, str):
-            if importance != "bn_l1":
-                raise ValueError(f"GroupPruner: unknown importance {importance!r}; use 'bn_l1' or a callable")
-        elif not callable(importance):
-            raise TypeError(f"GroupPruner: importance must be 'bn_l1' or a callable, got {type(importance)}")
-        if coupling not in _COUPLINGS:
-            raise ValueError(f"GroupPruner: coupling must be one of {_COUPLINGS}, got {coupling!r}")
+        self.importance = _as_importance(importance, coupling)
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
             raise ValueError(f"GroupPruner: min_channels must be an int >= 1, got {min_channels!r}")
         if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
             raise ValueError(f"GroupPruner: round_to must be None or an int >= 1, got {round_to!r}")
         self.graph = graph
         self.model: nn.Module = graph.model
-        self.importance = importance
         self.min_channels = min_channels
         self.round_to = round_to
-        self.coupling = coupling
         self.example_inputs = example_inputs if example_inputs is not None else getattr(graph, "example_inputs", None)
         if self.example_inputs is None:
             raise ValueError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
@@ -171,31 +125,10 @@ class GroupPruner:
         """Coupled score of every channel of ``group``: shape (group.size,), or ``None`` if it cannot be scored.
 
         Raises:
-            ValueError: NaN / infinite scores or a wrong score shape, naming the group.
+            ValueError: a wrong score shape, naming the group.
+            NonFiniteError: NaN / infinite scores, naming the group.
         """
-        if isinstance(self.importance, str):
-            rows = _bn_l1(self.model, group)
-            if rows is None:
-                return None
-        else:
-            rows = torch.as_tensor(self.importance(self.model, group)).detach().float()
-            if rows.dim() == 1:
-                rows = rows.unsqueeze(0)
-        if rows.dim() != 2 or rows.shape[1] != group.size:
-            raise ValueError(
-                f"importance for channel group {group.name!r} has shape {tuple(rows.shape)}, "
-                f"expected ({group.size},) or (L, {group.size})"
-            )
-        if not torch.isfinite(rows).all():
-            raise ValueError(f"importance for channel group {group.name!r} contains NaN or infinite scores")
-        values = rows.cpu().double().numpy()
-        if self.coupling == "mean":
-            return np.asarray(values.mean(axis=0))
-        if self.coupling == "max":
-            return np.asarray(values.max(axis=0))
-        # Majority vote: kept iff >= half of the L per-layer masks keep it, i.e. the ceil(L/2)-th largest passes.
-        majority = math.ceil(values.shape[0] / 2)
-        return np.asarray(-np.sort(-values, axis=0)[majority - 1])
+        return self.importance(self.model, group)
 
     def _check_refs(self, group: ChannelGroup) -> None:
         # A LayerRef pointing outside its layer would corrupt the removal; fail with the culprit named instead.
@@ -445,10 +378,8 @@ class GroupPruner:
             fingerprint=model_fingerprint(self.model),
             mode=mode,
             target=target,
-            importance=self.importance
-            if isinstance(self.importance, str)
-            else getattr(self.importance, "__name__", type(self.importance).__name__),
-            coupling=self.coupling,
+            importance=self.importance.name,
+            coupling=self.importance.coupling,
             min_channels=self.min_channels,
             round_to=self.round_to,
             layer_groups=layer_plans,
@@ -480,7 +411,7 @@ class GroupPruner:
         Raises:
             ValueError: the plan was made for another model (or for this one before it was changed).
         """
-        removals = _check_plan(self.graph, plan)
+        removals = check_plan(self.graph, plan)
         if fold:
             added = fold_removed_channels(
                 self.model,
@@ -492,7 +423,7 @@ class GroupPruner:
             )
             if sorted(added) != sorted(plan.add_bias):
                 raise RuntimeError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
-        _remember_parameter_names(self.model)
+        remember_parameter_names(self.model)
         apply_structure(self.graph, plan, removals=removals, add_bias=not fold)
         logger.info(
             "pruned %d channel groups: params %d -> %d, MACs %d -> %d",
@@ -511,112 +442,19 @@ def _removal_owners(scores: Sequence[np.ndarray]) -> np.ndarray:
     return np.asarray(owner[removal_order(scores)])
 
 
-def _check_plan(graph: ChannelGraph, plan: PruningPlan) -> list[tuple[ChannelGroup, list[int]]]:
-    fingerprint = model_fingerprint(graph.model)
-    if plan.fingerprint != fingerprint:
-        raise ValueError(
-            f"the plan was made for a model with fingerprint {plan.fingerprint}, this model has {fingerprint} "
-            "(another architecture, or a model that was changed after planning)"
-        )
-    removals = []
-    for entry in plan.channel_groups:
-        try:
-            group = graph.group(entry.name)
-        except KeyError as error:
-            raise ValueError(f"the plan names channel group {entry.name!r}, which this graph lacks") from error
-        if group.size != entry.size:
-            raise ValueError(f"channel group {entry.name!r} has {group.size} channels, the plan expects {entry.size}")
-        removals.append((group, entry.removed))
-    return removals
-
-
-def apply_structure(
-    graph: ChannelGraph,
-    plan: PruningPlan,
-    *,
-    removals: Sequence[tuple[ChannelGroup, Sequence[int]]] | None = None,
-    add_bias: bool = True,
-) -> None:
-    """Apply the structural part of ``plan`` (new biases, channel removal) without folding; records the plan.
-
-    This is what ``load_pruned`` replays on a freshly built model before loading the pruned weights.
-
-    Args:
-        graph: channel graph of the model the plan was made for.
-        plan: the plan.
-        removals: precomputed ``(group, removed indices)`` pairs (checked against the plan when ``None``).
-        add_bias: create the zero biases listed in ``plan.add_bias`` (folding creates them itself).
-    """
-    if removals is None:
-        removals = _check_plan(graph, plan)
-    if add_bias:
-        for name in plan.add_bias:
-            module = graph.model.get_submodule(name)
-            weight = module.weight
-            assert isinstance(weight, torch.Tensor)
-            module.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
-    for group, removed in removals:
-        if removed:
-            graph.remove_channels(group.name, list(removed))
-    record_plan(graph.model, plan)
-
-
-def _remember_parameter_names(model: nn.Module) -> None:
-    # Optimizers keep the old parameter objects alive, so their ids stay unique while anyone can ask about them.
-    names: dict[int, str] = model.__dict__.setdefault(_OLD_PARAMS_ATTR, {})
-    names.update({id(p): n for n, p in model.named_parameters()})
-
-
-def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
-    """A new optimizer of the same class and hyper-parameters for the pruned ``model``.
-
-    Pruning replaces the parameters of every pruned layer, so an optimizer created before ``apply`` would keep
-    updating tensors the model no longer uses. Each old parameter is mapped to the model's parameter of the same
-    name; param-group options (lr, weight decay, ...) are kept; biases created by beta folding join the first
-    param group. Optimizer state (momentum buffers) is dropped, since its shapes no longer fit.
-
-    Args:
-        optimizer: the optimizer built for the model before pruning.
-        model: the model after :meth:`GroupPruner.apply`.
-
-    Returns:
-        A fresh optimizer over the model's current parameters.
-
-    Raises:
-        ValueError: an optimizer parameter is neither in the model nor a parameter replaced by pruning.
-    """
-    current = dict(model.named_parameters())
-    by_id = {id(p): p for p in current.values()}
-    old_names: dict[int, str] = model.__dict__.get(_OLD_PARAMS_ATTR, {})
-    used: set[int] = set()
-    groups: list[dict[str, Any]] = []
-    for param_group in optimizer.param_groups:
-        params = []
-        for p in param_group["params"]:
-            if id(p) in by_id:
-                new = p
-            elif id(p) in old_names and old_names[id(p)] in current:
-                new = current[old_names[id(p)]]
-            else:
-                raise ValueError(
-                    f"rebuild_optimizer: an optimizer parameter of shape {tuple(p.shape)} is not part of the model"
-                )
-            used.add(id(new))
-            params.append(new)
-        groups.append({**{k: v for k, v in param_group.items() if k != "params"}, "params": params})
-    added = [
-        p
-        for plan in applied_plans(model)
-        for name in plan.add_bias
-        if (p := current.get(f"{name}.bias")) is not None and id(p) not in used
-    ]
-    if added and groups:
-        groups[0]["params"].extend(_unique(added))
-    return type(optimizer)(groups, **optimizer.defaults)
-
-
-def _unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    seen: dict[int, torch.Tensor] = {}
-    for p in params:
-        seen.setdefault(id(p), p)
-    return list(seen.values())
+def _as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | None) -> Importance:
+    if coupling is not None and coupling not in COUPLINGS:
+        raise ValueError(f"GroupPruner: coupling must be one of {COUPLINGS}, got {coupling!r}")
+    if isinstance(importance, Importance):
+        if coupling is not None and coupling != importance.coupling:
+            raise ValueError(
+                f"GroupPruner: coupling={coupling!r} conflicts with {importance!r}; set coupling on the importance"
+            )
+        return importance
+    if isinstance(importance, str):
+        if importance != "bn_l1":
+            raise ValueError(f"GroupPruner: unknown importance {importance!r}; use 'bn_l1', an Importance, a callable")
+        return BNScale(coupling=coupling or "mean")
+    if callable(importance):
+        return CustomImportance(importance, coupling=coupling or "mean")
+    raise TypeError(f"GroupPruner: importance must be an Importance, 'bn_l1' or a callable, got {type(importance)}")

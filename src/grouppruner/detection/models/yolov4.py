@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..decode import DEFAULT_ANCHORS, batched_nms, decode
 from .backbones import CSPDarknet53, MobileNetV2
-from .decode import DEFAULT_ANCHORS, batched_nms, decode
 from .neck import PANet
 
 __all__ = ["DEFAULT_ANCHORS", "YOLOv4", "YoloHead", "yolov4"]

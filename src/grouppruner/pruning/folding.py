@@ -9,8 +9,9 @@ bias-free consumer followed directly by a BatchNorm, subtracted from that BatchN
 How the constants are found, so that residual adds, concatenation, max-pool, upsampling, chunking and identity
 need no special code: the removed channels are made constant (gamma = 0 on every BatchNorm of the channel group;
 for a producer layer without a following BatchNorm its weights are zeroed so that it emits its bias), one probe
-forward pass in eval mode records the input of every consumer layer, and the per-channel spatial median of the
-removed input channels is the constant (all pixels are equal there; the median is robust to a layer that pads).
+forward pass in eval mode records the input of every consumer layer, and the value of each removed input channel
+at the centre pixel is the constant (all pixels are equal there; the centre is the pixel farthest from any
+padding, so a layer that pads on the way does not disturb it).
 
 Exactness, for the model in which the removed channels had gamma = 0:
 
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .budget import _call
+from .._utils.calls import call_model
 
 __all__ = ["FoldTarget", "fold_removed_channels", "fold_target", "is_fold_consumer"]
 
@@ -159,7 +160,7 @@ def _probe(
                 # A crop-sized pass is all per-op overhead; with several intra-op threads that overhead is
                 # thread synchronisation (seconds instead of ~0.1 s for YOLOv4 on a busy 2-core machine).
                 torch.set_num_threads(1)
-            _call(model, inputs, forward_fn)
+            call_model(model, inputs, forward_fn)
     finally:
         torch.set_num_threads(threads)
         with torch.no_grad():

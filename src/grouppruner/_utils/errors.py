@@ -1,0 +1,50 @@
+"""The exception family: every error grouppruner raises on purpose derives from :class:`GroupPrunerError`.
+
+Each class also derives from the built-in exception a caller would expect (``ValueError`` for bad values,
+``KeyError`` for an unknown name, ...), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "DistillerStateError",
+    "GraphError",
+    "GroupPrunerError",
+    "LayerNotFoundError",
+    "LayerOutputError",
+    "NonFiniteError",
+]
+
+
+class GroupPrunerError(Exception):
+    """Base class of the errors grouppruner raises on purpose; the message names the layer, module or file."""
+
+
+class GraphError(GroupPrunerError, ValueError):
+    """The model uses something ChannelGraph cannot map; the message names the module and the op."""
+
+
+class NonFiniteError(GroupPrunerError, ValueError):
+    """A tensor that must be finite (a BatchNorm scale or its gradient, a hooked feature map, an importance
+    score) holds NaN or Inf; the message names the layer or the channel group."""
+
+
+class CheckpointError(GroupPrunerError, ValueError):
+    """A checkpoint that is not a grouppruner checkpoint, is damaged, or belongs to another architecture."""
+
+
+class LayerNotFoundError(GroupPrunerError, KeyError):
+    """A requested layer name does not exist in the model; the message lists close matches."""
+
+    def __str__(self) -> str:
+        # KeyError would print the repr of the message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerOutputError(GroupPrunerError, TypeError):
+    """A hooked layer produced something other than one (N, C, H, W) tensor, or ran twice in one forward."""
+
+
+class DistillerStateError(GroupPrunerError, RuntimeError):
+    """The distiller was used out of order (``loss()`` before a forward, use after ``remove()``)."""

@@ -1,0 +1,8 @@
+"""The reference YOLOv4 model: :func:`yolov4` builds it from a backbone (:mod:`.backbones`: CSPDarknet53 or
+MobileNetV2), the SPP + PANet neck (:mod:`.neck`) and three detection heads (:mod:`.yolov4`)."""
+
+from __future__ import annotations
+
+from .yolov4 import YOLOv4, yolov4
+
+__all__ = ["YOLOv4", "yolov4"]

@@ -1,0 +1,34 @@
+"""Stage 4, spatial-attention distillation: a frozen teacher teaches a (pruned) student through attention maps.
+
+For a feature map ``F`` of shape ``(N, C, H, W)`` the spatial attention map is
+
+``A(F) = normalize_L2(mean_c |F|^p).view(N, H*W)``
+
+It is aggregated over channels, so a pruned student with fewer channels can still be compared with the original
+teacher layer by layer. :class:`AttentionDistiller` hooks the chosen layers of both models, keeps only the maps
+(``N * H * W`` fp32 values per layer, never the feature) and returns the weighted per-layer loss.
+
+Modules, in the order the data flows: :mod:`.attention` (:func:`spatial_attention`), :mod:`.recorder` (hooks that
+record maps) and :mod:`.distiller` (:class:`AttentionDistiller`). The pruned model it trains comes from
+:mod:`grouppruner.pruning`; detection-specific parts (foreground masks from boxes, the output-level term) live in
+:mod:`grouppruner.detection`.
+"""
+
+from __future__ import annotations
+
+from .._utils.errors import DistillerStateError, LayerNotFoundError, LayerOutputError, NonFiniteError
+from .attention import spatial_attention
+from .distiller import AttentionDistiller, ForegroundMask
+from .recorder import AttentionRecorder, Selector
+
+__all__ = [
+    "AttentionDistiller",
+    "AttentionRecorder",
+    "DistillerStateError",
+    "ForegroundMask",
+    "LayerNotFoundError",
+    "LayerOutputError",
+    "NonFiniteError",
+    "Selector",
+    "spatial_attention",
+]

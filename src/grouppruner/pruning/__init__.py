@@ -1,0 +1,46 @@
+"""Stage 3, group channel pruning: per-layer-group thresholds on channel scores, budgets, beta folding, removal.
+
+Typical use after sparse training::
+
+    graph = gp.ChannelGraph(model, torch.zeros(1, 3, 416, 416))
+    pruner = gp.GroupPruner(graph, min_channels=8, round_to=8)
+    plan = pruner.plan(target_params=0.35)      # or ratios={...}, thresholds={...}, target_macs=...
+    table = plan.summary()                      # per layer group: threshold, channels before -> after
+    pruner.apply(plan)                          # model is now physically smaller
+    optimizer = gp.pruning.rebuild_optimizer(optimizer, model)
+
+Scores: each channel group (channels that must go together, from :class:`grouppruner.graph.ChannelGraph`) gets
+one score per channel from an :class:`Importance` (default :class:`BNScale`: every BatchNorm of the group gives a
+row ``|gamma|``, and the rows are combined by its ``coupling``, see :mod:`.importance`). A channel is removed
+when its score is below its layer group's threshold, unless ``min_channels`` (a hard per-group, hence per-layer,
+minimum) or ``round_to`` keep it; the channels kept are always the highest-scoring ones.
+
+Modules, in the order the data flows: :mod:`.importance` (scores), :mod:`.budget` (cost prediction and budget
+solving), :mod:`.pruner` (:class:`GroupPruner`), :mod:`.plan` (:class:`PruningPlan`), :mod:`.folding` (beta
+folding), :mod:`.apply` (removal through the graph) and :mod:`.optimizer` (:func:`rebuild_optimizer`). Next stage:
+:mod:`grouppruner.distill` recovers the pruned model's accuracy; :mod:`grouppruner.checkpoint` saves it.
+"""
+
+from __future__ import annotations
+
+from .apply import apply_structure
+from .importance import BNScale, Coupling, CustomImportance, Importance, ScoreFn
+from .optimizer import rebuild_optimizer
+from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint
+from .pruner import GroupPruner
+
+__all__ = [
+    "BNScale",
+    "ChannelGroupPlan",
+    "Coupling",
+    "CustomImportance",
+    "GroupPruner",
+    "Importance",
+    "LayerGroupPlan",
+    "PruningPlan",
+    "ScoreFn",
+    "applied_plans",
+    "apply_structure",
+    "model_fingerprint",
+    "rebuild_optimizer",
+]

@@ -1,0 +1,68 @@
+"""Applying a plan: check it against the graph, then remove the planned channels through the graph.
+
+:class:`~grouppruner.pruning.GroupPruner.apply` folds the removed channels' constant outputs first
+(:mod:`.folding`); :func:`apply_structure` alone reproduces a saved plan's architecture
+(:func:`grouppruner.checkpoint.load_pruned`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..graph import ChannelGraph, ChannelGroup
+from .plan import PruningPlan, model_fingerprint, record_plan
+
+__all__ = ["apply_structure", "check_plan"]
+
+
+def check_plan(graph: ChannelGraph, plan: PruningPlan) -> list[tuple[ChannelGroup, list[int]]]:
+    fingerprint = model_fingerprint(graph.model)
+    if plan.fingerprint != fingerprint:
+        raise ValueError(
+            f"the plan was made for a model with fingerprint {plan.fingerprint}, this model has {fingerprint} "
+            "(another architecture, or a model that was changed after planning)"
+        )
+    removals = []
+    for entry in plan.channel_groups:
+        try:
+            group = graph.group(entry.name)
+        except KeyError as error:
+            raise ValueError(f"the plan names channel group {entry.name!r}, which this graph lacks") from error
+        if group.size != entry.size:
+            raise ValueError(f"channel group {entry.name!r} has {group.size} channels, the plan expects {entry.size}")
+        removals.append((group, entry.removed))
+    return removals
+
+
+def apply_structure(
+    graph: ChannelGraph,
+    plan: PruningPlan,
+    *,
+    removals: Sequence[tuple[ChannelGroup, Sequence[int]]] | None = None,
+    add_bias: bool = True,
+) -> None:
+    """Apply the structural part of ``plan`` (new biases, channel removal) without folding; records the plan.
+
+    This is what ``load_pruned`` replays on a freshly built model before loading the pruned weights.
+
+    Args:
+        graph: channel graph of the model the plan was made for.
+        plan: the plan.
+        removals: precomputed ``(group, removed indices)`` pairs (checked against the plan when ``None``).
+        add_bias: create the zero biases listed in ``plan.add_bias`` (folding creates them itself).
+    """
+    if removals is None:
+        removals = check_plan(graph, plan)
+    if add_bias:
+        for name in plan.add_bias:
+            module = graph.model.get_submodule(name)
+            weight = module.weight
+            assert isinstance(weight, torch.Tensor)
+            module.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+    for group, removed in removals:
+        if removed:
+            graph.remove_channels(group.name, list(removed))
+    record_plan(graph.model, plan)

@@ -1,0 +1,129 @@
+"""Importance: how the channels of a channel group are scored before pruning.
+
+An :class:`Importance` gives one row of per-channel scores per scoring layer of a channel group (shape
+``(L, group.size)``) and combines the rows into one score per channel by its ``coupling``:
+
+- ``"mean"``: the mean over the rows;
+- ``"max"``: the largest row value (a channel stays if any layer finds it important);
+- ``"vote"``: the authors' majority vote over per-layer masks: a channel stays when at least half of its layers
+  keep it, which equals thresholding the ``ceil(L / 2)``-th largest of its ``L`` scores.
+
+:class:`BNScale` (``|gamma|`` of the group's BatchNorms) is the default and the score sparse training prepares.
+Any callable ``fn(model, group) -> (size,) or (L, size)`` scores works through :class:`CustomImportance`.
+The pruner (:mod:`.pruner`) thresholds the coupled scores per layer group.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Literal, TypeAlias
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._utils.errors import NonFiniteError
+from ..graph import ChannelGroup
+
+__all__ = ["COUPLINGS", "BNScale", "Coupling", "CustomImportance", "Importance", "ScoreFn"]
+
+Coupling: TypeAlias = Literal["mean", "max", "vote"]
+COUPLINGS: tuple[Coupling, ...] = ("mean", "max", "vote")
+
+ScoreFn: TypeAlias = Callable[[nn.Module, ChannelGroup], torch.Tensor]
+"""``fn(model, group)`` returning scores of shape (group.size,) or (L, group.size); higher is more important."""
+
+
+class Importance(ABC):
+    """Scores the channels of a channel group; higher means more important.
+
+    Args:
+        coupling: how the per-layer rows combine: ``"mean"``, ``"max"`` or ``"vote"``.
+
+    Subclasses implement :meth:`rows`; calling the object returns the coupled scores.
+    """
+
+    #: short name shown in plan summaries
+    name: str = "custom"
+
+    def __init__(self, *, coupling: Coupling = "mean") -> None:
+        if coupling not in COUPLINGS:
+            raise ValueError(f"{type(self).__name__}: coupling must be one of {COUPLINGS}, got {coupling!r}")
+        self.coupling: Coupling = coupling
+
+    @abstractmethod
+    def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
+        """Per-layer scores of shape ``(L, group.size)`` (or ``(group.size,)`` for one row); ``None`` when this
+        importance cannot score the group (e.g. no BatchNorm in it)."""
+
+    def __call__(self, model: nn.Module, group: ChannelGroup) -> np.ndarray | None:
+        """Coupled float64 scores of shape ``(group.size,)``, or ``None`` when the group cannot be scored.
+
+        Raises:
+            ValueError: the rows have the wrong shape (the message names the group).
+            NonFiniteError: a score is NaN or infinite (the message names the group).
+        """
+        rows = self.rows(model, group)
+        if rows is None:
+            return None
+        rows = torch.as_tensor(rows).detach().float()
+        if rows.dim() == 1:
+            rows = rows.unsqueeze(0)
+        if rows.dim() != 2 or rows.shape[1] != group.size:
+            raise ValueError(
+                f"importance for channel group {group.name!r} has shape {tuple(rows.shape)}, "
+                f"expected ({group.size},) or (L, {group.size})"
+            )
+        if not torch.isfinite(rows).all():
+            raise NonFiniteError(f"importance for channel group {group.name!r} contains NaN or infinite scores")
+        return couple(rows.cpu().double().numpy(), self.coupling)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(coupling={self.coupling!r})"
+
+
+def couple(values: np.ndarray, coupling: Coupling) -> np.ndarray:
+    """Combine ``(L, size)`` per-layer scores into ``(size,)`` scores by ``coupling``."""
+    if coupling == "mean":
+        return np.asarray(values.mean(axis=0))
+    if coupling == "max":
+        return np.asarray(values.max(axis=0))
+    majority = math.ceil(values.shape[0] / 2)
+    return np.asarray(-np.sort(-values, axis=0)[majority - 1])
+
+
+class BNScale(Importance):
+    """``|gamma|`` of every BatchNorm in the group, one row each; groups without a BatchNorm are not scored."""
+
+    name = "bn_l1"
+
+    def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
+        """``(L, size)`` rows ``|weight[ref.indices]|`` for the ``L`` BatchNorm members of ``group``."""
+        out = []
+        for ref in group.bns:
+            weight = getattr(model.get_submodule(ref.name), "weight", None)
+            if weight is not None:
+                out.append(weight.detach().abs()[list(ref.indices)])
+        return torch.stack(out) if out else None
+
+
+class CustomImportance(Importance):
+    """A user's scoring function as an :class:`Importance`.
+
+    Args:
+        fn: ``fn(model, group)`` returning (group.size,) or (L, group.size) scores.
+        coupling: how the rows combine.
+    """
+
+    def __init__(self, fn: ScoreFn, *, coupling: Coupling = "mean") -> None:
+        if not callable(fn):
+            raise TypeError(f"CustomImportance: fn must be callable, got {type(fn).__name__}")
+        super().__init__(coupling=coupling)
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "custom")
+
+    def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+        """Whatever ``fn(model, group)`` returns."""
+        return torch.as_tensor(self.fn(model, group))

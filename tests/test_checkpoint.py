@@ -13,7 +13,7 @@ import grouppruner as gp
 from grouppruner.checkpoint import CheckpointError, load_pruned, read_meta, save_pruned
 from grouppruner.graph import ChannelGraph
 from grouppruner.pruning import GroupPruner, applied_plans
-from test_pruning_nets import CBA, random_detector, randomize_bn
+from nets import CBA, random_detector, randomize_bn
 from zoo import ResNetTiny
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -40,7 +42,9 @@ def test_count_macs_matches_formula():
 def test_count_macs_removes_hooks_and_accepts_argument_tuples():
     net = _net()
     x = torch.randn(1, 3, 32, 32)
-    assert count_macs(net, (x,)) == count_macs(net, x) > 0
+    # Same counts as test_count_macs_matches_formula, for a batch of one.
+    expected = 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 2 * 9 + 5 * 8
+    assert count_macs(net, (x,)) == count_macs(net, x) == expected
     assert all(not m._forward_hooks for m in net.modules())
 
 
@@ -51,11 +55,28 @@ def test_model_size_counts_float_buffers_in_fp32():
     assert model_size_bytes(net) == expected
 
 
+class _Sleepy(nn.Module):
+    """_net() plus a fixed sleep in every forward, recording (training, grad enabled, threads) of each call."""
+
+    def __init__(self, sleep_s: float) -> None:
+        super().__init__()
+        self.net = _net()
+        self.sleep_s = sleep_s
+        self.calls: list[tuple[bool, bool, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.training, torch.is_grad_enabled(), torch.get_num_threads()))
+        time.sleep(self.sleep_s)
+        return self.net(x)
+
+
 def test_measure_latency_restores_mode_and_threads():
-    net = _net().train()
+    net = _Sleepy(0.02).train()
     threads = torch.get_num_threads()
-    seconds = measure_latency(net, torch.randn(1, 3, 32, 32), repeats=3, warmup=1, threads=1)
-    assert seconds > 0
+    seconds = measure_latency(net, torch.randn(1, 3, 32, 32), repeats=5, warmup=1, threads=1)
+    # The median of one timed forward: at least the sleep, far below the >= 0.1 s of the 5 timed forwards together.
+    assert 0.019 <= seconds < 0.08
+    assert net.calls == [(False, False, 1)] * 6  # 1 warm-up + 5 timed, in eval mode, without autograd, on 1 thread
     assert net.training
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="repeats"):

@@ -19,7 +19,7 @@ from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner, PruningPlan, applied_plans, model_fingerprint, rebuild_optimizer
 from grouppruner.pruning.budget import kept_count, removal_order, solve_cut
-from test_pruning_nets import CBA, gamma_zero_reference, random_detector, randomize_bn
+from nets import CBA, gamma_zero_reference, random_detector, randomize_bn
 from zoo import ZOO, MiniDetector, ResNetTiny
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

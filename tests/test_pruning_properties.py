@@ -20,7 +20,7 @@ from torch import nn
 from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner
-from test_pruning_nets import RandomNet, gamma_zero_reference, net_specs, randomize_bn
+from nets import RandomNet, gamma_zero_reference, net_specs, randomize_bn
 
 # Tiny tensors: one thread avoids thread-pool overhead.
 pytestmark = pytest.mark.usefixtures("one_thread")

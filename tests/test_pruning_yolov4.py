@@ -2,20 +2,22 @@
 
 Two models, each built once for the module: the full YOLOv4 with sparse-trained-like gammas, and a fresh
 ``width=0.25`` YOLOv4 whose gammas all tie (every BatchNorm weight is 1). The analytic predictor is checked
-against the real pruned model once (last test: it prunes the shared full model).
+against the real pruned model once, on a deep copy of the pruner: ``apply`` prunes in place, and the module's
+models are shared by every test.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
+from grouppruner import detection
 from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner
-
-detection = pytest.importorskip("grouppruner.detection")
 
 INPUT = torch.zeros(1, 3, 416, 416)
 
@@ -104,8 +106,11 @@ def test_budget_is_shared_by_group_distribution(pruner: GroupPruner) -> None:
 
 
 def test_predicted_counts_match_the_pruned_model(pruner: GroupPruner) -> None:
-    plan = pruner.plan(target_params=0.35)
-    model = pruner.apply(plan, fold=False)  # folding changes values, not shapes
+    params_before = count_params(pruner.model)
+    own = copy.deepcopy(pruner)  # apply() prunes in place: prune a copy, not the module's shared model
+    plan = own.plan(target_params=0.35)
+    model = own.apply(plan, fold=False)  # folding changes values, not shapes
+    assert model is own.model and count_params(pruner.model) == params_before  # the shared model is untouched
     assert count_params(model) == plan.params_after
     assert count_macs(model, INPUT) == plan.macs_after
     outputs = model(INPUT)

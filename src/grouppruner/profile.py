@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils.calls import ForwardFn, call_model, meta_call
+from ._utils.calls import ForwardFn, call_model, eval_mode, meta_call
 
 __all__ = [
     "LayerCost",
@@ -210,10 +210,8 @@ def record_positions(
             handles.append(module.register_forward_hook(on_output))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             handles.append(module.register_forward_pre_hook(on_bn_input))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             # Shapes on the meta device cost no arithmetic; a custom forward_fn may not run there.
             traced = False
             if forward_fn is None:
@@ -228,7 +226,6 @@ def record_positions(
             if not traced:
                 call_model(model, example_inputs, forward_fn)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return positions, successor
@@ -282,14 +279,12 @@ def measure_latency(
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"measure_latency needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    was_training = model.training
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    model.eval()
     times: list[float] = []
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for _ in range(warmup):
                 call_model(model, example_inputs)
             for _ in range(repeats):
@@ -297,7 +292,6 @@ def measure_latency(
                 call_model(model, example_inputs)
                 times.append(time.perf_counter() - start)
     finally:
-        model.train(was_training)
         torch.set_num_threads(previous_threads)
     return statistics.median(times)
 

@@ -6,13 +6,14 @@ mapping (keyword arguments); ``forward_fn(model, example_inputs)`` replaces the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ForwardFn", "call_model", "describe_inputs", "meta_call", "split_inputs"]
+__all__ = ["ForwardFn", "call_model", "describe_inputs", "eval_mode", "meta_call", "split_inputs"]
 
 ForwardFn = Callable[[nn.Module, Any], Any]
 """``forward_fn(model, example_inputs) -> outputs``, called instead of ``model(...)``."""
@@ -69,3 +70,16 @@ def meta_call(model: nn.Module, inputs: Any) -> None:
     torch.func.functional_call(
         model, state, tuple(map(to_meta, args)), {k: to_meta(v) for k, v in kwargs.items()}, strict=False
     )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block; afterwards every submodule gets back its own train/eval flag
+    (``model.train(was_training)`` would also flip submodules a user had frozen in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

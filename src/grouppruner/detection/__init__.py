@@ -2,7 +2,7 @@
 
 Needs the ``detection`` extra (``pip install grouppruner[detection]``). The core modules never import it.
 
-- model: :func:`yolov4`, :class:`YOLOv4`;
+- model: :func:`yolov4`, :class:`YOLOv4`, :class:`FeatureInfo` (its ``feature_info`` entries);
 - training: :class:`YoloLoss`, :func:`kmeans_anchors`, :func:`train_one_epoch`, :func:`evaluate`;
 - inference: :func:`decode`, :func:`batched_nms`, ``YOLOv4.predict``;
 - data: :class:`VOCDetection`, :func:`collate`, :func:`make_synthetic_voc`, :func:`voc_eval`;
@@ -21,7 +21,7 @@ from .distill import YoloOutputDistill
 from .foreground import box_foreground, boxes_to_grid_mask
 from .loss import YoloLoss, kmeans_anchors
 from .metrics import voc_eval
-from .models import YOLOv4, yolov4
+from .models import FeatureInfo, YOLOv4, yolov4
 from .recipe import RecipeConfig, StageResult, run_recipe
 from .synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
 from .train import evaluate, train_one_epoch
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_ANCHORS",
     "SYNTHETIC_CLASSES",
     "VOC_CLASSES",
+    "FeatureInfo",
     "RecipeConfig",
     "StageResult",
     "VOCDataError",

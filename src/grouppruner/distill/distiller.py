@@ -74,6 +74,9 @@ class AttentionDistiller(nn.Module):
         LayerNotFoundError: a name is missing in a model (the message lists close matches and the names).
     """
 
+    teacher: nn.Module
+    student: nn.Module
+
     def __init__(
         self,
         teacher: nn.Module,

@@ -19,7 +19,7 @@ from torch import nn
 from torch_pruning import ops
 from torch_pruning.dependency.node import Node
 
-from .._utils.calls import call_model
+from .._utils.calls import call_model, eval_mode
 from .._utils.errors import GraphError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ def trace(
     if torch.is_inference_mode_enabled():
         raise ValueError("ChannelGraph traces autograd links and cannot be built inside torch.inference_mode()")
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
     out_shapes: dict[nn.Module, list[tuple[int, ...]]] = {}
     output_shapes: list[tuple[int, ...]] = []
     output_fns: list[Any] = []
@@ -91,7 +90,7 @@ def trace(
     try:
         for p, _ in flags:
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             dg = _build_dependency_graph(model, example_inputs, forward)
     finally:
         for m, keep in existing.items():
@@ -99,8 +98,6 @@ def trace(
                 del m._forward_hooks[key]
         for p, flag in flags:
             p.requires_grad_(flag)
-        for m, training in modes:
-            m.training = training
     inputs_4d = [t for t in flat_tensors(example_inputs) if t.dim() == 4]
     input_hw = (int(inputs_4d[0].shape[2]), int(inputs_4d[0].shape[3])) if inputs_4d else None
     by_fn = node_of_gradfn(dg)

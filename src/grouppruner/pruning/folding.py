@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._utils.calls import call_model
+from .._utils.calls import call_model, eval_mode
 
 __all__ = ["FoldTarget", "fold_removed_channels", "fold_target", "is_fold_consumer"]
 
@@ -149,11 +149,9 @@ def _probe(
             constants[name] = centre
 
         handles.append(model.get_submodule(name).register_forward_pre_hook(capture))
-    was_training = model.training
     threads = torch.get_num_threads()
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for tensor, index, _ in zeroed:
                 tensor[index] = 0
             if small:
@@ -166,7 +164,6 @@ def _probe(
         with torch.no_grad():
             for tensor, index, saved in zeroed:
                 tensor[index] = saved
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return constants, constant

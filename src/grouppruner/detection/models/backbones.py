@@ -1,8 +1,10 @@
 """Backbones of the reference detector: CSPDarknet53 (as in AlexeyAB's ``yolov4.cfg``) and MobileNetV2.
 
 Both expose the same interface: ``stem`` and ``stage1`` .. ``stage5`` submodules (feature strides 2, 2, 4, 8,
-16, 32 for MobileNetV2 and 1, 2, 4, 8, 16, 32 for CSPDarknet53), ``out_channels`` (channels at strides 8, 16,
-32) and a forward that returns the three feature maps at strides 8, 16 and 32.
+16, 32 for MobileNetV2 and 1, 2, 4, 8, 16, 32 for CSPDarknet53), ``feature_info`` (one
+:class:`~.features.FeatureInfo` per stage output, counted while the stages are built), ``out_channels``
+(channels at strides 8, 16, 32, read from ``feature_info``) and a forward that returns the three feature maps
+at strides 8, 16 and 32.
 
 ``forward`` uses plain torch ops only (``torch.cat``, residual ``x + y``, no in-place ops on activations) so
 that torch-pruning's dependency graph can trace every coupling.
@@ -11,9 +13,13 @@ that torch-pruning's dependency graph can trace every coupling.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from .features import FeatureInfo, output_channels
 
 __all__ = [
     "CSPDarknet53",
@@ -129,8 +135,8 @@ class DarkResidual(nn.Module):
 
     def __init__(self, channels: int, hidden: int, *, act: str = "mish") -> None:
         super().__init__()
-        self.conv1 = ConvBNAct(channels, hidden, 1, act=act)
-        self.conv2 = ConvBNAct(hidden, channels, 3, act=act)
+        self.conv1 = ConvBNAct(channels, hidden, kernel_size=1, act=act)
+        self.conv2 = ConvBNAct(hidden, channels, kernel_size=3, act=act)
 
     def forward(self, x: Tensor) -> Tensor:
         """Residual: x + conv2(conv1(x)), shape (N, C, H, W) unchanged."""
@@ -164,14 +170,14 @@ class CSPStage(nn.Module):
         num_blocks: int,
     ) -> None:
         super().__init__()
-        self.downsample = ConvBNAct(in_channels, out_channels, 3, 2, act="mish")
-        self.split_short = ConvBNAct(out_channels, split_channels, 1, act="mish")
-        self.split_main = ConvBNAct(out_channels, split_channels, 1, act="mish")
+        self.downsample = ConvBNAct(in_channels, out_channels, kernel_size=3, stride=2, act="mish")
+        self.split_short = ConvBNAct(out_channels, split_channels, kernel_size=1, act="mish")
+        self.split_main = ConvBNAct(out_channels, split_channels, kernel_size=1, act="mish")
         self.blocks = nn.Sequential(
-            *[DarkResidual(split_channels, block_hidden, act="mish") for _ in range(num_blocks)]
+            *[DarkResidual(split_channels, hidden=block_hidden, act="mish") for _ in range(num_blocks)]
         )
-        self.main_out = ConvBNAct(split_channels, split_channels, 1, act="mish")
-        self.fuse = ConvBNAct(2 * split_channels, out_channels, 1, act="mish")
+        self.main_out = ConvBNAct(split_channels, split_channels, kernel_size=1, act="mish")
+        self.fuse = ConvBNAct(2 * split_channels, out_channels, kernel_size=1, act="mish")
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, C_out, H / 2, W / 2)."""
@@ -182,8 +188,20 @@ class CSPStage(nn.Module):
         return out
 
 
+def _stage_feature_info(channels: Sequence[int], strides: Sequence[int]) -> tuple[FeatureInfo, ...]:
+    """``FeatureInfo("stage1", channels[0], strides[0])``, ... for the stages in order."""
+    return tuple(
+        FeatureInfo(f"stage{index}", c, s) for index, (c, s) in enumerate(zip(channels, strides, strict=True), start=1)
+    )
+
+
 class _StagedBackbone(nn.Module):
-    """A stem and five stages at strides 2-32; the three deepest stage outputs feed the neck."""
+    """A stem and five stages at strides 2-32; the three deepest stage outputs feed the neck.
+
+    Attributes:
+        feature_info: the outputs of ``stage1`` .. ``stage5`` (module name, channels, stride), set by the
+            subclass while it builds the stages.
+    """
 
     stem: nn.Module
     stage1: nn.Module
@@ -191,6 +209,12 @@ class _StagedBackbone(nn.Module):
     stage3: nn.Module
     stage4: nn.Module
     stage5: nn.Module
+    feature_info: tuple[FeatureInfo, ...]
+
+    @property
+    def out_channels(self) -> tuple[int, int, int]:
+        """Channels (C3, C4, C5) of the maps ``forward`` returns: those of ``stage3`` .. ``stage5``."""
+        return output_channels(self.feature_info)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """(N, 3, H, W) -> [(N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32)]."""
@@ -199,6 +223,26 @@ class _StagedBackbone(nn.Module):
         c4 = self.stage4(c3)
         c5 = self.stage5(c4)
         return [c3, c4, c5]
+
+
+class _CSPStageSpec(NamedTuple):
+    """One row of :data:`_CSP_STAGES`: the :class:`CSPStage` arguments at width and depth 1."""
+
+    out_channels: int
+    split_channels: int
+    block_hidden: int
+    num_blocks: int
+
+
+# stage1 .. stage5 of CSPDarknet53 as in yolov4.cfg. Stage 1 differs from the others: full-width branches and
+# a halved bottleneck.
+_CSP_STAGES: tuple[_CSPStageSpec, ...] = (
+    _CSPStageSpec(out_channels=64, split_channels=64, block_hidden=32, num_blocks=1),
+    _CSPStageSpec(out_channels=128, split_channels=64, block_hidden=64, num_blocks=2),
+    _CSPStageSpec(out_channels=256, split_channels=128, block_hidden=128, num_blocks=8),
+    _CSPStageSpec(out_channels=512, split_channels=256, block_hidden=256, num_blocks=8),
+    _CSPStageSpec(out_channels=1024, split_channels=512, block_hidden=512, num_blocks=4),
+)
 
 
 class CSPDarknet53(_StagedBackbone):
@@ -212,6 +256,9 @@ class CSPDarknet53(_StagedBackbone):
         width: channel multiplier.
         depth: residual-block-count multiplier.
 
+    Attributes:
+        feature_info: one :class:`~.features.FeatureInfo` per stage output, with the channels and strides above.
+
     Shape:
         (N, 3, H, W) -> three maps (N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32) with
         ``out_channels == (C3, C4, C5)`` (256, 512, 1024 at width 1).
@@ -219,18 +266,26 @@ class CSPDarknet53(_StagedBackbone):
 
     def __init__(self, *, width: float = 1.0, depth: float = 1.0) -> None:
         super().__init__()
-
-        def ch(c: int) -> int:
-            return scale_channels(c, width)
-
-        self.stem = ConvBNAct(3, ch(32), 3, act="mish")
-        # Stage 1 differs from the others in yolov4.cfg: full-width branches and a halved bottleneck.
-        self.stage1 = CSPStage(ch(32), ch(64), ch(64), ch(32), scale_depth(1, depth))
-        self.stage2 = CSPStage(ch(64), ch(128), ch(64), ch(64), scale_depth(2, depth))
-        self.stage3 = CSPStage(ch(128), ch(256), ch(128), ch(128), scale_depth(8, depth))
-        self.stage4 = CSPStage(ch(256), ch(512), ch(256), ch(256), scale_depth(8, depth))
-        self.stage5 = CSPStage(ch(512), ch(1024), ch(512), ch(512), scale_depth(4, depth))
-        self.out_channels: tuple[int, int, int] = (ch(256), ch(512), ch(1024))
+        in_channels = scale_channels(32, width)
+        self.stem = ConvBNAct(3, in_channels, kernel_size=3, act="mish")
+        stages: list[CSPStage] = []
+        channels: list[int] = []
+        for spec in _CSP_STAGES:
+            out_channels = scale_channels(spec.out_channels, width)
+            stages.append(
+                CSPStage(
+                    in_channels=in_channels,
+                    out_channels=out_channels,
+                    split_channels=scale_channels(spec.split_channels, width),
+                    block_hidden=scale_channels(spec.block_hidden, width),
+                    num_blocks=scale_depth(spec.num_blocks, depth),
+                )
+            )
+            in_channels = out_channels
+            channels.append(out_channels)
+        self.stage1, self.stage2, self.stage3, self.stage4, self.stage5 = stages
+        # The stem keeps the input resolution and each stage's stride-2 downsample halves it.
+        self.feature_info = _stage_feature_info(channels, [2**index for index in range(1, 6)])
 
 
 class InvertedResidual(nn.Module):
@@ -253,9 +308,9 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = in_channels * expand_ratio
         self.use_residual = stride == 1 and in_channels == out_channels
-        self.expand = ConvBNAct(in_channels, hidden, 1, act="relu6") if expand_ratio != 1 else nn.Identity()
-        self.depthwise = ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act="relu6")
-        self.project = ConvBNAct(hidden, out_channels, 1, act="linear")
+        self.expand = ConvBNAct(in_channels, hidden, kernel_size=1, act="relu6") if expand_ratio != 1 else nn.Identity()
+        self.depthwise = ConvBNAct(hidden, hidden, kernel_size=3, stride=stride, groups=hidden, act="relu6")
+        self.project = ConvBNAct(hidden, out_channels, kernel_size=1, act="linear")
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, C_out, H / s, W / s)."""
@@ -284,6 +339,9 @@ class MobileNetV2(_StagedBackbone):
         width: channel multiplier.
         depth: block-repeat multiplier (at least one block per row of the MobileNetV2 table).
 
+    Attributes:
+        feature_info: one :class:`~.features.FeatureInfo` per stage output, with the channels and strides above.
+
     Shape:
         (N, 3, H, W) -> three maps (N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32) with
         ``out_channels == (C3, C4, C5)`` (32, 96, 320 at width 1).
@@ -292,19 +350,25 @@ class MobileNetV2(_StagedBackbone):
     def __init__(self, *, width: float = 1.0, depth: float = 1.0) -> None:
         super().__init__()
         in_ch = scale_channels(32, width)
-        self.stem = ConvBNAct(3, in_ch, 3, 2, act="relu6")
+        stride = 2  # of the current map: 2 after the stem, times s after each row's first block
+        self.stem = ConvBNAct(3, in_ch, kernel_size=3, stride=stride, act="relu6")
         stages: list[nn.Sequential] = []
+        channels: list[int] = []
+        strides: list[int] = []
         for rows in _MBV2_STAGES:
             layers: list[nn.Module] = []
             for t, c, n, s in rows:
                 out_ch = scale_channels(c, width)
                 for i in range(scale_depth(n, depth)):
-                    layers.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t))
+                    layers.append(
+                        InvertedResidual(
+                            in_channels=in_ch, out_channels=out_ch, stride=s if i == 0 else 1, expand_ratio=t
+                        )
+                    )
                     in_ch = out_ch
+                stride *= s
             stages.append(nn.Sequential(*layers))
+            channels.append(in_ch)
+            strides.append(stride)
         self.stage1, self.stage2, self.stage3, self.stage4, self.stage5 = stages
-        self.out_channels: tuple[int, int, int] = (
-            scale_channels(32, width),
-            scale_channels(96, width),
-            scale_channels(320, width),
-        )
+        self.feature_info = _stage_feature_info(channels, strides)

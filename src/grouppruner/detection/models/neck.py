@@ -12,6 +12,7 @@ Data flow (channels at width 1, CSPDarknet53 inputs C3/C4/C5 = 256/512/1024)::
     spp --------------+
 
 Concatenation orders follow the cfg's ``[route]`` layers. ``forward`` uses plain torch ops only.
+``PANet.feature_info`` lists ``spp`` and the three outputs; ``PANet.out_channels`` is read from it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import ConvBNAct, scale_channels
+from .features import FeatureInfo, output_channels
 
 __all__ = ["SPP", "ConvSet", "PANet"]
 
@@ -27,9 +29,9 @@ __all__ = ["SPP", "ConvSet", "PANet"]
 def _conv_triplet(in_channels: int, channels: int) -> nn.Sequential:
     """1x1 (C) -> 3x3 (2C) -> 1x1 (C), the conv pattern on both sides of the SPP pooling."""
     return nn.Sequential(
-        ConvBNAct(in_channels, channels, 1),
-        ConvBNAct(channels, 2 * channels, 3),
-        ConvBNAct(2 * channels, channels, 1),
+        ConvBNAct(in_channels, channels, kernel_size=1),
+        ConvBNAct(channels, 2 * channels, kernel_size=3),
+        ConvBNAct(2 * channels, channels, kernel_size=1),
     )
 
 
@@ -76,11 +78,11 @@ class ConvSet(nn.Sequential):
 
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__(
-            ConvBNAct(in_channels, channels, 1),
-            ConvBNAct(channels, 2 * channels, 3),
-            ConvBNAct(2 * channels, channels, 1),
-            ConvBNAct(channels, 2 * channels, 3),
-            ConvBNAct(2 * channels, channels, 1),
+            ConvBNAct(in_channels, channels, kernel_size=1),
+            ConvBNAct(channels, 2 * channels, kernel_size=3),
+            ConvBNAct(2 * channels, channels, kernel_size=1),
+            ConvBNAct(channels, 2 * channels, kernel_size=3),
+            ConvBNAct(2 * channels, channels, kernel_size=1),
         )
 
 
@@ -92,8 +94,9 @@ class PANet(nn.Module):
         width: channel multiplier of the neck (base widths 128 / 256 / 512 at strides 8 / 16 / 32).
 
     Attributes:
-        out_channels: channels of the three outputs ``pan_out8``, ``pan_out16``, ``pan_out32``
-            (256, 512, 1024 at width 1).
+        feature_info: ``spp`` (C, stride 32) and the three outputs ``pan_out8``, ``pan_out16``, ``pan_out32``
+            (2C at strides 8, 16, 32, for C = 128, 256, 512 times ``width``), assuming inputs at strides 8,
+            16, 32 as the module names say.
 
     Shape:
         [(N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32)] ->
@@ -106,23 +109,34 @@ class PANet(nn.Module):
         n8, n16, n32 = (scale_channels(c, width) for c in (128, 256, 512))
         self.spp = SPP(c5, n32)
         # top-down (FPN)
-        self.reduce32 = ConvBNAct(n32, n16, 1)
+        self.reduce32 = ConvBNAct(n32, n16, kernel_size=1)
         self.up16 = nn.Upsample(scale_factor=2.0, mode="nearest")
-        self.lateral16 = ConvBNAct(c4, n16, 1)
+        self.lateral16 = ConvBNAct(c4, n16, kernel_size=1)
         self.fpn16 = ConvSet(2 * n16, n16)
-        self.reduce16 = ConvBNAct(n16, n8, 1)
+        self.reduce16 = ConvBNAct(n16, n8, kernel_size=1)
         self.up8 = nn.Upsample(scale_factor=2.0, mode="nearest")
-        self.lateral8 = ConvBNAct(c3, n8, 1)
+        self.lateral8 = ConvBNAct(c3, n8, kernel_size=1)
         self.fpn8 = ConvSet(2 * n8, n8)
         # bottom-up (PAN) and the 3x3 convs feeding the heads
-        self.pan_out8 = ConvBNAct(n8, 2 * n8, 3)
-        self.down8 = ConvBNAct(n8, n16, 3, 2)
+        self.pan_out8 = ConvBNAct(n8, 2 * n8, kernel_size=3)
+        self.down8 = ConvBNAct(n8, n16, kernel_size=3, stride=2)
         self.pan16 = ConvSet(2 * n16, n16)
-        self.pan_out16 = ConvBNAct(n16, 2 * n16, 3)
-        self.down16 = ConvBNAct(n16, n32, 3, 2)
+        self.pan_out16 = ConvBNAct(n16, 2 * n16, kernel_size=3)
+        self.down16 = ConvBNAct(n16, n32, kernel_size=3, stride=2)
         self.pan32 = ConvSet(2 * n32, n32)
-        self.pan_out32 = ConvBNAct(n32, 2 * n32, 3)
-        self.out_channels: tuple[int, int, int] = (2 * n8, 2 * n16, 2 * n32)
+        self.pan_out32 = ConvBNAct(n32, 2 * n32, kernel_size=3)
+        # The last three entries are the maps forward returns, in its order (see output_channels).
+        self.feature_info: tuple[FeatureInfo, ...] = (
+            FeatureInfo("spp", n32, stride=32),
+            FeatureInfo("pan_out8", 2 * n8, stride=8),
+            FeatureInfo("pan_out16", 2 * n16, stride=16),
+            FeatureInfo("pan_out32", 2 * n32, stride=32),
+        )
+
+    @property
+    def out_channels(self) -> tuple[int, int, int]:
+        """Channels (O8, O16, O32) of the three outputs (256, 512, 1024 at width 1)."""
+        return output_channels(self.feature_info)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         """[(N, C3, H/8, W/8), (N, C4, H/16, W/16), (N, C5, H/32, W/32)] -> three neck outputs."""

@@ -4,6 +4,8 @@ The full VOC model (``yolov4(20)``) has 64,040,001 parameters and 29.83 GMACs at
 (``yolov4(80)``) has 64,363,101 parameters. ``width`` / ``depth`` multipliers give small variants for CPU
 work. Module names are stable and readable (``backbone.stage3``, ``neck.spp``, ``neck.pan_out8``,
 ``head.p3``), so pruning plans, checkpoints and distillation layer lists can refer to them.
+``YOLOv4.feature_info`` names, counts and places the backbone and neck maps; the head inputs, ``strides`` and
+``distill_layers`` are read from it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from ..decode import DEFAULT_ANCHORS, batched_nms, decode
 from .backbones import CSPDarknet53, MobileNetV2
+from .features import FeatureInfo, output_strides
 from .neck import PANet
 
 __all__ = ["DEFAULT_ANCHORS", "YOLOv4", "YoloHead", "yolov4"]
@@ -77,11 +80,12 @@ class YOLOv4(nn.Module):
         num_classes: C.
         backbone_name: ``"cspdarknet53"`` or ``"mobilenetv2"``.
         anchors: buffer (3, 3, 2), anchor (w, h) in input pixels per stride.
-        strides: ``(8, 16, 32)``.
-        distill_layers: names of the nine feature maps the paper distils from: the backbone stage outputs
-            (``backbone.stage1`` .. ``backbone.stage5``, strides 2-32), the SPP block output
-            (``neck.spp``, stride 32) and the three neck outputs feeding the heads (``neck.pan_out8``,
-            ``neck.pan_out16``, ``neck.pan_out32``).
+        feature_info: the nine feature maps the paper distils from, as :class:`FeatureInfo` (module name,
+            channels, stride): the backbone stage outputs (``backbone.stage1`` .. ``backbone.stage5``, strides
+            2-32), the SPP block output (``neck.spp``, stride 32) and the three neck outputs feeding the heads
+            (``neck.pan_out8``, ``neck.pan_out16``, ``neck.pan_out32``). Channels are those as built.
+        strides: ``(8, 16, 32)``, the strides of the neck outputs in ``feature_info``.
+        distill_layers: the module names of ``feature_info``, in its order.
 
     Shape:
         (N, 3, H, W) with H, W multiples of 32 -> [(N, 3 * (5 + C), H/8, W/8), (.., H/16, W/16),
@@ -108,7 +112,6 @@ class YOLOv4(nn.Module):
             raise ValueError(f"YOLOv4: width and depth must be positive, got width={width}, depth={depth}")
         self.num_classes = num_classes
         self.backbone_name = backbone
-        self.strides: tuple[int, int, int] = (8, 16, 32)
         self.register_buffer("anchors", _anchor_tensor(anchors))
         self.backbone: CSPDarknet53 | MobileNetV2 = (
             CSPDarknet53(width=width, depth=depth)
@@ -116,18 +119,13 @@ class YOLOv4(nn.Module):
             else MobileNetV2(width=width, depth=depth)
         )
         self.neck = PANet(self.backbone.out_channels, width=width)
-        self.head = YoloHead(self.neck.out_channels, num_classes, num_anchors=3)
-        self.distill_layers: list[str] = [
-            "backbone.stage1",
-            "backbone.stage2",
-            "backbone.stage3",
-            "backbone.stage4",
-            "backbone.stage5",
-            "neck.spp",
-            "neck.pan_out8",
-            "neck.pan_out16",
-            "neck.pan_out32",
-        ]
+        self.head = YoloHead(self.neck.out_channels, num_classes=num_classes, num_anchors=3)
+        self.feature_info: tuple[FeatureInfo, ...] = (
+            *(info.under("backbone") for info in self.backbone.feature_info),
+            *(info.under("neck") for info in self.neck.feature_info),
+        )
+        self.strides: tuple[int, int, int] = output_strides(self.neck.feature_info)
+        self.distill_layers: list[str] = [info.module for info in self.feature_info]
         self._init_head_bias()
 
     def _init_head_bias(self) -> None:

@@ -1,0 +1,72 @@
+"""Importance objects: what GroupPruner scores channel groups with, and how per-layer rows couple."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import grouppruner as gp
+from grouppruner.pruning import BNScale, CustomImportance
+from grouppruner.sparsity import Dynamic
+from zoo import ZOO, example_input
+
+
+def _graph() -> gp.ChannelGraph:
+    torch.manual_seed(0)
+    model = ZOO["plain"]()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(-1, 1)
+    return gp.ChannelGraph(model, example_input())
+
+
+def test_bn_scale_is_abs_gamma_and_couples_by_mean_max_vote() -> None:
+    graph = _graph()
+    group = next(g for g in graph.channel_groups if g.prunable)
+    bn = graph.model.get_submodule(group.bn_names[0])
+    rows = BNScale().rows(graph.model, group)
+    assert rows is not None
+    torch.testing.assert_close(rows[0], bn.weight.detach().abs()[list(group.bns[0].indices)])
+    values = np.array([[1.0, 5.0, 2.0], [3.0, 1.0, 2.0], [2.0, 0.0, 9.0]])
+    imp = CustomImportance(lambda m, g: torch.tensor(values), coupling="vote")
+    fake = gp.ChannelGroup("x", 3, (), None, True, None)
+    np.testing.assert_allclose(imp(graph.model, fake), [2.0, 1.0, 2.0])  # 2nd largest of 3 per column
+    np.testing.assert_allclose(CustomImportance(lambda m, g: torch.tensor(values))(graph.model, fake), values.mean(0))
+    max_imp = CustomImportance(lambda m, g: torch.tensor(values), coupling="max")
+    np.testing.assert_allclose(max_imp(graph.model, fake), values.max(0))
+
+
+def test_pruner_takes_importance_objects_and_names_them_in_the_plan() -> None:
+    graph = _graph()
+    plan = gp.GroupPruner(graph, importance=BNScale(coupling="max"), min_channels=1).plan(ratios={})
+    assert (plan.importance, plan.coupling) == ("bn_l1", "max")
+
+    def by_index(model: nn.Module, group: gp.ChannelGroup) -> torch.Tensor:
+        return torch.arange(group.size, dtype=torch.float32)
+
+    assert gp.GroupPruner(graph, importance=CustomImportance(by_index)).plan(ratios={}).importance == "by_index"
+    with pytest.raises(ValueError, match="set coupling on the importance"):
+        gp.GroupPruner(graph, importance=BNScale(coupling="max"), coupling="mean")
+    with pytest.raises(ValueError, match="coupling must be one of"):
+        BNScale(coupling="median")  # type: ignore[arg-type]
+
+
+def test_nan_scores_raise_non_finite_error_naming_the_group() -> None:
+    graph = _graph()
+    group = next(g for g in graph.channel_groups if g.prunable)
+    bad = CustomImportance(lambda m, g: torch.full((g.size,), float("nan")))
+    with pytest.raises(gp.NonFiniteError, match=f"channel group {group.name!r}"):
+        gp.GroupPruner(graph, importance=bad).scores(group)
+
+
+def test_bn_sparsity_does_not_write_into_the_callers_schedule() -> None:
+    schedule = Dynamic(1e-3)
+    graph = _graph()
+    sparsity = gp.BNSparsity(graph, schedule=schedule, total_steps=20)
+    assert schedule.total_steps is None and schedule.last_step == 0
+    assert sparsity.schedule.total_steps == 20 and sparsity.schedule is not schedule
+    graph.model(example_input()).sum().backward()
+    sparsity.step()
+    assert schedule.last_step == 0 and sparsity.schedule.last_step == 1

@@ -3,7 +3,8 @@
 ``grouppruner inspect`` prints the channel groups and layer groups of a built-in reduced YOLOv4 (or of the full
 one with ``--width 1 --depth 1``); ``grouppruner profile`` prints its parameters, MACs, fp32 size and latency,
 optionally after loading a pruned checkpoint; ``grouppruner demo`` runs the whole recipe (dense training,
-dynamic sparse training, group pruning, attention-distilled recovery) on generated VOC-format data.
+dynamic sparse training, group pruning, attention-distilled recovery) on generated VOC-format data;
+``grouppruner report RUN_DIR`` writes a Markdown report with figures for such a run.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sparsity", type=float, help="rate s of the Dynamic schedule (default 1e-3)")
     demo.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
     demo.add_argument("--seed", type=int)
+
+    report = commands.add_parser("report", help="write a Markdown report with figures for a demo / recipe run folder")
+    report.add_argument("run_dir", help="the --out folder of a run (holds results.json and the stage checkpoints)")
+    report.add_argument("--latency", action="store_true", help="also measure each stage model's batch-1 latency")
+    report.add_argument("--threads", type=int, default=None, help="torch threads for --latency")
     return parser
 
 
@@ -144,6 +150,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .detection.report import write_report
+
+    path = write_report(args.run_dir, latency=args.latency, threads=args.threads)
+    print(f"report written to {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``grouppruner`` console script.
 
@@ -155,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    handlers = {"inspect": _inspect, "profile": _profile, "demo": _demo}
+    handlers = {"inspect": _inspect, "profile": _profile, "demo": _demo, "report": _report}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as error:

@@ -18,7 +18,7 @@ from torch import Tensor
 from .checkpoint import atomic_write
 from .sparsity import BNSparsity
 
-__all__ = ["gamma_histograms"]
+__all__ = ["gamma_histograms", "new_figure", "save_png"]
 
 Snapshot = Mapping[str, Tensor]
 
@@ -62,8 +62,7 @@ def gamma_histograms(
             raise ValueError(f"gamma_histograms: snapshot {label!r} has layer groups {list(snap)}, expected {groups}")
     cols = max(1, min(columns, len(groups)))
     rows = math.ceil(len(groups) / cols)
-    fig = Figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.0 * cols, 3.0 * rows)
     grid = fig.subplots(rows, cols, squeeze=False)
     for i, group in enumerate(groups):
         ax = grid[i // cols][i % cols]
@@ -83,7 +82,7 @@ def gamma_histograms(
     for j in range(len(groups), rows * cols):
         fig.delaxes(grid[j // cols][j % cols])
     if path is not None:
-        _save_png(fig, Path(path), dpi)
+        save_png(fig, path, dpi=dpi)
     return fig
 
 
@@ -98,7 +97,16 @@ def _normalize(snapshots: BNSparsity | Snapshot | Mapping[str, Snapshot]) -> dic
     return dict(snapshots)  # type: ignore[arg-type]  # labelled snapshots: values are mappings
 
 
-def _save_png(fig: Figure, path: Path, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure of ``width`` x ``height`` inches on its own Agg canvas (no pyplot state)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> None:
+    """Write ``fig`` as a PNG atomically (temp file + rename), creating the parent folder."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target) as handle:
         fig.savefig(handle, format="png", dpi=dpi)

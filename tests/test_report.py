@@ -1,0 +1,98 @@
+"""grouppruner.detection.report: the run-folder report (tables and figures) from checkpoints and results.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import grouppruner as gp
+from grouppruner.detection import yolov4
+from grouppruner.detection.report import write_report
+
+pytest.importorskip("matplotlib")
+
+CONFIG = {"image_size": 64, "classes": ["a", "b"], "backbone": "cspdarknet53", "width": 0.25, "depth": 0.34}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_folder(root: Path) -> dict[str, nn.Module]:
+    """A fake finished run: dense, sparse (half the gammas zeroed), pruned (to 60 % params), recovered."""
+    torch.manual_seed(0)
+    dense = yolov4(2, width=0.25, depth=0.34).eval()
+    sparse = yolov4(2, width=0.25, depth=0.34).eval()
+    sparse.load_state_dict(dense.state_dict())
+    for m in sparse.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data[::2] = 0.0
+    pruned = yolov4(2, width=0.25, depth=0.34).eval()
+    pruned.load_state_dict(sparse.state_dict())
+    pruner = gp.GroupPruner(gp.ChannelGraph(pruned, torch.zeros(1, 3, 64, 64)), min_channels=4)
+    pruner.apply(pruner.plan(target_params=0.6))
+    models = {"dense": dense, "sparse": sparse, "pruned": pruned, "recovered": pruned}
+    stages = []
+    for i, (stage, model) in enumerate(models.items()):
+        gp.save_pruned(model, root / f"{stage}.pt")
+        params = gp.profile.count_params(model)
+        macs = gp.profile.count_macs(model, torch.zeros(1, 3, 64, 64))
+        stages.append({"stage": stage, "map50": 0.5 - 0.1 * i, "params": params, "macs": macs})
+    (root / "results.json").write_text(json.dumps({"config": CONFIG, "stages": stages}))
+    return models
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, nn.Module]]:
+    root = tmp_path_factory.mktemp("run")
+    return root, _run_folder(root)
+
+
+def test_report_tables_and_figures(run: tuple[Path, dict[str, nn.Module]]) -> None:
+    tmp_path, models = run
+    report = write_report(tmp_path)
+    assert report == tmp_path / "report" / "report.md"
+    text = report.read_text()
+    dense_params = gp.profile.count_params(models["dense"])
+    pruned_params = gp.profile.count_params(models["pruned"])
+    assert f"| dense | 0.500 | 100.0% | {dense_params:,} | 100.0% |" in text
+    assert f"| pruned | 0.300 | 60.0% | {pruned_params:,} | {pruned_params / dense_params:.1%} |" in text
+    for name in ("stages.png", "gammas.png", "channels.png"):
+        assert (tmp_path / "report" / name).read_bytes().startswith(PNG)
+        assert f"]({name})" in text
+    # The sparse model has every other gamma at 0: about half of each layer group is under 1e-2, none before.
+    rows = [line for line in text.splitlines() if line.startswith("| backbone/")]
+    assert rows
+    for row in rows:
+        dense_frac, sparse_frac = (float(c.strip().rstrip("%")) for c in row.strip("|").split("|")[2:4])
+        assert dense_frac == 0.0 and 40.0 <= sparse_frac <= 60.0
+    assert "PruningPlan (target_params=0.6)" in text
+
+
+@pytest.mark.slow
+def test_report_latency_column(run: tuple[Path, dict[str, nn.Module]]) -> None:
+    text = write_report(run[0], latency=True, threads=1).read_text()
+    assert "| latency (ms) | latency % |" in text
+    assert text.count("% |") >= 4 * 4  # mAP kept, params %, MACs %, latency % for each stage
+
+
+def test_report_refuses_bad_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no results\.json"):
+        write_report(tmp_path)
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"results\.json: not a recipe result"):
+        write_report(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"config": CONFIG, "stages": [{"stage": "dense"}]}))
+    with pytest.raises(gp.CheckpointError, match=r"dense\.pt: stage checkpoint missing"):
+        write_report(tmp_path)
+
+
+def test_cli_report(run: tuple[Path, dict[str, nn.Module]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from grouppruner.cli import main
+
+    assert main(["report", str(run[0])]) == 0
+    assert f"report written to {run[0] / 'report' / 'report.md'}" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "grouppruner report: error:" in err and "no results.json" in err

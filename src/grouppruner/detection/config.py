@@ -1,0 +1,119 @@
+"""Recipe configuration files: a TOML file whose keys are :class:`~grouppruner.detection.RecipeConfig` fields.
+
+::
+
+    # recipe.toml
+    classes = ["aeroplane", "bicycle", "bird"]
+    image_size = 416
+    dense_epochs = 0
+    target_params = 0.35
+
+:func:`load_recipe_config` checks every key and type before any work starts: an unknown key names the file, the
+key and the closest field names; a wrong type names the field and the type it takes. Values are then checked by
+``RecipeConfig`` itself (allowed choices and ranges). Command-line flags override file values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .._utils.names import did_you_mean
+from .recipe import RecipeConfig
+
+__all__ = ["load_recipe_config", "recipe_config_fields"]
+
+
+def recipe_config_fields() -> dict[str, tuple[Any, Any]]:
+    """``{field: (type, default)}`` of :class:`~grouppruner.detection.RecipeConfig`, in declaration order
+    (``dataclasses.MISSING`` for a field without default)."""
+    hints = typing.get_type_hints(RecipeConfig)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(RecipeConfig)}
+
+
+def load_recipe_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> RecipeConfig:
+    """Read a recipe configuration: a TOML file, then ``overrides`` (e.g. command-line flags) on top.
+
+    Args:
+        path: a TOML file of ``RecipeConfig`` fields; ``None``: defaults only.
+        overrides: field values that replace the file's (``None`` values are ignored, so unset flags keep the
+            file's value).
+
+    Returns:
+        The validated :class:`~grouppruner.detection.RecipeConfig`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not valid TOML, a key is not a field, a value has the wrong type or is out of range
+            (the message names the file and the field).
+    """
+    values: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: config file not found")
+        try:
+            values = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{file}: not a valid TOML file: {error}") from error
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    fields = recipe_config_fields()
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(
+                f"{source}: unknown option {key!r}{did_you_mean(key, fields)}; options: {', '.join(fields)}"
+            )
+        values[key] = _coerce(key, value, fields[key][0], source)
+    missing = [name for name, (_, default) in fields.items() if default is dataclasses.MISSING and name not in values]
+    if missing:
+        raise ValueError(f"{source}: missing required option(s) {', '.join(missing)}")
+    try:
+        return RecipeConfig(**values)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
+
+
+def _coerce(name: str, value: Any, kind: Any, source: str) -> Any:
+    """``value`` as field ``name`` of type ``kind`` takes it, or a ValueError naming the field and the type."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        origin = typing.get_origin(option)
+        if origin is tuple and isinstance(value, list | tuple):
+            item = typing.get_args(option)[0]
+            if all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+                return tuple(value)
+        elif option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        elif isinstance(option, type) and isinstance(value, option) and (option is bool or not isinstance(value, bool)):
+            return value
+    raise ValueError(f"{source}: option {name!r} must be {_describe(kind)}, got {value!r}")
+
+
+def _describe(kind: Any) -> str:
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    names = []
+    for option in options:
+        if option is type(None):
+            names.append("unset")
+        elif typing.get_origin(option) is tuple:
+            names.append(f"a list of {typing.get_args(option)[0].__name__}")
+        else:
+            names.append({int: "an integer", float: "a number", str: "a string", bool: "true or false"}[option])
+    return " or ".join(names)

@@ -1,0 +1,54 @@
+"""Recipe configuration files (TOML): every key and type checked, flags override the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from grouppruner.detection import RecipeConfig
+from grouppruner.detection.config import load_recipe_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_file_values_then_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'out_dir = "runs/a"\nclasses = ["cat", "dog"]\nimage_size = 96\nwidth = 1\n')
+    config = load_recipe_config(path, overrides={"image_size": 64, "seed": None})
+    assert config == RecipeConfig(out_dir="runs/a", classes=("cat", "dog"), image_size=64, width=1.0)
+    assert isinstance(config.width, float) and config.seed == 0
+    assert load_recipe_config(overrides={"out_dir": "x"}) == RecipeConfig(out_dir="x")
+
+
+def test_unknown_key_names_file_key_and_close_fields(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'out_dir = "x"\nimage_sise = 96\n')
+    with pytest.raises(ValueError, match=r"recipe\.toml: unknown option 'image_sise'; close matches: 'image_size'"):
+        load_recipe_config(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("image_size = 9.5", r"option 'image_size' must be an integer, got 9\.5"),
+        ("image_size = true", r"option 'image_size' must be an integer, got True"),
+        ('width = "wide"', r"option 'width' must be a number, got 'wide'"),
+        ("classes = [1, 2]", r"option 'classes' must be a list of str"),
+        ("round_to = 2.0", r"option 'round_to' must be an integer or unset"),
+    ],
+)
+def test_wrong_types_name_the_field_and_the_type(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_recipe_config(_write(tmp_path, f'out_dir = "x"\n{line}\n'))
+
+
+def test_missing_file_bad_toml_and_missing_out_dir(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nothere\.toml: config file not found"):
+        load_recipe_config(tmp_path / "nothere.toml")
+    with pytest.raises(ValueError, match=r"recipe\.toml: not a valid TOML file"):
+        load_recipe_config(_write(tmp_path, "image_size = = 3"))
+    with pytest.raises(ValueError, match="missing required option"):
+        load_recipe_config(_write(tmp_path, "image_size = 64"))

@@ -34,3 +34,21 @@ def test_demo_options_default_to_the_recipe_config():
     assert args.epochs == [1, 2, 3] and args.num_images is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--backbone", "resnet"])
+
+
+def test_console_script_reexecs_with_passive_openmp(monkeypatch):
+    import os
+    import sys
+
+    from grouppruner import cli
+
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, args: calls.append((exe, args)))
+    monkeypatch.setattr(sys, "argv", ["grouppruner", "demo", "--out", "x"])
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cli.ensure_passive_openmp()
+    assert calls == [] and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's setting wins
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    cli.ensure_passive_openmp()
+    assert calls == [(sys.executable, [sys.executable, "-m", "grouppruner", "demo", "--out", "x"])]
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -1,0 +1,5 @@
+"""``python -m grouppruner``: the ``grouppruner`` command."""
+
+from .cli import run
+
+run()

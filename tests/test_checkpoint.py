@@ -163,3 +163,17 @@ def test_atomic_write_replaces_whole_files_with_umask_permissions(tmp_path):
         os.umask(umask)
     assert target.read_bytes() == b"new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_atomic_write_removes_temporaries_left_by_a_killed_writer(tmp_path):
+    from grouppruner.checkpoint import atomic_write
+
+    stale = tmp_path / ".model.pt.abc123.tmp"  # what mkstemp leaves when the writer is killed
+    stale.write_bytes(b"x" * 1000)
+    other = tmp_path / ".other.pt.abc123.tmp"
+    other.write_bytes(b"y")
+    with atomic_write(tmp_path / "model.pt") as file:
+        file.write(b"new")
+    assert not stale.exists() and other.exists()  # only temporaries of the path being written
+    assert (tmp_path / "model.pt").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "model.pt"]

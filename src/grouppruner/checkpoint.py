@@ -13,6 +13,7 @@ replays the structural part of every plan (channel removal and biases added by f
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -45,7 +46,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     Yields a binary file opened on a temporary file in the same directory; when the ``with`` block ends without
     an exception the file is closed, given the permissions a plain ``open`` would give (the process umask), and
     renamed over ``path`` with ``os.replace`` (atomic on one filesystem). On an exception the temporary file is
-    removed and ``path`` is untouched.
+    removed and ``path`` is untouched; temporary files left by a process killed while writing ``path`` are removed
+    by the next write to it.
 
     Args:
         path: destination file; its directory must exist.
@@ -55,6 +57,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         ...     file.write(b"{}")
     """
     path = Path(path)
+    # A process killed mid-write leaves its temporary file behind: the next write to the same path removes it.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:

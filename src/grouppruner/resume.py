@@ -106,8 +106,11 @@ def load_training_state(
 
     Args:
         path: a file written by :func:`save_training_state`.
-        model, optimizer, scheduler, generator, extra: the same objects (freshly built) as were saved; each
-            present in the file is restored.
+        model: the model, freshly built with the saved architecture.
+        optimizer: the optimizer to restore, or ``None``.
+        scheduler: the LR scheduler to restore, or ``None``.
+        generator: the data loader's generator to restore, or ``None``.
+        extra: more objects to restore, by the names they were saved under.
 
     Returns:
         The epoch to resume at (the number of finished epochs).

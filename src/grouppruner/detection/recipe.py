@@ -14,9 +14,10 @@ VOC-format data set is generated first (:func:`~grouppruner.detection.make_synth
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,40 +31,90 @@ from ..distill import AttentionDistiller
 from ..graph import ChannelGraph
 from ..profile import count_macs, count_params
 from ..pruning import GroupPruner
-from ..sparsity import BNSparsity, Dynamic
+from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
 from .data import VOCDetection, collate
+from .distill import YoloOutputDistill
 from .loss import YoloLoss, kmeans_anchors
 from .models import YOLOv4, yolov4
 from .synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
-from .train import evaluate, train_one_epoch
+from .train import LossFn, StepHook, evaluate, train_one_epoch
 
-__all__ = ["STAGES", "RecipeConfig", "StageResult", "run_recipe"]
+__all__ = [
+    "GAMMA_THRESHOLD",
+    "STAGES",
+    "RecipeConfig",
+    "RecipeRun",
+    "StageResult",
+    "run_recipe",
+    "sparse_optimizer",
+    "weights_digest",
+]
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("dense", "sparse", "pruned", "recovered")
 
 
+#: ``|gamma|`` below this counts as sparsified in the sparse stage's statistics (``StageResult.extra``).
+GAMMA_THRESHOLD = 1e-2
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "sparse_optimizer": ("sgd", "adamw"),
+    "sparsity_schedule": ("dynamic", "constant"),
+    "prune_scope": ("group", "global"),
+    "prune_by": ("params", "gamma"),
+    "teacher": ("dense", "sparse"),
+}
+
+
 @dataclass
 class RecipeConfig:
-    """Options of :func:`run_recipe`. The defaults run in about four minutes on two idle CPU cores.
+    """Options of :func:`run_recipe`. The defaults run in about ten minutes on two idle CPU cores.
+
+    Invalid values raise ``ValueError`` at construction, naming the field and what it accepts.
 
     Attributes:
         out_dir: where checkpoints (``<stage>.pt``) and ``results.json`` go; a run with the same ``out_dir``
             resumes after the last finished stage.
-        data_root: a VOCdevkit-style folder; ``None`` generates a synthetic one in ``out_dir/data``.
+        data_root: a VOCdevkit-style folder (its ``train`` and ``val`` splits are used); ``None`` generates a
+            synthetic one in ``out_dir/data``.
         classes: class names of the data set.
         num_images: images to generate when ``data_root`` is ``None``.
+        val_fraction: fraction of the generated images in the validation split, in (0, 1) (the rest is
+            ``train``); a large split keeps the mAP differences between stages above the noise.
         image_size: square network input side in pixels.
         backbone, width, depth: the YOLOv4 variant (see :func:`~grouppruner.detection.yolov4`).
         batch_size: batch size of every training stage.
-        lr: AdamW learning rate of the dense stage (cosine-annealed to ``lr / 20``); the sparse and recovery
-            stages fine-tune at ``lr / 5``.
+        lr: AdamW learning rate of the dense stage (cosine-annealed to ``lr / 20``).
         dense_epochs, sparse_epochs, recover_epochs: epochs of each training stage.
-        sparsity: the rate ``s`` of the :class:`~grouppruner.sparsity.Dynamic` schedule.
-        target_params: fraction of the parameters the pruned model keeps.
+        sparse_optimizer: ``"sgd"`` (SGD with Nesterov momentum 0.9, as network slimming and the paper) or
+            ``"adamw"``. Adam divides every gradient, the L1 term included, by its running magnitude, so the
+            L1 pull on a gamma is no longer ``lr * s`` and the scales do not collapse to zero.
+        sparse_lr: learning rate of the sparse stage (cosine-annealed to ``sparse_lr / 20``).
+        sparsity: the rate ``s`` of the L1 term on the BatchNorm scales. What matters is the total pull
+            ``sparse_lr * s * steps / (1 - momentum)``: a short run needs a larger ``s`` than the paper's
+            1e-4 .. 5e-3 over hundreds of epochs.
+        sparsity_schedule: ``"dynamic"`` (the paper's :class:`~grouppruner.sparsity.Dynamic`: constant ``s`` for
+            the first 40 % of the steps, then the strongest 35 % of the channels get 1 % of ``s``) or
+            ``"constant"`` (:class:`~grouppruner.sparsity.Constant`, as network slimming).
+        target_params: fraction of the parameters the pruned model keeps (``prune_by="params"``).
+        prune_by: ``"params"``: the per-layer-group fractions are solved for ``target_params``; ``"gamma"``:
+            every layer group drops its channels with ``|gamma| < gamma_threshold`` (fractions read off the
+            gamma distributions, whatever size that gives).
+        gamma_threshold: the |gamma| threshold of ``prune_by="gamma"``.
+        prune_scope: ``"group"``: one threshold per layer group (the paper's grouping by feature stride and
+            module structure, ``ChannelGraph.layer_groups()``); ``"global"``: one threshold over all channels.
         min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
-        distill_weight: weight of the attention-distillation loss next to the detection loss.
+        recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``).
+        finetune_epochs: the first this many recovery epochs fine-tune on the detection loss alone; the
+            remaining ``recover_epochs - finetune_epochs`` add the distillation terms (the paper fine-tunes
+            the pruned model before distilling).
+        teacher: ``"dense"`` (the original model, as in the paper) or ``"sparse"`` (the model that was pruned).
+        distill_weight: weight of the spatial-attention distillation loss
+            (:class:`~grouppruner.distill.AttentionDistiller` on ``YOLOv4.distill_layers``); 0 disables it.
+        output_distill_weight: weight of the output-level term
+            (:class:`~grouppruner.detection.YoloOutputDistill`); 0 disables it.
+        distill_temperature: temperature of the output-level KL terms.
         seed: seed of data generation, initialization and shuffling.
     """
 
@@ -71,6 +122,7 @@ class RecipeConfig:
     data_root: str | None = None
     classes: tuple[str, ...] = SYNTHETIC_CLASSES
     num_images: int = 400
+    val_fraction: float = 0.5
     image_size: int = 128
     backbone: str = "cspdarknet53"
     width: float = 0.25
@@ -80,12 +132,56 @@ class RecipeConfig:
     dense_epochs: int = 24
     sparse_epochs: int = 6
     recover_epochs: int = 6
+    sparse_optimizer: str = "sgd"
+    sparse_lr: float = 1e-2
     sparsity: float = 1e-3
+    sparsity_schedule: str = "dynamic"
     target_params: float = 0.35
+    prune_by: str = "params"
+    gamma_threshold: float = GAMMA_THRESHOLD
+    prune_scope: str = "group"
     min_channels: int = 8
     round_to: int | None = None
+    recover_lr: float = 1e-3
+    finetune_epochs: int = 0
+    teacher: str = "dense"
     distill_weight: float = 10.0
+    output_distill_weight: float = 1.0
+    distill_temperature: float = 3.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"RecipeConfig.{name} must be one of {allowed}, got {value!r}")
+        positive = ("num_images", "image_size", "batch_size", "lr", "sparse_lr", "recover_lr", "distill_temperature")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RecipeConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        non_negative = (
+            "dense_epochs",
+            "sparse_epochs",
+            "recover_epochs",
+            "finetune_epochs",
+            "sparsity",
+            "gamma_threshold",
+            "distill_weight",
+            "output_distill_weight",
+        )
+        for name in non_negative:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"RecipeConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("val_fraction", "target_params"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0 and not (name == "target_params" and value == 1.0):
+                bounds = "(0, 1]" if name == "target_params" else "(0, 1)"
+                raise ValueError(f"RecipeConfig.{name} must be in {bounds}, got {value!r}")
+        if self.finetune_epochs > self.recover_epochs:
+            raise ValueError(
+                f"RecipeConfig.finetune_epochs ({self.finetune_epochs}) must be <= recover_epochs "
+                f"({self.recover_epochs})"
+            )
 
 
 @dataclass
@@ -114,19 +210,43 @@ def _write_json_atomic(path: Path, data: Any) -> None:
         file.write(json.dumps(data, indent=2).encode())
 
 
-class _Run:
-    """The state shared by the stages of one recipe run."""
+class RecipeRun:
+    """The state shared by the stages of one recipe run: data, anchors, loss and checkpoint lookup.
 
-    def __init__(self, config: RecipeConfig, progress: bool) -> None:
+    :func:`run_recipe` drives it; benchmarks use it to run single stages (:meth:`run_stage`) from checkpoints
+    made elsewhere, e.g. several recovery variants from one pruned model.
+
+    Args:
+        config: the options; the data is generated here when ``config.data_root`` is ``None`` and
+            ``out_dir/data`` has none yet.
+        progress: show tqdm progress bars.
+        checkpoints: stage -> checkpoint file to read that stage's model from (default
+            ``out_dir/<stage>.pt``).
+
+    Attributes:
+        train_loader, val_loader: ``DataLoader`` s of the ``train`` (augmented, shuffled) and ``val`` splits.
+        loss_fn: the :class:`~grouppruner.detection.YoloLoss` with anchors fitted to the training boxes.
+        example: a ``(1, 3, image_size, image_size)`` zero input for graph tracing and MACs.
+    """
+
+    def __init__(
+        self, config: RecipeConfig, progress: bool = False, checkpoints: Mapping[str, str | Path] | None = None
+    ) -> None:
         self.config = config
         self.progress = progress
+        self.checkpoints = {stage: Path(path) for stage, path in (checkpoints or {}).items()}
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         data_root = Path(config.data_root) if config.data_root else self.out / "data"
         if config.data_root is None and not (data_root / "ImageSets" / "Main" / "train.txt").is_file():
             logger.info("generating %d synthetic images in %s", config.num_images, data_root)
             make_synthetic_voc(
-                data_root, config.num_images, image_size=config.image_size, classes=config.classes, seed=config.seed
+                data_root,
+                config.num_images,
+                image_size=config.image_size,
+                classes=config.classes,
+                seed=config.seed,
+                split_fractions=(1.0 - config.val_fraction, config.val_fraction, 0.0),
             )
         size = config.image_size
         generator = torch.Generator().manual_seed(config.seed)
@@ -147,19 +267,44 @@ class _Run:
         return kmeans_anchors(wh, 9, seed=self.config.seed).view(3, 3, 2)
 
     def new_model(self) -> YOLOv4:
+        """A freshly initialised YOLOv4 of the configured variant (seeded: the same weights every call)."""
         torch.manual_seed(self.config.seed)
         c = self.config
         return yolov4(len(c.classes), backbone=c.backbone, width=c.width, depth=c.depth, anchors=self.anchors)
 
-    def optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-
-    def epochs(self, count: int, stage: str) -> Iterator[int]:
-        for epoch in range(count):
-            logger.info("%s: epoch %d/%d", stage, epoch + 1, count)
-            yield epoch
+    def train(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epochs: int,
+        stage: str,
+        *,
+        schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+        loss_fn: LossFn | None = None,
+        forward_fn: Callable[[Tensor], Any] | None = None,
+        step_hooks: Sequence[StepHook] = (),
+    ) -> dict[str, float]:
+        """``epochs`` epochs; without ``schedule``, the learning rate is cosine-annealed to 1/20 over them."""
+        if schedule is None:
+            lr = optimizer.param_groups[0]["lr"]
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=lr / 20)
+        loss: dict[str, float] = {}
+        for epoch in range(epochs):
+            logger.info("%s: epoch %d/%d", stage, epoch + 1, epochs)
+            loss = train_one_epoch(
+                model,
+                self.train_loader,
+                optimizer,
+                loss_fn or self.loss_fn,
+                forward_fn=forward_fn,
+                step_hooks=step_hooks,
+                progress=self.progress,
+            )
+            schedule.step()
+        return loss
 
     def result(self, stage: str, model: YOLOv4, extra: dict[str, Any]) -> StageResult:
+        """Save ``model`` as ``out_dir/<stage>.pt`` and measure it (validation mAP@0.5, params, MACs)."""
         path = self.out / f"{stage}.pt"
         save_pruned(model, path)
         metrics = evaluate(model, self.val_loader, progress=self.progress)
@@ -173,70 +318,163 @@ class _Run:
         )
 
     def load(self, stage: str) -> YOLOv4:
+        """The model of a finished stage, from ``checkpoints[stage]`` or ``out_dir/<stage>.pt``."""
         model = self.new_model()
-        load_pruned(model, self.out / f"{stage}.pt")
+        load_pruned(model, self.checkpoints.get(stage, self.out / f"{stage}.pt"))
         return model
 
+    def run_stage(self, stage: str) -> StageResult:
+        """Run one stage of :data:`STAGES` from the checkpoints of the stages before it and measure it.
 
-def _dense(run: _Run) -> tuple[YOLOv4, dict[str, Any]]:
+        Writes ``out_dir/<stage>.pt`` (not ``results.json``).
+
+        Raises:
+            KeyError: an unknown stage name.
+            FileNotFoundError: a checkpoint this stage reads is missing.
+        """
+        if stage not in _STAGE_FUNCTIONS:
+            raise KeyError(f"unknown stage {stage!r}; stages: {STAGES}")
+        model, extra = _STAGE_FUNCTIONS[stage](self)
+        result = self.result(stage, model, extra)
+        logger.info("%s: mAP@0.5 %.3f, %d params", stage, result.map50, result.params)
+        return result
+
+
+def _dense(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     model = run.new_model()
-    optimizer = run.optimizer(model, run.config.lr)
-    epochs = run.config.dense_epochs
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=run.config.lr / 20)
-    loss: dict[str, float] = {}
-    for _ in run.epochs(epochs, "dense"):
-        loss = train_one_epoch(model, run.train_loader, optimizer, run.loss_fn, progress=run.progress)
-        schedule.step()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.lr, weight_decay=5e-4)
+    loss = run.train(model, optimizer, run.config.dense_epochs, "dense")
     return model, {"train_loss": loss.get("loss")}
 
 
-def _sparse(run: _Run) -> tuple[YOLOv4, dict[str, Any]]:
+def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+    c = run.config
     model = run.load("dense")
     graph = ChannelGraph(model, run.example)
-    steps = run.config.sparse_epochs * len(run.train_loader)
-    sparsity = BNSparsity(graph, schedule=Dynamic(run.config.sparsity, total_steps=steps))
-    optimizer = run.optimizer(model, run.config.lr / 5)
-    for _ in run.epochs(run.config.sparse_epochs, "sparse"):
-        train_one_epoch(
-            model, run.train_loader, optimizer, run.loss_fn, step_hooks=[lambda _: sparsity.step()],
-            progress=run.progress,
-        )
-    stats = {name: asdict(s) for name, s in sparsity.stats().items()}
-    return model, {"sparsity": stats}
+    steps = max(c.sparse_epochs * len(run.train_loader), 1)
+    schedule: Schedule = (
+        Dynamic(c.sparsity, total_steps=steps) if c.sparsity_schedule == "dynamic" else Constant(c.sparsity)
+    )
+    sparsity = BNSparsity(graph, schedule=schedule)
+    optimizer = sparse_optimizer(model, c.sparse_optimizer, c.sparse_lr)
+    loss = run.train(model, optimizer, c.sparse_epochs, "sparse", step_hooks=[lambda _: sparsity.step()])
+    stats = sparsity.stats(threshold=GAMMA_THRESHOLD)
+    below = {name: s.below for name, s in stats.items()}
+    logger.info("sparse: fraction of |gamma| < %g per layer group: %s", GAMMA_THRESHOLD, _rounded(below))
+    return model, {
+        "train_loss": loss.get("loss"),
+        "gamma_threshold": GAMMA_THRESHOLD,
+        "below_threshold": below,
+        "sparsity": {name: asdict(s) for name, s in stats.items()},
+    }
 
 
-def _pruned(run: _Run) -> tuple[YOLOv4, dict[str, Any]]:
+def _pruned(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+    c = run.config
     model = run.load("sparse")
     graph = ChannelGraph(model, run.example)
-    pruner = GroupPruner(graph, min_channels=run.config.min_channels, round_to=run.config.round_to)
-    plan = pruner.plan(target_params=run.config.target_params)
+    layer_groups = None
+    if c.prune_scope == "global":
+        layer_groups = {"all": [group for members in graph.layer_groups().values() for group in members]}
+    pruner = GroupPruner(graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to)
+    if c.prune_by == "params":
+        plan = pruner.plan(target_params=c.target_params)
+    else:
+        plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, c.gamma_threshold))
     pruner.apply(plan)
     logger.info("pruning plan:\n%s", plan.summary())
-    return model, {"plan": plan.summary()}
+    kept = {lg.name: lg.channels_after / max(lg.channels_before, 1) for lg in plan.layer_groups}
+    return model, {"plan": plan.summary(), "kept_channels": kept}
 
 
-def _recovered(run: _Run) -> tuple[YOLOv4, dict[str, Any]]:
-    teacher = run.load("sparse")
+def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+    c = run.config
+    teacher = run.load(c.teacher)
     student = run.load("pruned")
-    distiller = AttentionDistiller(teacher, student, student.distill_layers)
-    weight = run.config.distill_weight
-
-    def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
-        detection, parts = run.loss_fn(outputs, targets)
-        attention, _ = distiller.loss()
-        return detection + weight * attention, {**parts, "attention": attention.detach()}
-
-    optimizer = run.optimizer(student, run.config.lr / 5)
+    teacher_digest = weights_digest(teacher)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=c.recover_lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(c.recover_epochs, 1), eta_min=c.recover_lr / 20
+    )
+    extra: dict[str, Any] = {"teacher": c.teacher, "teacher_sha256": teacher_digest}
+    finetune = c.finetune_epochs if c.distill_weight or c.output_distill_weight else c.recover_epochs
     loss: dict[str, float] = {}
-    for _ in run.epochs(run.config.recover_epochs, "recovered"):
-        loss = train_one_epoch(
-            student, run.train_loader, optimizer, loss_fn, forward_fn=distiller, progress=run.progress
-        )
-    distiller.remove()
-    return student, {"train_loss": loss.get("loss"), "attention_loss": loss.get("attention")}
+    if finetune:
+        loss = run.train(student, optimizer, finetune, "recovered (fine-tune)", schedule=schedule)
+        extra["finetune_loss"] = loss.get("loss")
+    if c.recover_epochs > finetune:
+        distiller = AttentionDistiller(teacher, student, student.distill_layers)
+        output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature)
+
+        def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+            detection, parts = run.loss_fn(outputs, targets)
+            total = detection
+            logged = {**parts, "detection": detection.detach()}
+            if c.distill_weight:
+                attention, _ = distiller.loss()
+                total = total + c.distill_weight * attention
+                logged["attention"] = c.distill_weight * attention.detach()
+            if c.output_distill_weight:
+                output, output_parts = output_distill(outputs, distiller.last_teacher_output, targets)
+                total = total + c.output_distill_weight * output
+                logged["output"] = c.output_distill_weight * output.detach()
+                logged.update({f"output_{k}": c.output_distill_weight * v for k, v in output_parts.items()})
+            return total, logged
+
+        try:
+            loss = run.train(
+                student,
+                optimizer,
+                c.recover_epochs - finetune,
+                "recovered (distill)",
+                schedule=schedule,
+                loss_fn=loss_fn,
+                forward_fn=distiller,
+            )
+        finally:
+            distiller.remove()
+        # the weighted distillation parts, mean over the last epoch: they show whether each term acted
+        extra["distill_loss"] = {
+            k: v for k, v in loss.items() if k in ("detection", "attention") or k.startswith("output")
+        }
+    if weights_digest(teacher) != teacher_digest:
+        raise RuntimeError("recovery changed the teacher's weights")  # a frozen teacher is the contract
+    extra["train_loss"] = loss.get("loss")
+    return student, extra
 
 
-_STAGE_FUNCTIONS: dict[str, Callable[[_Run], tuple[YOLOv4, dict[str, Any]]]] = {
+def sparse_optimizer(model: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of the sparse stage: ``"sgd"`` (Nesterov momentum 0.9) or ``"adamw"``, weight decay 5e-4.
+
+    With SGD the L1 term moves every gamma by ``lr * s`` per step (times ``1 / (1 - momentum)`` at steady
+    state), so unimportant scales reach zero; see :attr:`RecipeConfig.sparse_optimizer`.
+    """
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    raise ValueError(f"sparse optimizer must be one of {_CHOICES['sparse_optimizer']}, got {kind!r}")
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 (16 hex characters) of the model's ``state_dict`` names, shapes and values.
+
+    Unlike :func:`~grouppruner.plan.model_fingerprint` (architecture only) it tells two checkpoints of the same
+    architecture apart, e.g. the dense and the sparse model.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in values.items()}
+
+
+_STAGE_FUNCTIONS: dict[str, Callable[[RecipeRun], tuple[YOLOv4, dict[str, Any]]]] = {
     "dense": _dense,
     "sparse": _sparse,
     "pruned": _pruned,
@@ -274,14 +512,12 @@ def run_recipe(config: RecipeConfig, *, progress: bool = False) -> list[StageRes
             if not (out / f"{record['stage']}.pt").is_file():
                 break
             done[record["stage"]] = StageResult(**record)
-    run = _Run(config, progress)
+    run = RecipeRun(config, progress)
     for stage in STAGES:
         if stage in done:
             logger.info("%s: done earlier (mAP %.3f), skipped", stage, done[stage].map50)
             continue
-        model, extra = _STAGE_FUNCTIONS[stage](run)
-        done[stage] = run.result(stage, model, extra)
-        logger.info("%s: mAP@0.5 %.3f, %d params", stage, done[stage].map50, done[stage].params)
+        done[stage] = run.run_stage(stage)
         _write_json_atomic(
             results_path, {"config": asdict(config), "stages": [asdict(done[s]) for s in STAGES if s in done]}
         )

@@ -1,17 +1,27 @@
 import copy
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grouppruner.checkpoint import CheckpointError
+from grouppruner.detection import yolov4
 from grouppruner.detection.recipe import (
     GAMMA_THRESHOLD,
+    STAGE_OF_OPTION,
     STAGES,
     RecipeConfig,
     RecipeRun,
+    first_changed_stage,
+    load_weights,
     run_recipe,
     sparse_optimizer,
     weights_digest,
@@ -70,13 +80,28 @@ def test_recipe_runs_every_stage_prunes_to_budget_and_resumes(tmp_path):
         assert (tmp_path / "run" / f"{stage}.pt").stat().st_mtime_ns == mtimes[stage]
 
 
-def test_recipe_refuses_an_out_dir_of_another_configuration_before_any_work(tmp_path):
+def test_recipe_refuses_a_broken_results_json_or_a_file_before_any_work(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "results.json").write_text(json.dumps({"config": {"out_dir": "elsewhere"}, "stages": []}))
-    with pytest.raises(ValueError, match=r"results\.json"):
+    (out / "results.json").write_text(json.dumps({"config": {"out_dir": "elsewhere"}, "stages": "none"}))
+    with pytest.raises(ValueError, match=r"results\.json: not a recipe result"):
         run_recipe(_config(tmp_path, num_images=12))
     assert not (out / "data").exists()  # no data was generated for a refused run
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run_recipe(_config(tmp_path, out_dir=str(tmp_path / "file")))
+
+
+def test_every_option_belongs_to_a_stage():
+    options = {f.name for f in dataclasses.fields(RecipeConfig)} - {"out_dir"}
+    assert options == set(STAGE_OF_OPTION)
+    assert set(STAGE_OF_OPTION.values()) == set(STAGES)
+    base = _config(Path("x"))
+    saved = json.loads(json.dumps(dataclasses.asdict(base)))
+    assert first_changed_stage(saved, base) is None
+    assert first_changed_stage(saved, dataclasses.replace(base, out_dir="elsewhere")) is None
+    assert first_changed_stage(saved, dataclasses.replace(base, target_params=0.5, recover_epochs=3)) == "pruned"
+    assert first_changed_stage({**saved, "unknown": 1}, base) == "dense"
 
 
 # ----------------------------------------------------------------------------- the recipe's choices, tiny settings
@@ -193,3 +218,91 @@ def test_recipe_sparse_teacher_is_the_sparse_checkpoint(tiny_run, tmp_path):
     run = RecipeRun(variant, checkpoints={s: stages[s] for s in ("dense", "sparse", "pruned")})
     recovered = run.run_stage("recovered")
     assert recovered.extra["teacher_sha256"] == weights_digest(run.load("sparse"))
+
+
+def test_changed_options_rerun_only_the_stages_they_affect(tiny_run, tmp_path):
+    config, results = tiny_run
+    shutil.copytree(config.out_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("data"))
+    changed = dataclasses.replace(config, out_dir=str(tmp_path / "copy"), data_root=None)
+    shutil.copytree(Path(config.out_dir) / "data", tmp_path / "copy" / "data")
+    mtimes = {s: (tmp_path / "copy" / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
+    rerun = run_recipe(dataclasses.replace(changed, recover_epochs=1, finetune_epochs=0))
+    assert [r.map50 for r in rerun[:3]] == [r.map50 for r in results[:3]]
+    for stage in ("dense", "sparse", "pruned"):
+        assert (tmp_path / "copy" / f"{stage}.pt").stat().st_mtime_ns == mtimes[stage]
+    assert (tmp_path / "copy" / "recovered.pt").stat().st_mtime_ns != mtimes["recovered"]
+    assert "distill_loss" in rerun[-1].extra and "finetune_loss" not in rerun[-1].extra
+
+
+def test_weights_load_a_state_dict_or_a_pruned_file_and_refuse_another_variant(tiny_run, tmp_path):
+    config, _ = tiny_run
+    run = RecipeRun(config)
+    dense = run.load("dense")
+    torch.save(dense.state_dict(), tmp_path / "dense_state.pt")
+    fresh = run.new_model()
+    load_weights(fresh, tmp_path / "dense_state.pt")
+    assert weights_digest(fresh) == weights_digest(dense)
+    pruned_into = run.new_model()
+    load_weights(pruned_into, run.out / "pruned.pt")
+    assert weights_digest(pruned_into) == weights_digest(run.load("pruned"))
+    other = yolov4(3, width=config.width, depth=config.depth)
+    with pytest.raises(CheckpointError, match=r"dense_state\.pt: does not fit .* heads predict 6 classes, the model 3"):
+        load_weights(other, tmp_path / "dense_state.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: cannot be read"):
+        load_weights(other, tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match=r"RecipeConfig\.weights: no such file"):
+        _config(tmp_path, weights=str(tmp_path / "missing.pt"))
+
+
+def test_recipe_from_user_weights_skips_dense_training(tiny_run, tmp_path):
+    config, results = tiny_run
+    torch.save(RecipeRun(config).load("dense").state_dict(), tmp_path / "teacher.pt")
+    run = RecipeRun(
+        dataclasses.replace(config, out_dir=str(tmp_path / "run"), weights=str(tmp_path / "teacher.pt"), dense_epochs=5)
+    )
+    dense = run.run_stage("dense")
+    assert dense.map50 == pytest.approx(results[0].map50) and dense.params == results[0].params
+    assert dense.extra["weights"] == str(tmp_path / "teacher.pt") and "train_loss" not in dense.extra
+
+
+_KILL_AFTER_EPOCH = """
+import sys
+from grouppruner.detection.recipe import RecipeConfig, run_recipe
+run_recipe(RecipeConfig(**eval(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_stage_resumes_to_the_uninterrupted_result(tmp_path):
+    options = dict(
+        out_dir=str(tmp_path / "straight"),
+        num_images=24,
+        image_size=64,
+        width=0.125,
+        depth=0.34,
+        batch_size=8,
+        dense_epochs=1,
+        sparse_epochs=3,
+        recover_epochs=1,
+        target_params=0.6,
+        min_channels=4,
+    )
+    straight = run_recipe(RecipeConfig(**options))
+    killed = {**options, "out_dir": str(tmp_path / "killed")}
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-c", _KILL_AFTER_EPOCH, repr(killed)], env=env)
+    state = tmp_path / "killed" / "sparse.epoch.pt"
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()  # SIGKILL, mid sparse stage: after its first epoch
+    process.wait()
+    assert state.exists() and not (tmp_path / "killed" / "sparse.pt").exists()
+    resumed = run_recipe(RecipeConfig(**killed))
+    assert [r.map50 for r in resumed] == pytest.approx([r.map50 for r in straight], abs=1e-6)
+    assert [r.params for r in resumed] == [r.params for r in straight]
+    a = torch.load(tmp_path / "straight" / "recovered.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "recovered.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert not list((tmp_path / "killed").glob("*.epoch.pt"))  # state files go once their stage is done

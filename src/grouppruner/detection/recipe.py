@@ -26,11 +26,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import atomic_write, load_pruned, save_pruned
+from ..checkpoint import CheckpointError, atomic_write, load_pruned, save_pruned
 from ..distill import AttentionDistiller
 from ..graph import ChannelGraph
 from ..profile import count_macs, count_params
 from ..pruning import GroupPruner
+from ..resume import Stateful, load_training_state, save_training_state
 from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
 from .data import VOCDetection, collate
 from .distill import YoloOutputDistill
@@ -42,9 +43,12 @@ from .train import LossFn, StepHook, evaluate, train_one_epoch
 __all__ = [
     "GAMMA_THRESHOLD",
     "STAGES",
+    "STAGE_OF_OPTION",
     "RecipeConfig",
     "RecipeRun",
     "StageResult",
+    "first_changed_stage",
+    "load_weights",
     "run_recipe",
     "sparse_optimizer",
     "weights_digest",
@@ -116,6 +120,10 @@ class RecipeConfig:
             (:class:`~grouppruner.detection.YoloOutputDistill`); 0 disables it.
         distill_temperature: temperature of the output-level KL terms.
         seed: seed of data generation, initialization and shuffling.
+        weights: the user's trained detector to compress: a ``state_dict`` file of
+            :func:`~grouppruner.detection.yolov4` with these ``classes`` / ``backbone`` / ``width`` / ``depth``, or a
+            :func:`~grouppruner.checkpoint.save_pruned` file. The dense stage then loads it instead of training
+            (``dense_epochs`` is ignored) and only measures it.
     """
 
     out_dir: str
@@ -149,6 +157,7 @@ class RecipeConfig:
     output_distill_weight: float = 1.0
     distill_temperature: float = 3.0
     seed: int = 0
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -177,6 +186,10 @@ class RecipeConfig:
             if not 0.0 < value < 1.0 and not (name == "target_params" and value == 1.0):
                 bounds = "(0, 1]" if name == "target_params" else "(0, 1)"
                 raise ValueError(f"RecipeConfig.{name} must be in {bounds}, got {value!r}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"RecipeConfig.weights: no such file {self.weights!r}")
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"RecipeConfig.classes must be distinct class names, got {self.classes!r}")
         if self.finetune_epochs > self.recover_epochs:
             raise ValueError(
                 f"RecipeConfig.finetune_epochs ({self.finetune_epochs}) must be <= recover_epochs "
@@ -249,22 +262,30 @@ class RecipeRun:
                 split_fractions=(1.0 - config.val_fraction, config.val_fraction, 0.0),
             )
         size = config.image_size
-        generator = torch.Generator().manual_seed(config.seed)
+        self.generator = generator = torch.Generator().manual_seed(config.seed)
         train_set = VOCDetection(data_root, "train", size, augment=True, classes=config.classes, generator=generator)
         val_set = VOCDetection(data_root, "val", size, classes=config.classes)
         self.train_loader = DataLoader(
             train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator
         )
         self.val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate)
-        self.anchors = self._anchors(train_set)
+        self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
         self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors)
         self.example = torch.zeros(1, 3, size, size)
+        self._state_files: list[Path] = []
 
     def _anchors(self, train_set: VOCDetection) -> Tensor:
         # The cfg anchors are for 416-pixel inputs; small demo inputs need anchors fitted to their boxes.
         boxes = torch.cat([train_set.letterbox(i).apply(a.boxes) for i, a in enumerate(train_set.annotations)])
         wh = boxes[:, 2:] - boxes[:, :2]
         return kmeans_anchors(wh, 9, seed=self.config.seed).view(3, 3, 2)
+
+    def _weights_anchors(self, weights: str) -> Tensor:
+        # A trained detector keeps the anchors it was trained with; the loss must use the same.
+        c = self.config
+        model = yolov4(len(c.classes), backbone=c.backbone, width=c.width, depth=c.depth)
+        load_weights(model, weights)
+        return model.anchors.clone()
 
     def new_model(self) -> YOLOv4:
         """A freshly initialised YOLOv4 of the configured variant (seeded: the same weights every call)."""
@@ -283,13 +304,32 @@ class RecipeRun:
         loss_fn: LossFn | None = None,
         forward_fn: Callable[[Tensor], Any] | None = None,
         step_hooks: Sequence[StepHook] = (),
+        stateful: Mapping[str, Stateful] | None = None,
     ) -> dict[str, float]:
-        """``epochs`` epochs; without ``schedule``, the learning rate is cosine-annealed to 1/20 over them."""
+        """``epochs`` epochs; without ``schedule``, the learning rate is cosine-annealed to 1/20 over them.
+
+        After every epoch the whole training state (model, optimizer, schedule, ``stateful`` objects such as the
+        sparsity regularizer, RNGs, the loader's generator) is saved to ``out_dir/<stage>.epoch.pt``; a run
+        killed mid-stage resumes from it exactly. :meth:`run_stage` removes the file when the stage is done.
+        """
         if schedule is None:
             lr = optimizer.param_groups[0]["lr"]
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=lr / 20)
+        state_path = self.out / f"{_file_stem(stage)}.epoch.pt"
+        start = 0
+        if state_path.is_file():
+            start = load_training_state(
+                state_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=schedule,
+                generator=self.generator,
+                extra=stateful,
+            )
+            logger.info("%s: resuming after epoch %d/%d", stage, start, epochs)
+        self._state_files.append(state_path)
         loss: dict[str, float] = {}
-        for epoch in range(epochs):
+        for epoch in range(start, epochs):
             logger.info("%s: epoch %d/%d", stage, epoch + 1, epochs)
             loss = train_one_epoch(
                 model,
@@ -301,6 +341,15 @@ class RecipeRun:
                 progress=self.progress,
             )
             schedule.step()
+            save_training_state(
+                state_path,
+                epoch + 1,
+                model=model,
+                optimizer=optimizer,
+                scheduler=schedule,
+                generator=self.generator,
+                extra=stateful,
+            )
         return loss
 
     def result(self, stage: str, model: YOLOv4, extra: dict[str, Any]) -> StageResult:
@@ -334,14 +383,26 @@ class RecipeRun:
         """
         if stage not in _STAGE_FUNCTIONS:
             raise KeyError(f"unknown stage {stage!r}; stages: {STAGES}")
+        # Each stage draws its randomness from its own seed, so a stage gives the same result whether the
+        # stages before it ran in this process or were read back from their checkpoints.
+        stage_seed = self.config.seed * len(STAGES) + STAGES.index(stage)
+        torch.manual_seed(stage_seed)
+        self.generator.manual_seed(stage_seed)
+        self._state_files = []
         model, extra = _STAGE_FUNCTIONS[stage](self)
         result = self.result(stage, model, extra)
+        for path in self._state_files:
+            path.unlink(missing_ok=True)
         logger.info("%s: mAP@0.5 %.3f, %d params", stage, result.map50, result.params)
         return result
 
 
 def _dense(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     model = run.new_model()
+    if run.config.weights is not None:
+        load_weights(model, run.config.weights)
+        logger.info("dense: loaded the trained detector from %s (no training)", run.config.weights)
+        return model, {"weights": run.config.weights, "weights_sha256": weights_digest(model)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.lr, weight_decay=5e-4)
     loss = run.train(model, optimizer, run.config.dense_epochs, "dense")
     return model, {"train_loss": loss.get("loss")}
@@ -357,7 +418,14 @@ def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     )
     sparsity = BNSparsity(graph, schedule=schedule)
     optimizer = sparse_optimizer(model, c.sparse_optimizer, c.sparse_lr)
-    loss = run.train(model, optimizer, c.sparse_epochs, "sparse", step_hooks=[lambda _: sparsity.step()])
+    loss = run.train(
+        model,
+        optimizer,
+        c.sparse_epochs,
+        "sparse",
+        step_hooks=[lambda _: sparsity.step()],
+        stateful={"sparsity": sparsity},
+    )
     stats = sparsity.stats(threshold=GAMMA_THRESHOLD)
     below = {name: s.below for name, s in stats.items()}
     logger.info("sparse: fraction of |gamma| < %g per layer group: %s", GAMMA_THRESHOLD, _rounded(below))
@@ -443,6 +511,47 @@ def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     return student, extra
 
 
+def load_weights(model: YOLOv4, path: str | Path) -> None:
+    """Load a user's trained detector into ``model``: a ``state_dict`` file or a ``save_pruned`` file.
+
+    Args:
+        model: a freshly built :func:`~grouppruner.detection.yolov4` of the intended variant.
+        path: ``torch.save(model.state_dict(), path)`` of that variant, or a
+            :func:`~grouppruner.checkpoint.save_pruned` file of it.
+
+    Raises:
+        CheckpointError: the file cannot be read, or does not fit the model (the message names the file, the
+            mismatching keys and, for the heads, the class count the file was trained for).
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        message = f"{path}: cannot be read as a state_dict or a grouppruner checkpoint ({reason})"
+        raise CheckpointError(message) from error
+    if isinstance(state, dict) and "grouppruner/meta" in state:
+        load_pruned(model, path)
+        return
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: neither a state_dict (a dict of tensors) nor a grouppruner checkpoint")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        (k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        problems = [f"missing keys {missing[:3]}"] if missing else []
+        problems += [f"unexpected keys {unexpected[:3]}"] if unexpected else []
+        problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in wrong[:3]]
+        head = next((got for k, got, _ in wrong if k.startswith("head.")), None)
+        if head is not None:
+            problems.append(f"its heads predict {head[0] // 3 - 5} classes, the model {model.num_classes}")
+        raise CheckpointError(f"{path}: does not fit the configured YOLOv4: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
 def sparse_optimizer(model: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
     """The optimizer of the sparse stage: ``"sgd"`` (Nesterov momentum 0.9) or ``"adamw"``, weight decay 5e-4.
 
@@ -470,6 +579,74 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+#: The first stage each option affects: changing it reruns that stage and the ones after it.
+STAGE_OF_OPTION: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "data_root",
+            "classes",
+            "num_images",
+            "val_fraction",
+            "image_size",
+            "backbone",
+            "width",
+            "depth",
+            "batch_size",
+            "lr",
+            "dense_epochs",
+            "seed",
+            "weights",
+        ),
+        "dense",
+    ),
+    **dict.fromkeys(
+        ("sparse_optimizer", "sparse_lr", "sparsity", "sparsity_schedule", "sparse_epochs"),
+        "sparse",
+    ),
+    **dict.fromkeys(
+        ("target_params", "prune_by", "gamma_threshold", "prune_scope", "min_channels", "round_to"), "pruned"
+    ),
+    **dict.fromkeys(
+        (
+            "recover_lr",
+            "recover_epochs",
+            "finetune_epochs",
+            "teacher",
+            "distill_weight",
+            "output_distill_weight",
+            "distill_temperature",
+        ),
+        "recovered",
+    ),
+}
+
+
+def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> str | None:
+    """The first stage whose options differ between a saved configuration and ``config``.
+
+    Args:
+        previous: the ``config`` of an earlier ``results.json`` (JSON values).
+        config: the new options.
+
+    Returns:
+        A stage of :data:`STAGES` (``"dense"`` for an option unknown to :data:`STAGE_OF_OPTION`), or ``None``
+        when nothing that matters changed (``out_dir`` never matters).
+    """
+    current = json.loads(json.dumps(asdict(config)))
+    changed = [k for k in set(previous) | set(current) if k != "out_dir" and previous.get(k) != current.get(k)]
+    stages = [STAGE_OF_OPTION.get(k, "dense") for k in changed]
+    if changed:
+        first = min(stages, key=STAGES.index)
+        logger.info("options changed since the last run (%s): rerunning from %s", ", ".join(sorted(changed)), first)
+        return first
+    return None
+
+
+def _file_stem(stage: str) -> str:
+    """``"recovered (fine-tune)"`` -> ``"recovered-fine-tune"``: a stage label as a file name."""
+    return "-".join("".join(ch if ch.isalnum() else " " for ch in stage).split())
+
+
 def _rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in values.items()}
 
@@ -495,23 +672,34 @@ def run_recipe(config: RecipeConfig, *, progress: bool = False) -> list[StageRes
     Returns:
         One :class:`StageResult` per stage, in :data:`STAGES` order.
 
+    A folder written with other options is not refused: the stages that the changed options affect (and the
+    ones after them) run again, the others are kept (:data:`STAGE_OF_OPTION` says which option belongs to which
+    stage); a stage interrupted mid-way resumes at its last finished epoch (:meth:`RecipeRun.train`).
+
     Raises:
-        ValueError: a ``results.json`` written for a different configuration (use another ``out_dir``).
+        ValueError: ``out_dir`` is a file, or its ``results.json`` is not a recipe result.
     """
     out = Path(config.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} is a file; give a folder (new or of an earlier run)")
     results_path = out / "results.json"
     done: dict[str, StageResult] = {}
     if results_path.is_file():
-        # Checked before any data is generated or loaded: a refused run should cost nothing.
-        saved = json.loads(results_path.read_text(encoding="utf-8"))
-        if saved.get("config") != json.loads(json.dumps(asdict(config))):
-            raise ValueError(f"{results_path}: written for another configuration; use a new out_dir")
+        # Read before any data is generated or loaded: a refused run should cost nothing.
+        try:
+            saved = json.loads(results_path.read_text(encoding="utf-8"))
+            records = [StageResult(**record) for record in saved["stages"]]
+            previous = saved["config"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{results_path}: not a recipe result ({type(error).__name__}: {error})") from error
+        changed = first_changed_stage(previous, config)
+        keep = len(STAGES) if changed is None else STAGES.index(changed)
         # A stage counts as done only if it and every stage before it left their checkpoints (looked up in
         # out_dir, so a relative out_dir resumes from any working directory).
-        for record in saved["stages"]:
-            if not (out / f"{record['stage']}.pt").is_file():
+        for record in records:
+            if STAGES.index(record.stage) >= keep or not (out / f"{record.stage}.pt").is_file():
                 break
-            done[record["stage"]] = StageResult(**record)
+            done[record.stage] = record
     run = RecipeRun(config, progress)
     for stage in STAGES:
         if stage in done:

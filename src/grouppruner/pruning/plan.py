@@ -1,6 +1,7 @@
 """The pruning plan: what :class:`grouppruner.pruning.GroupPruner` will remove, as plain JSON-serializable data.
 
-A plan is made for one model (identified by :func:`model_fingerprint`) and records, per layer group, the threshold
+A plan is made for one model: its architecture (:func:`model_fingerprint`) and its weights, the BatchNorm scales
+the scores came from (:func:`weights_digest`); it records, per layer group, the threshold
 and the channel counts, per channel group the kept channel indices, and the predicted parameters and MACs before
 and after. Applied plans are kept on the model (:func:`applied_plans`) so that
 :func:`grouppruner.checkpoint.save_pruned` can store the structure next to the weights.
@@ -11,11 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-__all__ = ["ChannelGroupPlan", "LayerGroupPlan", "PruningPlan", "applied_plans", "model_fingerprint"]
+if TYPE_CHECKING:  # the graph package (torch-pruning tracing) is not needed to read or write plans
+    from ..graph import ChannelGroup
+
+__all__ = [
+    "ChannelGroupPlan",
+    "LayerGroupPlan",
+    "PruningPlan",
+    "applied_plans",
+    "model_fingerprint",
+    "weights_digest",
+]
 
 _PLANS_ATTR = "_grouppruner_plans"
 
@@ -35,6 +48,35 @@ def model_fingerprint(model: nn.Module) -> str:
         buffers = [(n, list(b.shape)) for n, b in module.named_buffers(recurse=False)]
         entries.append([name, type(module).__name__, params, buffers])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> str:
+    """A short hash of the weights the scores of ``groups`` depend on: the identity of one trained instance.
+
+    Two models of the same architecture share a :func:`model_fingerprint`; their BatchNorm scales (gamma), which
+    the default importance ranks, tell them apart. Hashed per channel group: the ``weight`` of every BatchNorm
+    member, or, for a group without one (a custom importance), the root layer's ``weight``. Values are hashed
+    in float32 on the CPU, so the digest does not depend on the device or on a half-precision copy.
+
+    Args:
+        model: the model the groups belong to.
+        groups: the channel groups of a plan.
+
+    Returns:
+        16 hex characters; changes when any of those weights changes (another instance, or more training).
+    """
+    names = set()
+    for group in groups:
+        members = [ref.name for ref in group.bns] or [group.name]
+        names.update(members)
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        weight = getattr(model.get_submodule(name), "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        digest.update(name.encode())
+        digest.update(weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -100,6 +142,9 @@ class PruningPlan:
         macs_after: predicted MACs after.
         add_bias: layers that receive a new bias parameter through beta folding.
         input_shapes: shapes of the example inputs (used to re-trace the model in ``load_pruned``).
+        weights_digest: :func:`weights_digest` of the model's scored weights when the plan was made;
+            :meth:`~grouppruner.pruning.GroupPruner.apply` refuses a model whose weights differ, unless
+            ``allow_other_weights=True``. ``None`` in plans written before this field existed (not checked).
     """
 
     fingerprint: str
@@ -117,6 +162,7 @@ class PruningPlan:
     macs_after: int
     add_bias: list[str] = field(default_factory=list)
     input_shapes: list[list[int]] = field(default_factory=list)
+    weights_digest: str | None = None
 
     @property
     def params_ratio(self) -> float:

@@ -631,7 +631,7 @@ def test_teacher_sharing_parameters_with_the_student_is_refused() -> None:
     # One shared layer is enough to be refused.
     teacher = TinyNet()
     teacher.stage2 = student.stage2
-    with pytest.raises(ValueError, match="'stage2.conv.weight'"):
+    with pytest.raises(ValueError, match=r"'stage2\.conv\.weight'"):
         gp.AttentionDistiller(teacher, student, LAYERS)
     assert all(p.requires_grad for p in student.parameters())  # nothing was frozen on the way
     gp.AttentionDistiller(copy.deepcopy(student), student, LAYERS).remove()

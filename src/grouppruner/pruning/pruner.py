@@ -22,7 +22,7 @@ from .budget import CostModel, kept_count, removal_order, solve_cut
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .importance import COUPLINGS, BNScale, Coupling, CustomImportance, Importance, ScoreFn
 from .optimizer import remember_parameter_names
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint
+from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint, weights_digest
 
 __all__ = ["GroupPruner"]
 
@@ -390,11 +390,12 @@ class GroupPruner:
             macs_after=macs_after,
             add_bias=add_bias,
             input_shapes=_input_shapes(self.example_inputs),
+            weights_digest=weights_digest(self.model, [g for members in scored.values() for g, _ in members]),
         )
 
     # ------------------------------------------------------------------ applying
 
-    def apply(self, plan: PruningPlan, *, fold: bool = True) -> nn.Module:
+    def apply(self, plan: PruningPlan, *, fold: bool = True, allow_other_weights: bool = False) -> nn.Module:
         """Remove the planned channels in place (after beta folding) and return the model.
 
         The plan is kept on the model (:func:`applied_plans`) for :func:`grouppruner.checkpoint.save_pruned`.
@@ -404,14 +405,18 @@ class GroupPruner:
             plan: a plan made for this model in its current state.
             fold: fold the constant output of removed channels into their consumers (see
                 :mod:`grouppruner.folding`); ``False`` only drops them, like torch-pruning.
+            allow_other_weights: apply a plan made on another instance of this architecture (or on this model
+                before it was trained further): its channel choice was made from other scores. Off by default,
+                so that a plan never silently lands on weights it was not made from.
 
         Returns:
             ``graph.model``, pruned.
 
         Raises:
-            ValueError: the plan was made for another model (or for this one before it was changed).
+            ValueError: the plan was made for another architecture (or for this model before it was pruned), or
+                from other weights and ``allow_other_weights`` is False.
         """
-        removals = check_plan(self.graph, plan)
+        removals = check_plan(self.graph, plan, check_weights=not allow_other_weights)
         if fold:
             added = fold_removed_channels(
                 self.model,

@@ -144,7 +144,9 @@ def export_onnx(
     buffer = io.BytesIO()
     with torch.no_grad():
         # TorchScript-based exporter: the dynamo one needs onnxscript, which the deployment target may lack.
-        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset_version, input_names=names)
+        torch.onnx.export(  # a file-like target is supported by the TorchScript exporter, not by its annotation
+            module, args, buffer, dynamo=False, opset_version=opset_version, input_names=names  # type: ignore[arg-type]
+        )
     data = buffer.getvalue()
     if path is not None:
         Path(path).write_bytes(data)

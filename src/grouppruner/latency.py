@@ -30,6 +30,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ _WIDTHS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.75, 0.75), (0.5, 0.5)
 _MIN_SAMPLE_S = 2e-3  # a timing sample repeats a unit until it lasts this long (timer resolution, noise)
 
 Removed = Mapping[tuple[str, str], int]
-"""Channels removed per ``(module name, "out" | "in")``, the convention of :class:`grouppruner.pruning.budget.CostModel`."""
+"""Channels removed per ``(module name, "out" | "in")``, as in :class:`grouppruner.pruning.budget.CostModel`."""
 
 
 class LatencyCacheError(GroupPrunerError, ValueError):
@@ -423,13 +424,13 @@ def _resized_unit(unit: _Unit, cin: int, cout: int) -> tuple[nn.Module, torch.Te
     conv = unit.conv
     groups = cin if conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1 else conv.groups
     param = conv.weight
-    new_conv = type(conv)(
+    new_conv = type(conv)(  # type: ignore[call-arg]  # Conv1d/2d/3d, not the abstract _ConvNd
         cin,
         cout,
-        conv.kernel_size,  # type: ignore[arg-type]  # tuples are what _ConvNd subclasses store
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        dilation=conv.dilation,  # type: ignore[arg-type]
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
         groups=groups,
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
@@ -450,7 +451,10 @@ def _resized_unit(unit: _Unit, cin: int, cout: int) -> tuple[nn.Module, torch.Te
 
 def _time_call(fn: Callable[[], Any], repeats: int) -> float:
     """Median seconds of one ``fn()`` call; each sample repeats it until it lasts ``_MIN_SAMPLE_S``."""
-    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    def synchronize() -> None:
+        if torch.cuda.is_available():  # CUDA kernels run asynchronously; wait for them before reading the clock
+            torch.cuda.synchronize()
+
     fn()  # warm-up: allocator and kernel selection
     synchronize()
     start = time.perf_counter()
@@ -483,7 +487,7 @@ def _fit_unit(name: str, unit: _Unit, repeats: int) -> LayerLatency:
     with torch.inference_mode():
         for cin, cout in sorted(points, reverse=True):
             block, x = _resized_unit(unit, cin, cout)
-            samples.append((cin, cout, _time_call(lambda block=block, x=x: block(x), repeats)))
+            samples.append((cin, cout, _time_call(partial(block, x), repeats)))
     ci = np.array([s[0] for s in samples], dtype=np.float64)
     co = np.array([s[1] for s in samples], dtype=np.float64)
     t = np.array([s[2] for s in samples], dtype=np.float64)

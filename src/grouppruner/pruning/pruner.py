@@ -367,7 +367,9 @@ class GroupPruner:
         }
         return {lg: lam * scale[lg] for lg in scored}, kept
 
-    def _latency_predictor(self, latency_model: LatencyModel | None) -> Callable[[Mapping[tuple[str, str], int]], float]:
+    def _latency_predictor(
+        self, latency_model: LatencyModel | None
+    ) -> Callable[[Mapping[tuple[str, str], int]], float]:
         if latency_model is None:
             if self._latency_model is None:
                 logger.info("GroupPruner: measuring a latency model for this device (pass latency_model= to reuse one)")

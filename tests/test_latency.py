@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -175,3 +176,13 @@ def test_latency_options_are_checked(detector_latency: tuple[nn.Module, LatencyM
         pruner.plan(target_latency=1.5, latency_model=latency)
     with pytest.raises(ValueError, match="exactly one"):
         pruner.plan(target_latency=0.5, target_params=0.5, latency_model=latency)
+
+
+def test_nonnegative_fit_matches_scipy() -> None:
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    from grouppruner.latency import _nonnegative_lstsq
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b = rng.random((6, 4)), rng.standard_normal(6)
+        np.testing.assert_allclose(_nonnegative_lstsq(a, b), scipy_optimize.nnls(a, b)[0], atol=1e-7)

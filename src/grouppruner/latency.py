@@ -31,12 +31,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -472,6 +472,27 @@ def _time_call(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
+def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``argmin ||a x - b||`` over ``x >= 0``, a: (M, K) with small K, b: (M,) -> x: (K,).
+
+    Exact for the 2-4 features used here: the optimum is the unconstrained least-squares solution on some subset
+    of the features (its active set), so every subset is tried and the best feasible one kept.
+    """
+    best, best_residual = np.zeros(a.shape[1]), float(np.sum(b**2))
+    for size in range(1, a.shape[1] + 1):
+        for subset in combinations(range(a.shape[1]), size):
+            columns = list(subset)
+            x_subset, *_ = np.linalg.lstsq(a[:, columns], b, rcond=None)
+            if np.any(x_subset < 0):
+                continue
+            residual = float(np.sum((a[:, columns] @ x_subset - b) ** 2))
+            if residual < best_residual:
+                best = np.zeros(a.shape[1])
+                best[columns] = x_subset
+                best_residual = residual
+    return best
+
+
 def _fit_unit(name: str, unit: _Unit, repeats: int) -> LayerLatency:
     conv = unit.conv
     depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
@@ -498,7 +519,7 @@ def _fit_unit(name: str, unit: _Unit, repeats: int) -> LayerLatency:
     # Non-negative least squares on relative errors (rows scaled by 1/t): every term >= 0 keeps the prediction
     # monotone in width, and relative weighting stops the widest point from dominating the fit.
     weights = 1.0 / np.maximum(t, 1e-9)
-    solution, _ = nnls(features * weights[:, None], t * weights)
+    solution = _nonnegative_lstsq(features * weights[:, None], t * weights)
     coef = (float(solution[0]), 0.0, float(solution[1]), 0.0) if depthwise else tuple(float(c) for c in solution)
     return LayerLatency(
         name=name,

@@ -10,12 +10,18 @@ Measures, in one process on the same model and gradients (median of repeats, int
 Prints each time, BNSparsity as a percentage of the training step, and the ratio to torch-pruning
 (< 1: faster). Targets: <= 0.5 % of a step, ratio <= 1.
 
-Usage: python benchmarks/sparsity_step.py [--threads 2] [--size 320] [--batch 2] [--repeats 5]
+``--busy N`` starts N busy-looping processes for the regularizer timings (an oversubscribed machine, as when
+other jobs share the cores); ``--skip-train`` leaves out the (slow) training-step timing. The "no finite check"
+variant runs the per-BatchNorm ``torch._foreach_*`` path; the others build the update on one flat host copy.
+
+Usage: python benchmarks/sparsity_step.py [--threads 2] [--size 320] [--batch 2] [--repeats 5] [--busy 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -40,12 +46,19 @@ def _median_ms(fn: Callable[[], object], repeats: int, inner: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="training-step repeats (regularizer: 5 x 50)")
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes during the regularizer timings")
+    parser.add_argument("--skip-train", action="store_true", help="do not time the training step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -82,21 +95,29 @@ def main() -> None:
         opt.step()
 
     train_step()  # warm-up, and leaves gradients for the regularizers
-    train_ms = _median_ms(train_step, args.repeats, 1)
+    train_ms = float("nan") if args.skip_train else _median_ms(train_step, args.repeats, 1)
 
     regs: dict[str, Callable[[], object]] = {name: s.step for name, s in ours.items()}
     regs["torch-pruning BNScalePruner.regularize"] = lambda: tp_pruner.regularize(model)
     for fn in regs.values():  # warm-up
         fn()
     samples: dict[str, list[float]] = {name: [] for name in regs}
-    for _ in range(5):  # interleaved so that machine load hits every variant alike
-        for name, fn in regs.items():
-            samples[name].append(_median_ms(fn, 1, 50))
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
+    for process in spinners:
+        process.start()
+    try:
+        for _ in range(5):  # interleaved so that machine load hits every variant alike
+            for name, fn in regs.items():
+                samples[name].append(_median_ms(fn, 1, 50))
+    finally:
+        for process in spinners:
+            process.terminate()
     reg_ms = {name: statistics.median(v) for name, v in samples.items()}
     baseline = reg_ms["torch-pruning BNScalePruner.regularize"]
 
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     print(f"YOLOv4 (CSPDarknet53), batch {args.batch}, {args.size}x{args.size}, {args.threads} threads")
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.busy} extra busy processes")
     print(
         f"{n_bn} BatchNorms; ChannelGraph target: {ours['BNSparsity(graph), Constant'].num_channels} of "
         f"{ours['BNSparsity(model), Constant'].num_channels} BN channels regularized "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,8 +21,6 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 
 
 def prune(model: nn.Module, ratio: float, **options: object) -> nn.Module:
@@ -177,3 +176,118 @@ def test_atomic_write_removes_temporaries_left_by_a_killed_writer(tmp_path):
     assert not stale.exists() and other.exists()  # only temporaries of the path being written
     assert (tmp_path / "model.pt").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "model.pt"]
+
+
+# ----------------------------------------------------------------------------- hand-edited and damaged files
+
+
+def _edit(source: Path, target: Path, edit_meta=None, edit_state=None) -> Path:  # type: ignore[no-untyped-def]
+    """Copy a checkpoint with its JSON metadata and / or its tensors changed, as a hand-edited file would be."""
+    blob = torch.load(source, weights_only=True)
+    meta = json.loads(bytes(blob["grouppruner/meta"].tolist()).decode())
+    if edit_meta is not None:
+        edit_meta(meta)
+    blob["grouppruner/meta"] = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)
+    if edit_state is not None:
+        edit_state(blob)
+    torch.save(blob, target)
+    return target
+
+
+def _fingerprint_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert applied_plans(model) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(plans="all"), "'plans' must be a list"),
+        (lambda m: m.update(original_fingerprint=3), "'original_fingerprint' must be a string"),
+        (lambda m: m["plans"][0].update(channel_groups=5), r"plan 0.*channel_groups must be a list"),
+        (lambda m: m["plans"][0].update(input_shapes="1x3x32x32"), r"plan 0.*input_shapes must be"),
+        (lambda m: m["plans"][0]["channel_groups"][0].update(kept="all"), r"channel_groups\[0\]\.kept"),
+        (lambda m: m["plans"][0]["channel_groups"][0].update(size=-4), r"channel_groups\[0\]\.size"),
+        (lambda m: m["plans"][0].update(mode=None), r"plan 0.*mode must be one of"),
+        (lambda m: m["plans"][0].pop("layer_groups"), r"plan 0.*not a valid PruningPlan"),
+        (lambda m: m["plans"][0]["channel_groups"][0].update(name="nope"), r"plan 0 cannot be replayed.*'nope'"),
+    ],
+)
+def test_hand_edited_metadata_is_a_checkpoint_error_naming_the_file(tmp_path: Path, edit, message) -> None:  # type: ignore[no-untyped-def]
+    good = tmp_path / "good.pt"
+    save_pruned(prune(random_detector(), 0.5), good)
+    path = _edit(good, tmp_path / "edited.pt", edit_meta=edit)
+    model = random_detector(3)
+    before = _fingerprint_state(model)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_pruned(model, path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    _assert_untouched(model, before)
+
+
+def test_absurd_input_shapes_are_refused_before_allocating(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    save_pruned(prune(random_detector(), 0.5), good)
+    path = _edit(
+        good, tmp_path / "huge.pt", edit_meta=lambda m: m["plans"][0].update(input_shapes=[[1, 3, 100000, 100000]])
+    )
+    with pytest.raises(CheckpointError, match=r"huge\.pt.*30,000,000,000 elements.*example_inputs="):
+        load_pruned(random_detector(), path)
+
+
+def test_weights_that_do_not_fit_leave_the_model_untouched(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    save_pruned(prune(random_detector(), 0.5), good)
+
+    def shrink(blob: dict[str, torch.Tensor]) -> None:
+        blob["state/head.0.weight"] = blob["state/head.0.weight"][:, :1].clone()
+
+    path = _edit(good, tmp_path / "shape.pt", edit_state=shrink)
+    model = random_detector(3)
+    before = _fingerprint_state(model)
+    with pytest.raises(CheckpointError, match=r"shape\.pt.*head\.0\.weight") as info:
+        load_pruned(model, path)
+    assert "do not fit" in str(info.value)
+    _assert_untouched(model, before)  # the replayed pruning was undone
+    assert_same_outputs(model, random_detector(3))
+    # The same model object still loads a good file afterwards.
+    assert_same_outputs(load_pruned(model, good), load_pruned(random_detector(), good))
+
+    missing = _edit(good, tmp_path / "missing.pt", edit_state=lambda blob: blob.pop("state/head.0.weight"))
+    with pytest.raises(CheckpointError, match=r"1 missing \['head\.0\.weight'\]"):
+        load_pruned(random_detector(), missing)
+
+
+def test_unreadable_files_say_what_is_wrong(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt.*empty \(0 bytes"):
+        read_meta(empty)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world")
+    with pytest.raises(
+        CheckpointError, match=r"not a file written by torch\.save \(11 bytes, starting with b'hello wo'"
+    ):
+        read_meta(text)
+    good = tmp_path / "good.pt"
+    save_pruned(random_detector(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        read_meta(truncated)
+    pickled = tmp_path / "pickled.pt"
+    torch.save(nn.Linear(2, 2), pickled)
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        read_meta(pickled)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        read_meta(tmp_path)
+    for path in (empty, text, truncated, pickled):
+        with pytest.raises(CheckpointError) as info:
+            read_meta(path)
+        assert "\n" not in str(info.value)

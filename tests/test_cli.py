@@ -52,3 +52,33 @@ def test_console_script_reexecs_with_passive_openmp(monkeypatch):
     cli.ensure_passive_openmp()
     assert calls == [(sys.executable, [sys.executable, "-m", "grouppruner", "demo", "--out", "x"])]
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+PROFILE = ["profile", "--width", "0.125", "--image-size", "64", "--repeats", "1", "--threads", "1", "--checkpoint"]
+
+
+def test_checkpoint_read_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from grouppruner.checkpoint import save_pruned
+    from grouppruner.detection import yolov4
+
+    good = tmp_path / "good.pt"
+    save_pruned(yolov4(20, width=0.125, depth=0.34), good)
+    blob = torch.load(good, weights_only=True)
+    blob["grouppruner/meta"] = torch.tensor(list(json.dumps(["not", "an", "object"]).encode()), dtype=torch.uint8)
+    edited = tmp_path / "edited.pt"
+    torch.save(blob, edited)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world")  # torch says only "(101)" about this one
+    for path, reason in (
+        (edited, "not a grouppruner checkpoint"),
+        (text, "not a file written by torch.save"),
+        (tmp_path, "is a directory"),
+    ):
+        assert main([*PROFILE, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert str(path) in err and reason in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as StdET
 from pathlib import Path
@@ -278,3 +279,45 @@ def test_size_mismatch_and_bad_options(tmp_path: Path) -> None:
         make_synthetic_voc(tmp_path / "s", 2, classes=("circle", "hexagon"))
     with pytest.raises(ValueError, match="num_images"):
         make_synthetic_voc(tmp_path / "s", 0)
+
+
+def test_boxes_outside_the_image_are_dropped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    objects = [("cat", (2, 3, 20, 30), 0), ("dog", (60, 5, 80, 20), 0), ("cat", (-30, -30, -5, -5), 1)]
+    _write_voc(tmp_path, {"ok": (Image.new("RGB", (50, 40)), _xml(50, 40, objects))})
+    with caplog.at_level(logging.WARNING, logger="grouppruner.detection.data"):
+        ds = VOCDetection(tmp_path, "train", 64)
+    xml = str(tmp_path / "Annotations" / "ok.xml")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(xml in w and "outside the 50x40 image" in w for w in warnings)
+    assert "object 1 (dog)" in warnings[0] and "object 2 (cat)" in warnings[1]
+    _, target = ds[0]
+    assert target["labels"].tolist() == [VOC_CLASSES.index("cat")] and target["difficult"].tolist() == [False]
+    boxes = target["boxes"]
+    assert bool(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0).all())
+
+
+def test_boxes_outside_an_image_without_size_are_dropped_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    xml = _xml(50, 40, [("cat", (2, 3, 20, 30), 0), ("dog", (60, 5, 80, 20), 0)])
+    xml = re.sub(r"<size>.*</size>", "", xml)
+    _write_voc(tmp_path, {"ok": (Image.new("RGB", (50, 40)), xml)})
+    ds = VOCDetection(tmp_path, "train", 64)
+    with caplog.at_level(logging.WARNING, logger="grouppruner.detection.data"):
+        _, target = ds[0]
+        ds[0]
+    assert target["labels"].tolist() == [VOC_CLASSES.index("cat")] and len(target["boxes"]) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(tmp_path / "Annotations" / "ok.xml") in warnings[0]  # once per image
+
+
+def test_non_utf8_split_file_and_negative_size_name_the_file(tmp_path: Path) -> None:
+    _one_good(tmp_path)
+    split = tmp_path / "ImageSets" / "Main" / "latin.txt"
+    split.write_bytes("ok\nbild_\xe4\n".encode("latin-1"))
+    with pytest.raises(VOCDataError, match=re.escape(str(split)) + ".*not UTF-8"):
+        VOCDetection(tmp_path, "latin", 64)
+    bad = tmp_path / "Annotations" / "ok.xml"
+    bad.write_text(_xml(-50, 40, [("cat", (2, 3, 20, 30), 0)]))
+    with pytest.raises(VOCDataError, match=re.escape(str(bad)) + r".*<size> must be positive"):
+        VOCDetection(tmp_path, "train", 64)

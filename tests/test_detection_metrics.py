@@ -125,3 +125,26 @@ def test_bad_input_is_rejected() -> None:
         voc_eval([_det([A], [float("nan")], [0])], [_gt([A], [0])])
     with pytest.raises(ValueError, match="2 boxes, 1 labels"):
         voc_eval([_det([], [], [])], [{"boxes": torch.zeros(2, 4), "labels": torch.zeros(1, dtype=torch.int64)}])
+
+
+def test_malformed_entries_are_clear_errors() -> None:
+    gt = [_gt([A], [0])]
+    # Boxes of 5 numbers per row used to be reshaped silently into rows of 4.
+    wrong = _det([A], [0.5], [0])
+    wrong["boxes"] = torch.zeros(4, 5)
+    wrong["scores"], wrong["labels"] = torch.zeros(4), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"detections 0 'boxes' must have shape \(K, 4\), got \(4, 5\)"):
+        voc_eval([wrong], gt)
+    flat = _gt([A], [0])
+    flat["boxes"] = torch.tensor(A)  # (4,) instead of (1, 4)
+    with pytest.raises(ValueError, match=r"annotation 0 'boxes' must have shape \(K, 4\), got \(4,\)"):
+        voc_eval([_det([A], [0.5], [0])], [flat])
+    no_scores = {"boxes": torch.tensor([A]), "labels": torch.tensor([0])}
+    with pytest.raises(ValueError, match=r"detections 0 has no 'scores' entry \(it has \['boxes', 'labels'\]\)"):
+        voc_eval([no_scores], gt)
+    float_labels = _det([A], [0.5], [0])
+    float_labels["labels"] = torch.tensor([0.7])
+    with pytest.raises(ValueError, match=r"detections 0 'labels' must be integer class indices, got dtype float32"):
+        voc_eval([float_labels], gt)
+    with pytest.raises(ValueError, match="annotation 0 'labels' must be integer"):
+        voc_eval([_det([A], [0.5], [0])], [{"boxes": torch.tensor([A]), "labels": torch.tensor([1.0])}])

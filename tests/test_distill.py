@@ -606,3 +606,41 @@ def test_layer_running_twice_or_never_is_an_error() -> None:
         gp.AttentionDistiller(_Twice(), _Twice(), ["conv"])(x)
     with pytest.raises(LayerOutputError, match=r"\['spare'\] of the student did not run"):
         gp.AttentionDistiller(_Twice(), _Twice(), ["spare"])(x)
+
+
+class _Wrapper(nn.Module):
+    """A module that holds another one as a child: its parameters are the inner model's own tensors."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_teacher_sharing_parameters_with_the_student_is_refused() -> None:
+    student = TinyNet()
+    # copy.copy shares every parameter; freezing such a teacher would freeze the student silently.
+    with pytest.raises(ValueError, match=r"shares .* parameter.*copy\.deepcopy") as err:
+        gp.AttentionDistiller(copy.copy(student), student, LAYERS)
+    assert "'stem.conv.weight'" in str(err.value)
+    wrapper = _Wrapper(student)
+    with pytest.raises(ValueError, match="shares"):
+        gp.AttentionDistiller(wrapper, student, {s: f"inner.{s}" for s in LAYERS})
+    # One shared layer is enough to be refused.
+    teacher = TinyNet()
+    teacher.stage2 = student.stage2
+    with pytest.raises(ValueError, match=r"'stage2\.conv\.weight'"):
+        gp.AttentionDistiller(teacher, student, LAYERS)
+    assert all(p.requires_grad for p in student.parameters())  # nothing was frozen on the way
+    gp.AttentionDistiller(copy.deepcopy(student), student, LAYERS).remove()
+
+
+def test_loss_after_remove_says_it_was_removed() -> None:
+    teacher, student = _pair()
+    d = gp.AttentionDistiller(teacher, student, LAYERS)
+    d(torch.randn(1, 3, 16, 16))
+    d.remove()
+    with pytest.raises(DistillerStateError, match=r"after remove\(\)"):
+        d.loss()

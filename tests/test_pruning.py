@@ -392,6 +392,42 @@ def test_plan_for_another_model_is_rejected() -> None:
         pruner.apply(plan)
 
 
+def test_plan_for_another_instance_of_the_architecture_is_refused_unless_allowed() -> None:
+    # Same architecture (same fingerprint), different trained weights: the plan's channel choice came from
+    # model A's gammas and must not land silently on model B.
+    pruner_a = make_pruner(random_detector(0), min_channels=1)
+    plan = pruner_a.plan(ratios=dict.fromkeys(pruner_a.layer_groups, 0.5))
+    assert plan.weights_digest is not None
+    model_b = random_detector(1)
+    pruner_b = make_pruner(model_b, min_channels=1)
+    params = count_params(model_b)
+    with pytest.raises(ValueError, match=r"other weights.*allow_other_weights=True"):
+        pruner_b.apply(plan)
+    assert count_params(model_b) == params  # refused before anything was removed
+    pruner_b.apply(plan, allow_other_weights=True)  # the user means it
+    assert count_params(model_b) == plan.params_after
+    # Training after planning changes the gammas: the same model is refused too.
+    pruner_c = make_pruner(random_detector(0), min_channels=1)
+    plan_c = pruner_c.plan(ratios=dict.fromkeys(pruner_c.layer_groups, 0.5))
+    bn = next(m for m in pruner_c.model.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.weight[0] += 0.25
+    with pytest.raises(ValueError, match="other weights"):
+        pruner_c.apply(plan_c)
+
+
+def test_plan_without_weights_digest_still_loads_and_applies() -> None:
+    # Plans written before the field existed (JSON files, old checkpoints) load, and are applied unchecked.
+    pruner = make_pruner(random_detector(0), min_channels=1)
+    data = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5)).to_dict()
+    del data["weights_digest"]
+    old = PruningPlan.from_json(json.dumps(data))
+    assert old.weights_digest is None
+    other = make_pruner(random_detector(1), min_channels=1)
+    other.apply(old)
+    assert count_params(other.model) == old.params_after
+
+
 # ----------------------------------------------------------------------------- optimizer, ONNX
 
 

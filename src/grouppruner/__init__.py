@@ -9,7 +9,9 @@ The method's four stages, one package each, in the order the data flows:
   with :mod:`grouppruner.checkpoint` (``save_pruned``, ``load_pruned``);
 - :mod:`grouppruner.distill` -- spatial-attention distillation (``spatial_attention``, ``AttentionDistiller``).
 
-:mod:`grouppruner.profile` measures parameters, MACs, size and latency; :mod:`grouppruner.plot` (extra ``plot``)
+:mod:`grouppruner.profile` measures parameters, MACs, size and latency; :mod:`grouppruner.latency` is the
+measured latency model behind ``plan(target_latency=...)``; :mod:`grouppruner.export` gives the deployment form
+(BatchNorm folded, ONNX); :mod:`grouppruner.plot` (extra ``plot``)
 draws gamma histograms; :mod:`grouppruner.detection` (extra ``detection``) is the reference YOLOv4. Every error
 raised on purpose derives from :class:`GroupPrunerError`.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import checkpoint, distill, graph, profile, pruning, sparsity
+from . import checkpoint, distill, export, graph, latency, profile, pruning, sparsity
 from ._utils.errors import GroupPrunerError, NonFiniteError
 from .checkpoint import CheckpointError, load_pruned, save_pruned
 from .distill import AttentionDistiller, spatial_attention
@@ -44,7 +46,9 @@ __all__ = [
     "applied_plans",
     "checkpoint",
     "distill",
+    "export",
     "graph",
+    "latency",
     "load_pruned",
     "profile",
     "pruning",

@@ -16,7 +16,9 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +39,10 @@ _FORMAT = "grouppruner.pruned"
 _VERSION = 1
 _META = "grouppruner/meta"
 _STATE = "state/"
+# Re-tracing a saved plan allocates zero inputs of the recorded shapes: refuse sizes no real input has
+# (2**27 float32 elements = 512 MiB, e.g. a batch of 8 images at 2048x2048) before allocating them.
+_MAX_INPUT_ELEMENTS = 2**27
+_MAX_INPUT_DIMS = 8
 
 
 @contextmanager
@@ -113,24 +119,117 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
         CheckpointError: the file is not a grouppruner checkpoint or is damaged.
         FileNotFoundError: the file does not exist.
     """
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:
-        raise CheckpointError(f"{path}: cannot be read as a grouppruner checkpoint ({error})") from error
+        raise CheckpointError(
+            f"{path}: cannot be read as a grouppruner checkpoint: {_why_unreadable(path, error)}"
+        ) from error
     if not isinstance(blob, dict) or not isinstance(blob.get(_META), torch.Tensor):
-        raise CheckpointError(f"{path}: not a grouppruner checkpoint (no {_META!r} entry)")
+        raise CheckpointError(
+            f"{path}: not a grouppruner checkpoint (no {_META!r} entry: a file written by torch.save, "
+            "but not by grouppruner.save_pruned; a plain state_dict loads with model.load_state_dict)"
+        )
     try:
-        meta = json.loads(bytes(blob[_META].tolist()).decode())
+        meta = json.loads(bytes(blob[_META].to(torch.uint8).flatten().tolist()).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: damaged metadata ({error})") from error
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: not a grouppruner checkpoint (format {meta.get('format')!r})")
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: not a grouppruner checkpoint (format {found!r:.80})")
     if meta.get("version") != _VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')} is not supported ({_VERSION})")
+        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r:.40} is not supported ({_VERSION})")
+    for key in ("original_fingerprint", "pruned_fingerprint"):
+        if not isinstance(meta.get(key), str):
+            raise CheckpointError(f"{path}: damaged metadata: {key!r} must be a string, got {meta.get(key)!r:.80}")
+    if not isinstance(meta.get("plans"), list):
+        raise CheckpointError(f"{path}: damaged metadata: 'plans' must be a list, got {meta.get('plans')!r:.80}")
     state = {key[len(_STATE) :]: value for key, value in blob.items() if key.startswith(_STATE)}
     return meta, state
+
+
+def _why_unreadable(path: str | os.PathLike[str], error: Exception) -> str:
+    """One line saying what is wrong with a file ``torch.load`` refused (its own messages are cryptic or long)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError as os_error:
+        return f"the file cannot be opened ({os_error})"
+    if size == 0:
+        return "the file is empty (0 bytes; an interrupted copy?)"
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+        return (
+            "it holds pickled Python objects, not only tensors (a whole pickled model?); grouppruner checkpoints "
+            "are written by save_pruned and load with weights_only=True"
+        )
+    if head.startswith(b"PK"):
+        return f"a torch.save archive that is truncated or damaged ({size:,} bytes; torch says: {detail:.200})"
+    return f"not a file written by torch.save ({size:,} bytes, starting with {head!r}; torch says: {detail:.120})"
+
+
+def _probe_inputs(path: str | os.PathLike[str], index: int, shapes: list[list[int]], device: torch.device) -> Any:
+    """Zero inputs of the recorded ``shapes`` for re-tracing plan ``index``, refusing absurd sizes first."""
+    if not shapes:
+        raise CheckpointError(f"{path}: plan {index} stores no input shapes; pass example_inputs=")
+    for shape in shapes:
+        if not 1 <= len(shape) <= _MAX_INPUT_DIMS:
+            raise CheckpointError(f"{path}: plan {index} input shape {shape} must have 1 to {_MAX_INPUT_DIMS} dims")
+    elements = sum(math.prod(shape) for shape in shapes)
+    if elements > _MAX_INPUT_ELEMENTS:
+        raise CheckpointError(
+            f"{path}: plan {index} input shapes {shapes} ({elements:,} elements) exceed the {_MAX_INPUT_ELEMENTS:,} "
+            "a tracing probe may allocate; the file was edited or damaged (pass example_inputs= to override)"
+        )
+    return (
+        torch.zeros(shapes[0], device=device)
+        if len(shapes) == 1
+        else tuple(torch.zeros(s, device=device) for s in shapes)
+    )
+
+
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Shallow copies of every module's attributes: enough to undo a structural replay.
+
+    Channel removal and bias creation replace parameters / buffers and set width attributes; they never write
+    into the old tensors, so restoring each module's attribute dict (with its parameter / buffer / child dicts
+    and the list of applied plans copied) restores the model exactly.
+    """
+    return [
+        (module, {k: (v.copy() if isinstance(v, dict | list) else v) for k, v in module.__dict__.items()})
+        for module in model.modules()
+    ]
+
+
+def _restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for module, attributes in snapshot:
+        module.__dict__.clear()
+        module.__dict__.update(attributes)
+
+
+def _check_state(path: str | os.PathLike[str], model: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
+    """Raise CheckpointError before ``load_state_dict`` would fail halfway (it copies the matching tensors first)."""
+    expected = model.state_dict()
+    wrong = [
+        f"{key} {tuple(value.shape)} (model {tuple(expected[key].shape)})"
+        for key, value in state.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if wrong:
+        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise CheckpointError(f"{path}: {len(wrong)} saved tensor(s) do not fit the replayed architecture: {shown}")
+    if strict:
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: the saved weights do not match the model: {len(missing)} missing {missing[:3]}, "
+                f"{len(unexpected)} unexpected {unexpected[:3]} (strict=False loads the rest)"
+            )
 
 
 def load_pruned(
@@ -156,7 +255,9 @@ def load_pruned(
         ``model``, now pruned, with the saved weights and the plans recorded on it.
 
     Raises:
-        CheckpointError: not a grouppruner checkpoint, or saved for another architecture.
+        CheckpointError: not a grouppruner checkpoint, damaged or hand-edited metadata (wrong types, input shapes
+            beyond the probe's size limit), saved for another architecture, or weights that do not fit. The message
+            names the file; ``model`` is left exactly as it was given.
     """
     from .graph import ChannelGraph  # the graph (torch-pruning tracing) is only needed here
     from .pruning import apply_structure
@@ -169,22 +270,32 @@ def load_pruned(
             f"model ({type(model).__name__}) has fingerprint {fingerprint}; build the original, unpruned model "
             "with the same options"
         )
-    plans = [PruningPlan.from_dict(p) for p in meta["plans"]]
+    plans = []
+    for index, data in enumerate(meta["plans"]):
+        try:
+            plans.append(PruningPlan.from_dict(data))
+        except ValueError as error:
+            raise CheckpointError(f"{path}: damaged metadata in plan {index}: {error}") from error
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for index, plan in enumerate(plans):
-        inputs = example_inputs
-        if inputs is None:
-            if not plan.input_shapes:
-                raise CheckpointError(f"{path}: plan {index} stores no input shapes; pass example_inputs=")
-            shapes = plan.input_shapes
+    # Nothing above touched the model; from here on, any failure puts it back as it was given.
+    snapshot = _snapshot(model)
+    try:
+        for index, plan in enumerate(plans):
             inputs = (
-                torch.zeros(shapes[0], device=device)
-                if len(shapes) == 1
-                else tuple(torch.zeros(s, device=device) for s in shapes)
+                example_inputs if example_inputs is not None else _probe_inputs(path, index, plan.input_shapes, device)
             )
-        apply_structure(ChannelGraph(model, inputs, **graph_options), plan)
-    if model_fingerprint(model) != meta["pruned_fingerprint"]:
-        raise CheckpointError(f"{path}: replaying the plans did not give the saved architecture")
-    model.load_state_dict(state, strict=strict)
+            try:
+                apply_structure(ChannelGraph(model, inputs, **graph_options), plan)
+            except CheckpointError:
+                raise
+            except (ValueError, KeyError, IndexError, RuntimeError) as error:
+                raise CheckpointError(f"{path}: plan {index} cannot be replayed on this model: {error}") from error
+        if model_fingerprint(model) != meta["pruned_fingerprint"]:
+            raise CheckpointError(f"{path}: replaying the plans did not give the saved architecture")
+        _check_state(path, model, state, strict)
+        model.load_state_dict(state, strict=strict)
+    except BaseException:
+        _restore(snapshot)
+        raise
     logger.info("loaded pruned model (%d plans) from %s", len(plans), path)
     return model

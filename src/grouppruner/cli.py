@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._utils.errors import GroupPrunerError
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -173,8 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"inspect": _inspect, "profile": _profile, "demo": _demo, "report": _report}
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
-        print(f"grouppruner {args.command}: error: {error}", file=sys.stderr)
+    except (GroupPrunerError, ValueError, TypeError, KeyError, OSError) as error:
+        # One line, no traceback: the message names the file / layer at fault. KeyError would repr its text.
+        text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+        print(f"grouppruner {args.command}: error: {'; '.join(lines) or type(error).__name__}", file=sys.stderr)
         return 2
 
 

@@ -251,7 +251,8 @@ def parse_voc_xml(path: str | os.PathLike[str], class_to_index: dict[str, int]) 
     Raises:
         VOCFileNotFoundError: the file does not exist.
         VOCDataError: malformed XML, forbidden XML constructs (entity expansion, external entities, DTDs),
-            unknown class names, missing or non-numeric coordinates, empty boxes. The message names the file.
+            unknown class names, missing or non-numeric coordinates, empty boxes, a non-positive ``<size>``.
+            The message names the file. Boxes entirely outside a known ``<size>`` are dropped with a warning.
     """
     from defusedxml import DefusedXmlException
     from defusedxml import ElementTree as DefusedET
@@ -273,6 +274,8 @@ def parse_voc_xml(path: str | os.PathLike[str], class_to_index: dict[str, int]) 
     if size is not None:
         width = int(_number(size, "width", path, "<size>"))
         height = int(_number(size, "height", path, "<size>"))
+        if width <= 0 or height <= 0:
+            raise VOCDataError(f"{path}: <size> must be positive, got width {width}, height {height}")
 
     boxes: list[list[float]] = []
     labels: list[int] = []
@@ -291,6 +294,18 @@ def parse_voc_xml(path: str | os.PathLike[str], class_to_index: dict[str, int]) 
         box = [xmin - 1.0, ymin - 1.0, xmax, ymax]
         if box[2] <= box[0] or box[3] <= box[1]:
             raise VOCDataError(f"{path}: {where} ({name}) has an empty box {xmin, ymin, xmax, ymax}")
+        if width is not None and height is not None and not _overlaps_image(box, width, height):
+            # Clipped to the image it would be a zero-area training target (a NaN / useless box loss).
+            logger.warning(
+                "%s: %s (%s) box %s lies entirely outside the %dx%d image; dropped",
+                path,
+                where,
+                name,
+                (xmin, ymin, xmax, ymax),
+                width,
+                height,
+            )
+            continue
         boxes.append(box)
         labels.append(class_to_index[name])
         difficult.append(is_difficult)
@@ -302,6 +317,11 @@ def parse_voc_xml(path: str | os.PathLike[str], class_to_index: dict[str, int]) 
         width=width,
         height=height,
     )
+
+
+def _overlaps_image(box: Sequence[float], width: float, height: float) -> bool:
+    """Whether an xyxy box keeps a positive area once clipped to a ``width x height`` image."""
+    return min(box[2], width) > max(box[0], 0.0) and min(box[3], height) > max(box[1], 0.0)
 
 
 class VOCDetection(Dataset[tuple[Tensor, Target]]):
@@ -356,13 +376,21 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
         self.hsv_gains = tuple(float(g) for g in hsv_gains)
         self.flip_prob = flip_prob
         self.generator = generator
+        self._warned_outside: set[int] = set()
         class_to_index = {name: i for i, name in enumerate(self.classes)}
 
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise VOCFileNotFoundError(f"split file not found: {split_file}")
         self.ids: list[str] = []
-        for line in split_file.read_text(encoding="utf-8").splitlines():
+        try:
+            lines = split_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise VOCDataError(
+                f"{split_file}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+                "a split file lists one image id per line"
+            ) from exc
+        for line in lines:
             fields = line.split()
             # VOC's per-class split files append a +-1 flag; only the id matters here.
             if fields:
@@ -436,6 +464,20 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
         image = self.load_image(index)
         size = torch.tensor([image.width, image.height, image.width, image.height], dtype=torch.float32)
         boxes = torch.minimum(ann.boxes.clamp(min=0), size)
+        labels, difficult = ann.labels, ann.difficult
+        inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if not bool(inside.all()):
+            # Only reachable without <size> in the XML (parse_voc_xml drops these boxes when it knows the size).
+            if index not in self._warned_outside:
+                self._warned_outside.add(index)
+                logger.warning(
+                    "%s: %d box(es) lie entirely outside the %dx%d image; dropped",
+                    self.root / "Annotations" / f"{ann.image_id}.xml",
+                    int((~inside).sum()),
+                    image.width,
+                    image.height,
+                )
+            boxes, labels, difficult = boxes[inside], labels[inside], difficult[inside]
         if self.augment:
             gains = [1.0 + g * (2.0 * self._rand() - 1.0) for g in self.hsv_gains]
             image = hsv_jitter(image, gains)
@@ -446,7 +488,7 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
             tensor = tensor.flip(-1)
             width = float(self.image_size[1])
             boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-        target = {"boxes": boxes, "labels": ann.labels.clone(), "difficult": ann.difficult.clone()}
+        target = {"boxes": boxes, "labels": labels.clone(), "difficult": difficult.clone()}
         return tensor, target
 
     def __repr__(self) -> str:

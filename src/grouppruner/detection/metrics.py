@@ -68,14 +68,38 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *, use_07_metri
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def _numpy(value: Any, shape_tail: tuple[int, ...], dtype: Any) -> np.ndarray:
+def _field(entry: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"voc_eval: {where} must be a dict, got {type(entry).__name__}")
+    if key not in entry:
+        raise ValueError(f"voc_eval: {where} has no {key!r} entry (it has {sorted(entry)})")
+    return entry[key]
+
+
+def _numpy(value: Any, shape_tail: tuple[int, ...], dtype: Any, where: str) -> np.ndarray:
+    """``value`` as an array of shape ``(K, *shape_tail)``; a wrong shape or a non-integer label is an error.
+
+    An empty value of any shape is accepted as ``K = 0``. ``dtype`` integer (labels) refuses float / bool input
+    instead of truncating it; ``dtype`` bool (difficult flags) accepts bool or 0/1 integers.
+    """
     array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
-    array = array.astype(dtype, copy=False)
-    if shape_tail:
-        array = array.reshape(-1, *shape_tail) if array.size else np.zeros((0, *shape_tail), dtype=dtype)
-    else:
-        array = array.reshape(-1)
-    return array
+    if array.size == 0:
+        return np.zeros((0, *shape_tail), dtype=dtype)
+    expected = "(K, " + ", ".join(map(str, shape_tail)) + ")" if shape_tail else "(K,)"
+    if array.ndim != 1 + len(shape_tail) or tuple(array.shape[1:]) != shape_tail:
+        raise ValueError(f"voc_eval: {where} must have shape {expected}, got {tuple(array.shape)}")
+    if np.issubdtype(dtype, np.integer) and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"voc_eval: {where} must be integer class indices, got dtype {array.dtype} "
+            "(cast with .long() if they are indices)"
+        )
+    if np.issubdtype(dtype, np.bool_) and not (array.dtype == np.bool_ or np.isin(array, (0, 1)).all()):
+        raise ValueError(f"voc_eval: {where} must be booleans, got dtype {array.dtype}")
+    if np.issubdtype(dtype, np.floating) and not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise ValueError(f"voc_eval: {where} must be numbers, got dtype {array.dtype}")
+    return array.astype(dtype, copy=False)
 
 
 def voc_eval(
@@ -111,8 +135,9 @@ def voc_eval(
             non-difficult ground truth.
 
     Raises:
-        ValueError: different numbers of images, mismatched per-image lengths, labels out of range,
-            non-finite scores or boxes.
+        ValueError: different numbers of images, a missing ``boxes`` / ``scores`` / ``labels`` entry, boxes not of
+            shape ``(K, 4)``, labels that are not integers, mismatched per-image lengths, labels out of range,
+            non-finite scores or boxes (the message names the image index and the entry).
     """
     if len(detections) != len(annotations):
         raise ValueError(f"voc_eval: {len(detections)} detection entries for {len(annotations)} annotated images")
@@ -133,10 +158,15 @@ def voc_eval(
             raise ValueError(f"voc_eval: {where} has labels outside [0, {bound}): {sorted(set(labels.tolist()))}")
 
     for i, (det, ann) in enumerate(zip(detections, annotations, strict=True)):
-        g_boxes = _numpy(ann["boxes"], (4,), np.float64)
-        g_labels = _numpy(ann["labels"], (), np.int64)
+        where = f"annotation {i}"
+        g_boxes = _numpy(_field(ann, "boxes", where), (4,), np.float64, f"{where} 'boxes'")
+        g_labels = _numpy(_field(ann, "labels", where), (), np.int64, f"{where} 'labels'")
         raw_difficult = ann.get("difficult")
-        g_diff = np.zeros(len(g_labels), dtype=bool) if raw_difficult is None else _numpy(raw_difficult, (), np.bool_)
+        g_diff = (
+            np.zeros(len(g_labels), dtype=bool)
+            if raw_difficult is None
+            else _numpy(raw_difficult, (), np.bool_, f"{where} 'difficult'")
+        )
         if not (len(g_boxes) == len(g_labels) == len(g_diff)):
             raise ValueError(
                 f"voc_eval: annotation {i} has {len(g_boxes)} boxes, {len(g_labels)} labels, "
@@ -150,9 +180,10 @@ def voc_eval(
             seen.add(int(c))
             num_gt[int(c)] = num_gt.get(int(c), 0) + int(((g_labels == c) & ~g_diff).sum())
 
-        d_boxes = _numpy(det["boxes"], (4,), np.float64)
-        d_scores = _numpy(det["scores"], (), np.float64)
-        d_labels = _numpy(det["labels"], (), np.int64)
+        where = f"detections {i}"
+        d_boxes = _numpy(_field(det, "boxes", where), (4,), np.float64, f"{where} 'boxes'")
+        d_scores = _numpy(_field(det, "scores", where), (), np.float64, f"{where} 'scores'")
+        d_labels = _numpy(_field(det, "labels", where), (), np.int64, f"{where} 'labels'")
         if not (len(d_boxes) == len(d_scores) == len(d_labels)):
             raise ValueError(
                 f"voc_eval: detections {i} has {len(d_boxes)} boxes, {len(d_scores)} scores, {len(d_labels)} labels"

@@ -68,8 +68,8 @@ class AttentionDistiller(nn.Module):
             raise an error naming the layer and the model at fault.
 
     Raises:
-        ValueError: teacher and student are the same object, ``layers`` is empty or has duplicates, bad
-            weights / options.
+        ValueError: teacher and student are the same object or share a parameter / buffer (``copy.copy``, a
+            wrapper around the student's modules), ``layers`` is empty or has duplicates, bad weights / options.
         TypeError: the student is wrapped in ``nn.DataParallel`` (use DistributedDataParallel).
         LayerNotFoundError: a name is missing in a model (the message lists close matches and the names).
     """
@@ -105,6 +105,7 @@ class AttentionDistiller(nn.Module):
                 "teacher and student are the same object; distil from a frozen copy "
                 "(e.g. teacher = copy.deepcopy(model) before pruning)"
             )
+        _refuse_shared_tensors(teacher_root, student_root)
         if loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {loss!r}")
         if resize not in (None, "bilinear", "area"):
@@ -326,10 +327,15 @@ class AttentionDistiller(nn.Module):
             per-layer losses (detached), keyed by student layer name.
 
         Raises:
-            DistillerStateError: no forward since construction / the last `clear`.
+            DistillerStateError: no forward since construction / the last `clear`, or called after `remove`.
             NonFiniteError: a feature had NaN / Inf (names the layer and the model).
             ValueError: the mask's shape does not match the batch or the grid.
         """
+        if self._removed:
+            raise DistillerStateError(
+                "loss() called after remove(): this AttentionDistiller's hooks and records are gone; "
+                "create a new one to keep distilling"
+            )
         if not self.student_recorder.maps:
             raise DistillerStateError(
                 "loss() called before any forward: call outputs = distiller(inputs) first in each step"
@@ -409,6 +415,35 @@ class AttentionDistiller(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def _refuse_shared_tensors(teacher: nn.Module, student: nn.Module) -> None:
+    """Raise if the teacher holds any parameter or buffer of the student.
+
+    Freezing the teacher calls ``requires_grad_(False)`` on its parameters; when those are the student's own
+    (``copy.copy(model)``, a wrapper module around the same layers) the student would silently stop learning,
+    and its BN statistics would be the teacher's too.
+    """
+    student_tensors: dict[int, str] = {}
+    for name, tensor in itertools.chain(
+        student.named_parameters(remove_duplicate=False), student.named_buffers(remove_duplicate=False)
+    ):
+        student_tensors.setdefault(id(tensor), name)
+    shared = [
+        (t_name, student_tensors[id(tensor)])
+        for t_name, tensor in itertools.chain(
+            teacher.named_parameters(remove_duplicate=False), teacher.named_buffers(remove_duplicate=False)
+        )
+        if id(tensor) in student_tensors
+    ]
+    if shared:
+        examples = ", ".join(f"teacher {t!r} is student {s!r}" for t, s in shared[:3])
+        more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
+        raise ValueError(
+            f"the teacher shares {len(shared)} parameter(s) / buffer(s) with the student ({examples}{more}): "
+            "freezing the teacher would freeze the student too. Distil from an independent copy: "
+            "teacher = copy.deepcopy(model) (copy.copy and wrappers around the same modules share tensors)"
+        )
 
 
 def first_device(model: nn.Module) -> torch.device | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from .apply import apply_structure
 from .importance import BNScale, Coupling, CustomImportance, Importance, ScoreFn
 from .optimizer import rebuild_optimizer
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint
+from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, weights_digest
 from .pruner import GroupPruner
 
 __all__ = [
@@ -43,4 +43,5 @@ __all__ = [
     "apply_structure",
     "model_fingerprint",
     "rebuild_optimizer",
+    "weights_digest",
 ]

@@ -13,12 +13,26 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGraph, ChannelGroup
-from .plan import PruningPlan, model_fingerprint, record_plan
+from .plan import PruningPlan, model_fingerprint, record_plan, weights_digest
 
 __all__ = ["apply_structure", "check_plan"]
 
 
-def check_plan(graph: ChannelGraph, plan: PruningPlan) -> list[tuple[ChannelGroup, list[int]]]:
+def check_plan(
+    graph: ChannelGraph, plan: PruningPlan, *, check_weights: bool = False
+) -> list[tuple[ChannelGroup, list[int]]]:
+    """Check that ``plan`` fits the graph's model and return ``(group, removed indices)`` per planned group.
+
+    Args:
+        graph: channel graph of the model to prune.
+        plan: the plan.
+        check_weights: also require the model's scored weights to be those the plan was made from (its
+            ``weights_digest``; plans without one are not checked). Off when replaying a saved plan on a
+            freshly built model (``load_pruned``), whose weights are loaded afterwards.
+
+    Raises:
+        ValueError: another architecture, a channel group missing or of another size, or other weights.
+    """
     fingerprint = model_fingerprint(graph.model)
     if plan.fingerprint != fingerprint:
         raise ValueError(
@@ -34,6 +48,15 @@ def check_plan(graph: ChannelGraph, plan: PruningPlan) -> list[tuple[ChannelGrou
         if group.size != entry.size:
             raise ValueError(f"channel group {entry.name!r} has {group.size} channels, the plan expects {entry.size}")
         removals.append((group, entry.removed))
+    if check_weights and plan.weights_digest is not None:
+        digest = weights_digest(graph.model, [group for group, _ in removals])
+        if digest != plan.weights_digest:
+            raise ValueError(
+                f"the plan was made from other weights (weights digest {plan.weights_digest}, this "
+                f"{type(graph.model).__name__} has {digest}): the same architecture, but another trained instance, "
+                "or this one was trained after planning, so the plan's choice of channels does not reflect these "
+                "scores. Plan again on this model, or pass allow_other_weights=True to apply it anyway"
+            )
     return removals
 
 

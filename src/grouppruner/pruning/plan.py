@@ -1,6 +1,7 @@
 """The pruning plan: what :class:`grouppruner.pruning.GroupPruner` will remove, as plain JSON-serializable data.
 
-A plan is made for one model (identified by :func:`model_fingerprint`) and records, per layer group, the threshold
+A plan is made for one model: its architecture (:func:`model_fingerprint`) and its weights, the BatchNorm scales
+the scores came from (:func:`weights_digest`); it records, per layer group, the threshold
 and the channel counts, per channel group the kept channel indices, and the predicted parameters and MACs before
 and after. Applied plans are kept on the model (:func:`applied_plans`) so that
 :func:`grouppruner.checkpoint.save_pruned` can store the structure next to the weights.
@@ -9,13 +10,26 @@ and after. Applied plans are kept on the model (:func:`applied_plans`) so that
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-__all__ = ["ChannelGroupPlan", "LayerGroupPlan", "PruningPlan", "applied_plans", "model_fingerprint"]
+if TYPE_CHECKING:  # the graph package (torch-pruning tracing) is not needed to read or write plans
+    from ..graph import ChannelGroup
+
+__all__ = [
+    "ChannelGroupPlan",
+    "LayerGroupPlan",
+    "PruningPlan",
+    "applied_plans",
+    "model_fingerprint",
+    "weights_digest",
+]
 
 _PLANS_ATTR = "_grouppruner_plans"
 
@@ -35,6 +49,35 @@ def model_fingerprint(model: nn.Module) -> str:
         buffers = [(n, list(b.shape)) for n, b in module.named_buffers(recurse=False)]
         entries.append([name, type(module).__name__, params, buffers])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> str:
+    """A short hash of the weights the scores of ``groups`` depend on: the identity of one trained instance.
+
+    Two models of the same architecture share a :func:`model_fingerprint`; their BatchNorm scales (gamma), which
+    the default importance ranks, tell them apart. Hashed per channel group: the ``weight`` of every BatchNorm
+    member, or, for a group without one (a custom importance), the root layer's ``weight``. Values are hashed
+    in float32 on the CPU, so the digest does not depend on the device or on a half-precision copy.
+
+    Args:
+        model: the model the groups belong to.
+        groups: the channel groups of a plan.
+
+    Returns:
+        16 hex characters; changes when any of those weights changes (another instance, or more training).
+    """
+    names = set()
+    for group in groups:
+        members = [ref.name for ref in group.bns] or [group.name]
+        names.update(members)
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        weight = getattr(model.get_submodule(name), "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        digest.update(name.encode())
+        digest.update(weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -100,6 +143,9 @@ class PruningPlan:
         macs_after: predicted MACs after.
         add_bias: layers that receive a new bias parameter through beta folding.
         input_shapes: shapes of the example inputs (used to re-trace the model in ``load_pruned``).
+        weights_digest: :func:`weights_digest` of the model's scored weights when the plan was made;
+            :meth:`~grouppruner.pruning.GroupPruner.apply` refuses a model whose weights differ, unless
+            ``allow_other_weights=True``. ``None`` in plans written before this field existed (not checked).
     """
 
     fingerprint: str
@@ -117,6 +163,7 @@ class PruningPlan:
     macs_after: int
     add_bias: list[str] = field(default_factory=list)
     input_shapes: list[list[int]] = field(default_factory=list)
+    weights_digest: str | None = None
 
     @property
     def params_ratio(self) -> float:
@@ -136,11 +183,17 @@ class PruningPlan:
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         """Rebuild a plan from :meth:`to_dict` output.
 
+        Every field is type-checked (a hand-edited file must fail here with the field named, not later with an
+        AttributeError deep in the pruning code). ``weights_digest`` may be absent (plans written before it).
+
         Raises:
-            ValueError: when fields are missing or unknown.
+            ValueError: when fields are missing, unknown or of the wrong type / range (the message names the field).
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"not a valid PruningPlan: expected an object, got {type(data).__name__}")
         try:
             values = dict(data)
+            _check_plan_fields(values)
             values["layer_groups"] = [LayerGroupPlan(**g) for g in data["layer_groups"]]
             values["channel_groups"] = [ChannelGroupPlan(**g) for g in data["channel_groups"]]
             return cls(**values)
@@ -177,6 +230,79 @@ class PruningPlan:
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})"
         )
         return "\n".join(lines)
+
+
+_MODES = ("ratios", "thresholds", "target_params", "target_macs")
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_plan_fields(data: dict[str, Any]) -> None:
+    """Raise ValueError naming the first field of a plan dict (and its nested records) of the wrong type."""
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "fingerprint": (lambda v: isinstance(v, str), "a string"),
+        "mode": (lambda v: v in _MODES, f"one of {list(_MODES)}"),
+        "target": (lambda v: v is None or _is_number(v), "null or a number"),
+        "importance": (lambda v: isinstance(v, str), "a string"),
+        "coupling": (lambda v: isinstance(v, str), "a string"),
+        "min_channels": (lambda v: _is_int(v, 1), "an integer >= 1"),
+        "round_to": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+        "layer_groups": (lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v), "a list of objects"),
+        "channel_groups": (lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v), "a list of objects"),
+        "params_before": (_is_int, "an integer >= 0"),
+        "params_after": (_is_int, "an integer >= 0"),
+        "macs_before": (_is_int, "an integer >= 0"),
+        "macs_after": (_is_int, "an integer >= 0"),
+        "add_bias": (_is_str_list, "a list of strings"),
+        "input_shapes": (
+            lambda v: isinstance(v, list) and all(isinstance(s, list) and all(_is_int(d, 1) for d in s) for s in v),
+            "a list of lists of integers >= 1",
+        ),
+        "weights_digest": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    }
+    _check_fields("PruningPlan", data, checks)
+    for index, group in enumerate(data["layer_groups"]):
+        _check_fields(
+            f"layer_groups[{index}]",
+            group,
+            {
+                "name": (lambda v: isinstance(v, str), "a string"),
+                "threshold": (_is_number, "a number"),
+                "channels_before": (_is_int, "an integer >= 0"),
+                "channels_after": (_is_int, "an integer >= 0"),
+                "channel_groups": (_is_str_list, "a list of strings"),
+            },
+        )
+    for index, group in enumerate(data["channel_groups"]):
+        where = f"channel_groups[{index}]"
+        _check_fields(
+            where,
+            group,
+            {
+                "name": (lambda v: isinstance(v, str), "a string"),
+                "size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+                "kept": (lambda v: isinstance(v, list) and all(_is_int(i) for i in v), "a list of integers >= 0"),
+            },
+        )
+        kept, size = group["kept"], group["size"]
+        if any(b <= a for a, b in itertools.pairwise(kept)) or (kept and kept[-1] >= size):
+            raise ValueError(f"{where}.kept must be increasing indices below size={size}")
+
+
+def _check_fields(where: str, data: dict[str, Any], checks: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    for name, (ok, expected) in checks.items():
+        if name in data and not ok(data[name]):
+            raise ValueError(f"{where}.{name} must be {expected}, got {data[name]!r:.80}")
 
 
 def applied_plans(model: nn.Module) -> list[PruningPlan]:

@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGraph, ChannelGroup
+from ..latency import LatencyModel
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
 from .budget import CostModel, kept_count, removal_order, solve_cut
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .importance import COUPLINGS, BNScale, Coupling, CustomImportance, Importance, ScoreFn
 from .optimizer import remember_parameter_names
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint
+from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint, weights_digest
 
 __all__ = ["GroupPruner"]
 
@@ -88,6 +89,7 @@ class GroupPruner:
             raise ValueError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
         self.forward_fn = forward_fn if forward_fn is not None else getattr(graph, "forward_fn", None)
         self.layer_groups = self._resolve_layer_groups(layer_groups)
+        self._latency_model: LatencyModel | None = None  # measured on the first latency plan without one
         self._positions, self._successor_bn = record_positions(
             self.model, self.example_inputs, forward_fn=self.forward_fn
         )
@@ -162,6 +164,9 @@ class GroupPruner:
         thresholds: Mapping[str, float] | None = None,
         target_params: float | None = None,
         target_macs: float | None = None,
+        target_latency: float | None = None,
+        latency_model: LatencyModel | None = None,
+        latency_weight: float = 0.0,
     ) -> PruningPlan:
         """Decide which channels to remove. Exactly one mode must be given.
 
@@ -175,6 +180,16 @@ class GroupPruner:
                 predicted count lands within 1 % of the target; tied scores are split one channel at a time,
                 deterministically, so a model whose gammas all tie can be cut to any reachable target.
             target_macs: fraction of the current conv + linear MACs to keep, in (0, 1].
+            target_latency: fraction of the current latency to keep, in (0, 1], as predicted by ``latency_model``
+                (see :mod:`grouppruner.latency`); the plan lands within 1 % of the target *prediction*.
+            latency_model: the :class:`~grouppruner.latency.LatencyModel` for ``target_latency`` and
+                ``latency_weight``; measured on first need (and kept on the pruner) when not given.
+            latency_weight: the latency / accuracy trade-off of the budget modes, >= 0. With 0 (default)
+                channels are ranked by their normalised score alone; with ``w > 0`` a channel group's normalised
+                scores are divided by ``(s_i / mean s) ** w``, ``s_i`` the predicted latency saved per channel
+                removed from it, so that at equal scores the channels that cost more time go first (the
+                thresholds reported are then on this weighted score). Works with every target mode, e.g.
+                ``plan(target_params=0.35, latency_weight=1.0)``.
 
         Returns:
             The plan; nothing is changed on the model.
@@ -191,6 +206,7 @@ class GroupPruner:
             "thresholds": thresholds,
             "target_params": target_params,
             "target_macs": target_macs,
+            "target_latency": target_latency,
         }
         given = [name for name, value in modes.items() if value is not None]
         if len(given) != 1:
@@ -208,6 +224,13 @@ class GroupPruner:
                     continue
                 scored[lg_name].append((group, score))
         cost = CostModel(self.model, self._positions)
+        if math.isnan(latency_weight) or latency_weight < 0:
+            raise ValueError(f"latency_weight must be >= 0, got {latency_weight}")
+        if latency_weight > 0 and mode in ("ratios", "thresholds"):
+            raise ValueError(f"latency_weight applies to the target modes, not to {mode}")
+        latency = None
+        if mode == "target_latency" or latency_weight > 0:
+            latency = self._latency_predictor(latency_model)
 
         if mode in ("ratios", "thresholds"):
             values = self._check_group_values(mode, ratios if mode == "ratios" else thresholds)
@@ -235,13 +258,17 @@ class GroupPruner:
             target = float(modes[mode])  # type: ignore[arg-type]
             if not 0.0 < target <= 1.0 or math.isnan(target):
                 raise ValueError(f"{mode} must be a fraction in (0, 1], got {target}")
-            group_thresholds, kept = self._solve(scored, cost, mode, target)
+            group_thresholds, kept = self._solve(scored, cost, mode, target, latency, latency_weight)
 
         plan = self._make_plan(mode, target, scored, group_thresholds, kept, cost)
         if target is not None:
             # The contract of the target modes, checked on the numbers the plan reports: a guard against any
             # disagreement between the solver and the plan, never a silent miss.
-            reached = plan.params_ratio if mode == "target_params" else plan.macs_ratio
+            if mode == "target_latency":
+                assert latency is not None
+                reached = latency(self._removed(scored, kept)) / latency({})
+            else:
+                reached = plan.params_ratio if mode == "target_params" else plan.macs_ratio
             if abs(reached - target) > _TOLERANCE * target:
                 raise ValueError(
                     f"{mode}={target:g}: the plan reaches {reached:.4f}, more than {_TOLERANCE:.0%} away from the "
@@ -269,6 +296,8 @@ class GroupPruner:
         cost: CostModel,
         mode: str,
         target: float,
+        latency: Callable[[Mapping[tuple[str, str], int]], float] | None = None,
+        latency_weight: float = 0.0,
     ) -> tuple[dict[str, float], dict[str, list[int]]]:
         """Per-layer-group thresholds and kept channels for a budget (see :mod:`grouppruner.budget`).
 
@@ -282,8 +311,15 @@ class GroupPruner:
         }
         normalised = [score / scale[lg] for lg, _, score in members]
         refs = [[(ref.name, ref.dim) for ref in group.layers] for _, group, _ in members]
-        column = 0 if mode == "target_params" else 1
-        total = cost.params if mode == "target_params" else cost.macs
+        if latency_weight > 0:
+            assert latency is not None
+            normalised = _latency_weighted(normalised, members, refs, latency, latency_weight)
+        column = {"target_params": 0, "target_macs": 1}.get(mode)  # None: the latency model is the cost
+        if column is None:
+            assert latency is not None
+            total = latency({})
+        else:
+            total = cost.params if column == 0 else cost.macs
         goal = target * total
         order = removal_order(normalised)
         owners = np.repeat(np.arange(len(members)), [len(s) for s in normalised])[order]
@@ -301,6 +337,9 @@ class GroupPruner:
                     new_bias.update(bias)
                     for key in keys:
                         removed[key] = removed.get(key, 0) + gone
+            if column is None:
+                assert latency is not None
+                return latency(removed)
             return float(cost.predict(removed, sorted(new_bias))[column])
 
         prefix_cut, reached = solve_cut(evaluate, np.arange(channels + 1, dtype=np.float64), goal)
@@ -327,6 +366,28 @@ class GroupPruner:
             for (_, group, score), count in zip(members, counts, strict=True)
         }
         return {lg: lam * scale[lg] for lg in scored}, kept
+
+    def _latency_predictor(
+        self, latency_model: LatencyModel | None
+    ) -> Callable[[Mapping[tuple[str, str], int]], float]:
+        if latency_model is None:
+            if self._latency_model is None:
+                logger.info("GroupPruner: measuring a latency model for this device (pass latency_model= to reuse one)")
+                self._latency_model = LatencyModel.measure(self.model, self.example_inputs, forward_fn=self.forward_fn)
+            latency_model = self._latency_model
+        return latency_model.predictor(self.model)
+
+    def _removed(
+        self, scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]], kept: dict[str, list[int]]
+    ) -> dict[tuple[str, str], int]:
+        """Channels removed per ``(module name, dim)`` by keeping ``kept`` (the cost models' input)."""
+        removed: dict[tuple[str, str], int] = {}
+        for members in scored.values():
+            for group, _ in members:
+                gone = group.size - len(kept[group.name])
+                for ref in group.layers if gone else ():
+                    removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
+        return removed
 
     def _new_biases(self, group: ChannelGroup) -> list[str]:
         """Consumers of ``group`` that gain a bias when any of its channels is removed (beta folding)."""
@@ -390,11 +451,12 @@ class GroupPruner:
             macs_after=macs_after,
             add_bias=add_bias,
             input_shapes=_input_shapes(self.example_inputs),
+            weights_digest=weights_digest(self.model, [g for members in scored.values() for g, _ in members]),
         )
 
     # ------------------------------------------------------------------ applying
 
-    def apply(self, plan: PruningPlan, *, fold: bool = True) -> nn.Module:
+    def apply(self, plan: PruningPlan, *, fold: bool = True, allow_other_weights: bool = False) -> nn.Module:
         """Remove the planned channels in place (after beta folding) and return the model.
 
         The plan is kept on the model (:func:`applied_plans`) for :func:`grouppruner.checkpoint.save_pruned`.
@@ -404,14 +466,18 @@ class GroupPruner:
             plan: a plan made for this model in its current state.
             fold: fold the constant output of removed channels into their consumers (see
                 :mod:`grouppruner.folding`); ``False`` only drops them, like torch-pruning.
+            allow_other_weights: apply a plan made on another instance of this architecture (or on this model
+                before it was trained further): its channel choice was made from other scores. Off by default,
+                so that a plan never silently lands on weights it was not made from.
 
         Returns:
             ``graph.model``, pruned.
 
         Raises:
-            ValueError: the plan was made for another model (or for this one before it was changed).
+            ValueError: the plan was made for another architecture (or for this model before it was pruned), or
+                from other weights and ``allow_other_weights`` is False.
         """
-        removals = check_plan(self.graph, plan)
+        removals = check_plan(self.graph, plan, check_weights=not allow_other_weights)
         if fold:
             added = fold_removed_channels(
                 self.model,
@@ -440,6 +506,29 @@ def _removal_owners(scores: Sequence[np.ndarray]) -> np.ndarray:
     """Group index of every channel in :func:`~grouppruner.budget.removal_order`, shape (sum(size_i),)."""
     owner = np.repeat(np.arange(len(scores)), [len(s) for s in scores])
     return np.asarray(owner[removal_order(scores)])
+
+
+def _latency_weighted(
+    normalised: list[np.ndarray],
+    members: Sequence[tuple[str, ChannelGroup, np.ndarray]],
+    refs: Sequence[Sequence[tuple[str, str]]],
+    latency: Callable[[Mapping[tuple[str, str], int]], float],
+    weight: float,
+) -> list[np.ndarray]:
+    """Normalised scores divided by ``(saving_i / mean saving) ** weight`` per channel group.
+
+    ``saving_i``: predicted seconds saved per channel when half of channel group ``i`` goes (half, not one, so that
+    the saving reflects the group's slope rather than one step of a fitted intercept).
+    """
+    dense = latency({})
+    savings = []
+    for (_, group, _), keys in zip(members, refs, strict=True):
+        half = max(group.size // 2, 1)
+        savings.append(max(dense - latency({key: half for key in keys}), 0.0) / half)
+    positive = [s for s in savings if s > 0]
+    floor = min(positive) if positive else 1.0  # a group whose removal saves nothing measurable ranks as the cheapest
+    mean = float(np.mean([max(s, floor) for s in savings])) if savings else 1.0
+    return [score / (max(s, floor) / mean) ** weight for score, s in zip(normalised, savings, strict=True)]
 
 
 def _as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | None) -> Importance:

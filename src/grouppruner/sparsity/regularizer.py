@@ -140,6 +140,7 @@ class BNSparsity:
         self._group_ids: IndexArray = owner[self._reg_index]  # (N_reg,) layer group of each
         self._group_index = [np.flatnonzero(self._group_ids == g) for g in range(len(used))]
         self._full = self._reg_index.size == self._numel
+        self._host_mask = self._mask_host()  # (N,) 1 on regularized, 0 on protected channels
         # only layers with protected channels need a mask in the hot path
         self._partial = [i for i, (_, _, owners) in enumerate(layers) if min(owners) < 0]
         self._partial_masks = [
@@ -212,8 +213,10 @@ class BNSparsity:
         ``optimizer.step()`` (and before ``scaler.unscale_`` when a scaler was given). Under DDP every rank
         computes the same update from identical gammas, so replicas stay identical.
 
-        The update runs as a few ``torch._foreach_*`` kernels over the per-layer tensors (no Python loop over
-        layers doing tensor work); ``Dynamic`` adds one host copy of |gamma| for its quantile.
+        The update is built on one flat host copy of all gammas (the copy the finite check makes anyway) and
+        added to the per-layer gradients by one ``torch._foreach_add_``: a constant number of kernels per step,
+        however many BatchNorms there are, so that the cost holds on an oversubscribed machine. Without the
+        finite check, a few ``torch._foreach_*`` kernels over the per-layer tensors do the same.
 
         Raises:
             RuntimeError: no gradient yet (``step()`` before ``backward()``), or some BatchNorm got none.
@@ -241,6 +244,16 @@ class BNSparsity:
             if factors is not None and host_gammas is not None:
                 # per-channel rates: the update is built on the host gammas, one copy to the device
                 update = torch.from_numpy(np.sign(host_gammas) * factors).to(gammas[0].device)
+                torch._foreach_add_(grads, torch.split(update, self._sizes), alpha=rate)
+            elif host_gammas is not None:
+                # The host copy made for the finite check already holds the gammas: one sign over the flat array
+                # and one fused add, instead of a sign, a mask and an add kernel per BatchNorm. Each small kernel
+                # is cheap alone, but ~3 per BN is hundreds of dispatches per step, and on an oversubscribed
+                # machine every one of them can wait for a core.
+                signs_host = np.sign(host_gammas)
+                if self._partial:
+                    signs_host *= self._host_mask
+                update = torch.from_numpy(signs_host).to(device=gammas[0].device, dtype=grads[0].dtype)
                 torch._foreach_add_(grads, torch.split(update, self._sizes), alpha=rate)
             else:
                 signs = torch._foreach_sign(gammas)

@@ -1,0 +1,168 @@
+"""The deployment form of a (pruned) model: BatchNorm folded into convolutions, eval mode, ONNX.
+
+A pruned model still runs every BatchNorm as a separate pass over its output: in eval mode a BN is an affine map
+per channel that folds exactly into the preceding convolution's weight and bias. :func:`fuse_for_inference` does
+that fold with torch's own :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` (no fusion math of our own) for every
+convolution whose output tensor goes straight into a BatchNorm (found by one traced pass,
+:func:`grouppruner.profile.record_positions`), replaces those BatchNorms by ``nn.Identity`` and checks the fused
+model against the original on the example inputs. The result is a plain module in eval mode without hooks, so
+``torch.jit.trace``, ``torch.compile`` and :func:`export_onnx` take it as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ._utils.calls import ForwardFn, call_model, split_inputs
+from ._utils.errors import GroupPrunerError
+from .profile import record_positions
+
+__all__ = ["ExportError", "export_onnx", "fuse_for_inference"]
+
+logger = logging.getLogger(__name__)
+
+
+class ExportError(GroupPrunerError, RuntimeError):
+    """The deployment form differs from the model it was made from (the message gives the largest difference)."""
+
+
+def _flat(outputs: Any) -> list[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, dict):
+        return [t for value in outputs.values() for t in _flat(value)]
+    if isinstance(outputs, (list, tuple)):
+        return [t for value in outputs for t in _flat(value)]
+    return []
+
+
+def _max_difference(a: Any, b: Any) -> float:
+    left, right = _flat(a), _flat(b)
+    if len(left) != len(right) or any(x.shape != y.shape for x, y in zip(left, right, strict=True)):
+        return float("inf")
+    return max((float((x.float() - y.float()).abs().max()) for x, y in zip(left, right, strict=True)), default=0.0)
+
+
+def fuse_for_inference(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    forward_fn: ForwardFn | None = None,
+    inplace: bool = False,
+    atol: float = 1e-4,
+) -> nn.Module:
+    """The inference form of ``model``: eval mode, every conv -> BatchNorm pair folded into one conv.
+
+    A pair is folded when the BatchNorm's input is exactly the convolution's output tensor (as in
+    ``Conv2d -> BatchNorm2d -> act``). The fused model is compared with the original on ``example_inputs``.
+
+    Args:
+        model: the model (pruned or not); its BatchNorm running statistics are folded as they are.
+        example_inputs: inputs for the trace and the check, e.g. a (1, 3, 416, 416) tensor.
+        forward_fn: ``forward_fn(model, example_inputs)`` instead of calling the model.
+        inplace: fuse ``model`` itself instead of a deep copy.
+        atol: largest absolute output difference accepted by the check.
+
+    Returns:
+        The fused model in eval mode (``model`` itself when ``inplace``).
+
+    Raises:
+        ExportError: the fused model's outputs differ from the original's by more than ``atol`` (e.g. a
+            convolution output that feeds both its BatchNorm and another layer), naming the difference.
+    """
+    model.eval()
+    with torch.no_grad():
+        reference = call_model(model, example_inputs, forward_fn)
+    fused = model if inplace else copy.deepcopy(model)
+    fused.eval()
+    _, successor_bn = record_positions(fused, example_inputs, forward_fn=forward_fn)
+    count = 0
+    for conv_name, bn_name in successor_bn.items():
+        conv = fused.get_submodule(conv_name)
+        bn = fused.get_submodule(bn_name)
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or not isinstance(bn, _BatchNorm):
+            continue
+        if bn.running_mean is None or bn.running_var is None or conv.out_channels != bn.num_features:
+            continue  # a BN without running statistics normalises by the batch: nothing to fold
+        fused.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
+        fused.set_submodule(bn_name, nn.Identity())
+        count += 1
+    with torch.no_grad():
+        difference = _max_difference(reference, call_model(fused, example_inputs, forward_fn))
+    if not difference <= atol:
+        raise ExportError(
+            f"fuse_for_inference: the fused model differs from the original by {difference:.3g} (> atol={atol:g}) "
+            "on the example inputs; a folded convolution output is probably also used without its BatchNorm"
+        )
+    logger.info("fuse_for_inference: folded %d BatchNorms (max output difference %.2g)", count, difference)
+    return fused
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path | None = None,
+    *,
+    fuse: bool = True,
+    opset_version: int = 17,
+    input_names: list[str] | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> bytes:
+    """Export the deployment form of ``model`` to ONNX and check it with onnxruntime.
+
+    Args:
+        model: the model (pruned or not).
+        example_inputs: a tensor such as (1, 3, 416, 416) or a tuple of positional tensors (the export trace).
+        path: if given, the ONNX file to write.
+        fuse: fold BatchNorms first (:func:`fuse_for_inference`, on a copy).
+        opset_version: the ONNX opset.
+        input_names: graph input names (default ``input0, input1, ...``).
+        check: run the ONNX graph with onnxruntime (if installed) and compare with the exported module.
+        atol: largest absolute difference accepted by the check.
+
+    Returns:
+        The serialized ONNX model.
+
+    Raises:
+        ExportError: onnxruntime's outputs differ from the module's by more than ``atol``.
+    """
+    module = fuse_for_inference(model, example_inputs, atol=atol) if fuse else model.eval()
+    args, kwargs = split_inputs(example_inputs)
+    if kwargs:
+        raise ValueError("export_onnx: keyword inputs are not supported by the ONNX trace; pass a tensor or a tuple")
+    names = input_names or [f"input{i}" for i in range(len(args))]
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        # TorchScript-based exporter: the dynamo one needs onnxscript, which the deployment target may lack.
+        torch.onnx.export(  # a file-like target is supported by the TorchScript exporter, not by its annotation
+            module, args, buffer, dynamo=False, opset_version=opset_version, input_names=names  # type: ignore[arg-type]
+        )
+    data = buffer.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    if check:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            logger.warning("export_onnx: onnxruntime is not installed; the ONNX graph was not checked")
+            return data
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        feeds = {name: arg.detach().cpu().numpy() for name, arg in zip(names, args, strict=True)}
+        ours = session.run(None, feeds)
+        with torch.no_grad():
+            theirs = _flat(module(*args))
+        difference = _max_difference([torch.from_numpy(o) for o in ours], theirs)
+        if not difference <= atol:
+            raise ExportError(f"export_onnx: onnxruntime differs from the module by {difference:.3g} (> {atol:g})")
+        logger.info("export_onnx: onnxruntime parity %.2g", difference)
+    return data

@@ -82,3 +82,79 @@ def test_checkpoint_read_errors_are_one_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
         assert str(path) in err and reason in err
+
+
+def test_verbosity_flags_work_after_the_subcommand():
+    args = build_parser().parse_args(["demo", "-v", "--out", "x"])
+    assert args.verbose == 1 and args.command == "demo"
+    assert build_parser().parse_args(["-q", "report", "r"]).quiet
+
+
+def test_compress_requires_data_and_weights(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["compress", "--out", "x", "--data", "d"])
+    assert exit_info.value.code == 2 and "--weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--target-params", "1.5"], "RecipeConfig.target_params must be in (0, 1]"),
+        (["--epochs", "-1", "-1", "-1"], "RecipeConfig.dense_epochs must be >= 0"),
+        (["--width", "0"], "RecipeConfig.width"),
+    ],
+)
+def test_demo_refuses_bad_options_before_any_work(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["demo", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()  # nothing was generated or trained
+
+
+def test_out_pointing_at_a_file_and_a_bad_config_are_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (tmp_path / "recipe.toml").write_text("image_sise = 3\n")
+    assert main(["demo", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "recipe.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown option 'image_sise'" in err and "image_size" in err
+
+
+def test_compress_defaults_to_voc_classes_and_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
+    from grouppruner.detection import VOC_CLASSES, recipe
+
+    seen = []
+
+    def interrupted(config, *, progress):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "run_recipe", interrupted)
+    weights = tmp_path / "teacher.pt"
+    weights.write_bytes(b"x")  # only its existence is checked before the run starts
+    base = ["compress", "--out", str(tmp_path / "r"), "--data", str(tmp_path), "--weights", str(weights)]
+    assert main(base) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "run the same command to resume" in err
+    assert seen[-1].classes == VOC_CLASSES and seen[-1].weights == str(weights)
+    (tmp_path / "recipe.toml").write_text('classes = ["cat", "dog"]\nimage_size = 96\n')
+    assert main([*base, "--config", str(tmp_path / "recipe.toml"), "--image-size", "64"]) == 130
+    assert seen[-1].classes == ("cat", "dog") and seen[-1].image_size == 64  # flags override the file
+
+
+def test_profile_and_inspect_open_a_run_folder_without_options(tmp_path, capsys):
+    from grouppruner.profile import count_params
+    from runs import fake_run_folder
+
+    models = fake_run_folder(tmp_path)
+    assert main(["profile", "--run", str(tmp_path), "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"{count_params(models['recovered']):,}" in out and "num_classes 2" in out and "64x64" in out
+    assert main(["profile", "--weights", str(tmp_path / "dense.pt"), "--repeats", "1", "--threads", "1"]) == 0
+    assert f"{count_params(models['dense']):,}" in capsys.readouterr().out
+    assert main(["inspect", "--run", str(tmp_path)]) == 0
+    assert "layer group" in capsys.readouterr().out
+    assert main(["inspect", "--run", str(tmp_path / "nothing")]) == 2
+    assert "no results.json" in capsys.readouterr().err

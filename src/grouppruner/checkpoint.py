@@ -31,7 +31,7 @@ from torch import nn
 from ._utils.errors import CheckpointError
 from .pruning.plan import PruningPlan, applied_plans, model_fingerprint
 
-__all__ = ["CheckpointError", "atomic_write", "load_pruned", "read_meta", "save_pruned"]
+__all__ = ["CheckpointError", "atomic_write", "load_pruned", "load_tensor_file", "read_meta", "save_pruned"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +119,7 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
         CheckpointError: the file is not a grouppruner checkpoint or is damaged.
         FileNotFoundError: the file does not exist.
     """
-    if Path(path).is_dir():
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:
-        raise CheckpointError(
-            f"{path}: cannot be read as a grouppruner checkpoint: {_why_unreadable(path, error)}"
-        ) from error
+    blob = load_tensor_file(path, what="a grouppruner checkpoint")
     if not isinstance(blob, dict) or not isinstance(blob.get(_META), torch.Tensor):
         raise CheckpointError(
             f"{path}: not a grouppruner checkpoint (no {_META!r} entry: a file written by torch.save, "
@@ -150,6 +141,28 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, t
         raise CheckpointError(f"{path}: damaged metadata: 'plans' must be a list, got {meta.get('plans')!r:.80}")
     state = {key[len(_STATE) :]: value for key, value in blob.items() if key.startswith(_STATE)}
     return meta, state
+
+
+def load_tensor_file(path: str | os.PathLike[str], *, what: str) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, with errors that say what is wrong.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the message (``"a grouppruner checkpoint"``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: a directory, or a file torch cannot read (empty, truncated, not written by
+            ``torch.save``, pickled objects); the message names the file and the reason.
+    """
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot be read as {what}: {_why_unreadable(path, error)}") from error
 
 
 def _why_unreadable(path: str | os.PathLike[str], error: Exception) -> str:

@@ -1,10 +1,16 @@
 """The ``grouppruner`` command.
 
-``grouppruner inspect`` prints the channel groups and layer groups of a built-in reduced YOLOv4 (or of the full
-one with ``--width 1 --depth 1``); ``grouppruner profile`` prints its parameters, MACs, fp32 size and latency,
-optionally after loading a pruned checkpoint; ``grouppruner demo`` runs the whole recipe (dense training,
-dynamic sparse training, group pruning, attention-distilled recovery) on generated VOC-format data;
-``grouppruner report RUN_DIR`` writes a Markdown report with figures for such a run.
+- ``grouppruner inspect`` prints the channel groups and layer groups of a YOLOv4, ``grouppruner profile`` its
+  parameters, MACs, fp32 size and latency; both take the built-in model options, ``--weights`` (a ``state_dict``
+  or ``save_pruned`` file) or ``--run`` (a run folder: its options and its last checkpoint).
+- ``grouppruner compress --data VOC --weights teacher.pt --out runs/x`` runs the method on the user's trained
+  YOLOv4 and data: dynamic sparse training, group pruning, distilled recovery; ``grouppruner demo`` runs the
+  same on generated VOC-format data with a teacher trained from scratch. Both take ``--config recipe.toml``
+  (fields of :class:`~grouppruner.detection.RecipeConfig`; flags override it), resume after a crash, and show
+  progress per stage and epoch.
+- ``grouppruner report RUN_DIR`` writes a Markdown report with figures for a run folder.
+
+Errors are one line on stderr with exit status 2; Ctrl-C exits with 130 after saving what finished.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,71 +29,128 @@ from torch import nn
 from . import __version__
 from ._utils.errors import GroupPrunerError
 
-__all__ = ["build_parser", "main", "run"]
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"), default="cspdarknet53")
-    parser.add_argument("--num-classes", type=int, default=20)
-    parser.add_argument("--width", type=float, default=0.25, help="channel multiplier (1.0: full YOLOv4)")
-    parser.add_argument("--depth", type=float, default=0.34, help="residual-block multiplier (1.0: full YOLOv4)")
-    parser.add_argument("--image-size", type=int, default=256, help="square input side in pixels")
+__all__ = ["build_parser", "ensure_passive_openmp", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``grouppruner`` command (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="grouppruner", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    # The same flags after the subcommand; SUPPRESS keeps a subcommand from resetting what came before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings")
     parser.add_argument("--version", action="version", version=f"grouppruner {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    inspect = commands.add_parser("inspect", help="print the channel groups and layer groups of the example model")
-    _add_model_options(inspect)
-    inspect.add_argument("--all", action="store_true", help="list every channel group, not only a summary")
+    for name, help_text, handler in (
+        ("inspect", "print the channel groups and layer groups of a YOLOv4", _inspect),
+        ("profile", "print params, MACs, fp32 size and latency of a YOLOv4", _profile),
+    ):
+        sub = commands.add_parser(name, parents=[common], help=help_text)
+        sub.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"), default=None)
+        sub.add_argument("--num-classes", type=int, default=None, help="default 20 (VOC)")
+        sub.add_argument("--width", type=float, default=None, help="channel multiplier (default 0.25; 1.0: full)")
+        sub.add_argument("--depth", type=float, default=None, help="residual-block multiplier (default 0.34)")
+        sub.add_argument("--image-size", type=int, default=None, help="square input side in pixels (default 256)")
+        sub.add_argument(
+            "--weights", "--checkpoint", dest="weights", help="a state_dict or grouppruner.save_pruned file to load"
+        )
+        sub.add_argument("--run", help="a demo / compress run folder: its model options and last stage checkpoint")
+        sub.set_defaults(handler=handler)
+    commands.choices["inspect"].add_argument("--all", action="store_true", help="list every channel group")
+    commands.choices["profile"].add_argument("--threads", type=int, default=2)
+    commands.choices["profile"].add_argument("--repeats", type=int, default=10)
 
-    profile = commands.add_parser("profile", help="print params, MACs, fp32 size and latency of the example model")
-    _add_model_options(profile)
-    profile.add_argument("--checkpoint", help="a file written by grouppruner.save_pruned to load first")
-    profile.add_argument("--threads", type=int, default=2)
-    profile.add_argument("--repeats", type=int, default=10)
-
-    demo = commands.add_parser("demo", help="run dense -> sparse -> pruned -> recovered on generated VOC data")
-    demo.add_argument("--out", default="runs/demo", help="output folder; rerunning resumes after the last stage")
-    demo.add_argument("--data", default=None, help="a VOCdevkit-style folder (default: generate one in --out)")
-    # Defaults (None) come from RecipeConfig, so the help stays right and the detection extra loads lazily.
-    demo.add_argument("--num-images", type=int, help="images to generate (default 400)")
-    demo.add_argument("--image-size", type=int, help="square input side (default 128)")
-    demo.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"))
-    demo.add_argument("--width", type=float, help="channel multiplier (default 0.25)")
-    demo.add_argument("--depth", type=float, help="residual-block multiplier (default 0.34)")
-    demo.add_argument(
-        "--epochs", type=int, nargs=3, metavar=("DENSE", "SPARSE", "RECOVER"), help="epochs per training stage"
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run dense -> sparse -> pruned -> recovered on generated VOC data"
     )
-    demo.add_argument("--sparsity", type=float, help="rate s of the Dynamic schedule (default 1e-3)")
-    demo.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
-    demo.add_argument("--seed", type=int)
+    _add_recipe_options(demo, default_out="runs/demo")
+    demo.add_argument("--data", default=None, help="a VOCdevkit-style folder (default: generate one in --out)")
+    demo.add_argument("--weights", default=None, help="start from this trained YOLOv4 instead of training one")
+    demo.set_defaults(handler=_recipe)
 
-    report = commands.add_parser("report", help="write a Markdown report with figures for a demo / recipe run folder")
+    compress = commands.add_parser(
+        "compress", parents=[common], help="compress your trained YOLOv4 on your VOC-format data"
+    )
+    _add_recipe_options(compress, default_out=None)
+    compress.add_argument("--data", required=True, help="a VOCdevkit-style folder with train and val splits")
+    compress.add_argument("--weights", required=True, help="your trained YOLOv4: a state_dict or save_pruned file")
+    compress.set_defaults(handler=_recipe)
+
+    report = commands.add_parser(
+        "report", parents=[common], help="write a Markdown report with figures for a demo / compress run folder"
+    )
     report.add_argument("run_dir", help="the --out folder of a run (holds results.json and the stage checkpoints)")
     report.add_argument("--latency", action="store_true", help="also measure each stage model's batch-1 latency")
     report.add_argument("--threads", type=int, default=None, help="torch threads for --latency")
+    report.set_defaults(handler=_report)
     return parser
 
 
-def _build_model(args: argparse.Namespace) -> nn.Module:
+def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | None) -> None:
+    # Defaults (None) come from the config file or RecipeConfig, so the help stays right and flags override.
+    parser.add_argument("--config", help="a TOML file of RecipeConfig fields (see the CLI guide)")
+    parser.add_argument(
+        "--out", default=default_out, required=default_out is None, help="run folder; rerunning resumes"
+    )
+    parser.add_argument("--classes", help="comma-separated class names (demo: the synthetic ones; compress: VOC)")
+    parser.add_argument("--num-images", type=int, help="images to generate (demo, default 400)")
+    parser.add_argument("--image-size", type=int, help="square input side (default 128)")
+    parser.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"))
+    parser.add_argument("--width", type=float, help="channel multiplier (default 0.25)")
+    parser.add_argument("--depth", type=float, help="residual-block multiplier (default 0.34)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument(
+        "--epochs", type=int, nargs=3, metavar=("DENSE", "SPARSE", "RECOVER"), help="epochs per training stage"
+    )
+    parser.add_argument("--sparsity", type=float, help="rate s of the L1 term on BatchNorm scales")
+    parser.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
+    parser.add_argument("--seed", type=int)
+
+
+def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
+    """The model the options describe, its input size, and a one-line description."""
+    from .detection.recipe import STAGES, load_weights
+    from .detection.report import read_run
+
+    options: dict[str, Any] = {"backbone": "cspdarknet53", "num_classes": 20, "width": 0.25, "depth": 0.34}
+    size = 256
+    weights = Path(args.weights) if args.weights else None
+    run_dir = Path(args.run) if args.run else (weights.parent if weights is not None else None)
+    if run_dir is not None and (run_dir / "results.json").is_file():
+        config, records = read_run(run_dir)
+        options = {k: config[k] for k in ("backbone", "width", "depth")} | {"num_classes": len(config["classes"])}
+        size = int(config["image_size"])
+        if weights is None:
+            finished = [r["stage"] for r in records if (run_dir / f"{r['stage']}.pt").is_file()]
+            if not finished:
+                raise FileNotFoundError(f"{run_dir}: no finished stage checkpoint ({', '.join(STAGES)})")
+            weights = run_dir / f"{finished[-1]}.pt"
+    elif args.run:
+        raise FileNotFoundError(f"{args.run}: no results.json; is it a grouppruner run folder?")
+    given = {"backbone": args.backbone, "num_classes": args.num_classes, "width": args.width, "depth": args.depth}
+    options.update({k: v for k, v in given.items() if v is not None})
+    size = args.image_size or size
     from .detection import yolov4
 
-    return yolov4(args.num_classes, backbone=args.backbone, width=args.width, depth=args.depth).eval()
+    model = yolov4(options["num_classes"], backbone=options["backbone"], width=options["width"], depth=options["depth"])
+    if weights is not None:
+        load_weights(model, weights)
+    described = ", ".join(f"{k} {v}" for k, v in options.items())
+    return model.eval(), size, f"YOLOv4 ({described}) at {size}x{size}" + (f", weights {weights}" if weights else "")
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    """Print the channel groups, layer groups and protected groups of the model."""
     from .graph import ChannelGraph
 
-    model = _build_model(args)
-    graph = ChannelGraph(model, torch.randn(1, 3, args.image_size, args.image_size))
+    model, size, title = _model_from_args(args)
+    graph = ChannelGraph(model, torch.randn(1, 3, size, size))
     groups = graph.channel_groups
     prunable = [g for g in groups if g.prunable]
-    print(f"YOLOv4 ({args.backbone}, width {args.width}, depth {args.depth}) at {args.image_size}x{args.image_size}")
+    print(title)
     print(f"{len(groups)} channel groups, {len(prunable)} prunable, {sum(g.size for g in prunable)} prunable channels")
     print()
     if args.all:
@@ -105,16 +170,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    """Print the model's parameters, MACs, fp32 size and batch-1 latency."""
     from .profile import profile_model
 
-    model = _build_model(args)
-    if args.checkpoint:
-        from .checkpoint import load_pruned
-
-        load_pruned(model, args.checkpoint)
-    x = torch.randn(1, 3, args.image_size, args.image_size)
-    prof = profile_model(model, x, latency=True, threads=args.threads, repeats=args.repeats)
+    model, size, title = _model_from_args(args)
+    prof = profile_model(model, torch.randn(1, 3, size, size), latency=True, threads=args.threads, repeats=args.repeats)
     assert prof.latency_s is not None
+    print(title)
     print(f"params     {prof.params:,}")
     print(f"GMACs      {prof.macs / 1e9:.3f}")
     print(f"fp32 size  {prof.size_bytes / 2**20:.1f} MiB")
@@ -122,34 +184,65 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .detection.recipe import RecipeConfig, run_recipe
+def _recipe(args: argparse.Namespace) -> int:
+    from .detection.config import load_recipe_config
+    from .detection.data import VOC_CLASSES
+    from .detection.recipe import run_recipe
 
-    options = {
+    overrides: dict[str, Any] = {
+        "out_dir": args.out,
+        "data_root": args.data,
+        "weights": args.weights,
         "num_images": args.num_images,
         "image_size": args.image_size,
         "backbone": args.backbone,
         "width": args.width,
         "depth": args.depth,
+        "batch_size": args.batch_size,
         "sparsity": args.sparsity,
         "target_params": args.target_params,
         "seed": args.seed,
     }
+    if args.classes is not None:
+        overrides["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    elif args.command == "compress" and (args.config is None or "classes" not in _config_keys(args.config)):
+        overrides["classes"] = list(VOC_CLASSES)
     if args.epochs is not None:
-        options.update(dense_epochs=args.epochs[0], sparse_epochs=args.epochs[1], recover_epochs=args.epochs[2])
-    config = RecipeConfig(
-        out_dir=args.out, data_root=args.data, **{k: v for k, v in options.items() if v is not None}
-    )
-    results = run_recipe(config, progress=True)
+        overrides.update(dense_epochs=args.epochs[0], sparse_epochs=args.epochs[1], recover_epochs=args.epochs[2])
+    # Every option is checked here, before any data is generated or any epoch runs.
+    config = load_recipe_config(args.config, overrides=overrides)
+    try:
+        results = run_recipe(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(
+            f"grouppruner {args.command}: interrupted; finished stages and epochs are saved in {config.out_dir}: "
+            "run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     dense = results[0]
     print()
-    print(f"{'stage':<10} {'mAP@0.5':>8} {'params':>12} {'GMACs':>8} {'params %':>9}  checkpoint")
+    print(
+        f"{'stage':<10} {'mAP@0.5':>8} {'mAP kept':>9} {'params':>12} {'params %':>9} {'GMACs':>8} {'MACs %':>7}"
+        "  checkpoint"
+    )
     for r in results:
+        kept = f"{100 * r.map50 / dense.map50:.1f}%" if dense.map50 > 0 else "-"
         print(
-            f"{r.stage:<10} {r.map50:>8.3f} {r.params:>12,} {r.macs / 1e9:>8.3f} {100 * r.params / dense.params:>8.1f}%"
-            f"  {r.checkpoint}"
+            f"{r.stage:<10} {r.map50:>8.3f} {kept:>9} {r.params:>12,} {100 * r.params / dense.params:>8.1f}% "
+            f"{r.macs / 1e9:>8.3f} {100 * r.macs / dense.macs:>6.1f}%  {r.checkpoint}"
         )
+    print("(pruned = after pruning, before recovery)")
     return 0
+
+
+def _config_keys(path: str) -> set[str]:
+    import tomllib
+
+    try:
+        return set(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return set()  # load_recipe_config reports the problem with the file
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -161,19 +254,31 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``grouppruner`` console script.
+    """Entry point of the ``grouppruner`` command.
 
     Args:
         argv: command-line arguments without the program name (``sys.argv[1:]`` when ``None``).
 
     Returns:
-        The process exit status.
+        The process exit status: 0, 2 for an error (one line on stderr), 130 when interrupted.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    handlers = {"inspect": _inspect, "profile": _profile, "demo": _demo, "report": _report}
+    # The long-running commands show their progress (stage, epoch, plan, sparsity statistics) by default.
+    if args.quiet:
+        level = logging.WARNING
+    elif args.verbose >= 2:
+        level = logging.DEBUG
+    elif args.verbose or args.command in ("demo", "compress"):
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        return handlers[args.command](args)
+        code: int = args.handler(args)
+        return code
+    except KeyboardInterrupt:
+        print(f"grouppruner {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (GroupPrunerError, ValueError, TypeError, KeyError, OSError) as error:
         # One line, no traceback: the message names the file / layer at fault. KeyError would repr its text.
         text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)

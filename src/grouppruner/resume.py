@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ._utils.errors import CheckpointError
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, load_tensor_file
 
 __all__ = ["Stateful", "load_training_state", "save_training_state"]
 
@@ -120,11 +120,7 @@ def load_training_state(
             (the message names the file and what differs); the objects are then left as they were.
     """
     file = Path(path)
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-        raise CheckpointError(f"{file}: cannot be read as a training state ({reason})") from error
+    state = load_tensor_file(file, what="a training state")
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise CheckpointError(f"{file}: not a grouppruner training state")
     if state.get("version") != _VERSION:

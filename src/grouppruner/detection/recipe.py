@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import CheckpointError, atomic_write, load_pruned, save_pruned
+from ..checkpoint import CheckpointError, atomic_write, load_pruned, load_tensor_file, save_pruned
 from ..distill import AttentionDistiller
 from ..graph import ChannelGraph
 from ..profile import count_macs, count_params
@@ -164,7 +164,17 @@ class RecipeConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"RecipeConfig.{name} must be one of {allowed}, got {value!r}")
-        positive = ("num_images", "image_size", "batch_size", "lr", "sparse_lr", "recover_lr", "distill_temperature")
+        positive = (
+            "num_images",
+            "image_size",
+            "width",
+            "depth",
+            "batch_size",
+            "lr",
+            "sparse_lr",
+            "recover_lr",
+            "distill_temperature",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"RecipeConfig.{name} must be > 0, got {getattr(self, name)!r}")
@@ -524,12 +534,7 @@ def load_weights(model: YOLOv4, path: str | Path) -> None:
             mismatching keys and, for the heads, the class count the file was trained for).
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-        message = f"{path}: cannot be read as a state_dict or a grouppruner checkpoint ({reason})"
-        raise CheckpointError(message) from error
+    state = load_tensor_file(path, what="a state_dict or a grouppruner checkpoint")
     if isinstance(state, dict) and "grouppruner/meta" in state:
         load_pruned(model, path)
         return

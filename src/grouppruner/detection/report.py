@@ -31,7 +31,7 @@ from ..pruning import applied_plans
 from ..sparsity import BNSparsity
 from .models import YOLOv4, yolov4
 
-__all__ = ["StageRow", "write_report"]
+__all__ = ["StageRow", "read_run", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +78,9 @@ def write_report(
         CheckpointError: a stage checkpoint cannot be read (names the file).
     """
     run = Path(run_dir)
-    results_path = run / "results.json"
-    if not results_path.is_file():
-        raise FileNotFoundError(f"{results_path}: no results.json; is {run} a grouppruner run folder?")
-    try:
-        saved = json.loads(results_path.read_text(encoding="utf-8"))
-        config: Mapping[str, Any] = saved["config"]
-        records: Sequence[Mapping[str, Any]] = saved["stages"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{results_path}: not a recipe result ({type(error).__name__}: {error})") from error
+    config, records = read_run(run)
     if not records:
-        raise ValueError(f"{results_path}: no finished stage to report")
+        raise ValueError(f"{run / 'results.json'}: no finished stage to report")
     out = run / "report"
     out.mkdir(exist_ok=True)
     size = int(config["image_size"])
@@ -123,6 +115,27 @@ def write_report(
         handle.write("\n".join(lines).encode())
     logger.info("report written to %s", report)
     return report
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``config`` and the stage records of a run folder's ``results.json``.
+
+    Raises:
+        FileNotFoundError: the folder has no ``results.json``.
+        ValueError: ``results.json`` is not a recipe result (names the file and what is wrong).
+    """
+    run = Path(run_dir)
+    results_path = run / "results.json"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path}: no results.json; is {run} a grouppruner run folder?")
+    try:
+        saved = json.loads(results_path.read_text(encoding="utf-8"))
+        config, records = dict(saved["config"]), [dict(r) for r in saved["stages"]]
+        for key in ("classes", "backbone", "width", "depth", "image_size"):
+            config[key]  # every reader needs these: fail here, naming the file
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{results_path}: not a recipe result ({type(error).__name__}: {error})") from error
+    return config, records
 
 
 def _load_stage(path: Path, config: Mapping[str, Any]) -> YOLOv4:

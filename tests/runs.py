@@ -1,0 +1,38 @@
+"""A fake finished recipe run folder (results.json + stage checkpoints) for the report and CLI tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import grouppruner as gp
+from grouppruner.detection import yolov4
+
+CONFIG = {"image_size": 64, "classes": ["a", "b"], "backbone": "cspdarknet53", "width": 0.25, "depth": 0.34}
+
+
+def fake_run_folder(root: Path) -> dict[str, nn.Module]:
+    """A fake finished run: dense, sparse (half the gammas zeroed), pruned (to 60 % params), recovered."""
+    torch.manual_seed(0)
+    dense = yolov4(2, width=0.25, depth=0.34).eval()
+    sparse = yolov4(2, width=0.25, depth=0.34).eval()
+    sparse.load_state_dict(dense.state_dict())
+    for m in sparse.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data[::2] = 0.0
+    pruned = yolov4(2, width=0.25, depth=0.34).eval()
+    pruned.load_state_dict(sparse.state_dict())
+    pruner = gp.GroupPruner(gp.ChannelGraph(pruned, torch.zeros(1, 3, 64, 64)), min_channels=4)
+    pruner.apply(pruner.plan(target_params=0.6))
+    models = {"dense": dense, "sparse": sparse, "pruned": pruned, "recovered": pruned}
+    stages = []
+    for i, (stage, model) in enumerate(models.items()):
+        gp.save_pruned(model, root / f"{stage}.pt")
+        params = gp.profile.count_params(model)
+        macs = gp.profile.count_macs(model, torch.zeros(1, 3, 64, 64))
+        stages.append({"stage": stage, "map50": 0.5 - 0.1 * i, "params": params, "macs": macs})
+    (root / "results.json").write_text(json.dumps({"config": CONFIG, "stages": stages}))
+    return models

@@ -52,3 +52,13 @@ def test_missing_file_bad_toml_and_missing_out_dir(tmp_path: Path) -> None:
         load_recipe_config(_write(tmp_path, "image_size = = 3"))
     with pytest.raises(ValueError, match="missing required option"):
         load_recipe_config(_write(tmp_path, "image_size = 64"))
+
+
+def test_the_docs_option_table_is_current() -> None:
+    from grouppruner.detection.config import config_reference
+
+    page = (Path(__file__).parents[1] / "docs" / "guides" / "compress.md").read_text(encoding="utf-8")
+    table = page.split("<!-- options: begin -->\n", 1)[1].split("\n<!-- options: end -->", 1)[0]
+    assert table == config_reference(), "run `python docs/make_config_reference.py`"
+    for name in ("weights", "sparse_optimizer", "target_params"):
+        assert f"| `{name}` |" in table

@@ -16,7 +16,9 @@ key and the closest field names; a wrong type names the field and the type it ta
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -28,7 +30,7 @@ import tomllib
 from .._utils.names import did_you_mean
 from .recipe import RecipeConfig
 
-__all__ = ["load_recipe_config", "recipe_config_fields"]
+__all__ = ["config_reference", "load_recipe_config", "recipe_config_fields"]
 
 
 def recipe_config_fields() -> dict[str, tuple[Any, Any]]:
@@ -117,3 +119,48 @@ def _describe(kind: Any) -> str:
         else:
             names.append({int: "an integer", float: "a number", str: "a string", bool: "true or false"}[option])
     return " or ".join(names)
+
+
+def config_reference() -> str:
+    """A Markdown table of every ``RecipeConfig`` field: name, type, default and description (from its docstring).
+
+    ``docs/guides/compress.md`` holds this table; a test keeps the two equal.
+    """
+    descriptions = _attribute_docs(RecipeConfig.__doc__ or "")
+    lines = ["| option | type | default | meaning |", "|---|---|---|---|"]
+    for name, (kind, default) in recipe_config_fields().items():
+        if default is dataclasses.MISSING or default is None:
+            shown = "required" if default is dataclasses.MISSING else "unset"
+        else:  # as TOML writes it (JSON scalars and arrays are TOML)
+            shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+        text = _markdown(descriptions.get(name, "")).replace("|", "\\|")
+        lines.append(f"| `{name}` | {_describe(kind)} | `{shown}` | {text} |")
+    return "\n".join(lines)
+
+
+def _markdown(text: str) -> str:
+    """reST inline markup of docstrings as Markdown: ``x`` -> `x`, :func:`~a.b.c` -> `c`."""
+    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
+    return text.replace("``", "`")
+
+
+def _attribute_docs(doc: str) -> dict[str, str]:
+    """``{field: description}`` from a Google-style ``Attributes:`` section (``a, b: text`` documents both)."""
+    out: dict[str, str] = {}
+    section = doc.split("Attributes:", 1)[-1].splitlines()
+    names: list[str] = []
+    for line in section:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        head, sep, rest = stripped.partition(": ")
+        if sep and line.startswith(" " * 8) and not line.startswith(" " * 12) and all(
+            part.strip().isidentifier() for part in head.split(",")
+        ):
+            names = [part.strip() for part in head.split(",")]
+            for name in names:
+                out[name] = rest.strip()
+        elif names:
+            for name in names:
+                out[name] += " " + stripped
+    return out

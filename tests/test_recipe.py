@@ -93,7 +93,7 @@ def test_recipe_refuses_a_broken_results_json_or_a_file_before_any_work(tmp_path
 
 
 def test_every_option_belongs_to_a_stage():
-    options = {f.name for f in dataclasses.fields(RecipeConfig)} - {"out_dir"}
+    options = {f.name for f in dataclasses.fields(RecipeConfig)} - {"out_dir", "device"}
     assert options == set(STAGE_OF_OPTION)
     assert set(STAGE_OF_OPTION.values()) == set(STAGES)
     base = _config(Path("x"))
@@ -102,6 +102,7 @@ def test_every_option_belongs_to_a_stage():
     assert first_changed_stage(saved, dataclasses.replace(base, out_dir="elsewhere")) is None
     assert first_changed_stage(saved, dataclasses.replace(base, target_params=0.5, recover_epochs=3)) == "pruned"
     assert first_changed_stage({**saved, "unknown": 1}, base) == "dense"
+    assert first_changed_stage(saved, dataclasses.replace(base, device="auto")) is None  # resumes elsewhere
 
 
 # ----------------------------------------------------------------------------- the recipe's choices, tiny settings
@@ -306,3 +307,25 @@ def test_a_run_killed_mid_stage_resumes_to_the_uninterrupted_result(tmp_path):
     b = torch.load(tmp_path / "killed" / "recovered.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     assert not list((tmp_path / "killed").glob("*.epoch.pt"))  # state files go once their stage is done
+
+
+def test_bf16_autocast_trains_in_bfloat16_and_fp16_needs_cuda(tmp_path):
+    config = _config(tmp_path, amp="bf16")
+    run = RecipeRun(config)
+    model = run.new_model()
+    dtypes = []
+    model.backbone.stem.conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    loss = run.train(model, optimizer, 1, "amp-check")
+    assert dtypes and set(dtypes) == {torch.bfloat16} and loss["loss"] == loss["loss"]  # not NaN
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights
+    with pytest.raises(ValueError, match="amp='fp16' needs CUDA"):
+        RecipeRun(_config(tmp_path / "fp16", amp="fp16"))
+    assert not (tmp_path / "fp16").exists()  # refused before any work
+    with pytest.raises(ValueError, match=r"RecipeConfig\.device must be"):
+        _config(tmp_path, device="gpu")
+    with pytest.raises(ValueError, match=r"RecipeConfig\.amp must be one of"):
+        _config(tmp_path, amp="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            RecipeRun(_config(tmp_path / "cuda", device="cuda"))

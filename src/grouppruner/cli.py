@@ -108,6 +108,8 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
     parser.add_argument("--sparsity", type=float, help="rate s of the L1 term on BatchNorm scales")
     parser.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision (fp16: CUDA only)")
 
 
 def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
@@ -202,6 +204,8 @@ def _recipe(args: argparse.Namespace) -> int:
         "sparsity": args.sparsity,
         "target_params": args.target_params,
         "seed": args.seed,
+        "device": args.device,
+        "amp": args.amp,
     }
     if args.classes is not None:
         overrides["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "prune_scope": ("group", "global"),
     "prune_by": ("params", "gamma"),
     "teacher": ("dense", "sparse"),
+    "amp": ("off", "bf16", "fp16"),
 }
 
 
@@ -124,6 +126,12 @@ class RecipeConfig:
             :func:`~grouppruner.detection.yolov4` with these ``classes`` / ``backbone`` / ``width`` / ``depth``, or a
             :func:`~grouppruner.checkpoint.save_pruned` file. The dense stage then loads it instead of training
             (``dense_epochs`` is ignored) and only measures it.
+        device: where the training stages run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when
+            available); graph tracing, pruning and checkpoints stay on the CPU. Not part of a run's identity:
+            a run started on one device resumes on another.
+        amp: mixed precision of the training forward passes: ``"off"``, ``"bf16"`` (autocast, no scaler; CPU
+            or CUDA) or ``"fp16"`` (autocast with a ``GradScaler``; CUDA only). The sparsity regulariser and the
+            distiller see unscaled gradients and fp32 attention maps either way.
     """
 
     out_dir: str
@@ -158,6 +166,8 @@ class RecipeConfig:
     distill_temperature: float = 3.0
     seed: int = 0
     weights: str | None = None
+    device: str = "cpu"
+    amp: str = "off"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -196,6 +206,8 @@ class RecipeConfig:
             if not 0.0 < value < 1.0 and not (name == "target_params" and value == 1.0):
                 bounds = "(0, 1]" if name == "target_params" else "(0, 1)"
                 raise ValueError(f"RecipeConfig.{name} must be in {bounds}, got {value!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ValueError(f"RecipeConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"RecipeConfig.weights: no such file {self.weights!r}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
@@ -250,6 +262,11 @@ class RecipeRun:
         train_loader, val_loader: ``DataLoader`` s of the ``train`` (augmented, shuffled) and ``val`` splits.
         loss_fn: the :class:`~grouppruner.detection.YoloLoss` with anchors fitted to the training boxes.
         example: a ``(1, 3, image_size, image_size)`` zero input for graph tracing and MACs.
+        device: where training and evaluation run (from ``config.device``).
+
+    Raises:
+        ValueError: ``config.device`` asks for CUDA on a machine without it, or ``amp="fp16"`` off CUDA
+            (checked before any data is generated).
     """
 
     def __init__(
@@ -257,6 +274,9 @@ class RecipeRun:
     ) -> None:
         self.config = config
         self.progress = progress
+        self.device = _resolve_device(config.device)
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"RecipeConfig.amp='fp16' needs CUDA (device {self.device}); use amp='bf16' on a CPU")
         self.checkpoints = {stage: Path(path) for stage, path in (checkpoints or {}).items()}
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +300,7 @@ class RecipeRun:
         )
         self.val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate)
         self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
-        self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors)
+        self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors).to(self.device)
         self.example = torch.zeros(1, 3, size, size)
         self._state_files: list[Path] = []
 
@@ -325,6 +345,10 @@ class RecipeRun:
         if schedule is None:
             lr = optimizer.param_groups[0]["lr"]
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=lr / 20)
+        model.to(self.device)  # before the optimizer state is restored: it is cast to the parameters' device
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.config.amp == "fp16")
+        stateful = {**(stateful or {}), "scaler": scaler}
+        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
         state_path = self.out / f"{_file_stem(stage)}.epoch.pt"
         start = 0
         if state_path.is_file():
@@ -348,6 +372,9 @@ class RecipeRun:
                 loss_fn or self.loss_fn,
                 forward_fn=forward_fn,
                 step_hooks=step_hooks,
+                scaler=scaler if scaler.is_enabled() else None,
+                autocast_dtype=autocast,
+                device=self.device,
                 progress=self.progress,
             )
             schedule.step()
@@ -365,8 +392,10 @@ class RecipeRun:
     def result(self, stage: str, model: YOLOv4, extra: dict[str, Any]) -> StageResult:
         """Save ``model`` as ``out_dir/<stage>.pt`` and measure it (validation mAP@0.5, params, MACs)."""
         path = self.out / f"{stage}.pt"
+        model.cpu()
         save_pruned(model, path)
-        metrics = evaluate(model, self.val_loader, progress=self.progress)
+        metrics = evaluate(model.to(self.device), self.val_loader, device=self.device, progress=self.progress)
+        model.cpu()
         return StageResult(
             stage=stage,
             map50=float(metrics["map"]),
@@ -482,7 +511,7 @@ def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
         extra["finetune_loss"] = loss.get("loss")
     if c.recover_epochs > finetune:
         distiller = AttentionDistiller(teacher, student, student.distill_layers)
-        output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature)
+        output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature).to(run.device)
 
         def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
             detection, parts = run.loss_fn(outputs, targets)
@@ -601,6 +630,7 @@ STAGE_OF_OPTION: dict[str, str] = {
             "dense_epochs",
             "seed",
             "weights",
+            "amp",
         ),
         "dense",
     ),
@@ -626,6 +656,10 @@ STAGE_OF_OPTION: dict[str, str] = {
 }
 
 
+#: Options that do not change what a stage computes, only where: a run may resume with other values.
+_NOT_STAGE_OPTIONS = ("out_dir", "device")
+
+
 def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> str | None:
     """The first stage whose options differ between a saved configuration and ``config``.
 
@@ -638,13 +672,23 @@ def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> st
         when nothing that matters changed (``out_dir`` never matters).
     """
     current = json.loads(json.dumps(asdict(config)))
-    changed = [k for k in set(previous) | set(current) if k != "out_dir" and previous.get(k) != current.get(k)]
+    keys = (set(previous) | set(current)) - set(_NOT_STAGE_OPTIONS)
+    changed = [k for k in keys if previous.get(k) != current.get(k)]
     stages = [STAGE_OF_OPTION.get(k, "dense") for k in changed]
     if changed:
         first = min(stages, key=STAGES.index)
         logger.info("options changed since the last run (%s): rerunning from %s", ", ".join(sorted(changed)), first)
         return first
     return None
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"RecipeConfig.device={name!r}, but torch sees no CUDA device on this machine")
+    return device
 
 
 def _file_stem(stage: str) -> str:

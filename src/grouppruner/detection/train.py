@@ -92,7 +92,8 @@ def train_one_epoch(
         max_steps: Stop after this many batches.
         forward_fn: Called as ``forward_fn(images)`` instead of ``model(images)`` (e.g. an
             ``AttentionDistiller`` that runs student and teacher); its output goes to ``loss_fn``.
-        autocast_dtype: Autocast dtype when ``scaler`` is given; default float16 on CUDA, bfloat16 elsewhere.
+        autocast_dtype: Run the forward under ``torch.autocast`` with this dtype (bfloat16 needs no scaler);
+            with a ``scaler`` and no dtype: float16 on CUDA, bfloat16 elsewhere.
         progress: Show a tqdm progress bar.
 
     Returns:
@@ -106,7 +107,7 @@ def train_one_epoch(
     device = _device_of(model, device)
     forward = model if forward_fn is None else forward_fn
     model.train()
-    use_amp = scaler is not None and scaler.is_enabled()
+    use_amp = (scaler is not None and scaler.is_enabled()) or autocast_dtype is not None
     amp_dtype = autocast_dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
     sums: dict[str, float] = {}
     steps = 0

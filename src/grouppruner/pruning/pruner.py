@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGraph, ChannelGroup
+from ..graph.removal import PARAMETER
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
 from .budget import CostModel, kept_count, removal_order, solve_cut
@@ -133,6 +134,8 @@ class GroupPruner:
     def _check_refs(self, group: ChannelGroup) -> None:
         # A LayerRef pointing outside its layer would corrupt the removal; fail with the culprit named instead.
         for ref in group.layers:
+            if ref.kind == PARAMETER:  # a bare layer-scale parameter: the graph's own removal checks its width
+                continue
             weight = getattr(self.model.get_submodule(ref.name), "weight", None)
             if weight is None or len(ref.indices) != group.size:
                 continue

@@ -125,8 +125,8 @@ def fix_index_mappings(dg: tp.DependencyGraph, unmapped_ops: dict[Node, str]) ->
             # flatten and its index mapping grows without bound; the channels cannot follow a removal here.
             unmapped_ops.setdefault(
                 node,
-                f"op {type(node.grad_fn).__name__} {module_near(dg, node)} regroups the channels into shape "
-                f"{_shape(node.grad_fn, 0)}",
+                f"reshape / view (op {type(node.grad_fn).__name__} {module_near(dg, node)}) regroups the channels "
+                f"into shape {_shape(node.grad_fn, 0)}",
             )
             continue
         if node.type in updaters:

@@ -200,12 +200,14 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetTiny(nn.Module):
-    """Stem + a stride-2 and a stride-1 ShuffleNetV2 unit + 1x1 output conv: ``-> (N, 10, 8, 8)``."""
+    """Stem + a stride-2 and a stride-1 ShuffleNetV2 unit + 1x1 conv + 1x1 output conv: ``-> (N, 10, 8, 8)``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(ConvBN(3, 16, s=2), ShuffleUnit(16, 32, s=2), ShuffleUnit(32, 32))
-        self.head = nn.Conv2d(32, 10, 1)
+        self.backbone = nn.Sequential(
+            ConvBN(3, 16, s=2), ShuffleUnit(16, 32, s=2), ShuffleUnit(32, 32), ConvBN(32, 48, k=1)
+        )
+        self.head = nn.Conv2d(48, 10, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -296,16 +298,17 @@ class ImplicitNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = ConvBN(3, 16, s=2)
-        self.down = ConvBN(16, 24, s=2)
+        self.stem = ConvBN(3, 32, s=2)
+        self.down = ConvBN(32, 24, s=2)
         self.ia = ImplicitA(24)
         self.inner = nn.Conv2d(24, 24, 3, padding=1)
         self.im = ImplicitM(24)
-        self.head = nn.Conv2d(24, 10, 1)
+        self.neck = ConvBN(24, 48, k=1)
+        self.head = nn.Conv2d(48, 10, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.down(self.stem(x))
-        return self.head(x + self.im(self.inner(self.ia(x))))
+        return self.head(self.neck(x + self.im(self.inner(self.ia(x)))))
 
 
 class RegNetBlock(nn.Module):

@@ -320,18 +320,24 @@ class GroupPruner:
 
         biases = [self._new_biases(group) for _, group, _ in members]
         minima = [self._min_units(group) for _, group, _ in members]
+        scales = [_parameter_refs(group) for _, group, _ in members]
 
         def evaluate(prefix: float) -> float:
             removed: dict[tuple[str, str], int] = {}
             new_bias: set[str] = set()
+            bare = 0
             counts = np.bincount(owners[: int(prefix)], minlength=len(members))
-            for (_, group, _), keys, bias, minimum, count in zip(members, refs, biases, minima, counts, strict=True):
+            for (_, group, _), keys, bias, minimum, n_bare, count in zip(
+                members, refs, biases, minima, scales, counts, strict=True
+            ):
                 gone = group.size - kept_count(group.size - int(count), group.size, minimum, self.round_to)
                 if gone:
                     new_bias.update(bias)
+                    bare += gone * n_bare
                     for key in keys:
                         removed[key] = removed.get(key, 0) + gone
-            return float(cost.predict(removed, sorted(new_bias))[column])
+            predicted = cost.predict(removed, sorted(new_bias))
+            return float(predicted[0] - bare if column == 0 else predicted[1])
 
         prefix_cut, reached = solve_cut(evaluate, np.arange(channels + 1, dtype=np.float64), goal)
         prefix = int(prefix_cut)
@@ -379,16 +385,19 @@ class GroupPruner:
     ) -> PruningPlan:
         removed: dict[tuple[str, str], int] = {}
         new_bias: set[str] = set()
+        bare = 0  # entries of bare layer-scale parameters, which the cost model of modules does not see
         for members in scored.values():
             for group, _ in members:
                 gone = group.size - len(kept[group.name])
                 if not gone:
                     continue
+                bare += gone * _parameter_refs(group)
                 for ref in group.layers:
                     removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
                 new_bias.update(self._new_biases(group))
         add_bias = sorted(new_bias)
         params_after, macs_after = cost.predict(removed, add_bias)
+        params_after -= bare
         layer_plans = [
             LayerGroupPlan(
                 name=lg,
@@ -464,6 +473,11 @@ class GroupPruner:
             plan.macs_after,
         )
         return self.model
+
+
+def _parameter_refs(group: ChannelGroup) -> int:
+    """Number of bare-parameter entries one group channel stands for (layer scale, implicit add / multiply)."""
+    return sum(ref.kind == PARAMETER for ref in group.layers)
 
 
 def _removal_owners(scores: Sequence[np.ndarray]) -> np.ndarray:

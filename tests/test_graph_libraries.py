@@ -222,7 +222,7 @@ def test_norm_scale_reads_group_norm() -> None:
 def test_importance_wrong_length_names_group() -> None:
     _, graph = build("squeezenet")
     pruner = GroupPruner(graph, importance=lambda m, g: torch.ones(g.size + 1))
-    with pytest.raises(ValueError, match="features.0"):
+    with pytest.raises(ValueError, match=r"features\.0"):
         pruner.plan(target_params=0.6)
 
 
@@ -279,3 +279,21 @@ def test_pruned_equals_masked(name: str, data: st.DataObject) -> None:
         after = outputs(model, x)
     for a, b in zip(after, before, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sparsity_norm_types_regularises_group_norm() -> None:
+    from grouppruner.sparsity import BNSparsity
+
+    model, graph = build("gn_tower")
+    default = BNSparsity(graph, schedule=1e-3)
+    assert not any(name.startswith("tower") for name in default.layer_names)
+    sparsity = BNSparsity(graph, schedule=1e-3, norm_types=(nn.BatchNorm2d, nn.GroupNorm))
+    assert {"tower.1", "tower.4"} <= set(sparsity.layer_names)
+    model.zero_grad()
+    sum(o.sum() * 0 for o in outputs(model, example_input(2))).backward()  # zero gradients on every norm
+    sparsity.step()
+    grad = model.tower[1].weight.grad
+    assert grad is not None
+    torch.testing.assert_close(grad, 1e-3 * torch.sign(model.tower[1].weight.detach()))
+    with pytest.raises(TypeError, match="norm_types"):
+        BNSparsity(graph, schedule=1e-3, norm_types=("GroupNorm",))  # type: ignore[arg-type]

@@ -297,3 +297,14 @@ def test_sparsity_norm_types_regularises_group_norm() -> None:
     torch.testing.assert_close(grad, 1e-3 * torch.sign(model.tower[1].weight.detach()))
     with pytest.raises(TypeError, match="norm_types"):
         BNSparsity(graph, schedule=1e-3, norm_types=("GroupNorm",))  # type: ignore[arg-type]
+
+
+def test_build_probe_leaves_layer_scale_of_the_model_alone() -> None:
+    from test_graph_properties import RandomCNN
+
+    # a chunk makes the build probe prune one channel on a copy; the copy's layer scale, not the model's, shrinks
+    model = RandomCNN(8, [("split_add", 0), ("layer_scale", 0)]).eval()
+    graph = ChannelGraph(model, example_input())
+    assert model.blocks[1].gamma.shape == (4, 1, 1)
+    graph.remove_channels("stem.0", [1])
+    assert model.blocks[1].gamma.shape == (3, 1, 1)

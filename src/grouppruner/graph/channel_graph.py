@@ -119,10 +119,9 @@ class ChannelGraph:
             for r in raws
         ]
         self._position = {g.name: i for i, g in enumerate(self.channel_groups)}
-        params = dict(model.named_parameters())
         self._pruners: dict[str, Any] = {
             ref.name: (
-                removal.ParameterChannels(params[ref.name])
+                removal.ParameterChannels(ref.name)
                 if ref.kind == removal.PARAMETER
                 else tr.dg.get_pruner_of_module(self._modules[ref.name])
             )

@@ -25,18 +25,19 @@ PARAMETER = "Parameter"
 class ParameterChannels:
     """Removal of channels from a bare ``nn.Parameter`` along its one non-singleton dim, in place.
 
-    The Parameter object is kept (its ``data`` shrinks) so that the module holding it needs no rewiring; the
-    same function serves both dims, like Torch-Pruning's per-layer functions for norms.
+    The parameter is looked up by name on the root module given at removal time (the graph's model, or the copy
+    the build-time probe prunes). The Parameter object is kept (its ``data`` shrinks) so that the module holding
+    it needs no rewiring; the same function serves both dims, like Torch-Pruning's per-layer functions for norms.
     """
 
-    def __init__(self, param: nn.Parameter) -> None:
-        self.param = param
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-    def prune_out_channels(self, _module: object, idxs: Sequence[int]) -> None:
-        p = self.param
+    def prune_out_channels(self, root: nn.Module, idxs: Sequence[int]) -> None:
+        p = root.get_parameter(self.name)
         dim = max(range(p.dim()), key=lambda d: p.shape[d])
-        keep = [i for i in range(p.shape[dim]) if i not in set(idxs)]
-        index = torch.tensor(keep, dtype=torch.long, device=p.device)
+        gone = set(idxs)
+        index = torch.tensor([i for i in range(p.shape[dim]) if i not in gone], dtype=torch.long, device=p.device)
         p.data = torch.index_select(p.data, dim, index)
         p.grad = None
 
@@ -91,7 +92,7 @@ def prune_layers(
             continue
         fn = pruner.prune_out_channels if dim == "out" or same_fn else pruner.prune_in_channels
         if isinstance(pruner, ParameterChannels):
-            fn(None, sorted(idxs))
+            fn(modules[""], sorted(idxs))  # modules[""] is the root model
             done.add(name)
             continue
         module = modules[name]

@@ -59,8 +59,9 @@ def check_random_net(spec: tuple, data: st.DataObject) -> None:
         kept = len(entry.kept)
         group = graph.group(entry.name)
         assert group.size == kept
-        # min_channels counts layer channels: a layer listed m times (chunk halves, conv groups) keeps m per unit
-        per_unit = max(sum(r.name == ref.name and r.dim == ref.dim for r in group.layers) for ref in group.layers)
+        # min_channels counts layer channels: a layer listed m times (chunk halves, conv groups) keeps m per unit;
+        # every member layer keeps min_channels, so the member listed the fewest times decides
+        per_unit = min(sum(r.name == ref.name and r.dim == ref.dim for r in group.layers) for ref in group.layers)
         assert kept * per_unit >= min(entry.size * per_unit, min_channels)
         if round_to is not None:
             assert kept % round_to == 0 or kept == entry.size

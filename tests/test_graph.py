@@ -29,6 +29,9 @@ def refs(group: ChannelGroup, name: str, dim: str) -> list[tuple[int, ...]]:
 
 
 def channels_of(model: nn.Module, ref: LayerRef) -> int:
+    params = dict(model.named_parameters())
+    if ref.name in params:  # a bare layer-scale / implicit parameter: its one non-singleton dim
+        return max(params[ref.name].shape)
     m = dict(model.named_modules())[ref.name]
     if isinstance(m, nn.BatchNorm2d):
         return m.num_features
@@ -63,12 +66,17 @@ def check_partition(graph: ChannelGraph) -> None:
 def zero_channels(model: nn.Module, group: ChannelGroup, units: list[int]) -> None:
     """Make the given group channels exactly zero wherever they are produced."""
     modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for r in group.layers:
             if r.dim != "out":
                 continue
-            m = modules[r.name]
             idx = torch.tensor([r.indices[u] for u in units], dtype=torch.long)
+            if r.kind == "Parameter":  # layer scale / implicit add: zero along its one non-singleton dim
+                p = params[r.name]
+                p.index_fill_(max(range(p.dim()), key=lambda d: p.shape[d]), idx, 0.0)
+                continue
+            m = modules[r.name]
             m.weight[idx] = 0  # type: ignore[index]
             if getattr(m, "bias", None) is not None:
                 m.bias[idx] = 0  # type: ignore[index]

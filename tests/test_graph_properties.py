@@ -19,6 +19,7 @@ from torch import nn
 from grouppruner.graph import ChannelGraph
 from test_graph import check_partition, outputs, zero_channels
 from zoo import ZOO, ConvBN, example_input
+from zoo_libraries import ConvNormAct, ImplicitA
 
 MODELS = [
     "resnet", "densenet", "c2f", "tiny_slice", "tiny_split", "resnext", "mobilenetv2", "fpn", "spp",
@@ -55,11 +56,42 @@ def test_zoo_models(name: str, data: st.DataObject) -> None:
     remove_zeroed_and_compare(ZOO[name]().eval(), data)
 
 
-OPS = ["conv", "dw", "grouped", "res", "concat", "chunk", "split_add", "slice", "pool", "se"]
+OPS = [
+    "conv", "dw", "grouped", "res", "concat", "chunk", "split_add", "slice", "pool", "se",
+    "bnact", "layer_scale", "implicit", "channels_last",
+]
+
+
+class LayerScale(nn.Module):
+    """``x + gamma * conv(x)`` with a bare ``(C, 1, 1)`` parameter (ConvNeXt / CaiT layer scale)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1)
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma * self.conv(x)
+
+
+class ChannelsLastMLP(nn.Module):
+    """``permute -> nn.Linear -> GELU -> (C,) scale -> permute back`` (ConvNeXt's channels-last MLP, no norm)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+        self.scale = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (nn.functional.gelu(self.fc(x.permute(0, 2, 3, 1))) * self.scale).permute(0, 3, 1, 2)
 
 
 class RandomCNN(nn.Module):
-    """A stem, then a sequence of coupling patterns, then a 1x1 output conv: ``(N, 3, 32, 32) -> (N, 5, 32, 32)``."""
+    """A stem, then a sequence of coupling patterns, then a 1x1 output conv: ``(N, 3, 32, 32) -> (N, 5, 32, 32)``.
+
+    Besides torch layers, the patterns include the library-style ones of ``zoo_libraries``: a BatchNorm2d
+    subclass calling ``F.batch_norm``, a bare layer-scale / implicit parameter, a channels-last ``nn.Linear``.
+    """
 
     def __init__(self, stem: int, ops: list[tuple[str, int]]) -> None:
         super().__init__()
@@ -85,6 +117,14 @@ class RandomCNN(nn.Module):
                 block, c = nn.Identity(), c // 2
             elif kind == "pool":
                 block = nn.MaxPool2d(3, 1, 1)
+            elif kind == "bnact":
+                block = ConvNormAct(c, c, k=3)
+            elif kind == "layer_scale":
+                block = LayerScale(c)
+            elif kind == "implicit":
+                block = ImplicitA(c)
+            elif kind == "channels_last":
+                block = ChannelsLastMLP(c)
             else:
                 block = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1), nn.Sigmoid())
             self.blocks.append(block)

@@ -97,9 +97,9 @@ class ChannelGraph:
         self._modules: dict[str, nn.Module] = dict(model.named_modules())
         ignored = self._resolve_ignore(given, ignore)
         tr = tracing.trace(model, example_inputs, forward_fn, output_transform)
-        tracing.check_unsupported(tr.dg)
-        tr.unmapped_ops = repair.cut_channel_mismatches(tr.dg)
-        tr.unmapped_concats = repair.fix_index_mappings(tr.dg)
+        products, own_ops = tracing.check_unsupported(tr.dg)
+        tr.unmapped_ops = {**repair.cut_channel_mismatches(tr.dg, own_ops), **products}
+        tr.unmapped_concats = repair.fix_index_mappings(tr.dg, tr.unmapped_ops)
         raws = coupling.extract_groups(model, tr, ignored)
         if not raws:
             raise ValueError(
@@ -120,7 +120,11 @@ class ChannelGraph:
         ]
         self._position = {g.name: i for i, g in enumerate(self.channel_groups)}
         self._pruners: dict[str, Any] = {
-            ref.name: tr.dg.get_pruner_of_module(self._modules[ref.name])
+            ref.name: (
+                removal.ParameterChannels(ref.name)
+                if ref.kind == removal.PARAMETER
+                else tr.dg.get_pruner_of_module(self._modules[ref.name])
+            )
             for g in self.channel_groups
             for ref in g.layers
         }

@@ -21,6 +21,7 @@ from torch_pruning import ops
 from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency.node import Node
 
+from .removal import PARAMETER
 from .repair import split_sizes
 from .tracing import Trace, module_near
 
@@ -164,8 +165,12 @@ def build_group(
                 f"torch.cat (op {op} {module_near(dg, node)}) joins a tensor whose channels cannot be traced"
             )
         elif kind == ops.OPTYPE.PARAMETER:
+            # A layer scale / implicit parameter indexed by channel loses the channels it multiplies or shifts.
             pname = dg._param_to_name.get(target, "?")
-            reasons.append(f"channels index the bare nn.Parameter '{pname}' {tuple(target.shape)}")
+            if sum(s > 1 for s in target.shape) == 1 and pname != "?":
+                layers.append((pname, PARAMETER, "out", mapping))
+            else:
+                reasons.append(f"channels index the bare nn.Parameter '{pname}' {tuple(target.shape)}")
         elif kind in _UNMAPPED_TYPES:
             reasons.append(f"channels pass through {_UNMAPPED_TYPES[kind]} (op {op}), which is not mapped")
         elif kind == ops.OPTYPE.RESHAPE:

@@ -11,11 +11,37 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from .groups import ChannelGroup
 
 Dim = Literal["out", "in"]
+
+#: ``LayerRef.kind`` of a bare channel-indexed ``nn.Parameter`` (layer scale, YOLOR implicit add / multiply)
+PARAMETER = "Parameter"
+
+
+class ParameterChannels:
+    """Removal of channels from a bare ``nn.Parameter`` along its one non-singleton dim, in place.
+
+    The parameter is looked up by name on the root module given at removal time (the graph's model, or the copy
+    the build-time probe prunes). The Parameter object is kept (its ``data`` shrinks) so that the module holding
+    it needs no rewiring; the same function serves both dims, like Torch-Pruning's per-layer functions for norms.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def prune_out_channels(self, root: nn.Module, idxs: Sequence[int]) -> None:
+        p = root.get_parameter(self.name)
+        dim = max(range(p.dim()), key=lambda d: p.shape[d])
+        gone = set(idxs)
+        index = torch.tensor([i for i in range(p.shape[dim]) if i not in gone], dtype=torch.long, device=p.device)
+        p.data = torch.index_select(p.data, dim, index)
+        p.grad = None
+
+    prune_in_channels = prune_out_channels
 
 
 def remove_units(
@@ -60,13 +86,17 @@ def prune_layers(
     """
     done: set[str] = set()
     for (name, dim), idxs in removed.items():
-        module = modules[name]
         pruner = pruners[name]
         same_fn = pruner.prune_out_channels == pruner.prune_in_channels
         if same_fn and name in done:
             continue
-        flags = {pname: p.requires_grad for pname, p in module.named_parameters(recurse=False)}
         fn = pruner.prune_out_channels if dim == "out" or same_fn else pruner.prune_in_channels
+        if isinstance(pruner, ParameterChannels):
+            fn(modules[""], sorted(idxs))  # modules[""] is the root model
+            done.add(name)
+            continue
+        module = modules[name]
+        flags = {pname: p.requires_grad for pname, p in module.named_parameters(recurse=False)}
         fn(module, sorted(idxs))
         for pname, p in module.named_parameters(recurse=False):
             p.requires_grad_(flags.get(pname, True))

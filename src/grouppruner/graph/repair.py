@@ -18,7 +18,6 @@ from torch_pruning.dependency import index_mapping
 from torch_pruning.dependency.index_mapping import _ConcatIndexMapping, _SplitIndexMapping
 from torch_pruning.dependency.node import Node
 
-from .._utils.errors import GraphError
 from .tracing import module_near, node_of_gradfn
 
 logger = logging.getLogger(__name__)
@@ -86,14 +85,16 @@ def _concat_ranges(dg: tp.DependencyGraph, node: Node) -> list[tuple[int, int]] 
     ]
 
 
-def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
+def fix_index_mappings(dg: tp.DependencyGraph, unmapped_ops: dict[Node, str]) -> set[Node]:
     """Recompute split and concat index mappings from autograd metadata; return concats that cannot be mapped.
 
     Torch-Pruning 1.6.1 misreads ``chunk`` / ``split(int)`` sizes on current PyTorch (it finds no
     ``_saved_self_sizes`` and falls back to guessing from consumers), numbers split outputs by the order their
     consumers appear (so ``x.split(c, 1)[1]`` is mapped as part 0) and infers concat sizes from neighbouring
     layers, which fails behind splits. Split sizes come from the saved arguments, each output's part from its
-    autograd edge (``output_nr``), concat sizes from the recorded shapes of the tensors fed in.
+    autograd edge (``output_nr``), concat sizes from the recorded shapes of the tensors fed in. An op whose
+    mapping Torch-Pruning cannot infer (its shape inference divides by zero on a channel shuffle) is added to
+    ``unmapped_ops`` with the error, so the groups reaching it are fixed instead of the model being refused.
     """
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.SPLIT:
@@ -117,15 +118,27 @@ def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
         ops.OPTYPE.UNBIND: index_mapping.update_unbind_index_mapping,
         ops.OPTYPE.EXPAND: index_mapping.update_expand_index_mapping,
     }
+    layout = channels_last(dg)
     for node in dg.module2node.values():
+        if node.type == ops.OPTYPE.RESHAPE and _regroups_channels(node.grad_fn, _first_parent(node.grad_fn, layout)):
+            # (N, C, H, W) -> (N, heads, C / heads, H * W) or (N, g, C / g, H, W): Torch-Pruning would model it as a
+            # flatten and its index mapping grows without bound; the channels cannot follow a removal here.
+            unmapped_ops.setdefault(
+                node,
+                f"reshape / view (op {type(node.grad_fn).__name__} {module_near(dg, node)}) regroups the channels "
+                f"into shape {_shape(node.grad_fn, 0)}",
+            )
+            continue
         if node.type in updaters:
             try:
                 updaters[node.type](dg, node)
             except Exception as err:  # Torch-Pruning's shape inference on an unusual graph
-                raise GraphError(
-                    f"cannot map channels through op {type(node.grad_fn).__name__} {module_near(dg, node)}: "
-                    f"torch-pruning failed with {type(err).__name__}: {err}"
-                ) from err
+                logger.debug("index mapping of %s failed: %r", type(node.grad_fn).__name__, err)
+                unmapped_ops.setdefault(
+                    node,
+                    f"op {type(node.grad_fn).__name__} {module_near(dg, node)} has channels torch-pruning cannot "
+                    f"map ({type(err).__name__}: {err})",
+                )
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.SPLIT and node.module.offsets is not None and split_sizes(node.grad_fn):
             _map_split_parts(node)
@@ -141,43 +154,162 @@ def fix_index_mappings(dg: tp.DependencyGraph) -> set[Node]:
     return unmapped
 
 
-def cut_channel_mismatches(dg: tp.DependencyGraph) -> dict[Node, str]:
+def channels_last(dg: tp.DependencyGraph) -> dict[Any, bool]:
+    """Whether each op's output holds channels in its last dim (between ``permute(0, 2, 3, 1)`` and back).
+
+    Channels-first is the rule; a permute moving dim 1 last (ConvNeXt's ``LayerNorm`` + ``nn.Linear`` MLP) starts
+    a channels-last stretch, one moving the last dim to 1 ends it, a conv always ends it. Other ops inherit the
+    layout of their first traced input. Returned per autograd node, for the ops of the dependency graph.
+    """
+    layout: dict[Any, bool] = {}
+    for fn in _topological(dg):
+        name = type(fn).__name__
+        dims = getattr(fn, "_saved_dims", None)
+        if name.startswith("PermuteBackward") and dims:
+            ndim = len(dims)
+            parent = _first_parent(fn, layout)
+            if dims[-1] == 1:
+                layout[fn] = True
+            elif dims[1] == ndim - 1:
+                layout[fn] = False
+            else:
+                layout[fn] = parent
+        elif name.startswith("ConvolutionBackward"):
+            layout[fn] = False
+        else:
+            layout[fn] = _first_parent(fn, layout)
+    return layout
+
+
+def _first_parent(fn: Any, layout: dict[Any, bool]) -> bool:
+    return next((layout[f] for f, _ in fn.next_functions if f in layout), False)
+
+
+def _topological(dg: tp.DependencyGraph) -> list[Any]:
+    """Autograd nodes of the graph's ops, inputs before outputs (iterative: deep nets exceed the recursion limit)."""
+    nodes = {node.grad_fn for node in dg.module2node.values() if node.grad_fn is not None}
+    order: list[Any] = []
+    seen: set[Any] = set()
+    for root in nodes:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack: list[tuple[Any, bool]] = [(root, False)]
+        while stack:
+            fn, expanded = stack.pop()
+            if expanded:
+                order.append(fn)
+                continue
+            stack.append((fn, True))
+            for f, _ in fn.next_functions:
+                if f in nodes and f not in seen:
+                    seen.add(f)
+                    stack.append((f, False))
+    return order
+
+
+def _count(fn: Any, nr: int, last: bool) -> int | None:
+    """Channel count of output ``nr`` of an autograd node: dim 1, or the last dim in a channels-last stretch."""
+    if not last:
+        return _channels(fn, nr)
+    shape = _shape(fn, nr)
+    return int(shape[-1]) if shape else None
+
+
+def _shape(fn: Any, nr: int) -> tuple[int, ...]:
+    if type(fn).__name__ == "AccumulateGrad":
+        return tuple(fn.variable.shape)
+    meta = getattr(fn, "_input_metadata", ())
+    return tuple(meta[nr].shape) if nr < len(meta) else ()
+
+
+def _regroups_channels(grad_fn: Any, last: bool) -> bool:
+    """A view / reshape that splits or merges dim 1 into something other than a flatten into ``(N, features)``.
+
+    ``last``: the input is channels-last, where a view keeping the last dim (``nn.Linear`` on ``(N, H, W, C)``)
+    keeps the channels.
+    """
+    before = tuple(getattr(grad_fn, "_saved_self_sym_sizes", ()))
+    after = _shape(grad_fn, 0)
+    if len(before) < 2 or len(after) < 2 or (len(after) == 2 and not last) or before[1] == after[1]:
+        return False
+    return not (last and before[-1] == after[-1])
+
+
+def cut_channel_mismatches(dg: tp.DependencyGraph, own_ops: set[Node] = frozenset()) -> dict[Node, str]:  # type: ignore[assignment]
     """Handle ops that Torch-Pruning treats as element-wise although they do not keep channel ``i`` as ``i``.
 
     A reduction over channels (``x.mean(1, keepdim=True)``, ``x.amax(1)``: CBAM-style spatial attention) and a
     one-channel map broadcast onto a feature map (``x * attention``) couple nothing: the edge is removed from the
-    dependency graph (the output width does not depend on that input's width). Any other change of the channel
-    count (``x.repeat(1, 2, 1, 1)``, ...) is returned as ``{op node: description}``; groups reaching it are not
-    prunable, since removing input channels would change the op's output width.
+    dependency graph (the output width does not depend on that input's width). A permute between channels-first
+    and channels-last keeps channel ``i`` as ``i`` (only its dim moves); parameters broadcast onto a feature map
+    (layer scale ``(C, 1, 1)``, YOLOR implicit ``(1, C, 1, 1)``, channels-last ``(C,)``) are compared on the
+    channel dim after right-aligning their shape. A channel shuffle (view into ``(N, g, C/g, H, W)`` and transpose)
+    is named as such. Any other change of the channel count (``x.repeat(1, 2, 1, 1)``, ...) is returned as
+    ``{op node: description}``; groups reaching it are not prunable, since removing input channels would change
+    the op's output width. ``own_ops`` are a layer's own ops on its weights (see
+    :func:`~.tracing.check_unsupported`), skipped.
     """
     by_fn = node_of_gradfn(dg)
+    layout = channels_last(dg)
     unmapped: dict[Node, str] = {}
     for node in list(dg.module2node.values()):
         g = node.grad_fn
-        if node.type != ops.OPTYPE.ELEMENTWISE or g is None:
+        if node.type != ops.OPTYPE.ELEMENTWISE or g is None or node in own_ops:
             continue
-        out_ch = _channels(g, 0)
-        reduces = _reduces_channels(g)
+        if type(g).__name__.startswith("PermuteBackward"):
+            continue
+        last = layout.get(g, False)
+        out_shape = _shape(g, 0)
+        out_ch = _count(g, 0, last)
+        reduces = _reduces_channels(g, last)
         for fn, nr in g.next_functions:
             src = by_fn.get(fn)
-            in_ch = _channels(fn, nr)
-            if src is None or (not reduces and (in_ch is None or out_ch is None or in_ch == out_ch)):
+            if src is None:
+                continue
+            if src.type == ops.OPTYPE.PARAMETER:
+                in_ch = _broadcast_channels(tuple(fn.variable.shape), len(out_shape), last)
+            else:
+                in_ch = _count(fn, nr, layout.get(fn, False))
+            if not reduces and (in_ch is None or out_ch is None or in_ch == out_ch):
                 continue
             if reduces or in_ch == 1:
                 logger.debug("no channel coupling through %s (%s -> %s channels)", type(g).__name__, in_ch, out_ch)
                 src.dependencies = [d for d in src.dependencies if d.target is not node]
                 node.dependencies = [d for d in node.dependencies if d.target is not src]
+            elif _is_shuffle(g):
+                unmapped[node] = (
+                    f"channel shuffle (view into {_shape(fn, nr)} and op {type(g).__name__} "
+                    f"{module_near(dg, node)}) interleaves the channels of several groups"
+                )
             else:
                 unmapped[node] = f"op {type(g).__name__} {module_near(dg, node)} maps {in_ch} to {out_ch} channels"
     return unmapped
 
 
-def _reduces_channels(grad_fn: Any) -> bool:
+def _broadcast_channels(shape: tuple[int, ...], out_ndim: int, last: bool) -> int | None:
+    """Size of a broadcast parameter along the output's channel dim (shapes align from the right)."""
+    if not out_ndim:
+        return None
+    from_end = 1 if last else out_ndim - 1  # channel dim counted from the right, 1-based
+    return int(shape[-from_end]) if len(shape) >= from_end else 1
+
+
+def _is_shuffle(grad_fn: Any) -> bool:
+    """A transpose of dims 1 and 2 of a 5-D view: ShuffleNet's channel shuffle."""
+    if not type(grad_fn).__name__.startswith("TransposeBackward"):
+        return False
+    dims = {getattr(grad_fn, "_saved_dim0", None), getattr(grad_fn, "_saved_dim1", None)}
+    return len(_shape(grad_fn, 0)) == 5 and dims in ({1, 2}, {1, -3}, {-4, 2}, {-4, -3})
+
+
+def _reduces_channels(grad_fn: Any, last: bool = False) -> bool:
     if not hasattr(grad_fn, "_saved_keepdim") or not hasattr(grad_fn, "_saved_dim"):
         return False
     dims = grad_fn._saved_dim if isinstance(grad_fn._saved_dim, tuple) else (grad_fn._saved_dim,)
     ndim = len(getattr(grad_fn, "_saved_self_sym_sizes", ())) or 4
-    return any((d - 2**64 if d >= 2**63 else d) % ndim == 1 for d in dims)
+    channel = ndim - 1 if last else 1
+    return any((d - 2**64 if d >= 2**63 else d) % ndim == channel for d in dims)
 
 
 def _map_concat_parts(node: Node, ranges: list[tuple[int, int]]) -> None:

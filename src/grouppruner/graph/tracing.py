@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 # Ops that compute with weights although no registered module produced them (F.conv2d with a bare Parameter,
 # x @ w, ...). Torch-Pruning would treat them as element-wise and mis-couple channels.
 _WEIGHTED_OP = re.compile(r"Convolution|Addmm|^MmBackward|Bmm|Matmul|Linear|Embedding|BatchNorm|GroupNorm|LayerNorm")
+# Products that are attention when neither side is a parameter.
+_PRODUCT_OP = re.compile(r"^MmBackward|Bmm|Matmul")
+# Ops between a parameter and the op using it that only change its shape (F.linear transposes its weight).
+_SHAPE_ONLY = re.compile(r"^(T|Transpose|Permute|View|Reshape|UnsafeView|Expand|Unsqueeze|Squeeze)Backward")
 
 
 def flat_tensors(obj: Any) -> list[torch.Tensor]:
@@ -139,17 +143,64 @@ def module_near(dg: tp.DependencyGraph, node: Node) -> str:
     return "at the model input"
 
 
-def check_unsupported(dg: tp.DependencyGraph) -> None:
-    """Raise GraphError for weighted functional ops, which Torch-Pruning would mistake for element-wise ones."""
+def _parameters_used(grad_fn: Any) -> list[torch.Tensor]:
+    """Parameters an op reads directly or through shape-only ops on them (``w.t()``, ``w.view(...)``)."""
+    found: list[torch.Tensor] = []
+    frontier = [(fn, 0) for fn, _ in grad_fn.next_functions if fn is not None]
+    while frontier:
+        fn, depth = frontier.pop()
+        if type(fn).__name__ == "AccumulateGrad":
+            found.append(fn.variable)
+        elif depth < 2 and _SHAPE_ONLY.search(type(fn).__name__):
+            frontier.extend((f, depth + 1) for f, _ in fn.next_functions if f is not None)
+    return found
+
+
+def check_unsupported(dg: tp.DependencyGraph) -> tuple[dict[Node, str], set[Node]]:
+    """Classify the weighted ops Torch-Pruning saw as element-wise; raise GraphError for unmappable ones.
+
+    - An op on the parameters of a traced layer (a ``BatchNorm2d`` subclass calling ``F.batch_norm`` itself, a
+      ``LayerNorm`` applied channels-last through ``F.layer_norm``, the matmul inside ``nn.Linear`` on a 4-D
+      input) is that layer's own computation: channel-wise for norms, and Torch-Pruning already holds the layer
+      as a node. These op nodes are returned (second item) so that channel-count checks skip them.
+    - A product of two activations (``q @ k``: attention) is no weight op; it fixes the channels that form the
+      head layout. Returned as ``{op node: description}`` (first item) so that the groups reaching it are not
+      prunable.
+    - Anything else (``F.conv2d`` / ``x @ w`` on a bare ``nn.Parameter``) raises GraphError naming the op, the
+      module next to it and the parameter.
+    """
+    owned = {
+        id(p)
+        for module in dg.module2node
+        if isinstance(module, nn.Module)
+        for p in module.parameters(recurse=False)
+    }
+    products: dict[Node, str] = {}
+    own: set[Node] = set()
     for node in dg.module2node.values():
-        if node.type in (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.OUTPUT) and node.grad_fn is not None:
-            op_name = type(node.grad_fn).__name__
-            if _WEIGHTED_OP.search(op_name):
-                raise GraphError(
-                    f"op {op_name} {module_near(dg, node)} computes with weights outside a registered layer "
-                    "(a functional call such as F.conv2d / F.linear / x @ w on a bare nn.Parameter); "
-                    "ChannelGraph cannot map its channels. Use nn.Conv2d / nn.Linear / nn.BatchNorm2d modules."
-                )
+        if node.type not in (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.OUTPUT) or node.grad_fn is None:
+            continue
+        op_name = type(node.grad_fn).__name__
+        if not _WEIGHTED_OP.search(op_name):
+            continue
+        params = _parameters_used(node.grad_fn)
+        if params and all(id(p) in owned for p in params):
+            own.add(node)
+            continue
+        if not params and _PRODUCT_OP.search(op_name):
+            products[node] = (
+                f"op {op_name} {module_near(dg, node)} multiplies two activations (attention: q @ k, attn @ v), "
+                "whose channels form the head layout"
+            )
+            continue
+        names = [dg._param_to_name.get(p, tuple(p.shape)) for p in params] or ["a tensor not among the parameters"]
+        raise GraphError(
+            f"op {op_name} {module_near(dg, node)} computes with weights outside a registered layer "
+            f"({', '.join(map(str, names))}: a functional call such as F.conv2d / F.linear / x @ w on a bare "
+            "nn.Parameter); ChannelGraph cannot map its channels. Use nn.Conv2d / nn.Linear / nn.BatchNorm2d "
+            "modules."
+        )
+    return products, own
 
 
 def node_of_gradfn(dg: tp.DependencyGraph) -> dict[Any, Node]:

@@ -24,19 +24,31 @@ folding), :mod:`.apply` (removal through the graph) and :mod:`.optimizer` (:func
 from __future__ import annotations
 
 from .apply import apply_structure
-from .importance import BNScale, Coupling, CustomImportance, Importance, ScoreFn
+from .importance import (
+    AutoImportance,
+    BNScale,
+    Coupling,
+    CustomImportance,
+    FilterMagnitude,
+    Importance,
+    NormScale,
+    ScoreFn,
+)
 from .optimizer import rebuild_optimizer
 from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, weights_digest
 from .pruner import GroupPruner
 
 __all__ = [
+    "AutoImportance",
     "BNScale",
     "ChannelGroupPlan",
     "Coupling",
     "CustomImportance",
+    "FilterMagnitude",
     "GroupPruner",
     "Importance",
     "LayerGroupPlan",
+    "NormScale",
     "PruningPlan",
     "ScoreFn",
     "applied_plans",

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .._utils.calls import call_model, eval_mode
+from ..graph.removal import PARAMETER
 
 __all__ = ["FoldTarget", "fold_removed_channels", "fold_target", "is_fold_consumer"]
 
@@ -203,6 +204,8 @@ def fold_removed_channels(
         if not removed:
             continue
         for ref in group.layers:
+            if ref.kind == PARAMETER:  # a layer scale neither produces nor consumes: it shrinks with the channels
+                continue
             module = model.get_submodule(ref.name)
             weight = getattr(module, "weight", None)
             index = torch.tensor([ref.indices[i] for i in removed], dtype=torch.long)

@@ -8,7 +8,10 @@ An :class:`Importance` gives one row of per-channel scores per scoring layer of 
 - ``"vote"``: the authors' majority vote over per-layer masks: a channel stays when at least half of its layers
   keep it, which equals thresholding the ``ceil(L / 2)``-th largest of its ``L`` scores.
 
-:class:`BNScale` (``|gamma|`` of the group's BatchNorms) is the default and the score sparse training prepares.
+:class:`BNScale` (``|gamma|`` of the group's BatchNorms) is the score sparse training prepares;
+:class:`NormScale` reads GroupNorm / LayerNorm scales and :class:`FilterMagnitude` the per-layer-normalised
+L1 / L2 norm of output filters. :class:`AutoImportance`, the default, takes the first of the three that scores a
+group, so that every prunable group gets a score, and names per group which one it used.
 Any callable ``fn(model, group) -> (size,) or (L, size)`` scores works through :class:`CustomImportance`.
 The pruner (:mod:`.pruner`) thresholds the coupled scores per layer group.
 """
@@ -27,7 +30,17 @@ from torch import nn
 from .._utils.errors import NonFiniteError
 from ..graph import ChannelGroup
 
-__all__ = ["COUPLINGS", "BNScale", "Coupling", "CustomImportance", "Importance", "ScoreFn"]
+__all__ = [
+    "COUPLINGS",
+    "AutoImportance",
+    "BNScale",
+    "Coupling",
+    "CustomImportance",
+    "FilterMagnitude",
+    "Importance",
+    "NormScale",
+    "ScoreFn",
+]
 
 Coupling: TypeAlias = Literal["mean", "max", "vote"]
 COUPLINGS: tuple[Coupling, ...] = ("mean", "max", "vote")
@@ -57,6 +70,10 @@ class Importance(ABC):
     def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
         """Per-layer scores of shape ``(L, group.size)`` (or ``(group.size,)`` for one row); ``None`` when this
         importance cannot score the group (e.g. no BatchNorm in it)."""
+
+    def kind(self, model: nn.Module, group: ChannelGroup) -> str:
+        """Name of the score used for ``group`` (shown per group in plan summaries); :attr:`name` by default."""
+        return self.name
 
     def __call__(self, model: nn.Module, group: ChannelGroup) -> np.ndarray | None:
         """Coupled float64 scores of shape ``(group.size,)``, or ``None`` when the group cannot be scored.
@@ -107,6 +124,108 @@ class BNScale(Importance):
             if weight is not None:
                 out.append(weight.detach().abs()[list(ref.indices)])
         return torch.stack(out) if out else None
+
+
+class NormScale(Importance):
+    """``|weight|`` of the per-channel affine GroupNorm / LayerNorm / InstanceNorm members, one row each.
+
+    Groups without such a norm (or whose norms have no per-channel weight) are not scored. A GroupNorm scale
+    plays the role of a BatchNorm gamma (it multiplies the normalised channel); a LayerNorm over channels-last
+    features (ConvNeXt) likewise.
+    """
+
+    name = "norm_l1"
+
+    def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
+        """``(L, size)`` rows ``|weight[ref.indices]|`` for the ``L`` scoring norms of ``group``."""
+        out = []
+        for ref in group.layers:
+            if not any(kind in ref.kind for kind in _NORM_KINDS):
+                continue
+            weight = getattr(model.get_submodule(ref.name), "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() == 1 and max(ref.indices) < weight.numel():
+                out.append(weight.detach().abs()[list(ref.indices)])
+        return torch.stack(out) if out else None
+
+
+_NORM_KINDS = ("GroupNorm", "LayerNorm", "InstanceNorm")
+
+
+class FilterMagnitude(Importance):
+    """Lp norm of each output filter of the group's producing Conv / Linear layers, normalised per layer.
+
+    Row of a producer with ``weight (C_out, C_in / groups, k, k)``: ``||weight[i]||_p / mean_j ||weight[j]||_p``
+    for its output channels ``i`` in the group, so that layers of different fan-in compare (a filter of average
+    magnitude scores 1 in every layer). Scores every group that has a producer.
+
+    Args:
+        p: 1 (L1) or 2 (L2).
+        coupling: how the rows combine.
+    """
+
+    def __init__(self, p: int = 2, *, coupling: Coupling = "mean") -> None:
+        if p not in (1, 2):
+            raise ValueError(f"FilterMagnitude: p must be 1 or 2, got {p!r}")
+        super().__init__(coupling=coupling)
+        self.p = p
+        self.name = f"filter_l{p}"
+
+    def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
+        """``(L, size)`` normalised filter norms of the ``L`` producers (``dim="out"`` Conv / Linear members)."""
+        out = []
+        for ref in group.layers:
+            if ref.dim != "out" or ref.kind == "Parameter":
+                continue
+            module = model.get_submodule(ref.name)
+            if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+                continue
+            weight = module.weight.detach()
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                weight = weight.transpose(0, 1)  # (C_in, C_out / groups, k, k): output channels on dim 1
+            norms = weight.flatten(1).norm(p=self.p, dim=1)
+            out.append(norms[list(ref.indices)] / norms.mean().clamp_min(torch.finfo(norms.dtype).tiny))
+        return torch.stack(out) if out else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, coupling={self.coupling!r})"
+
+
+class AutoImportance(Importance):
+    """The default: the best available score per group.
+
+    ``|gamma|`` (:class:`BNScale`) where the group has a BatchNorm; otherwise the scale of its GroupNorm /
+    LayerNorm (:class:`NormScale`); otherwise the normalised filter magnitude of its producers
+    (:class:`FilterMagnitude`, L2 by default). :meth:`kind` names the one used, per group.
+
+    Args:
+        p: norm of the filter-magnitude fallback, 1 or 2.
+        coupling: how the rows combine (for all three).
+    """
+
+    name = "auto"
+
+    def __init__(self, p: int = 2, *, coupling: Coupling = "mean") -> None:
+        super().__init__(coupling=coupling)
+        self.chain: tuple[Importance, ...] = (
+            BNScale(coupling=coupling), NormScale(coupling=coupling), FilterMagnitude(p, coupling=coupling)
+        )
+
+    def _first(self, model: nn.Module, group: ChannelGroup) -> tuple[Importance, torch.Tensor] | None:
+        for importance in self.chain:
+            rows = importance.rows(model, group)
+            if rows is not None:
+                return importance, rows
+        return None
+
+    def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
+        """The rows of the first of BNScale, NormScale, FilterMagnitude that scores ``group``."""
+        found = self._first(model, group)
+        return None if found is None else found[1]
+
+    def kind(self, model: nn.Module, group: ChannelGroup) -> str:
+        """``"bn_l1"``, ``"norm_l1"``, ``"filter_l1"`` / ``"filter_l2"``, or ``"none"``."""
+        found = self._first(model, group)
+        return "none" if found is None else found[0].name
 
 
 class CustomImportance(Importance):

@@ -110,11 +110,14 @@ class ChannelGroupPlan:
         name: channel-group name (its root layer).
         size: channels before pruning.
         kept: sorted group-local indices (0 .. size-1) of the channels that stay.
+        score: which score ranked its channels (``"bn_l1"``, ``"norm_l1"``, ``"filter_l2"``, ... see
+            :meth:`grouppruner.pruning.Importance.kind`); empty in plans saved before it was recorded.
     """
 
     name: str
     size: int
     kept: list[int]
+    score: str = ""
 
     @property
     def removed(self) -> list[int]:
@@ -225,6 +228,12 @@ class PruningPlan:
             counts = f"{group.channels_before} -> {group.channels_after}"
             lines.append(f"{group.name:<24} {group.threshold:>11.4g} {counts:>17} {kept:>7.1%}")
         lines.append("-" * len(header))
+        by_score: dict[str, list[str]] = {}
+        for cg in self.channel_groups:
+            by_score.setdefault(cg.score or self.importance, []).append(cg.name)
+        for score, names in by_score.items():
+            shown = ", ".join(names[:4]) + (f", ... ({len(names)} groups)" if len(names) > 4 else "")
+            lines.append(f"scored by {score}: {shown}")
         lines.append(
             f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.1%}); "
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})"

@@ -16,12 +16,23 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGraph, ChannelGroup
+from ..graph.removal import PARAMETER
 from ..latency import LatencyModel
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
 from .budget import CostModel, kept_count, removal_order, solve_cut
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
-from .importance import COUPLINGS, BNScale, Coupling, CustomImportance, Importance, ScoreFn
+from .importance import (
+    COUPLINGS,
+    AutoImportance,
+    BNScale,
+    Coupling,
+    CustomImportance,
+    FilterMagnitude,
+    Importance,
+    NormScale,
+    ScoreFn,
+)
 from .optimizer import remember_parameter_names
 from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint, weights_digest
 
@@ -47,11 +58,15 @@ class GroupPruner:
         graph: the channel graph of the model to prune (it is pruned in place through the graph).
         layer_groups: layer-group name -> channel groups (objects or names); defaults to
             ``graph.layer_groups()``. Channel groups in no layer group are never pruned.
-        importance: an :class:`~grouppruner.pruning.Importance` (default :class:`~grouppruner.pruning.BNScale`,
-            also spelt ``"bn_l1"``: |gamma| of the group's BatchNorms; groups without a BatchNorm are left
-            alone), or a callable ``importance(model, group)`` returning (size,) or (L, size) scores.
-        min_channels: every channel group, hence every layer, keeps at least this many channels (or all of
-            them if it has fewer). Never violated.
+        importance: an :class:`~grouppruner.pruning.Importance`, its name, or a callable
+            ``importance(model, group)`` returning (size,) or (L, size) scores. Default ``"auto"``
+            (:class:`~grouppruner.pruning.AutoImportance`): |gamma| where the group has a BatchNorm, else its
+            GroupNorm / LayerNorm scale, else the per-layer-normalised L2 norm of its producers' filters; the plan
+            records per group which score was used. ``"bn_l1"`` (:class:`~grouppruner.pruning.BNScale`) leaves
+            groups without a BatchNorm alone; ``"norm_l1"``, ``"filter_l1"``, ``"filter_l2"`` name the others.
+        min_channels: every layer keeps at least this many channels (or all of them if it has fewer); in a
+            grouped conv, where one group channel is one channel per conv group, the minimum counts layer
+            channels. Never violated.
         round_to: if given, kept channel counts are multiples of it (a group smaller than that keeps all).
         coupling: how the per-layer scores of a channel group combine: ``"mean"`` (default), ``"max"`` or
             ``"vote"``; for an :class:`~grouppruner.pruning.Importance` object, set it on the object instead.
@@ -68,7 +83,7 @@ class GroupPruner:
         graph: ChannelGraph,
         *,
         layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None = None,
-        importance: Importance | str | ScoreFn = "bn_l1",
+        importance: Importance | str | ScoreFn = "auto",
         min_channels: int = 8,
         round_to: int | None = None,
         coupling: Coupling | None = None,
@@ -135,6 +150,8 @@ class GroupPruner:
     def _check_refs(self, group: ChannelGroup) -> None:
         # A LayerRef pointing outside its layer would corrupt the removal; fail with the culprit named instead.
         for ref in group.layers:
+            if ref.kind == PARAMETER:  # a bare layer-scale parameter: the graph's own removal checks its width
+                continue
             weight = getattr(self.model.get_submodule(ref.name), "weight", None)
             if weight is None or len(ref.indices) != group.size:
                 continue
@@ -149,9 +166,22 @@ class GroupPruner:
                     f"graph maps channel indices up to {max(ref.indices)}; the ChannelGraph is inconsistent"
                 )
 
-    def _kept(self, score: np.ndarray, raw: int) -> list[int]:
+    def _min_units(self, group: ChannelGroup) -> int:
+        """``min_channels`` in group channels: a group channel may stand for several layer channels.
+
+        In a grouped conv (ResNeXt, RegNet) one group channel is the same position in each of the conv's groups,
+        so a layer listed ``m`` times in the group keeps ``m`` layer channels per group channel. The minimum
+        applies to the width of every member layer: ``ceil(min_channels / m)`` group channels for the member
+        listed the fewest times (after ``a, b = x.chunk(2); a + b`` the sum has one channel per group channel).
+        """
+        per_layer: dict[tuple[str, str], int] = {}
+        for ref in group.layers:
+            per_layer[(ref.name, ref.dim)] = per_layer.get((ref.name, ref.dim), 0) + 1
+        return math.ceil(self.min_channels / min(per_layer.values(), default=1))
+
+    def _kept(self, score: np.ndarray, raw: int, group: ChannelGroup) -> list[int]:
         """Group-local indices to keep: the ``raw`` best channels, adjusted by min_channels / round_to."""
-        count = kept_count(raw, len(score), self.min_channels, self.round_to)
+        count = kept_count(raw, len(score), self._min_units(group), self.round_to)
         order = np.argsort(-score, kind="stable")  # highest scores first, ties by index
         return sorted(int(i) for i in order[:count])
 
@@ -220,7 +250,7 @@ class GroupPruner:
                 self._check_refs(group)
                 score = self.scores(group)
                 if score is None:
-                    logger.info("channel group %s has no BatchNorm to score; it is not pruned", cg_name)
+                    logger.info("channel group %s is not scored by %s; it is not pruned", cg_name, self.importance)
                     continue
                 scored[lg_name].append((group, score))
         cost = CostModel(self.model, self._positions)
@@ -241,7 +271,7 @@ class GroupPruner:
                 ordered = np.sort(pooled)
                 if lg_name not in values or len(pooled) == 0:
                     group_thresholds[lg_name] = float(ordered[0]) if len(pooled) else 0.0
-                    kept.update({g.name: self._kept(s, len(s)) for g, s in members})
+                    kept.update({g.name: self._kept(s, len(s), g) for g, s in members})
                 elif mode == "ratios":
                     # The lowest floor(p * n) channels go, ties spread evenly over the channel groups
                     # (budget.removal_order), so p is honoured even when all scores tie.
@@ -249,10 +279,10 @@ class GroupPruner:
                     group_thresholds[lg_name] = float(ordered[cut])
                     gone = np.bincount(_removal_owners([s for _, s in members])[:cut], minlength=len(members))
                     for (group, score), count in zip(members, gone, strict=True):
-                        kept[group.name] = self._kept(score, len(score) - int(count))
+                        kept[group.name] = self._kept(score, len(score) - int(count), group)
                 else:
                     group_thresholds[lg_name] = values[lg_name]
-                    kept.update({g.name: self._kept(s, int((s >= values[lg_name]).sum())) for g, s in members})
+                    kept.update({g.name: self._kept(s, int((s >= values[lg_name]).sum()), g) for g, s in members})
             target = None
         else:
             target = float(modes[mode])  # type: ignore[arg-type]
@@ -326,21 +356,28 @@ class GroupPruner:
         channels = len(order)
 
         biases = [self._new_biases(group) for _, group, _ in members]
+        minima = [self._min_units(group) for _, group, _ in members]
+        scales = [_parameter_refs(group) for _, group, _ in members]
 
         def evaluate(prefix: float) -> float:
             removed: dict[tuple[str, str], int] = {}
             new_bias: set[str] = set()
+            bare = 0
             counts = np.bincount(owners[: int(prefix)], minlength=len(members))
-            for (_, group, _), keys, bias, count in zip(members, refs, biases, counts, strict=True):
-                gone = group.size - kept_count(group.size - int(count), group.size, self.min_channels, self.round_to)
+            for (_, group, _), keys, bias, minimum, n_bare, count in zip(
+                members, refs, biases, minima, scales, counts, strict=True
+            ):
+                gone = group.size - kept_count(group.size - int(count), group.size, minimum, self.round_to)
                 if gone:
                     new_bias.update(bias)
+                    bare += gone * n_bare
                     for key in keys:
                         removed[key] = removed.get(key, 0) + gone
             if column is None:
                 assert latency is not None
                 return latency(removed)
-            return float(cost.predict(removed, sorted(new_bias))[column])
+            predicted = cost.predict(removed, sorted(new_bias))
+            return float(predicted[0] - bare if column == 0 else predicted[1])
 
         prefix_cut, reached = solve_cut(evaluate, np.arange(channels + 1, dtype=np.float64), goal)
         prefix = int(prefix_cut)
@@ -362,7 +399,7 @@ class GroupPruner:
         lam = float(pooled[order[prefix]]) if prefix < channels else end
         counts = np.bincount(owners[:prefix], minlength=len(members))
         kept = {
-            group.name: self._kept(score, group.size - int(count))
+            group.name: self._kept(score, group.size - int(count), group)
             for (_, group, score), count in zip(members, counts, strict=True)
         }
         return {lg: lam * scale[lg] for lg in scored}, kept
@@ -410,16 +447,19 @@ class GroupPruner:
     ) -> PruningPlan:
         removed: dict[tuple[str, str], int] = {}
         new_bias: set[str] = set()
+        bare = 0  # entries of bare layer-scale parameters, which the cost model of modules does not see
         for members in scored.values():
             for group, _ in members:
                 gone = group.size - len(kept[group.name])
                 if not gone:
                     continue
+                bare += gone * _parameter_refs(group)
                 for ref in group.layers:
                     removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
                 new_bias.update(self._new_biases(group))
         add_bias = sorted(new_bias)
         params_after, macs_after = cost.predict(removed, add_bias)
+        params_after -= bare
         layer_plans = [
             LayerGroupPlan(
                 name=lg,
@@ -431,7 +471,7 @@ class GroupPruner:
             for lg, members in scored.items()
         ]
         group_plans = [
-            ChannelGroupPlan(name=g.name, size=g.size, kept=kept[g.name])
+            ChannelGroupPlan(name=g.name, size=g.size, kept=kept[g.name], score=self.importance.kind(self.model, g))
             for members in scored.values()
             for g, _ in members
         ]
@@ -502,6 +542,11 @@ class GroupPruner:
         return self.model
 
 
+def _parameter_refs(group: ChannelGroup) -> int:
+    """Number of bare-parameter entries one group channel stands for (layer scale, implicit add / multiply)."""
+    return sum(ref.kind == PARAMETER for ref in group.layers)
+
+
 def _removal_owners(scores: Sequence[np.ndarray]) -> np.ndarray:
     """Group index of every channel in :func:`~grouppruner.budget.removal_order`, shape (sum(size_i),)."""
     owner = np.repeat(np.arange(len(scores)), [len(s) for s in scores])
@@ -541,9 +586,18 @@ def _as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | 
             )
         return importance
     if isinstance(importance, str):
-        if importance != "bn_l1":
-            raise ValueError(f"GroupPruner: unknown importance {importance!r}; use 'bn_l1', an Importance, a callable")
-        return BNScale(coupling=coupling or "mean")
+        kinds: dict[str, Callable[[], Importance]] = {
+            "auto": lambda: AutoImportance(coupling=coupling or "mean"),
+            "bn_l1": lambda: BNScale(coupling=coupling or "mean"),
+            "norm_l1": lambda: NormScale(coupling=coupling or "mean"),
+            "filter_l1": lambda: FilterMagnitude(1, coupling=coupling or "mean"),
+            "filter_l2": lambda: FilterMagnitude(2, coupling=coupling or "mean"),
+        }
+        if importance not in kinds:
+            raise ValueError(
+                f"GroupPruner: unknown importance {importance!r}; use one of {sorted(kinds)}, an Importance, a callable"
+            )
+        return kinds[importance]()
     if callable(importance):
         return CustomImportance(importance, coupling=coupling or "mean")
-    raise TypeError(f"GroupPruner: importance must be an Importance, 'bn_l1' or a callable, got {type(importance)}")
+    raise TypeError(f"GroupPruner: importance must be an Importance, its name or a callable, got {type(importance)}")

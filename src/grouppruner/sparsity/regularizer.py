@@ -14,12 +14,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._utils.errors import NonFiniteError
 from .._utils.wrappers import inner_name, unwrap
 from .schedules import Constant, FloatArray, IndexArray, Schedule, check_total_steps
-from .targets import ExcludeSpec, LayerGroupsSpec, Layers, layers_from_graph, layers_from_model
+from .targets import (
+    DEFAULT_NORM_TYPES,
+    ExcludeSpec,
+    LayerGroupsSpec,
+    Layers,
+    layers_from_graph,
+    layers_from_model,
+    norm_weight,
+)
 
 if TYPE_CHECKING:
     from ..graph import ChannelGraph
@@ -70,6 +77,9 @@ class BNSparsity:
         check_finite: raise :class:`NonFiniteError` on NaN/inf in gammas or their gradients (one host sync).
         advance_schedule: :meth:`step` advances the schedule by one; set ``False`` to drive the schedule
             yourself (e.g. ``sparsity.schedule.step()`` once per epoch).
+        norm_types: the norm classes whose per-channel ``weight`` is regularized; BatchNorm only by default.
+            ``(nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)`` also sparsifies GroupNorm towers and channels-first
+            LayerNorms (ConvNeXt), whose scales :class:`~grouppruner.pruning.NormScale` then ranks.
 
     Raises:
         ValueError: no BatchNorm to regularize, a non-affine BatchNorm, unknown ``exclude`` names.
@@ -86,7 +96,11 @@ class BNSparsity:
         scaler: torch.amp.GradScaler | None = None,
         check_finite: bool = True,
         advance_schedule: bool = True,
+        norm_types: Sequence[type[nn.Module]] = DEFAULT_NORM_TYPES,
     ) -> None:
+        norm_types = tuple(norm_types)
+        if not norm_types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in norm_types):
+            raise TypeError(f"BNSparsity: norm_types must be nn.Module classes, got {norm_types!r}")
         self.schedule = schedule if isinstance(schedule, Schedule) else Constant(float(schedule))
         if total_steps is not None:
             if self.schedule.total_steps not in (None, total_steps):
@@ -104,7 +118,7 @@ class BNSparsity:
         if isinstance(target, nn.Module):
             model = unwrap(target)
             exclude = [inner_name(target, e) if isinstance(e, str) else e for e in exclude]
-            layers, names = layers_from_model(model, exclude, layer_groups)
+            layers, names = layers_from_model(model, exclude, layer_groups, norm_types)
         else:
             # imported here so that plain-model users never pay for the graph machinery
             from ..graph import ChannelGraph
@@ -112,7 +126,7 @@ class BNSparsity:
             if not isinstance(target, ChannelGraph):
                 raise TypeError(f"BNSparsity target must be a ChannelGraph or an nn.Module, got {type(target)!r}")
             model = unwrap(target.model)
-            layers, names = layers_from_graph(target, model, exclude, layer_groups)
+            layers, names = layers_from_graph(target, model, exclude, layer_groups, norm_types)
         self._build(layers, names)
         logger.info(
             "BNSparsity: %d of %d channels in %d BatchNorms, %d layer groups, schedule %r",
@@ -132,8 +146,8 @@ class BNSparsity:
         self.layer_names: tuple[str, ...] = tuple(name for name, _, _ in layers)
         self.layer_group_names: tuple[str, ...] = tuple(group_names[g] for g in used)
         # modules, not parameters: pruning replaces the Parameter objects, and the size check must see that
-        self._bns: list[_BatchNorm] = [bn for _, bn, _ in layers]
-        self._sizes: list[int] = [bn.num_features for bn in self._bns]
+        self._bns: list[nn.Module] = [bn for _, bn, _ in layers]
+        self._sizes: list[int] = [int(norm_weight(bn).numel()) for bn in self._bns]
         self._numel = sum(self._sizes)
         owner = np.array([g for _, _, owners in layers for g in owners], dtype=np.int64)  # (N,) -1: protected
         self._reg_index: IndexArray = np.flatnonzero(owner >= 0)  # (N_reg,) regularized flat positions
@@ -144,7 +158,8 @@ class BNSparsity:
         # only layers with protected channels need a mask in the hot path
         self._partial = [i for i, (_, _, owners) in enumerate(layers) if min(owners) < 0]
         self._partial_masks = [
-            torch.tensor([float(g >= 0) for g in layers[i][2]], dtype=self._bns[i].weight.dtype) for i in self._partial
+            torch.tensor([float(g >= 0) for g in layers[i][2]], dtype=norm_weight(self._bns[i]).dtype)
+            for i in self._partial
         ]
 
     @property
@@ -159,7 +174,7 @@ class BNSparsity:
         )
 
     def _gammas(self) -> list[Tensor]:
-        gammas: list[Tensor] = [bn.weight for bn in self._bns]
+        gammas: list[Tensor] = [norm_weight(bn) for bn in self._bns]
         if [g.shape[0] for g in gammas] != self._sizes:
             raise ValueError(
                 "BatchNorm sizes changed since BNSparsity was built (was the model pruned?); build a new one"

@@ -1,7 +1,9 @@
-"""Which BatchNorm channels :class:`~grouppruner.sparsity.BNSparsity` regularizes: from a model or a ChannelGraph.
+"""Which norm channels :class:`~grouppruner.sparsity.BNSparsity` regularizes: from a model or a ChannelGraph.
 
-Both resolvers return ``(layers, layer_group_names)``: ``layers`` lists ``(qualified name, BatchNorm, owners)`` in
+Both resolvers return ``(layers, layer_group_names)``: ``layers`` lists ``(qualified name, norm, owners)`` in
 model order, where ``owners[c]`` is the layer-group index of channel ``c`` or ``-1`` for a protected channel.
+``norm_types`` says which norms count: BatchNorm by default; GroupNorm / LayerNorm where asked (their per-channel
+``weight`` plays the role of gamma).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -23,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 ExcludeSpec = Iterable["str | nn.Module"]
 LayerGroupsSpec = Mapping[str, Sequence[str] | str] | Callable[[Any], str] | None
-Layers = list[tuple[str, _BatchNorm, list[int]]]
+Layers = list[tuple[str, nn.Module, list[int]]]
+NormTypes = tuple[type[nn.Module], ...]
+DEFAULT_NORM_TYPES: NormTypes = (_BatchNorm,)
 
 
 def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], bool]:
@@ -40,25 +45,28 @@ def _matches(name: str, patterns: Sequence[str] | str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
 
 
-def _check_bn(name: str, module: nn.Module) -> _BatchNorm:
-    if not isinstance(module, _BatchNorm):
-        raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not BatchNorm")
-    if not module.affine or module.weight is None:
+def _check_bn(name: str, module: nn.Module, norm_types: NormTypes = DEFAULT_NORM_TYPES) -> nn.Module:
+    if not isinstance(module, norm_types):
+        kinds = " / ".join(t.__name__.lstrip("_") for t in norm_types)
+        raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not {kinds}")
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
         raise ValueError(
-            f"BatchNorm {name!r} is not affine (no gamma to regularize); make it affine or pass it in exclude="
+            f"{type(module).__name__} {name!r} is not affine per channel (no gamma to regularize); make it affine "
+            "or pass it in exclude="
         )
     return module
 
 
 def layers_from_model(
-    model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
+    model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec, norm_types: NormTypes = DEFAULT_NORM_TYPES
 ) -> tuple[Layers, list[str]]:
-    """Every trainable BatchNorm not excluded, all its channels owned by its layer group (``layer_groups``)."""
+    """Every trainable norm of ``norm_types`` not excluded, its channels owned by its layer group (``layer_groups``)."""
     is_excluded = _excluded_names(model, exclude)
-    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, norm_types)]
     if not bns:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layer: nothing to regularize")
-    chosen = [(n, _check_bn(n, m)) for n, m in bns if not is_excluded(n)]
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer ({norm_types=}): nothing to regularize")
+    chosen = [(n, _check_bn(n, m, norm_types)) for n, m in bns if not is_excluded(n)]
     chosen = _trainable(chosen)
     if not chosen:
         raise ValueError(f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize")
@@ -75,26 +83,33 @@ def layers_from_model(
         group_of = {n: str(layer_groups(n)) for n, _ in chosen}
     names = list(dict.fromkeys(group_of.values()))
     ids = {g: i for i, g in enumerate(names)}
-    return [(n, bn, [ids[group_of[n]]] * bn.num_features) for n, bn in chosen], names
+    return [(n, bn, [ids[group_of[n]]] * _width(bn)) for n, bn in chosen], names
 
 
 def layers_from_graph(
-    graph: ChannelGraph, model: nn.Module, exclude: ExcludeSpec, layer_groups: LayerGroupsSpec
+    graph: ChannelGraph,
+    model: nn.Module,
+    exclude: ExcludeSpec,
+    layer_groups: LayerGroupsSpec,
+    norm_types: NormTypes = DEFAULT_NORM_TYPES,
 ) -> tuple[Layers, list[str]]:
-    """The BatchNorms scoring the graph's prunable groups; channels of no prunable group are ``-1`` (protected)."""
+    """The norms of ``norm_types`` in the graph's prunable groups; channels of no prunable group are ``-1``."""
     is_excluded = _excluded_names(model, exclude)
     partition: dict[str, list[ChannelGroup]] = graph.layer_groups(layer_groups)
     owners: dict[str, list[int]] = {}
-    modules: dict[str, _BatchNorm] = {}
+    modules: dict[str, nn.Module] = {}
     names = list(partition)
     for g, groups in enumerate(partition.values()):
         for group in groups:
-            for ref in group.bns:
-                if is_excluded(ref.name):
+            for ref in group.layers:
+                if ref.kind == "Parameter" or is_excluded(ref.name):
+                    continue
+                module = model.get_submodule(ref.name)
+                if not isinstance(module, norm_types):
                     continue
                 if ref.name not in modules:
-                    modules[ref.name] = _check_bn(ref.name, model.get_submodule(ref.name))
-                    owners[ref.name] = [-1] * modules[ref.name].num_features
+                    modules[ref.name] = _check_bn(ref.name, module, norm_types)
+                    owners[ref.name] = [-1] * _width(module)
                 # a BN after a concat scores several groups: each group claims its own channels
                 for index in ref.indices:
                     owners[ref.name][index] = g
@@ -108,8 +123,20 @@ def layers_from_graph(
     return [(n, bn, owners[n]) for n, bn in chosen], names
 
 
-def _trainable(bns: list[tuple[str, _BatchNorm]]) -> list[tuple[str, _BatchNorm]]:
-    frozen = [n for n, bn in bns if not bn.weight.requires_grad]
+def norm_weight(norm: nn.Module) -> torch.Tensor:
+    """The per-channel scale (gamma) of a norm checked by ``_check_bn``: shape (C,)."""
+    weight = norm.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def _width(norm: nn.Module) -> int:
+    """Channels of a per-channel affine norm: the length of its weight."""
+    return int(norm_weight(norm).numel())
+
+
+def _trainable(bns: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    frozen = [n for n, bn in bns if not norm_weight(bn).requires_grad]
     if frozen:
         logger.warning("BNSparsity: skipping %d frozen BatchNorm(s) (requires_grad=False): %s", len(frozen), frozen)
-    return [(n, bn) for n, bn in bns if bn.weight.requires_grad]
+    return [(n, bn) for n, bn in bns if norm_weight(bn).requires_grad]

@@ -1,0 +1,34 @@
+"""Optional: real timm architectures (``pretrained=False``), run only where timm is importable (not in CI).
+
+Each model is traced at 64x64, planned to 0.6 of its parameters and pruned; outputs keep their shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grouppruner.graph import ChannelGraph
+from grouppruner.pruning import GroupPruner
+
+timm = pytest.importorskip("timm")
+
+ARCHS = [
+    "cspdarknet53", "cspresnet50", "ghostnet_100", "efficientnet_lite0", "rexnet_100", "dla34",
+    "convnext_atto", "resnext50_32x4d", "regnety_004", "mobilenetv3_small_100", "shufflenet_v2_x1_0",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_timm_prunes_to_0_6(arch: str) -> None:
+    if arch not in timm.list_models():
+        pytest.skip(f"{arch} not in this timm version")
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    shape = model(x).shape
+    graph = ChannelGraph(model, x)
+    pruner = GroupPruner(graph)
+    pruner.apply(pruner.plan(target_params=0.6))
+    assert model(x).shape == shape

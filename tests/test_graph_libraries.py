@@ -302,7 +302,7 @@ def test_sparsity_norm_types_regularises_group_norm() -> None:
 def test_build_probe_leaves_layer_scale_of_the_model_alone() -> None:
     from test_graph_properties import RandomCNN
 
-    # a chunk makes the build probe prune one channel on a copy; the copy's layer scale, not the model's, shrinks
+    # a chunk makes the build probe prune one channel and undo it; the layer scale must come back whole
     model = RandomCNN(8, [("split_add", 0), ("layer_scale", 0)]).eval()
     graph = ChannelGraph(model, example_input())
     assert model.blocks[1].gamma.shape == (4, 1, 1)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ._utils.errors import CheckpointError
+from ._utils.modules import ModuleSnapshot
 from .pruning.plan import PruningPlan, applied_plans, model_fingerprint
 
 __all__ = ["CheckpointError", "atomic_write", "load_pruned", "load_tensor_file", "read_meta", "save_pruned"]
@@ -206,25 +207,6 @@ def _probe_inputs(path: str | os.PathLike[str], index: int, shapes: list[list[in
     )
 
 
-def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
-    """Shallow copies of every module's attributes: enough to undo a structural replay.
-
-    Channel removal and bias creation replace parameters / buffers and set width attributes; they never write
-    into the old tensors, so restoring each module's attribute dict (with its parameter / buffer / child dicts
-    and the list of applied plans copied) restores the model exactly.
-    """
-    return [
-        (module, {k: (v.copy() if isinstance(v, dict | list) else v) for k, v in module.__dict__.items()})
-        for module in model.modules()
-    ]
-
-
-def _restore(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    for module, attributes in snapshot:
-        module.__dict__.clear()
-        module.__dict__.update(attributes)
-
-
 def _check_state(path: str | os.PathLike[str], model: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
     """Raise CheckpointError before ``load_state_dict`` would fail halfway (it copies the matching tensors first)."""
     expected = model.state_dict()
@@ -291,7 +273,7 @@ def load_pruned(
             raise CheckpointError(f"{path}: damaged metadata in plan {index}: {error}") from error
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     # Nothing above touched the model; from here on, any failure puts it back as it was given.
-    snapshot = _snapshot(model)
+    snapshot = ModuleSnapshot(model)
     try:
         for index, plan in enumerate(plans):
             inputs = (
@@ -308,7 +290,7 @@ def load_pruned(
         _check_state(path, model, state, strict)
         model.load_state_dict(state, strict=strict)
     except BaseException:
-        _restore(snapshot)
+        snapshot.restore()
         raise
     logger.info("loaded pruned model (%d plans) from %s", len(plans), path)
     return model

@@ -7,7 +7,6 @@ fixes its index mappings, :mod:`.coupling` collects the channel groups, :mod:`.l
 
 from __future__ import annotations
 
-import copy
 import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._utils.calls import call_model
+from .._utils.calls import call_model, eval_mode
+from .._utils.modules import ModuleSnapshot
 from .._utils.names import did_you_mean, select_modules
 from .._utils.wrappers import inner_name, unwrap
 from . import coupling, removal, repair, tracing
@@ -163,25 +163,24 @@ class ChannelGraph:
 
         A split whose sizes are written as constants in ``forward()`` cannot follow a removal; the trial finds
         exactly those groups (first all together, then one by one if that fails) and marks them not prunable.
+        Each trial removes the channels from the model itself and puts every module back afterwards.
         """
 
         def trial(ids: Sequence[int]) -> str | None:
-            try:
-                model = copy.deepcopy(self.model)
-            except Exception as err:  # a model holding un-copyable state cannot be checked
-                return f"the model cannot be copied to check the split ({type(err).__name__}: {err})"
-            modules = dict(model.named_modules())
+            # On the model itself, undone afterwards: a deep copy per trial cost more than the whole trace.
+            snapshot = ModuleSnapshot(self.model)
             groups = list(self.channel_groups)
-            for gi in ids:
-                removal.remove_units(modules, self._pruners, groups, self._index, gi, [groups[gi].size - 1])
-            model.eval()
             try:
-                with torch.no_grad():
-                    out = call_model(model, example_inputs, forward_fn)
+                for gi in ids:
+                    removal.remove_units(self._modules, self._pruners, groups, self._index, gi, [groups[gi].size - 1])
+                with eval_mode(self.model), torch.no_grad():
+                    out = call_model(self.model, example_inputs, forward_fn)
                     if output_transform is not None:
                         out = output_transform(out)
             except Exception as err:
                 return str(err.__cause__ or err)
+            finally:
+                snapshot.restore()
             shapes = [tuple(t.shape) for t in tracing.flat_tensors(out)]
             return None if shapes == output_shapes else f"output shapes change from {output_shapes} to {shapes}"
 

@@ -25,21 +25,24 @@ PARAMETER = "Parameter"
 class ParameterChannels:
     """Removal of channels from a bare ``nn.Parameter`` along its one non-singleton dim, in place.
 
-    The parameter is looked up by name on the root module given at removal time (the graph's model, or the copy
-    the build-time probe prunes). The Parameter object is kept (its ``data`` shrinks) so that the module holding
-    it needs no rewiring; the same function serves both dims, like Torch-Pruning's per-layer functions for norms.
+    The parameter is looked up by name on the root module given at removal time and replaced by a new, smaller
+    ``nn.Parameter`` on the module that holds it, as Torch-Pruning does for layer weights: the old tensor is never
+    written to, so a snapshot of the modules undoes the removal (the graph's build-time split check relies on it).
+    The same function serves both dims, like Torch-Pruning's per-layer functions for norms.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def prune_out_channels(self, root: nn.Module, idxs: Sequence[int]) -> None:
-        p = root.get_parameter(self.name)
+        owner_name, _, attribute = self.name.rpartition(".")
+        owner = root.get_submodule(owner_name)
+        p = getattr(owner, attribute)
         dim = max(range(p.dim()), key=lambda d: p.shape[d])
         gone = set(idxs)
         index = torch.tensor([i for i in range(p.shape[dim]) if i not in gone], dtype=torch.long, device=p.device)
-        p.data = torch.index_select(p.data, dim, index)
-        p.grad = None
+        kept = torch.index_select(p.detach(), dim, index)
+        setattr(owner, attribute, nn.Parameter(kept, requires_grad=p.requires_grad))
 
     prune_in_channels = prune_out_channels
 

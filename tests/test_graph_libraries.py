@@ -308,3 +308,22 @@ def test_build_probe_leaves_layer_scale_of_the_model_alone() -> None:
     assert model.blocks[1].gamma.shape == (4, 1, 1)
     graph.remove_channels("stem.0", [1])
     assert model.blocks[1].gamma.shape == (3, 1, 1)
+
+
+@pytest.mark.slow
+def test_torchvision_style_retinanet_maps_and_prunes() -> None:
+    """ResNet-50 + FPN + shared GroupNorm heads with per-anchor view / permute outputs (a torchvision RetinaNet)."""
+    from retinanet import RetinaNet
+
+    torch.manual_seed(0)
+    model = RetinaNet().eval()
+    x = torch.randn(1, 3, 128, 128)
+    graph = ChannelGraph(model, x)
+    fixed = {g.name: g.reason for g in graph.channel_groups if not g.prunable}
+    assert set(fixed) == {"cls_head.out", "box_head.out"}  # the outputs only; FPN, towers and backbone prunable
+    shapes = [tuple(t.shape) for t in model(x)]
+    pruner = GroupPruner(graph, min_channels=8)
+    plan = pruner.plan(target_params=0.6)
+    pruner.apply(plan)
+    assert plan.params_ratio == pytest.approx(0.6, rel=0.01)
+    assert [tuple(t.shape) for t in model(x)] == shapes

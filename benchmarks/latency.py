@@ -195,12 +195,15 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
+        # One block per backbone, so that a run on one backbone leaves the other's table alone.
+        marker = MARKER if args.backbone == "cspdarknet53" else MARKER.replace("-->", f"({args.backbone}) -->")
         page = DOCS.read_text()
-        block = f"{MARKER}\n{text}\n{MARKER}"
-        if page.count(MARKER) == 2:
-            page = re.sub(f"{MARKER}.*?{MARKER}", lambda _: block, page, flags=re.S)
+        block = f"{marker}\n{text}\n{marker}"
+        if page.count(marker) == 2:
+            page = re.sub(f"{re.escape(marker)}.*?{re.escape(marker)}", lambda _: block, page, flags=re.S)
         else:
-            page = page.rstrip("\n") + f"\n\n## Latency-aware budgets (benchmarks/latency.py)\n\n{block}\n"
+            page = page.rstrip("\n") + f"\n\n## Latency-aware budgets, {args.backbone} (benchmarks/latency.py)\n\n"
+            page += f"{block}\n"
         DOCS.write_text(page)
 
 

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder; rerunning resumes after the last stage")
     demo.add_argument("--data", default=None, help="a VOCdevkit-style folder (default: generate one in --out)")
     # Defaults (None) come from RecipeConfig, so the help stays right and the detection extra loads lazily.
-    demo.add_argument("--num-images", type=int, help="images to generate (default 400)")
+    demo.add_argument("--num-images", type=int, help="images to generate (default 600, half of them validation)")
     demo.add_argument("--image-size", type=int, help="square input side (default 128)")
     demo.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"))
     demo.add_argument("--width", type=float, help="channel multiplier (default 0.25)")
@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--epochs", type=int, nargs=3, metavar=("DENSE", "SPARSE", "RECOVER"), help="epochs per training stage"
     )
-    demo.add_argument("--sparsity", type=float, help="rate s of the Dynamic schedule (default 1e-3)")
+    demo.add_argument("--sparsity", type=float, help="rate s of the L1 term on BatchNorm scales")
+    demo.add_argument("--sparse-optimizer", choices=("sgd", "adamw"), help="optimizer of the sparse stage (sgd)")
     demo.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
+    demo.add_argument("--teacher", choices=("dense", "sparse"), help="teacher of the recovery (dense)")
     demo.add_argument("--seed", type=int)
     return parser
 
@@ -124,7 +126,9 @@ def _demo(args: argparse.Namespace) -> int:
         "width": args.width,
         "depth": args.depth,
         "sparsity": args.sparsity,
+        "sparse_optimizer": args.sparse_optimizer,
         "target_params": args.target_params,
+        "teacher": args.teacher,
         "seed": args.seed,
     }
     if args.epochs is not None:
@@ -135,12 +139,27 @@ def _demo(args: argparse.Namespace) -> int:
     results = run_recipe(config, progress=True)
     dense = results[0]
     print()
-    print(f"{'stage':<10} {'mAP@0.5':>8} {'params':>12} {'GMACs':>8} {'params %':>9}  checkpoint")
+    print(
+        f"{'stage':<10} {'mAP@0.5':>8} {'mAP kept':>9} {'params':>12} {'params %':>9} {'GMACs':>8} {'MACs %':>7}"
+        "  checkpoint"
+    )
     for r in results:
+        kept = 100 * r.map50 / dense.map50 if dense.map50 > 0 else float("nan")
         print(
-            f"{r.stage:<10} {r.map50:>8.3f} {r.params:>12,} {r.macs / 1e9:>8.3f} {100 * r.params / dense.params:>8.1f}%"
-            f"  {r.checkpoint}"
+            f"{r.stage:<10} {r.map50:>8.3f} {kept:>8.1f}% {r.params:>12,} {100 * r.params / dense.params:>8.1f}%"
+            f" {r.macs / 1e9:>8.3f} {100 * r.macs / dense.macs:>6.1f}%  {r.checkpoint}"
         )
+    below = results[1].extra.get("below_threshold", {})
+    if below:
+        fractions = ", ".join(f"{name} {100 * value:.0f}%" for name, value in below.items())
+        print(f"\n|gamma| < {results[1].extra['gamma_threshold']:g} after sparse training: {fractions}")
+    sparse, pruned, recovered = results[1:]
+    print(
+        f"pruned before recovery: mAP {pruned.map50:.3f} (sparse model {sparse.map50:.3f}); recovered: "
+        f"{recovered.map50:.3f}, {100 * recovered.map50 / dense.map50:.1f}% of the dense mAP at "
+        f"{100 * recovered.params / dense.params:.1f}% of the params and {100 * recovered.macs / dense.macs:.1f}% of "
+        "the MACs"
+    )
     return 0
 
 

@@ -225,6 +225,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tp-reg", type=float, default=None, help="Torch-Pruning's L1 rate (0.4 x recipe s)")
     parser.add_argument("--no-ablations", action="store_true", help="only teacher and the two headline arms")
+    parser.add_argument(
+        "--teacher-checkpoint",
+        type=Path,
+        help="a dense checkpoint trained with the same settings (e.g. by an earlier run) instead of training one",
+    )
     parser.add_argument("--write-docs", action="store_true", help=f"replace the table in {DOCS}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -234,8 +239,11 @@ def main() -> None:
 
     base = RecipeConfig(out_dir=str(args.out / "teacher"), **settings)
     data = args.out / "teacher" / "data"
-    teacher_run = RecipeRun(base)  # generates the data set
-    dense = teacher_run.run_stage("dense")
+    if args.teacher_checkpoint is None:
+        dense = RecipeRun(base).run_stage("dense")  # generates the data set first
+    else:
+        run = RecipeRun(base, checkpoints={"dense": args.teacher_checkpoint})
+        dense = run.result("dense", run.load("dense"), {"from": str(args.teacher_checkpoint)})
     teacher_path = Path(dense.checkpoint)
     teacher = Arm("teacher (dense)", base.seed, dense.params, dense.macs, dense.map50)
     arms = [teacher, _teacher_finetuned(dataclasses.replace(base), teacher_path)]
@@ -247,12 +255,12 @@ def main() -> None:
         )
 
     headline: dict[int, dict[str, StageResult]] = {}
+    tp_reg = args.tp_reg if args.tp_reg is not None else 0.4 * base.sparsity
     for seed in seeds:
         results, arm = _ours(config("ours", seed), teacher_path, {})
         arm.name = OURS
         headline[seed] = results
         arms.append(arm)
-        tp_reg = args.tp_reg if args.tp_reg is not None else 0.4 * base.sparsity
         arms.append(_torch_pruning(config("torch pruning", seed), teacher_path, args.out, tp_reg))
     if not args.no_ablations:
         seed = seeds[0]
@@ -275,7 +283,7 @@ def main() -> None:
         f"({teacher.params:,} params); teacher {base.dense_epochs} epochs, students "
         f"{base.sparse_epochs} sparse + {base.recover_epochs} recovery epochs "
         f"({base.finetune_epochs} of them fine-tuning before distillation); budget {base.target_params:.0%} of "
-        f"the params; seeds {seeds}."
+        f"the params; Torch-Pruning rate {tp_reg:g}; seeds {seeds}."
     )
     converged = f"The teacher gains {gain:+.3f} mAP from {base.sparse_epochs + base.recover_epochs} more epochs" + (
         " (converged: <= 0.01)." if gain <= 0.01 else " (NOT converged: > 0.01)."

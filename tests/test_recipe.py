@@ -33,6 +33,7 @@ def _config(tmp_path, **changes):
         dense_epochs=1,
         sparse_epochs=1,
         recover_epochs=1,
+        finetune_epochs=0,
         target_params=0.6,
         min_channels=4,
     )

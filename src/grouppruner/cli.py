@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--epochs", type=int, nargs=3, metavar=("DENSE", "SPARSE", "RECOVER"), help="epochs per training stage"
     )
+    demo.add_argument(
+        "--finetune-epochs", type=int, help="recovery epochs without distillation first (default: a quarter)"
+    )
     demo.add_argument("--sparsity", type=float, help="rate s of the L1 term on BatchNorm scales")
     demo.add_argument("--sparse-optimizer", choices=("sgd", "adamw"), help="optimizer of the sparse stage (sgd)")
     demo.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
@@ -133,6 +136,10 @@ def _demo(args: argparse.Namespace) -> int:
     }
     if args.epochs is not None:
         options.update(dense_epochs=args.epochs[0], sparse_epochs=args.epochs[1], recover_epochs=args.epochs[2])
+        # the default schedule's share: a quarter of the recovery fine-tunes, the rest distils
+        options["finetune_epochs"] = args.epochs[2] // 4
+    if args.finetune_epochs is not None:
+        options["finetune_epochs"] = args.finetune_epochs
     config = RecipeConfig(
         out_dir=args.out, data_root=args.data, **{k: v for k, v in options.items() if v is not None}
     )

@@ -7,7 +7,9 @@ from the same dense teacher and trains for the same number of epochs (``sparse_e
   students' epochs more (AdamW at the recovery learning rate), so that "mAP kept" is not extra training; if
   it gains more than 0.01 mAP, the teacher was not converged and the script says so;
 - ``Torch-Pruning``: the library as its users use it: ``BNScalePruner.regularize`` (constant L1 on every BN,
-  the recipe's sparse optimizer, rate and epochs), global BN-scale ranking
+  the recipe's sparse optimizer, learning rate and epochs; rate ``--tp-reg``, default 0.4 x the recipe's ``s``:
+  the pull the recipe's spared channels get, since a constant full ``s`` drives every gamma to zero in a short
+  run), global BN-scale ranking
   (``BNScaleImportance(normalizer=None)``, ``global_pruning=True``, heads ignored, ``pruning_ratio`` bisected to
   the parameter budget), fine-tune without distillation;
 - ``ours``: :func:`~grouppruner.detection.recipe.run_recipe`'s stages with the recipe defaults, and ablations
@@ -15,10 +17,10 @@ from the same dense teacher and trains for the same number of epochs (``sparse_e
   per-layer-group ones, fine-tune only / attention only instead of attention + output-level distillation.
 
 The two headline arms (``ours`` and ``Torch-Pruning``) run with every seed of ``--seeds`` (the seed of
-shuffling and augmentation in the student stages; data and teacher are shared); the table gives the mean and
-the spread (max - min). Columns: params and MACs in % of the teacher, mAP@0.5 after sparse training, after
-pruning (before any recovery: the measure of whether sparse training did its job), after recovery, and the
-final mAP in % of the teacher's.
+shuffling and augmentation in the student stages; data and teacher are shared); the table gives
+``mean ± half the spread`` (half of max - min) over the seeds. Columns: params and MACs in % of the teacher,
+mAP@0.5 after sparse training, after pruning (before any recovery: the measure of whether sparse training did
+its job), after recovery, and the final mAP in % of the teacher's.
 
 Usage::
 
@@ -138,17 +140,17 @@ def _tp_prune(model: YOLOv4, example: torch.Tensor, target: float, reg: float) -
     return pruner
 
 
-def _torch_pruning(config: RecipeConfig, teacher: Path, out: Path) -> Arm:
+def _torch_pruning(config: RecipeConfig, teacher: Path, out: Path, reg: float) -> Arm:
     run = RecipeRun(config, checkpoints={"dense": teacher})
     start = time.perf_counter()
     model = run.load("dense")
     regularizer = tp.pruner.BNScalePruner(
-        model, run.example, importance=tp.importance.BNScaleImportance(normalizer=None), reg=config.sparsity
+        model, run.example, importance=tp.importance.BNScaleImportance(normalizer=None), reg=reg
     )
     optimizer = sparse_optimizer(model, config.sparse_optimizer, config.sparse_lr)
     run.train(model, optimizer, config.sparse_epochs, "tp sparse", step_hooks=[regularizer.regularize])
     sparse = float(evaluate(model, run.val_loader)["map"])
-    _tp_prune(model, run.example, config.target_params, config.sparsity)
+    _tp_prune(model, run.example, config.target_params, reg)
     pruned = float(evaluate(model, run.val_loader)["map"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.recover_lr, weight_decay=5e-4)
     run.train(model, optimizer, config.recover_epochs, "tp fine-tune")
@@ -210,7 +212,7 @@ def table(arms: Sequence[Arm], teacher: Arm) -> str:
             f"| {name} | {', '.join(str(a.seed) for a in group)} | {_cell([a.params for a in group], teacher.params)} "
             f"| {_cell([a.macs for a in group], teacher.macs)} | {_cell([a.sparse for a in group])} "
             f"| {_cell([a.pruned for a in group])} | {_cell([a.final for a in group])} "
-            f"| {_cell([a.final for a in group], teacher.final)} |"
+            f"| {_cell([a.final for a in group], teacher.final) if teacher.final > 0 else '-'} |"
         )
     return "\n".join(rows)
 
@@ -221,7 +223,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the headline arms (0 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="work folder (recreated data)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tp-reg", type=float, default=None, help="Torch-Pruning's L1 rate (0.4 x recipe s)")
     parser.add_argument("--no-ablations", action="store_true", help="only teacher and the two headline arms")
+    parser.add_argument(
+        "--teacher-checkpoint",
+        type=Path,
+        help="a dense checkpoint trained with the same settings (e.g. by an earlier run) instead of training one",
+    )
     parser.add_argument("--write-docs", action="store_true", help=f"replace the table in {DOCS}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -231,8 +239,11 @@ def main() -> None:
 
     base = RecipeConfig(out_dir=str(args.out / "teacher"), **settings)
     data = args.out / "teacher" / "data"
-    teacher_run = RecipeRun(base)  # generates the data set
-    dense = teacher_run.run_stage("dense")
+    if args.teacher_checkpoint is None:
+        dense = RecipeRun(base).run_stage("dense")  # generates the data set first
+    else:
+        run = RecipeRun(base, checkpoints={"dense": args.teacher_checkpoint})
+        dense = run.result("dense", run.load("dense"), {"from": str(args.teacher_checkpoint)})
     teacher_path = Path(dense.checkpoint)
     teacher = Arm("teacher (dense)", base.seed, dense.params, dense.macs, dense.map50)
     arms = [teacher, _teacher_finetuned(dataclasses.replace(base), teacher_path)]
@@ -244,12 +255,13 @@ def main() -> None:
         )
 
     headline: dict[int, dict[str, StageResult]] = {}
+    tp_reg = args.tp_reg if args.tp_reg is not None else 0.4 * base.sparsity
     for seed in seeds:
         results, arm = _ours(config("ours", seed), teacher_path, {})
         arm.name = OURS
         headline[seed] = results
         arms.append(arm)
-        arms.append(_torch_pruning(config("torch pruning", seed), teacher_path, args.out))
+        arms.append(_torch_pruning(config("torch pruning", seed), teacher_path, args.out, tp_reg))
     if not args.no_ablations:
         seed = seeds[0]
         for name, changes, reused in ABLATIONS:
@@ -271,7 +283,7 @@ def main() -> None:
         f"({teacher.params:,} params); teacher {base.dense_epochs} epochs, students "
         f"{base.sparse_epochs} sparse + {base.recover_epochs} recovery epochs "
         f"({base.finetune_epochs} of them fine-tuning before distillation); budget {base.target_params:.0%} of "
-        f"the params; seeds {seeds}."
+        f"the params; Torch-Pruning rate {tp_reg:g}; seeds {seeds}."
     )
     converged = f"The teacher gains {gain:+.3f} mAP from {base.sparse_epochs + base.recover_epochs} more epochs" + (
         " (converged: <= 0.01)." if gain <= 0.01 else " (NOT converged: > 0.01)."

@@ -34,6 +34,10 @@ def test_demo_options_default_to_the_recipe_config():
     assert args.epochs == [1, 2, 3] and args.num_images is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--backbone", "resnet"])
+    args = build_parser().parse_args(["demo", "--sparse-optimizer", "adamw", "--teacher", "sparse"])
+    assert (args.sparse_optimizer, args.teacher) == ("adamw", "sparse")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--teacher", "student"])
 
 
 def test_console_script_reexecs_with_passive_openmp(monkeypatch):

@@ -43,6 +43,7 @@ def _config(tmp_path, **changes):
         dense_epochs=1,
         sparse_epochs=1,
         recover_epochs=1,
+        finetune_epochs=0,
         target_params=0.6,
         min_channels=4,
     )
@@ -154,6 +155,7 @@ def test_recipe_sparse_optimizer_drives_exactly_the_unused_gammas_under_the_thre
         ("sparsity_schedule", "linear", "('dynamic', 'constant')"),
         ("prune_scope", "layer", "('group', 'global')"),
         ("prune_by", "macs", "('params', 'gamma')"),
+        ("sparsity_scope", "layer", "('global', 'group')"),
     ],
 )
 def test_recipe_config_names_the_field_and_the_allowed_values(field, value, allowed):
@@ -168,6 +170,7 @@ def test_recipe_config_names_the_field_and_the_allowed_values(field, value, allo
         ({"val_fraction": 1.0}, r"val_fraction must be in \(0, 1\)"),
         ({"target_params": 0.0}, r"target_params must be in \(0, 1\]"),
         ({"sparsity": -1e-3}, "sparsity must be >= 0"),
+        ({"sparsity_keep": 0.0}, r"sparsity_keep must be in \(0, 1\]"),
         ({"recover_epochs": 2, "finetune_epochs": 3}, "finetune_epochs"),
     ],
 )

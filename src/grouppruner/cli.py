@@ -96,7 +96,7 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
         "--out", default=default_out, required=default_out is None, help="run folder; rerunning resumes"
     )
     parser.add_argument("--classes", help="comma-separated class names (demo: the synthetic ones; compress: VOC)")
-    parser.add_argument("--num-images", type=int, help="images to generate (demo, default 400)")
+    parser.add_argument("--num-images", type=int, help="images to generate (demo, default 600, half of them val)")
     parser.add_argument("--image-size", type=int, help="square input side (default 128)")
     parser.add_argument("--backbone", choices=("cspdarknet53", "mobilenetv2"))
     parser.add_argument("--width", type=float, help="channel multiplier (default 0.25)")
@@ -105,8 +105,13 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
     parser.add_argument(
         "--epochs", type=int, nargs=3, metavar=("DENSE", "SPARSE", "RECOVER"), help="epochs per training stage"
     )
+    parser.add_argument(
+        "--finetune-epochs", type=int, help="recovery epochs without distillation first (default: a quarter)"
+    )
     parser.add_argument("--sparsity", type=float, help="rate s of the L1 term on BatchNorm scales")
+    parser.add_argument("--sparse-optimizer", choices=("sgd", "adamw"), help="optimizer of the sparse stage (sgd)")
     parser.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
+    parser.add_argument("--teacher", choices=("dense", "sparse"), help="teacher of the recovery (dense)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision (fp16: CUDA only)")
@@ -202,7 +207,9 @@ def _recipe(args: argparse.Namespace) -> int:
         "depth": args.depth,
         "batch_size": args.batch_size,
         "sparsity": args.sparsity,
+        "sparse_optimizer": args.sparse_optimizer,
         "target_params": args.target_params,
+        "teacher": args.teacher,
         "seed": args.seed,
         "device": args.device,
         "amp": args.amp,
@@ -213,6 +220,10 @@ def _recipe(args: argparse.Namespace) -> int:
         overrides["classes"] = list(VOC_CLASSES)
     if args.epochs is not None:
         overrides.update(dense_epochs=args.epochs[0], sparse_epochs=args.epochs[1], recover_epochs=args.epochs[2])
+        # the default schedule's share: a quarter of the recovery fine-tunes, the rest distils
+        overrides["finetune_epochs"] = args.epochs[2] // 4
+    if args.finetune_epochs is not None:
+        overrides["finetune_epochs"] = args.finetune_epochs
     # Every option is checked here, before any data is generated or any epoch runs.
     config = load_recipe_config(args.config, overrides=overrides)
     try:
@@ -236,7 +247,17 @@ def _recipe(args: argparse.Namespace) -> int:
             f"{r.stage:<10} {r.map50:>8.3f} {kept:>9} {r.params:>12,} {100 * r.params / dense.params:>8.1f}% "
             f"{r.macs / 1e9:>8.3f} {100 * r.macs / dense.macs:>6.1f}%  {r.checkpoint}"
         )
-    print("(pruned = after pruning, before recovery)")
+    below = results[1].extra.get("below_threshold", {})
+    if below:
+        fractions = ", ".join(f"{name} {100 * value:.0f}%" for name, value in below.items())
+        print(f"\n|gamma| < {results[1].extra['gamma_threshold']:g} after sparse training: {fractions}")
+    sparse, pruned, recovered = results[1:]
+    print(
+        f"pruned before recovery: mAP {pruned.map50:.3f} (sparse model {sparse.map50:.3f}); recovered: "
+        f"{recovered.map50:.3f}, {100 * recovered.map50 / dense.map50:.1f}% of the dense mAP at "
+        f"{100 * recovered.params / dense.params:.1f}% of the params and {100 * recovered.macs / dense.macs:.1f}% of "
+        "the MACs"
+    )
     return 0
 
 

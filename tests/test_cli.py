@@ -162,3 +162,18 @@ def test_profile_and_inspect_open_a_run_folder_without_options(tmp_path, capsys)
     assert "layer group" in capsys.readouterr().out
     assert main(["inspect", "--run", str(tmp_path / "nothing")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_demo_table_survives_a_zero_dense_map(tmp_path, capsys, monkeypatch):
+    from grouppruner.detection import recipe
+
+    def finished(config, *, progress):
+        return [
+            recipe.StageResult(stage, 0.0, 100 if stage in ("dense", "sparse") else 35, 10, f"{stage}.pt")
+            for stage in recipe.STAGES
+        ]
+
+    monkeypatch.setattr(recipe, "run_recipe", finished)
+    assert main(["demo", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "dense mAP is 0 at 35.0% of the params" in out and "recovered     0.000         -" in out

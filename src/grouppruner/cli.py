@@ -252,11 +252,11 @@ def _recipe(args: argparse.Namespace) -> int:
         fractions = ", ".join(f"{name} {100 * value:.0f}%" for name, value in below.items())
         print(f"\n|gamma| < {results[1].extra['gamma_threshold']:g} after sparse training: {fractions}")
     sparse, pruned, recovered = results[1:]
+    kept = f"{100 * recovered.map50 / dense.map50:.1f}% of the dense mAP" if dense.map50 > 0 else "dense mAP is 0"
     print(
         f"pruned before recovery: mAP {pruned.map50:.3f} (sparse model {sparse.map50:.3f}); recovered: "
-        f"{recovered.map50:.3f}, {100 * recovered.map50 / dense.map50:.1f}% of the dense mAP at "
-        f"{100 * recovered.params / dense.params:.1f}% of the params and {100 * recovered.macs / dense.macs:.1f}% of "
-        "the MACs"
+        f"{recovered.map50:.3f}, {kept} at {100 * recovered.params / dense.params:.1f}% of the params and "
+        f"{100 * recovered.macs / dense.macs:.1f}% of the MACs"
     )
     return 0
 

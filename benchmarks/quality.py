@@ -60,9 +60,12 @@ FULL: dict[str, Any] = {"num_images": 600, "val_fraction": 0.5}
 QUICK: dict[str, Any] = {
     "num_images": 240,
     "val_fraction": 0.5,
-    "dense_epochs": 16,
-    "sparse_epochs": 6,
-    "recover_epochs": 6,
+    "dense_epochs": 24,
+    "sparse_epochs": 12,
+    "recover_epochs": 12,
+    "finetune_epochs": 3,
+    # the L1 pull lr * s * steps / (1 - momentum) of the full run, over 12 epochs of 8 steps instead of 16 x 19
+    "sparsity": 0.063,
 }
 
 # (arm, RecipeConfig changes, stages reused from the headline arm of the same seed)

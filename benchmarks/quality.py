@@ -46,9 +46,9 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from grouppruner.detection.yolov4 import YOLOv4
 
 from grouppruner.checkpoint import save_pruned
+from grouppruner.detection import YOLOv4
 from grouppruner.detection.recipe import STAGES, RecipeConfig, RecipeRun, StageResult, sparse_optimizer
 from grouppruner.detection.train import evaluate
 from grouppruner.profile import count_macs, count_params

@@ -78,7 +78,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class RecipeConfig:
-    """Options of :func:`run_recipe`. The defaults run in about nine minutes on two idle CPU cores.
+    """Options of :func:`run_recipe`. The defaults take 16.5 CPU-minutes (about nine minutes on two idle cores).
 
     Invalid values raise ``ValueError`` at construction, naming the field and what it accepts.
 

@@ -288,7 +288,8 @@ def test_a_run_killed_mid_stage_resumes_to_the_uninterrupted_result(tmp_path):
         batch_size=8,
         dense_epochs=1,
         sparse_epochs=3,
-        recover_epochs=1,
+        recover_epochs=2,
+        finetune_epochs=1,
         target_params=0.6,
         min_channels=4,
     )

@@ -1,6 +1,7 @@
-"""Recipe configuration files: a TOML file whose keys are :class:`~grouppruner.detection.RecipeConfig` fields.
+"""The recipe's options: :class:`RecipeConfig` (every choice of the method, validated at construction), the stage
+each option belongs to (:data:`STAGE_OF_OPTION`: what a changed option reruns), and configuration files.
 
-::
+A TOML file's keys are ``RecipeConfig`` fields::
 
     # recipe.toml
     classes = ["aeroplane", "bicycle", "bird"]
@@ -17,20 +18,291 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from .._utils.names import did_you_mean
-from .recipe import RecipeConfig
+from .synthetic import SYNTHETIC_CLASSES
 
-__all__ = ["config_reference", "load_recipe_config", "recipe_config_fields"]
+__all__ = [
+    "GAMMA_THRESHOLD",
+    "STAGES",
+    "STAGE_OF_OPTION",
+    "RecipeConfig",
+    "config_reference",
+    "first_changed_stage",
+    "load_recipe_config",
+    "recipe_config_fields",
+]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("dense", "sparse", "pruned", "recovered")
+
+
+#: ``|gamma|`` below this counts as sparsified in the sparse stage's statistics (``StageResult.extra``).
+GAMMA_THRESHOLD = 1e-2
+
+#: The allowed values of the options that take one of a few strings.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "sparse_optimizer": ("sgd", "adamw"),
+    "sparsity_schedule": ("dynamic", "constant"),
+    "sparsity_scope": ("global", "group"),
+    "prune_scope": ("group", "global"),
+    "prune_by": ("params", "gamma"),
+    "teacher": ("dense", "sparse"),
+    "amp": ("off", "bf16", "fp16"),
+}
+
+
+@dataclass
+class RecipeConfig:
+    """Options of :func:`run_recipe`. The defaults take 16.5 CPU-minutes (about nine minutes on two idle cores).
+
+    Invalid values raise ``ValueError`` at construction, naming the field and what it accepts.
+
+    Attributes:
+        out_dir: where checkpoints (``<stage>.pt``) and ``results.json`` go; a run with the same ``out_dir``
+            resumes after the last finished stage.
+        data_root: a VOCdevkit-style folder (its ``train`` and ``val`` splits are used); ``None`` generates a
+            synthetic one in ``out_dir/data``.
+        classes: class names of the data set.
+        num_images: images to generate when ``data_root`` is ``None``.
+        val_fraction: fraction of the generated images in the validation split, in (0, 1) (the rest is
+            ``train``); a large split keeps the mAP differences between stages above the noise.
+        image_size: square network input side in pixels.
+        backbone, width, depth: the YOLOv4 variant (see :func:`~grouppruner.detection.yolov4`).
+        batch_size: batch size of every training stage.
+        lr: AdamW learning rate of the dense stage (cosine-annealed to ``lr / 20``).
+        dense_epochs, sparse_epochs, recover_epochs: epochs of each training stage.
+        sparse_optimizer: ``"sgd"`` (SGD with Nesterov momentum 0.9, as network slimming and the paper) or
+            ``"adamw"``. Adam divides every gradient, the L1 term included, by its running magnitude, so the
+            L1 pull on a gamma is no longer ``lr * s`` and the scales do not collapse to zero.
+        sparse_lr: learning rate of the sparse stage, constant: the dynamic rule's warmup is a fraction of the
+            steps, and under a cosine decay about 70 % of the L1 pull would land in the first 40 % of them, so
+            that every gamma collapses before the strongest are spared.
+        sparsity: the rate ``s`` of the L1 term on the BatchNorm scales. What matters is the total pull
+            ``sparse_lr * s * steps / (1 - momentum)``: a short run needs a larger ``s`` than the paper's
+            1e-4 .. 5e-3 over hundreds of epochs. The default (pull 1.2 over the demo's 16 epochs, 0.5 of it in the
+            warmup) drives the channels the dynamic rule does not spare below 1e-2.
+        sparsity_schedule: ``"dynamic"`` (the paper's :class:`~grouppruner.sparsity.Dynamic`: constant ``s`` for
+            the first 40 % of the steps, then the strongest 35 % of the channels get 1 % of ``s``) or
+            ``"constant"`` (:class:`~grouppruner.sparsity.Constant`, as network slimming).
+        sparsity_keep: the fraction of channels the dynamic rule spares (``Dynamic(keep=)``; paper: 0.35).
+            Parameters scale with in x out channels, so keeping a fraction ``k`` of every layer's channels keeps
+            about ``k^2`` of the parameters: ``k`` a little below ``sqrt(target_params)`` (0.5 for 0.35) lets the
+            budget remove only channels that sparse training zeroed. Above it, pruning must cut live channels
+            (measured: ``keep=0.6`` with a 0.35 budget fell from 0.46 to 0.01 mAP); far below it, sparse training
+            zeroes channels the budget could have kept (``keep=0.35``: 0.30 mAP after sparse training).
+        sparsity_scope: where the dynamic rule's quantile is taken: ``"global"`` (paper) or ``"group"`` (every
+            layer group spares its own strongest ``sparsity_keep``).
+        target_params: fraction of the parameters the pruned model keeps (``prune_by="params"``).
+        prune_by: ``"params"``: the per-layer-group fractions are solved for ``target_params``; ``"gamma"``:
+            every layer group drops its channels with ``|gamma| < gamma_threshold`` (fractions read off the
+            gamma distributions, whatever size that gives).
+        gamma_threshold: the |gamma| threshold of ``prune_by="gamma"``.
+        prune_scope: ``"group"``: one threshold per layer group (the paper's grouping by feature stride and
+            module structure, ``ChannelGraph.layer_groups()``); ``"global"``: one threshold over all channels.
+        min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
+        recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``); the
+            dense stage's rate: from the demo's pruned model, 24 recovery epochs reached mAP 0.573 / 0.580 / 0.592 /
+            0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594).
+        finetune_epochs: the first this many recovery epochs fine-tune on the detection loss alone; the
+            remaining ``recover_epochs - finetune_epochs`` add the distillation terms (the paper fine-tunes
+            the pruned model before distilling).
+        teacher: ``"dense"`` (the original model, as in the paper) or ``"sparse"`` (the model that was pruned).
+        distill_weight: weight of the spatial-attention distillation loss
+            (:class:`~grouppruner.distill.AttentionDistiller` on ``YOLOv4.distill_layers``); 0 disables it.
+        output_distill_weight: weight of the output-level term
+            (:class:`~grouppruner.detection.YoloOutputDistill`); 0 disables it. Its raw value on a freshly
+            pruned demo student is about 25 times the detection loss (class KL times ``T^2 = 9``, box L2 in grid
+            cells), so the default keeps it at the detection loss's scale; the attention term (about 0.04 raw
+            over the nine layers) is weighted 10 for the same reason.
+        distill_temperature: temperature of the output-level KL terms.
+        seed: seed of data generation, initialization and shuffling.
+        weights: the user's trained detector to compress: a ``state_dict`` file of
+            :func:`~grouppruner.detection.yolov4` with these ``classes`` / ``backbone`` / ``width`` / ``depth``, or a
+            :func:`~grouppruner.checkpoint.save_pruned` file. The dense stage then loads it instead of training
+            (``dense_epochs`` is ignored) and only measures it.
+        device: where the training stages run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when
+            available); graph tracing, pruning and checkpoints stay on the CPU. Not part of a run's identity:
+            a run started on one device resumes on another.
+        amp: mixed precision of the training forward passes: ``"off"``, ``"bf16"`` (autocast, no scaler; CPU
+            or CUDA) or ``"fp16"`` (autocast with a ``GradScaler``; CUDA only). The sparsity regulariser and the
+            distiller see unscaled gradients and fp32 attention maps either way.
+    """
+
+    out_dir: str
+    data_root: str | None = None
+    classes: tuple[str, ...] = SYNTHETIC_CLASSES
+    num_images: int = 600
+    val_fraction: float = 0.5
+    image_size: int = 128
+    backbone: str = "cspdarknet53"
+    width: float = 0.25
+    depth: float = 0.34
+    batch_size: int = 16
+    lr: float = 5e-3
+    dense_epochs: int = 50
+    sparse_epochs: int = 16
+    recover_epochs: int = 24
+    sparse_optimizer: str = "sgd"
+    sparse_lr: float = 0.02
+    sparsity: float = 0.02
+    sparsity_schedule: str = "dynamic"
+    sparsity_keep: float = 0.5
+    sparsity_scope: str = "group"
+    target_params: float = 0.35
+    prune_by: str = "params"
+    gamma_threshold: float = GAMMA_THRESHOLD
+    prune_scope: str = "group"
+    min_channels: int = 8
+    round_to: int | None = None
+    recover_lr: float = 5e-3
+    finetune_epochs: int = 6
+    teacher: str = "dense"
+    distill_weight: float = 10.0
+    output_distill_weight: float = 0.05
+    distill_temperature: float = 3.0
+    seed: int = 0
+    weights: str | None = None
+    device: str = "cpu"
+    amp: str = "off"
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"RecipeConfig.{name} must be one of {allowed}, got {value!r}")
+        positive = (
+            "num_images",
+            "image_size",
+            "width",
+            "depth",
+            "batch_size",
+            "lr",
+            "sparse_lr",
+            "recover_lr",
+            "distill_temperature",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RecipeConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        non_negative = (
+            "dense_epochs",
+            "sparse_epochs",
+            "recover_epochs",
+            "finetune_epochs",
+            "sparsity",
+            "gamma_threshold",
+            "distill_weight",
+            "output_distill_weight",
+        )
+        for name in non_negative:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"RecipeConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("val_fraction", "target_params", "sparsity_keep"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0 and not (name != "val_fraction" and value == 1.0):
+                bounds = "(0, 1)" if name == "val_fraction" else "(0, 1]"
+                raise ValueError(f"RecipeConfig.{name} must be in {bounds}, got {value!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ValueError(f"RecipeConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"RecipeConfig.weights: no such file {self.weights!r}")
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"RecipeConfig.classes must be distinct class names, got {self.classes!r}")
+        if self.finetune_epochs > self.recover_epochs:
+            raise ValueError(
+                f"RecipeConfig.finetune_epochs ({self.finetune_epochs}) must be <= recover_epochs "
+                f"({self.recover_epochs})"
+            )
+
+
+#: The first stage each option affects: changing it reruns that stage and the ones after it.
+STAGE_OF_OPTION: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "data_root",
+            "classes",
+            "num_images",
+            "val_fraction",
+            "image_size",
+            "backbone",
+            "width",
+            "depth",
+            "batch_size",
+            "lr",
+            "dense_epochs",
+            "seed",
+            "weights",
+            "amp",
+        ),
+        "dense",
+    ),
+    **dict.fromkeys(
+        (
+            "sparse_optimizer",
+            "sparse_lr",
+            "sparsity",
+            "sparsity_schedule",
+            "sparsity_keep",
+            "sparsity_scope",
+            "sparse_epochs",
+        ),
+        "sparse",
+    ),
+    **dict.fromkeys(
+        ("target_params", "prune_by", "gamma_threshold", "prune_scope", "min_channels", "round_to"), "pruned"
+    ),
+    **dict.fromkeys(
+        (
+            "recover_lr",
+            "recover_epochs",
+            "finetune_epochs",
+            "teacher",
+            "distill_weight",
+            "output_distill_weight",
+            "distill_temperature",
+        ),
+        "recovered",
+    ),
+}
+
+
+#: Options that do not change what a stage computes, only where: a run may resume with other values.
+_NOT_STAGE_OPTIONS = ("out_dir", "device")
+
+
+def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> str | None:
+    """The first stage whose options differ between a saved configuration and ``config``.
+
+    Args:
+        previous: the ``config`` of an earlier ``results.json`` (JSON values).
+        config: the new options.
+
+    Returns:
+        A stage of :data:`STAGES` (``"dense"`` for an option unknown to :data:`STAGE_OF_OPTION`), or ``None``
+        when nothing that matters changed (``out_dir`` never matters).
+    """
+    current = json.loads(json.dumps(asdict(config)))
+    keys = (set(previous) | set(current)) - set(_NOT_STAGE_OPTIONS)
+    changed = [k for k in keys if previous.get(k) != current.get(k)]
+    stages = [STAGE_OF_OPTION.get(k, "dense") for k in changed]
+    if changed:
+        first = min(stages, key=STAGES.index)
+        logger.info("options changed since the last run (%s): rerunning from %s", ", ".join(sorted(changed)), first)
+        return first
+    return None
 
 
 def recipe_config_fields() -> dict[str, tuple[Any, Any]]:

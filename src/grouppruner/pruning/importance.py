@@ -40,6 +40,7 @@ __all__ = [
     "Importance",
     "NormScale",
     "ScoreFn",
+    "as_importance",
 ]
 
 Coupling: TypeAlias = Literal["mean", "max", "vote"]
@@ -246,3 +247,42 @@ class CustomImportance(Importance):
     def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor:
         """Whatever ``fn(model, group)`` returns."""
         return torch.as_tensor(self.fn(model, group))
+
+
+def as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | None = None) -> Importance:
+    """The :class:`Importance` that ``GroupPruner(importance=..., coupling=...)`` means.
+
+    Args:
+        importance: an :class:`Importance` (returned as is), a name (``"auto"``, ``"bn_l1"``, ``"norm_l1"``,
+            ``"filter_l1"``, ``"filter_l2"``) or a callable ``fn(model, group)`` (:class:`CustomImportance`).
+        coupling: the coupling for a name or a callable (default ``"mean"``); for an :class:`Importance` it must
+            be ``None`` or equal to the object's own.
+
+    Raises:
+        ValueError: an unknown name or coupling, or a coupling that conflicts with the object's.
+        TypeError: ``importance`` is none of the above.
+    """
+    if coupling is not None and coupling not in COUPLINGS:
+        raise ValueError(f"GroupPruner: coupling must be one of {COUPLINGS}, got {coupling!r}")
+    if isinstance(importance, Importance):
+        if coupling is not None and coupling != importance.coupling:
+            raise ValueError(
+                f"GroupPruner: coupling={coupling!r} conflicts with {importance!r}; set coupling on the importance"
+            )
+        return importance
+    if isinstance(importance, str):
+        kinds: dict[str, Callable[[], Importance]] = {
+            "auto": lambda: AutoImportance(coupling=coupling or "mean"),
+            "bn_l1": lambda: BNScale(coupling=coupling or "mean"),
+            "norm_l1": lambda: NormScale(coupling=coupling or "mean"),
+            "filter_l1": lambda: FilterMagnitude(1, coupling=coupling or "mean"),
+            "filter_l2": lambda: FilterMagnitude(2, coupling=coupling or "mean"),
+        }
+        if importance not in kinds:
+            raise ValueError(
+                f"GroupPruner: unknown importance {importance!r}; use one of {sorted(kinds)}, an Importance, a callable"
+            )
+        return kinds[importance]()
+    if callable(importance):
+        return CustomImportance(importance, coupling=coupling or "mean")
+    raise TypeError(f"GroupPruner: importance must be an Importance, its name or a callable, got {type(importance)}")

@@ -22,17 +22,7 @@ from ..profile import record_positions
 from .apply import apply_structure, check_plan
 from .budget import CostModel, kept_count, removal_order, solve_cut
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
-from .importance import (
-    COUPLINGS,
-    AutoImportance,
-    BNScale,
-    Coupling,
-    CustomImportance,
-    FilterMagnitude,
-    Importance,
-    NormScale,
-    ScoreFn,
-)
+from .importance import Coupling, Importance, ScoreFn, as_importance
 from .optimizer import remember_parameter_names
 from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint, weights_digest
 
@@ -90,7 +80,7 @@ class GroupPruner:
         example_inputs: Any = None,
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
-        self.importance = _as_importance(importance, coupling)
+        self.importance = as_importance(importance, coupling)
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
             raise ValueError(f"GroupPruner: min_channels must be an int >= 1, got {min_channels!r}")
         if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
@@ -574,30 +564,3 @@ def _latency_weighted(
     floor = min(positive) if positive else 1.0  # a group whose removal saves nothing measurable ranks as the cheapest
     mean = float(np.mean([max(s, floor) for s in savings])) if savings else 1.0
     return [score / (max(s, floor) / mean) ** weight for score, s in zip(normalised, savings, strict=True)]
-
-
-def _as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | None) -> Importance:
-    if coupling is not None and coupling not in COUPLINGS:
-        raise ValueError(f"GroupPruner: coupling must be one of {COUPLINGS}, got {coupling!r}")
-    if isinstance(importance, Importance):
-        if coupling is not None and coupling != importance.coupling:
-            raise ValueError(
-                f"GroupPruner: coupling={coupling!r} conflicts with {importance!r}; set coupling on the importance"
-            )
-        return importance
-    if isinstance(importance, str):
-        kinds: dict[str, Callable[[], Importance]] = {
-            "auto": lambda: AutoImportance(coupling=coupling or "mean"),
-            "bn_l1": lambda: BNScale(coupling=coupling or "mean"),
-            "norm_l1": lambda: NormScale(coupling=coupling or "mean"),
-            "filter_l1": lambda: FilterMagnitude(1, coupling=coupling or "mean"),
-            "filter_l2": lambda: FilterMagnitude(2, coupling=coupling or "mean"),
-        }
-        if importance not in kinds:
-            raise ValueError(
-                f"GroupPruner: unknown importance {importance!r}; use one of {sorted(kinds)}, an Importance, a callable"
-            )
-        return kinds[importance]()
-    if callable(importance):
-        return CustomImportance(importance, coupling=coupling or "mean")
-    raise TypeError(f"GroupPruner: importance must be an Importance, its name or a callable, got {type(importance)}")

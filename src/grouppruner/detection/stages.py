@@ -1,0 +1,227 @@
+"""The four stages of the recipe, each a function of a :class:`~grouppruner.detection.recipe.RecipeRun`.
+
+``dense`` trains (or loads the user's) detector, ``sparse`` runs dynamic sparse training, ``pruned`` applies group
+channel pruning, ``recovered`` fine-tunes and distils; each returns the stage's model and the numbers it records.
+:func:`~grouppruner.detection.run_recipe` runs them in order through :meth:`RecipeRun.run_stage`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointError, load_pruned, load_tensor_file
+from ..distill import AttentionDistiller
+from ..graph import ChannelGraph
+from ..pruning import GroupPruner
+from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
+from .config import CHOICES, GAMMA_THRESHOLD
+from .distill import YoloOutputDistill
+from .models import YOLOv4
+
+if TYPE_CHECKING:
+    from .recipe import RecipeRun
+
+__all__ = ["STAGE_FUNCTIONS", "load_weights", "sparse_optimizer", "weights_digest"]
+
+logger = logging.getLogger(__name__)
+
+
+def _dense(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+    model = run.new_model()
+    if run.config.weights is not None:
+        load_weights(model, run.config.weights)
+        logger.info("dense: loaded the trained detector from %s (no training)", run.config.weights)
+        return model, {"weights": run.config.weights, "weights_sha256": weights_digest(model)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.lr, weight_decay=5e-4)
+    loss = run.train(model, optimizer, run.config.dense_epochs, "dense")
+    return model, {"train_loss": loss.get("loss")}
+
+
+def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+    c = run.config
+    model = run.load("dense")
+    graph = ChannelGraph(model, run.example)
+    steps = max(c.sparse_epochs * len(run.train_loader), 1)
+    schedule: Schedule = (
+        Dynamic(c.sparsity, keep=c.sparsity_keep, scope=c.sparsity_scope, total_steps=steps)  # type: ignore[arg-type]
+        if c.sparsity_schedule == "dynamic"
+        else Constant(c.sparsity)
+    )
+    sparsity = BNSparsity(graph, schedule=schedule)
+    optimizer = sparse_optimizer(model, c.sparse_optimizer, c.sparse_lr)
+    constant_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    loss = run.train(
+        model,
+        optimizer,
+        c.sparse_epochs,
+        "sparse",
+        schedule=constant_lr,
+        step_hooks=[lambda _: sparsity.step()],
+        stateful={"sparsity": sparsity},
+    )
+    stats = sparsity.stats(threshold=GAMMA_THRESHOLD)
+    below = {name: s.below for name, s in stats.items()}
+    logger.info("sparse: fraction of |gamma| < %g per layer group: %s", GAMMA_THRESHOLD, _rounded(below))
+    return model, {
+        "train_loss": loss.get("loss"),
+        "gamma_threshold": GAMMA_THRESHOLD,
+        "below_threshold": below,
+        "sparsity": {name: asdict(s) for name, s in stats.items()},
+    }
+
+
+def _pruned(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+    c = run.config
+    model = run.load("sparse")
+    graph = ChannelGraph(model, run.example)
+    layer_groups = None
+    if c.prune_scope == "global":
+        layer_groups = {"all": [group for members in graph.layer_groups().values() for group in members]}
+    pruner = GroupPruner(graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to)
+    if c.prune_by == "params":
+        plan = pruner.plan(target_params=c.target_params)
+    else:
+        plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, c.gamma_threshold))
+    pruner.apply(plan)
+    logger.info("pruning plan:\n%s", plan.summary())
+    kept = {lg.name: lg.channels_after / max(lg.channels_before, 1) for lg in plan.layer_groups}
+    return model, {"plan": plan.summary(), "kept_channels": kept}
+
+
+def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+    c = run.config
+    teacher = run.load(c.teacher)
+    student = run.load("pruned")
+    teacher_digest = weights_digest(teacher)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=c.recover_lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(c.recover_epochs, 1), eta_min=c.recover_lr / 20
+    )
+    extra: dict[str, Any] = {"teacher": c.teacher, "teacher_sha256": teacher_digest}
+    finetune = c.finetune_epochs if c.distill_weight or c.output_distill_weight else c.recover_epochs
+    loss: dict[str, float] = {}
+    if finetune:
+        loss = run.train(student, optimizer, finetune, "recovered (fine-tune)", schedule=schedule)
+        extra["finetune_loss"] = loss.get("loss")
+    if c.recover_epochs > finetune:
+        distiller = AttentionDistiller(teacher, student, student.distill_layers)
+        output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature).to(run.device)
+
+        def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+            detection, parts = run.loss_fn(outputs, targets)
+            total = detection
+            logged = {**parts, "detection": detection.detach()}
+            if c.distill_weight:
+                attention, _ = distiller.loss()
+                total = total + c.distill_weight * attention
+                logged["attention"] = c.distill_weight * attention.detach()
+            if c.output_distill_weight:
+                output, output_parts = output_distill(outputs, distiller.last_teacher_output, targets)
+                total = total + c.output_distill_weight * output
+                logged["output"] = c.output_distill_weight * output.detach()
+                logged.update({f"output_{k}": c.output_distill_weight * v for k, v in output_parts.items()})
+            return total, logged
+
+        try:
+            loss = run.train(
+                student,
+                optimizer,
+                c.recover_epochs - finetune,
+                "recovered (distill)",
+                schedule=schedule,
+                loss_fn=loss_fn,
+                forward_fn=distiller,
+            )
+        finally:
+            distiller.remove()
+        # the weighted distillation parts, mean over the last epoch: they show whether each term acted
+        extra["distill_loss"] = {
+            k: v for k, v in loss.items() if k in ("detection", "attention") or k.startswith("output")
+        }
+    if weights_digest(teacher) != teacher_digest:
+        raise RuntimeError("recovery changed the teacher's weights")  # a frozen teacher is the contract
+    extra["train_loss"] = loss.get("loss")
+    return student, extra
+
+
+def load_weights(model: YOLOv4, path: str | Path) -> None:
+    """Load a user's trained detector into ``model``: a ``state_dict`` file or a ``save_pruned`` file.
+
+    Args:
+        model: a freshly built :func:`~grouppruner.detection.yolov4` of the intended variant.
+        path: ``torch.save(model.state_dict(), path)`` of that variant, or a
+            :func:`~grouppruner.checkpoint.save_pruned` file of it.
+
+    Raises:
+        CheckpointError: the file cannot be read, or does not fit the model (the message names the file, the
+            mismatching keys and, for the heads, the class count the file was trained for).
+    """
+    path = Path(path)
+    state = load_tensor_file(path, what="a state_dict or a grouppruner checkpoint")
+    if isinstance(state, dict) and "grouppruner/meta" in state:
+        load_pruned(model, path)
+        return
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: neither a state_dict (a dict of tensors) nor a grouppruner checkpoint")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        (k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        problems = [f"missing keys {missing[:3]}"] if missing else []
+        problems += [f"unexpected keys {unexpected[:3]}"] if unexpected else []
+        problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in wrong[:3]]
+        head = next((got for k, got, _ in wrong if k.startswith("head.")), None)
+        if head is not None:
+            problems.append(f"its heads predict {head[0] // 3 - 5} classes, the model {model.num_classes}")
+        raise CheckpointError(f"{path}: does not fit the configured YOLOv4: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+def sparse_optimizer(model: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of the sparse stage: ``"sgd"`` (Nesterov momentum 0.9) or ``"adamw"``, weight decay 5e-4.
+
+    With SGD the L1 term moves every gamma by ``lr * s`` per step (times ``1 / (1 - momentum)`` at steady
+    state), so unimportant scales reach zero; see :attr:`RecipeConfig.sparse_optimizer`.
+    """
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    raise ValueError(f"sparse optimizer must be one of {CHOICES['sparse_optimizer']}, got {kind!r}")
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 (16 hex characters) of the model's ``state_dict`` names, shapes and values.
+
+    Unlike :func:`~grouppruner.plan.model_fingerprint` (architecture only) it tells two checkpoints of the same
+    architecture apart, e.g. the dense and the sparse model.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in values.items()}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RecipeRun], tuple[YOLOv4, dict[str, Any]]]] = {
+    "dense": _dense,
+    "sparse": _sparse,
+    "pruned": _pruned,
+    "recovered": _recovered,
+}

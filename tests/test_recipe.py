@@ -279,19 +279,8 @@ run_recipe(RecipeConfig(**eval(sys.argv[1])))
 
 @pytest.mark.slow
 def test_a_run_killed_mid_stage_resumes_to_the_uninterrupted_result(tmp_path):
-    options = dict(
-        out_dir=str(tmp_path / "straight"),
-        num_images=24,
-        image_size=64,
-        width=0.125,
-        depth=0.34,
-        batch_size=8,
-        dense_epochs=1,
-        sparse_epochs=3,
-        recover_epochs=2,
-        finetune_epochs=1,
-        target_params=0.6,
-        min_channels=4,
+    options = dataclasses.asdict(
+        _config(tmp_path, out_dir=str(tmp_path / "straight"), sparse_epochs=3, recover_epochs=2, finetune_epochs=1)
     )
     straight = run_recipe(RecipeConfig(**options))
     killed = {**options, "out_dir": str(tmp_path / "killed")}

@@ -66,7 +66,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class RecipeConfig:
-    """Options of :func:`run_recipe`. The defaults take 16.5 CPU-minutes (about nine minutes on two idle cores).
+    """Options of :func:`run_recipe`. The defaults run in about 12 minutes on two idle CPU cores.
 
     Invalid values raise ``ValueError`` at construction, naming the field and what it accepts.
 

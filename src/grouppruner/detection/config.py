@@ -115,7 +115,7 @@ class RecipeConfig:
         min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
         recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``); the
             dense stage's rate: from the demo's pruned model, 24 recovery epochs reached mAP 0.573 / 0.580 / 0.592 /
-            0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594).
+            0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594; ``benchmarks/recover_lr.py``).
         finetune_epochs: the first this many recovery epochs fine-tune on the detection loss alone; the
             remaining ``recover_epochs - finetune_epochs`` add the distillation terms (the paper fine-tunes
             the pruned model before distilling).

@@ -235,6 +235,8 @@ def _recipe(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if not _main_process():
+        return 0  # under torchrun, the first process reports
     dense = results[0]
     print()
     print(
@@ -259,6 +261,11 @@ def _recipe(args: argparse.Namespace) -> int:
         f"{100 * recovered.macs / dense.macs:.1f}% of the MACs"
     )
     return 0
+
+
+def _main_process() -> bool:
+    """Not one of the other processes of a ``torchrun`` launch (they train, but neither log nor print)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _config_keys(path: str) -> set[str]:
@@ -289,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     # The long-running commands show their progress (stage, epoch, plan, sparsity statistics) by default.
-    if args.quiet:
+    if args.quiet or not _main_process():
         level = logging.WARNING
     elif args.verbose >= 2:
         level = logging.DEBUG

@@ -455,8 +455,19 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
         image = self.load_image(index)
         return letterbox_params(image.width, image.height, self.image_size)
 
-    def _rand(self) -> float:
-        return float(torch.rand((), generator=self.generator))
+    def _draw_augmentation(self) -> tuple[list[float], bool]:
+        """The random HSV gains and flip of one item, drawn from ``generator`` (4 numbers, always)."""
+        gains = [1.0 + g * (2.0 * float(torch.rand((), generator=self.generator)) - 1.0) for g in self.hsv_gains]
+        return gains, float(torch.rand((), generator=self.generator)) < self.flip_prob
+
+    def skip(self, index: int) -> None:
+        """Draw the random numbers that loading item ``index`` would, without loading it.
+
+        Lets several processes walk one augmentation stream and each load only its share of a batch
+        (:class:`~grouppruner.detection.distributed.RankShard`).
+        """
+        if self.augment:
+            self._draw_augmentation()
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         """Return ``(image (3, H, W) float in [0, 1], target dict)`` for image ``index``."""
@@ -478,13 +489,13 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
                     image.height,
                 )
             boxes, labels, difficult = boxes[inside], labels[inside], difficult[inside]
+        gains, flip = self._draw_augmentation() if self.augment else ([], False)
         if self.augment:
-            gains = [1.0 + g * (2.0 * self._rand() - 1.0) for g in self.hsv_gains]
             image = hsv_jitter(image, gains)
         canvas, params = letterbox_image(image, self.image_size)
         boxes = params.apply(boxes)
         tensor = image_to_tensor(canvas)
-        if self.augment and self._rand() < self.flip_prob:
+        if flip:
             tensor = tensor.flip(-1)
             width = float(self.image_size[1])
             boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)

@@ -32,6 +32,7 @@ from ..profile import count_macs, count_params
 from ..resume import Stateful, load_training_state, save_training_state
 from .config import GAMMA_THRESHOLD, STAGE_OF_OPTION, STAGES, RecipeConfig, first_changed_stage
 from .data import VOCDetection, collate
+from .distributed import Distributed, RankShard
 from .loss import YoloLoss, kmeans_anchors
 from .models import YOLOv4, yolov4
 from .stages import STAGE_FUNCTIONS, load_weights, sparse_optimizer, weights_digest
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class StageResult:
@@ -92,6 +94,10 @@ class RecipeRun:
         progress: show tqdm progress bars.
         checkpoints: stage -> checkpoint file to read that stage's model from (default
             ``out_dir/<stage>.pt``).
+        ranks: the processes of a data-parallel run (:meth:`Distributed.from_environment
+            <grouppruner.detection.distributed.Distributed.from_environment>`); default one process. Every
+            process trains on its shard of each batch, and the run equals a one-process run with the same
+            ``batch_size`` (to float rounding); only the main process writes files and shows progress.
 
     Attributes:
         train_loader, val_loader: ``DataLoader`` s of the ``train`` (augmented, shuffled) and ``val`` splits.
@@ -101,22 +107,30 @@ class RecipeRun:
 
     Raises:
         ValueError: ``config.device`` asks for CUDA on a machine without it, or ``amp="fp16"`` off CUDA
-            (checked before any data is generated).
+            (checked before any data is generated); in a data-parallel run, a batch of the train split has
+            fewer images than there are processes.
     """
 
     def __init__(
-        self, config: RecipeConfig, progress: bool = False, checkpoints: Mapping[str, str | Path] | None = None
+        self,
+        config: RecipeConfig,
+        progress: bool = False,
+        checkpoints: Mapping[str, str | Path] | None = None,
+        *,
+        ranks: Distributed | None = None,
     ) -> None:
         self.config = config
-        self.progress = progress
-        self.device = _resolve_device(config.device)
+        self.ranks = ranks or Distributed(device=_resolve_device(config.device))
+        self.progress = progress and self.ranks.is_main
+        self.device = self.ranks.device
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"RecipeConfig.amp='fp16' needs CUDA (device {self.device}); use amp='bf16' on a CPU")
         self.checkpoints = {stage: Path(path) for stage, path in (checkpoints or {}).items()}
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         data_root = Path(config.data_root) if config.data_root else self.out / "data"
-        if config.data_root is None and not (data_root / "ImageSets" / "Main" / "train.txt").is_file():
+        generate = config.data_root is None and not (data_root / "ImageSets" / "Main" / "train.txt").is_file()
+        if generate and self.ranks.is_main:
             logger.info("generating %d synthetic images in %s", config.num_images, data_root)
             make_synthetic_voc(
                 data_root,
@@ -126,13 +140,24 @@ class RecipeRun:
                 seed=config.seed,
                 split_fractions=(1.0 - config.val_fraction, config.val_fraction, 0.0),
             )
+        self.ranks.barrier()
         size = config.image_size
         self.generator = generator = torch.Generator().manual_seed(config.seed)
         train_set = VOCDetection(data_root, "train", size, augment=True, classes=config.classes, generator=generator)
         val_set = VOCDetection(data_root, "val", size, classes=config.classes)
         self.train_loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator
+            RankShard(train_set, self.ranks) if self.ranks.active else train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=generator,
         )
+        smallest = len(train_set) % config.batch_size or min(config.batch_size, len(train_set))
+        if smallest < self.ranks.world_size:
+            raise ValueError(
+                f"a batch of the train split ({len(train_set)} images in batches of {config.batch_size}) has "
+                f"{smallest} images, fewer than the {self.ranks.world_size} processes: change batch_size"
+            )
         self.val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate)
         self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
         self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors).to(self.device)
@@ -153,6 +178,16 @@ class RecipeRun:
         model = yolov4(len(c.classes), backbone=c.backbone, width=c.width, depth=c.depth)
         load_weights(model, weights)
         return model.anchors.clone()
+
+    def detection_loss(self, outputs: Sequence[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, Any]:
+        """The YOLO loss of the whole batch (this process's shard gathered with the others' in a parallel run).
+
+        Args:
+            outputs: this process's three head maps ``(n, A * (5 + C), H_i, W_i)``.
+            targets: its ``n`` target dicts.
+        """
+        loss: tuple[Tensor, Any] = self.loss_fn(self.ranks.gather_outputs(outputs), self.ranks.gather_targets(targets))
+        return loss
 
     def new_model(self) -> YOLOv4:
         """A freshly initialised YOLOv4 of the configured variant (seeded: the same weights every call)."""
@@ -178,6 +213,11 @@ class RecipeRun:
         After every epoch the whole training state (model, optimizer, schedule, ``stateful`` objects such as the
         sparsity regularizer, RNGs, the loader's generator) is saved to ``out_dir/<stage>.epoch.pt``; a run
         killed mid-stage resumes from it exactly. :meth:`run_stage` removes the file when the stage is done.
+
+        ``loss_fn`` (default :meth:`detection_loss`) gets this process's outputs and targets and must return the
+        whole batch's loss (see :class:`~grouppruner.detection.distributed.Distributed`); ``forward_fn``, when
+        given, must be an ``nn.Module`` holding ``model`` (e.g. an ``AttentionDistiller``) in a parallel run, so
+        that it can be wrapped in DistributedDataParallel.
         """
         if schedule is None:
             lr = optimizer.param_groups[0]["lr"]
@@ -199,38 +239,46 @@ class RecipeRun:
             )
             logger.info("%s: resuming after epoch %d/%d", stage, start, epochs)
         self._state_files.append(state_path)
+        if self.ranks.active and forward_fn is not None and not isinstance(forward_fn, nn.Module):
+            raise TypeError(f"{stage}: a parallel run needs forward_fn to be an nn.Module, got {type(forward_fn)}")
         loss: dict[str, float] = {}
-        for epoch in range(start, epochs):
-            logger.info("%s: epoch %d/%d", stage, epoch + 1, epochs)
-            loss = train_one_epoch(
-                model,
-                self.train_loader,
-                optimizer,
-                loss_fn or self.loss_fn,
-                forward_fn=forward_fn,
-                step_hooks=step_hooks,
-                scaler=scaler if scaler.is_enabled() else None,
-                autocast_dtype=autocast,
-                device=self.device,
-                progress=self.progress,
-            )
-            schedule.step()
-            save_training_state(
-                state_path,
-                epoch + 1,
-                model=model,
-                optimizer=optimizer,
-                scheduler=schedule,
-                generator=self.generator,
-                extra=stateful,
-            )
+        with self.ranks.synchronized_batchnorm(model):
+            forward = self.ranks.wrap(forward_fn if isinstance(forward_fn, nn.Module) else model)
+            for epoch in range(start, epochs):
+                logger.info("%s: epoch %d/%d", stage, epoch + 1, epochs)
+                loss = train_one_epoch(
+                    model,
+                    self.train_loader,
+                    optimizer,
+                    loss_fn or self.detection_loss,
+                    forward_fn=forward if self.ranks.active else forward_fn,
+                    step_hooks=step_hooks,
+                    scaler=scaler if scaler.is_enabled() else None,
+                    autocast_dtype=autocast,
+                    device=self.device,
+                    progress=self.progress,
+                )
+                schedule.step()
+                if self.ranks.is_main:
+                    save_training_state(
+                        state_path,
+                        epoch + 1,
+                        model=model,
+                        optimizer=optimizer,
+                        scheduler=schedule,
+                        generator=self.generator,
+                        extra=stateful,
+                    )
+                self.ranks.barrier()
         return loss
 
     def result(self, stage: str, model: YOLOv4, extra: dict[str, Any]) -> StageResult:
         """Save ``model`` as ``out_dir/<stage>.pt`` and measure it (validation mAP@0.5, params, MACs)."""
         path = self.out / f"{stage}.pt"
         model.cpu()
-        save_pruned(model, path)
+        if self.ranks.is_main:
+            save_pruned(model, path)
+        self.ranks.barrier()
         metrics = evaluate(model.to(self.device), self.val_loader, device=self.device, progress=self.progress)
         model.cpu()
         return StageResult(
@@ -267,8 +315,9 @@ class RecipeRun:
         self._state_files = []
         model, extra = STAGE_FUNCTIONS[stage](self)
         result = self.result(stage, model, extra)
-        for path in self._state_files:
-            path.unlink(missing_ok=True)
+        if self.ranks.is_main:
+            for path in self._state_files:
+                path.unlink(missing_ok=True)
         logger.info("%s: mAP@0.5 %.3f, %d params", stage, result.map50, result.params)
         return result
 
@@ -300,6 +349,9 @@ def run_recipe(config: RecipeConfig, *, progress: bool = False) -> list[StageRes
     Returns:
         One :class:`StageResult` per stage, in :data:`STAGES` order.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes train data-parallel, each on its shard of every batch,
+    and give the one-process result (:class:`~grouppruner.detection.distributed.Distributed`).
+
     A folder written with other options is not refused: the stages that the changed options affect (and the
     ones after them) run again, the others are kept (:data:`STAGE_OF_OPTION` says which option belongs to which
     stage); a stage interrupted mid-way resumes at its last finished epoch (:meth:`RecipeRun.train`).
@@ -328,13 +380,16 @@ def run_recipe(config: RecipeConfig, *, progress: bool = False) -> list[StageRes
             if STAGES.index(record.stage) >= keep or not (out / f"{record.stage}.pt").is_file():
                 break
             done[record.stage] = record
-    run = RecipeRun(config, progress)
+    ranks = Distributed.from_environment(_resolve_device(config.device))
+    run = RecipeRun(config, progress, ranks=ranks)
     for stage in STAGES:
         if stage in done:
             logger.info("%s: done earlier (mAP %.3f), skipped", stage, done[stage].map50)
             continue
         done[stage] = run.run_stage(stage)
-        _write_json_atomic(
-            results_path, {"config": asdict(config), "stages": [asdict(done[s]) for s in STAGES if s in done]}
-        )
+        if ranks.is_main:
+            _write_json_atomic(
+                results_path, {"config": asdict(config), "stages": [asdict(done[s]) for s in STAGES if s in done]}
+            )
+        ranks.barrier()
     return [done[s] for s in STAGES]

@@ -90,6 +90,7 @@ def _pruned(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
         plan = pruner.plan(target_params=c.target_params)
     else:
         plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, c.gamma_threshold))
+    run.ranks.check_same(plan.summary(), "the pruning plan")
     pruner.apply(plan)
     logger.info("pruning plan:\n%s", plan.summary())
     kept = {lg.name: lg.channels_after / max(lg.channels_before, 1) for lg in plan.layer_groups}
@@ -116,15 +117,19 @@ def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
         output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature).to(run.device)
 
         def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+            # Losses of the whole batch: in a parallel run, this process's shard gathered with the others'.
+            ranks, size = run.ranks, len(targets)
+            outputs, targets = ranks.gather_outputs(outputs), ranks.gather_targets(targets)
             detection, parts = run.loss_fn(outputs, targets)
             total = detection
             logged = {**parts, "detection": detection.detach()}
             if c.distill_weight:
-                attention, _ = distiller.loss()
+                attention = ranks.batch_mean(distiller.loss()[0], size)
                 total = total + c.distill_weight * attention
                 logged["attention"] = c.distill_weight * attention.detach()
             if c.output_distill_weight:
-                output, output_parts = output_distill(outputs, distiller.last_teacher_output, targets)
+                teacher_outputs = ranks.gather_outputs(distiller.last_teacher_output)
+                output, output_parts = output_distill(outputs, teacher_outputs, targets)
                 total = total + c.output_distill_weight * output
                 logged["output"] = c.output_distill_weight * output.detach()
                 logged.update({f"output_{k}": c.output_distill_weight * v for k, v in output_parts.items()})

@@ -42,6 +42,15 @@ def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.dev
     return torch.device("cpu")
 
 
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    """The dtype the images are given in: that of the model's first floating parameter (a model in float64 gets
+    float64 images), float32 for a model without one."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
 def _to_device(targets: Sequence[Mapping[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
     return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
 
@@ -79,7 +88,8 @@ def train_one_epoch(
 
     Args:
         model: The detector; its ``forward(images)`` output goes to ``loss_fn``.
-        loader: Yields ``(images (N, 3, H, W) float in [0, 1], targets)`` with targets a list of ``N`` dicts
+        loader: Yields ``(images (N, 3, H, W) float in [0, 1], targets)`` (images are cast to the dtype of the
+            model's parameters) with targets a list of ``N`` dicts
             (``"boxes"`` ``(M, 4)``, ``"labels"`` ``(M,)``, ...), e.g. a ``DataLoader`` with
             :func:`~grouppruner.detection.collate`.
         optimizer: The optimizer stepping ``model``'s parameters.
@@ -105,6 +115,7 @@ def train_one_epoch(
         ValueError: the loader yields no batch.
     """
     device = _device_of(model, device)
+    dtype = _dtype_of(model)
     forward = model if forward_fn is None else forward_fn
     model.train()
     use_amp = (scaler is not None and scaler.is_enabled()) or autocast_dtype is not None
@@ -114,7 +125,7 @@ def train_one_epoch(
     for images, targets in _progress(loader, progress, "train"):
         if max_steps is not None and steps >= max_steps:
             break
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, dtype, non_blocking=True)
         targets = _to_device(targets, device)
         optimizer.zero_grad(set_to_none=True)
         context = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
@@ -207,7 +218,7 @@ def evaluate(
         for step, (images, targets) in enumerate(_progress(loader, progress, "eval")):
             if max_steps is not None and step >= max_steps:
                 break
-            outputs = predict(images.to(device, non_blocking=True), conf=conf, iou=nms_iou)
+            outputs = predict(images.to(device, _dtype_of(model), non_blocking=True), conf=conf, iou=nms_iou)
             detections.extend({k: v.detach().cpu() for k, v in d.items()} for d in outputs)
             annotations.extend({k: v.detach().cpu() for k, v in t.items()} for t in targets)
     finally:

@@ -171,6 +171,7 @@ def test_recipe_config_names_the_field_and_the_allowed_values(field, value, allo
         ({"target_params": 0.0}, r"target_params must be in \(0, 1\]"),
         ({"sparsity": -1e-3}, "sparsity must be >= 0"),
         ({"sparsity_keep": 0.0}, r"sparsity_keep must be in \(0, 1\]"),
+        ({"sparsity_warmup": 1.5}, r"sparsity_warmup must be in \[0, 1\]"),
         ({"recover_epochs": 2, "finetune_epochs": 3}, "finetune_epochs"),
     ],
 )

@@ -51,7 +51,13 @@ def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     graph = ChannelGraph(model, run.example)
     steps = max(c.sparse_epochs * len(run.train_loader), 1)
     schedule: Schedule = (
-        Dynamic(c.sparsity, keep=c.sparsity_keep, scope=c.sparsity_scope, total_steps=steps)  # type: ignore[arg-type]
+        Dynamic(
+            c.sparsity,
+            warmup=c.sparsity_warmup,
+            keep=c.sparsity_keep,
+            scope=c.sparsity_scope,  # type: ignore[arg-type]
+            total_steps=steps,
+        )
         if c.sparsity_schedule == "dynamic"
         else Constant(c.sparsity)
     )

@@ -239,11 +239,16 @@ def main() -> None:
         type=Path,
         help="a dense checkpoint trained with the same settings (e.g. by an earlier run) instead of training one",
     )
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=None, help="epochs of the teacher's training (default: the demo's 50)"
+    )
     parser.add_argument("--write-docs", action="store_true", help=f"replace the table in {DOCS}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     settings = QUICK if args.quick else FULL
+    if args.teacher_epochs is not None:
+        settings = {**settings, "dense_epochs": args.teacher_epochs}
     started = time.perf_counter()
 
     base = RecipeConfig(out_dir=str(args.out / "teacher"), **settings)

@@ -21,7 +21,17 @@ import torch
 
 from grouppruner.detection.recipe import RecipeConfig, RecipeRun
 
-DEFAULT_SETTINGS = ["0.02,0.4,0.5", "0.02,0.2,0.5", "0.02,0.1,0.5", "0.02,0.4,0.55", "0.01,0.4,0.5", "0.03,0.2,0.55"]
+# The sweep the recipe's defaults were chosen from (s, warmup, keep); the first is the former default.
+DEFAULT_SETTINGS = [
+    "0.02,0.4,0.5",
+    "0.02,0.2,0.5",
+    "0.02,0.1,0.5",
+    "0.02,0.4,0.55",
+    "0.01,0.4,0.5",
+    "0.015,0.4,0.5",
+    "0.015,0.2,0.5",
+    "0.03,0.2,0.55",
+]
 
 
 def main() -> None:

@@ -144,6 +144,24 @@ def test_evaluate_scores_predictions_and_restores_mode() -> None:
         evaluate(nn.Conv2d(3, 2, 1), batches)
 
 
+def test_images_are_cast_to_the_models_dtype() -> None:
+    model = _Toy().double()
+    dtypes: list[torch.dtype] = []
+    model.conv.register_forward_pre_hook(lambda m, args: dtypes.append(args[0].dtype))
+    before = model.conv.weight.detach().clone()
+    result = train_one_epoch(model, _batches(2), torch.optim.SGD(model.parameters(), lr=0.1), _toy_loss)
+    assert result["steps"] == 2 and not torch.equal(model.conv.weight, before)
+    assert dtypes == [torch.float64] * 2  # float32 images, float64 model: no dtype error in training
+
+    def predict(images: Tensor, *, conf: float, iou: float) -> list[dict[str, Tensor]]:
+        dtypes.append(model(images).dtype)
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}] * len(images)
+
+    model.predict = predict  # type: ignore[method-assign]
+    evaluate(model, _batches(1))
+    assert dtypes == [torch.float64] * 4  # and in evaluation (the pre-hook and predict's output)
+
+
 @pytest.mark.slow  # about 8 CPU seconds, longer on a busy machine
 def test_tiny_yolov4_overfits_generated_images(tmp_path: Path) -> None:
     from grouppruner.detection import DEFAULT_ANCHORS, YoloLoss, yolov4

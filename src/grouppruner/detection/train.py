@@ -210,6 +210,7 @@ def evaluate(
     if num_classes is None and isinstance(net_classes, int):
         num_classes = net_classes
     device = _device_of(model, device)
+    dtype = _dtype_of(model)
     was_training = model.training
     model.eval()
     detections: list[dict[str, Tensor]] = []
@@ -218,7 +219,7 @@ def evaluate(
         for step, (images, targets) in enumerate(_progress(loader, progress, "eval")):
             if max_steps is not None and step >= max_steps:
                 break
-            outputs = predict(images.to(device, _dtype_of(model), non_blocking=True), conf=conf, iou=nms_iou)
+            outputs = predict(images.to(device, dtype, non_blocking=True), conf=conf, iou=nms_iou)
             detections.extend({k: v.detach().cpu() for k, v in d.items()} for d in outputs)
             annotations.extend({k: v.detach().cpu() for k, v in t.items()} for t in targets)
     finally:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from grouppruner.detection.recipe import RecipeConfig, RecipeRun
+from grouppruner.detection.report import read_run
 
 # The sweep the recipe's defaults were chosen from (s, warmup, keep); the first is the former default.
 DEFAULT_SETTINGS = [
@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/sparse_schedule"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    saved = json.loads((args.run / "results.json").read_text(encoding="utf-8"))
-    dense = next(s["map50"] for s in saved["stages"] if s["stage"] == "dense")
-    base = RecipeConfig(**{**saved["config"], "classes": tuple(saved["config"]["classes"])})
+    saved, stages = read_run(args.run)
+    dense = next(s["map50"] for s in stages if s["stage"] == "dense")
+    base = RecipeConfig(**{**saved, "classes": tuple(saved["classes"])})
     print(f"dense mAP@0.5 {dense:.4f}")
     for setting in args.settings:
         s, warmup, keep = (float(v) for v in setting.split(","))

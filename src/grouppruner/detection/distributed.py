@@ -85,15 +85,11 @@ class _SynchronizedBatchNorm2d(nn.BatchNorm2d):
         x = input if input.dtype == torch.float64 else input.float()  # statistics in fp32 at least
         count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
         # Two passes (mean, then squared deviations) keep the variance as accurate as a one-process BatchNorm's.
-        sums = _AllReduceSum.apply(  # type: ignore[no-untyped-call]
-            torch.cat([x.sum(dim=(0, 2, 3), dtype=torch.float64), count.double()])
-        )
+        sums = _AllReduceSum.apply(torch.cat([x.sum(dim=(0, 2, 3)), count]))  # type: ignore[no-untyped-call]
         n = sums[-1].detach()
-        mean = (sums[:-1] / n).to(x.dtype)
-        n = n.to(x.dtype)
+        mean = sums[:-1] / n
         centred = x - mean[None, :, None, None]
-        # d var / d mean is zero, but in floating point sum(x - mean) is not: through a large d loss / d var that
-        # rounding error would swamp the gradient (15 % on YOLOv4), so the variance does not see the mean's graph.
+        # d var / d mean is exactly zero; detached, the mean adds no rounding-only term (and no work) to it.
         deviation = x - mean.detach()[None, :, None, None]
         var = _AllReduceSum.apply(deviation.square().sum(dim=(0, 2, 3))) / n  # type: ignore[no-untyped-call]
         tracked = self.num_batches_tracked
@@ -205,13 +201,18 @@ class Distributed:
         """
         if not self.active:
             return tensor
-        sizes = self._sizes(tensor.shape[0], tensor.device)
+        return self._gather(tensor, self._sizes(tensor.shape[0], tensor.device))
+
+    def _gather(self, tensor: Tensor, sizes: Sequence[int]) -> Tensor:
         gathered: Tensor = _GatherBatch.apply(tensor, sizes, self.rank)  # type: ignore[no-untyped-call]
         return gathered
 
     def gather_outputs(self, outputs: Sequence[Tensor]) -> list[Tensor]:
-        """:meth:`gather` of each head map ``(n_r, C_i, H_i, W_i)``."""
-        return [self.gather(output) for output in outputs]
+        """:meth:`gather` of each head map ``(n_r, C_i, H_i, W_i)`` (the shard sizes are exchanged once)."""
+        if not self.active or not outputs:
+            return list(outputs)
+        sizes = self._sizes(outputs[0].shape[0], outputs[0].device)
+        return [self._gather(output, sizes) for output in outputs]
 
     def gather_targets(self, targets: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
         """The target dicts of the whole batch, in rank order (as in :meth:`gather`)."""

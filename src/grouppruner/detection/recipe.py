@@ -239,11 +239,12 @@ class RecipeRun:
             )
             logger.info("%s: resuming after epoch %d/%d", stage, start, epochs)
         self._state_files.append(state_path)
-        if self.ranks.active and forward_fn is not None and not isinstance(forward_fn, nn.Module):
+        target = model if forward_fn is None else forward_fn
+        if not isinstance(target, nn.Module) and self.ranks.active:
             raise TypeError(f"{stage}: a parallel run needs forward_fn to be an nn.Module, got {type(forward_fn)}")
         loss: dict[str, float] = {}
         with self.ranks.synchronized_batchnorm(model):
-            forward = self.ranks.wrap(forward_fn if isinstance(forward_fn, nn.Module) else model)
+            forward = self.ranks.wrap(target) if isinstance(target, nn.Module) else target
             for epoch in range(start, epochs):
                 logger.info("%s: epoch %d/%d", stage, epoch + 1, epochs)
                 loss = train_one_epoch(
@@ -251,7 +252,7 @@ class RecipeRun:
                     self.train_loader,
                     optimizer,
                     loss_fn or self.detection_loss,
-                    forward_fn=forward if self.ranks.active else forward_fn,
+                    forward_fn=forward,
                     step_hooks=step_hooks,
                     scaler=scaler if scaler.is_enabled() else None,
                     autocast_dtype=autocast,

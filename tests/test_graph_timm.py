@@ -1,4 +1,4 @@
-"""Optional: real timm architectures (``pretrained=False``), run only where timm is importable (not in CI).
+"""Optional: real timm architectures (``pretrained=False``), run in CI's second environment (``-m libraries``).
 
 Each model is traced at 64x64, planned to 0.6 of its parameters and pruned; outputs keep their shapes.
 """
@@ -12,6 +12,7 @@ from grouppruner.graph import ChannelGraph
 from grouppruner.pruning import GroupPruner
 
 timm = pytest.importorskip("timm")
+pytestmark = pytest.mark.libraries
 
 ARCHS = [
     "cspdarknet53", "cspresnet50", "ghostnet_100", "efficientnet_lite0", "rexnet_100", "dla34",

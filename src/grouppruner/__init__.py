@@ -21,7 +21,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import checkpoint, distill, export, graph, latency, profile, pruning, sparsity
-from ._utils.errors import GroupPrunerError, NonFiniteError
+from ._utils.errors import (
+    DataError,
+    GroupPrunerError,
+    InvalidOptionError,
+    NonFiniteError,
+    OptionTypeError,
+    UsageError,
+)
 from .checkpoint import CheckpointError, load_pruned, save_pruned
 from .distill import AttentionDistiller, spatial_attention
 from .graph import ChannelGraph, ChannelGroup, GraphError, LayerRef
@@ -35,13 +42,17 @@ __all__ = [
     "ChannelGraph",
     "ChannelGroup",
     "CheckpointError",
+    "DataError",
     "GraphError",
     "GroupPruner",
     "GroupPrunerError",
     "Importance",
+    "InvalidOptionError",
     "LayerRef",
     "NonFiniteError",
+    "OptionTypeError",
     "PruningPlan",
+    "UsageError",
     "__version__",
     "applied_plans",
     "checkpoint",

@@ -8,17 +8,39 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "DataError",
     "DistillerStateError",
     "GraphError",
     "GroupPrunerError",
+    "InvalidOptionError",
     "LayerNotFoundError",
     "LayerOutputError",
     "NonFiniteError",
+    "OptionTypeError",
+    "UsageError",
 ]
 
 
 class GroupPrunerError(Exception):
     """Base class of the errors grouppruner raises on purpose; the message names the layer, module or file."""
+
+
+class InvalidOptionError(GroupPrunerError, ValueError):
+    """An argument or option has a value out of range, or values that contradict each other."""
+
+
+class OptionTypeError(GroupPrunerError, TypeError):
+    """An argument has the wrong type (e.g. a float where a mapping of layer groups is expected)."""
+
+
+class UsageError(GroupPrunerError, RuntimeError):
+    """An object was used out of order or in a state that does not allow the call (e.g. ``step()`` before
+    ``backward()``, a model that changed under a regularizer built for it)."""
+
+
+class DataError(GroupPrunerError, ValueError):
+    """A file's content is not what it must be (a data set, a config, a cfg, a weights file); the message names
+    the file and, where it can, the line or the record."""
 
 
 class GraphError(GroupPrunerError, ValueError):

@@ -86,7 +86,7 @@ def test_recipe_refuses_a_broken_results_json_or_a_file_before_any_work(tmp_path
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"config": {"out_dir": "elsewhere"}, "stages": "none"}))
     with pytest.raises(ValueError, match=r"results\.json: not a recipe result"):
-        run_recipe(_config(tmp_path, num_images=12))
+        run_recipe(_config(tmp_path, num_images=18))
     assert not (out / "data").exists()  # no data was generated for a refused run
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):

@@ -57,7 +57,8 @@ def test_report_refuses_bad_folders(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(ValueError, match=r"results\.json: not a recipe result"):
         write_report(tmp_path)
-    (tmp_path / "results.json").write_text(json.dumps({"config": CONFIG, "stages": [{"stage": "dense"}]}))
+    record = {"stage": "dense", "map50": 0.5, "params": 10, "macs": 10}
+    (tmp_path / "results.json").write_text(json.dumps({"config": CONFIG, "stages": [record]}))
     with pytest.raises(gp.CheckpointError, match=r"dense\.pt: stage checkpoint missing"):
         write_report(tmp_path)
 

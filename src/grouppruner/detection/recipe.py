@@ -16,6 +16,7 @@ VOC-format data set is generated first (:func:`~grouppruner.detection.make_synth
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .._utils.errors import CheckpointError, InvalidOptionError
-from ..checkpoint import load_pruned, save_pruned
+from ..checkpoint import atomic_write, load_pruned, save_pruned
 from ..profile import count_macs, count_params
 from ..resume import Stateful, load_training_state, save_training_state
 from .config import GAMMA_THRESHOLD, STAGE_OF_OPTION, STAGES, RecipeConfig, first_changed_stage, stage_fingerprint
@@ -161,6 +162,9 @@ class RecipeRun:
                 f"{smallest} images, fewer than the {self.ranks.world_size} processes: change batch_size"
             )
         self.val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate)
+        if self.ranks.is_main:
+            _check_images(self.out / _IMAGES_CHECKED, (train_set, val_set))
+        self.ranks.barrier()
         self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
         self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors).to(self.device)
         self.example = torch.zeros(1, 3, size, size)
@@ -173,7 +177,13 @@ class RecipeRun:
         wh = boxes[:, 2:] - boxes[:, :2]
         # Seeded by the data, not by config.seed: runs with other training seeds on the same data (and the same
         # dense checkpoint) must train with the anchors saved in that checkpoint.
-        return kmeans_anchors(wh, 9, seed=0).view(3, 3, 2)
+        try:
+            return kmeans_anchors(wh, 9, seed=0).view(3, 3, 2)
+        except ValueError as error:
+            raise InvalidOptionError(
+                f"{train_set.root}: the train split's {len(wh)} boxes in {len(train_set)} images are too few to fit "
+                f"the 9 anchors ({error}); use more images, or weights (a trained detector brings its anchors)"
+            ) from error
 
     def _weights_anchors(self, weights: str) -> Tensor:
         # A trained detector keeps the anchors it was trained with; the loss must use the same.
@@ -349,6 +359,25 @@ class RecipeRun:
                 path.unlink(missing_ok=True)
         logger.info("%s: mAP@0.5 %.3f, %d params", stage, result.map50, result.params)
         return result
+
+
+#: The images :meth:`VOCDetection.check_images` found readable, with their sizes and times, in the run folder.
+_IMAGES_CHECKED = ".images-checked.json"
+
+
+def _check_images(cache: Path, datasets: Sequence[VOCDetection]) -> None:
+    """Decode every image once before any stage trains (a damaged one found mid-stage would cost the stages
+    before it); images unchanged since an earlier run of this folder are not decoded again."""
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    checked: dict[str, list[int]] = {}
+    for dataset in datasets:
+        checked.update(dataset.check_images(known if isinstance(known, dict) else {}))
+    if checked != known:
+        with atomic_write(cache) as file:
+            file.write(json.dumps(checked).encode())
 
 
 def _resolve_device(name: str) -> torch.device:

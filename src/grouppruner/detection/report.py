@@ -170,7 +170,15 @@ def _layer_group_gammas(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
 
 
 def _small_gamma_table(snapshots: Mapping[str, Mapping[str, Tensor]]) -> list[str]:
-    lines = ["| layer group | channels | " + " | ".join(f"{s}: |gamma| < 1e-2" for s in snapshots) + " |"]
+    # "|" inside a cell ends it: the header's |gamma| is escaped, or the table does not render.
+    lines = [
+        "Fraction of |gamma| < 1e-2 (the dashed line in the histograms) per layer group. The channels here are "
+        "BatchNorm channels: each BatchNorm the layer group regularizes counts its own, so channels that a "
+        "residual add couples are counted once per BatchNorm. The pruning plan below counts channel-group "
+        "channels, each coupled set once, hence its smaller numbers.",
+        "",
+        "| layer group | BatchNorm channels | " + " | ".join(f"{s}: \\|gamma\\| < 1e-2" for s in snapshots) + " |",
+    ]
     lines.append("|---|---|" + "---|" * len(snapshots))
     first = next(iter(snapshots.values()))
     for group, values in first.items():

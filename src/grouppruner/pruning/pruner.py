@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._utils.errors import OptionTypeError
 from ..graph import ChannelGraph, ChannelGroup
 from ..graph.removal import PARAMETER
 from ..latency import LatencyModel
@@ -220,7 +221,15 @@ class GroupPruner:
                 value), a target that no plan meets within 1 % (channel steps too coarse: the message gives the
                 closest value), NaN values.
             KeyError: an unknown layer-group name (the message lists the valid ones).
+            OptionTypeError: ``ratios`` or ``thresholds`` is not a mapping (e.g. one float).
         """
+        for name, value in (("ratios", ratios), ("thresholds", thresholds)):
+            if value is not None and not isinstance(value, Mapping):
+                raise OptionTypeError(
+                    f"GroupPruner.plan({name}=...) takes a mapping of layer group -> value, got "
+                    f"{type(value).__name__} {value!r:.40}; for every layer group: {name}="
+                    f"dict.fromkeys(pruner.layer_groups, {value!r:.20}) (layer groups: {list(self.layer_groups)})"
+                )
         modes = {
             "ratios": ratios,
             "thresholds": thresholds,

@@ -259,7 +259,9 @@ class RecipeRun:
                 logger.info("%s: resuming after epoch %d/%d", stage, start, epochs)
             except CheckpointError as error:
                 # load_training_state leaves every object untouched when it refuses a file
-                logger.warning("%s: not resuming: %s; discarded, the stage starts from epoch 1", stage, error)
+                logger.warning(
+                    "%s: epoch state discarded, not resumed: %s; the stage starts from epoch 1", stage, error
+                )
                 if self.ranks.is_main:
                     state_path.unlink(missing_ok=True)
         self._state_files.append(state_path)

@@ -253,6 +253,9 @@ def test_weights_load_a_state_dict_or_a_pruned_file_and_refuse_another_variant(t
     other = yolov4(3, width=config.width, depth=config.depth)
     with pytest.raises(CheckpointError, match=r"dense_state\.pt: does not fit .* heads predict 6 classes, the model 3"):
         load_weights(other, tmp_path / "dense_state.pt")
+    narrower = yolov4(len(config.classes), width=config.width / 2, depth=config.depth)  # as many classes, another width
+    with pytest.raises(CheckpointError, match=r"its heads read \d+ channels, the model.s \d+: a model of another"):
+        load_weights(narrower, tmp_path / "dense_state.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match=r"junk\.pt: cannot be read"):
         load_weights(other, tmp_path / "junk.pt")

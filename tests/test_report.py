@@ -42,6 +42,11 @@ def test_report_tables_and_figures(run: tuple[Path, dict[str, nn.Module]]) -> No
         dense_frac, sparse_frac = (float(c.strip().rstrip("%")) for c in row.strip("|").split("|")[2:4])
         assert dense_frac == 0.0 and 40.0 <= sparse_frac <= 60.0
     assert "PruningPlan (target_params=0.6)" in text
+    # the gamma table renders: no bare "|" inside a header cell, and it says what its channels count
+    header = next(line for line in text.splitlines() if line.startswith("| layer group |"))
+    assert header == "| layer group | BatchNorm channels | dense: \\|gamma\\| < 1e-2 | sparse: \\|gamma\\| < 1e-2 |"
+    assert header.replace("\\|", "").count("|") == rows[0].count("|")  # as many cells as each row
+    assert "counted once per BatchNorm" in text and "the dashed line in the histograms" in text
 
 
 @pytest.mark.slow

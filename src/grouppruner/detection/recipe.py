@@ -112,6 +112,8 @@ class RecipeRun:
         ValueError: ``config.device`` asks for CUDA on a machine without it, or ``amp="fp16"`` off CUDA
             (checked before any data is generated); in a data-parallel run, a batch of the train split has
             fewer images than there are processes.
+        VOCDataError: an image of the train or val split cannot be decoded (every image is decoded once here,
+            before any stage trains; images unchanged since an earlier run of the folder are not decoded again).
     """
 
     def __init__(

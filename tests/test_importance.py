@@ -70,3 +70,35 @@ def test_bn_sparsity_does_not_write_into_the_callers_schedule() -> None:
     graph.model(example_input()).sum().backward()
     sparsity.step()
     assert schedule.last_step == 0 and sparsity.schedule.last_step == 1
+
+
+class MyNorm(nn.BatchNorm2d):
+    """A user's BatchNorm subclass: a BatchNorm by type, whatever its class name says."""
+
+
+class NormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.norm1 = MyNorm(16)
+        self.conv2 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.norm1(self.conv1(x))))
+
+
+def test_batchnorm_subclass_is_scored_by_its_gamma_and_regularized() -> None:
+    torch.manual_seed(0)
+    model = NormNet()
+    with torch.no_grad():
+        model.norm1.weight.uniform_(0.5, 1.0)
+        model.norm1.weight[[1, 5, 9, 13]] = 1e-4  # near-zero gammas on strong filters: gamma must decide
+        model.conv1.weight[[1, 5, 9, 13]] *= 100.0
+    graph = gp.ChannelGraph(model, torch.randn(1, 3, 8, 8))
+    group = graph.group("conv1")
+    assert group.bn_names == ("norm1",) and all(r.role == "batchnorm" for r in group.bns)
+    pruner = gp.GroupPruner(graph, min_channels=1)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.25))
+    assert plan.channel_groups[0].score == "bn_l1"
+    assert sorted(set(range(16)) - set(plan.channel_groups[0].kept)) == [1, 5, 9, 13]
+    assert gp.BNSparsity(graph, schedule=1e-3).layer_names == ("norm1",)

@@ -35,7 +35,7 @@ from .importance import (
     ScoreFn,
 )
 from .optimizer import rebuild_optimizer
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, weights_digest
+from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, scored_weights_digest
 from .pruner import GroupPruner
 
 __all__ = [
@@ -55,5 +55,5 @@ __all__ = [
     "apply_structure",
     "model_fingerprint",
     "rebuild_optimizer",
-    "weights_digest",
+    "scored_weights_digest",
 ]

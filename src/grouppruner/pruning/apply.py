@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGraph, ChannelGroup
-from .plan import PruningPlan, model_fingerprint, record_plan, weights_digest
+from .plan import PruningPlan, model_fingerprint, record_plan, scored_weights_digest
 
 __all__ = ["apply_structure", "check_plan"]
 
@@ -49,7 +49,7 @@ def check_plan(
             raise ValueError(f"channel group {entry.name!r} has {group.size} channels, the plan expects {entry.size}")
         removals.append((group, entry.removed))
     if check_weights and plan.weights_digest is not None:
-        digest = weights_digest(graph.model, [group for group, _ in removals])
+        digest = scored_weights_digest(graph.model, [group for group, _ in removals])
         if digest != plan.weights_digest:
             raise ValueError(
                 f"the plan was made from other weights (weights digest {plan.weights_digest}, this "

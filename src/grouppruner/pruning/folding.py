@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from .._utils.calls import call_model, eval_mode
-from ..graph.removal import PARAMETER
 
 __all__ = ["FoldTarget", "fold_removed_channels", "fold_target", "is_fold_consumer"]
 
@@ -204,7 +203,7 @@ def fold_removed_channels(
         if not removed:
             continue
         for ref in group.layers:
-            if ref.kind == PARAMETER:  # a layer scale neither produces nor consumes: it shrinks with the channels
+            if ref.role == "parameter":  # a layer scale neither produces nor consumes: it shrinks with the channels
                 continue
             module = model.get_submodule(ref.name)
             weight = getattr(module, "weight", None)

@@ -141,15 +141,12 @@ class NormScale(Importance):
         """``(L, size)`` rows ``|weight[ref.indices]|`` for the ``L`` scoring norms of ``group``."""
         out = []
         for ref in group.layers:
-            if not any(kind in ref.kind for kind in _NORM_KINDS):
+            if ref.role != "norm":
                 continue
             weight = getattr(model.get_submodule(ref.name), "weight", None)
             if isinstance(weight, torch.Tensor) and weight.dim() == 1 and max(ref.indices) < weight.numel():
                 out.append(weight.detach().abs()[list(ref.indices)])
         return torch.stack(out) if out else None
-
-
-_NORM_KINDS = ("GroupNorm", "LayerNorm", "InstanceNorm")
 
 
 class FilterMagnitude(Importance):
@@ -175,7 +172,7 @@ class FilterMagnitude(Importance):
         """``(L, size)`` normalised filter norms of the ``L`` producers (``dim="out"`` Conv / Linear members)."""
         out = []
         for ref in group.layers:
-            if ref.dim != "out" or ref.kind == "Parameter":
+            if ref.dim != "out" or ref.role == "parameter":
                 continue
             module = model.get_submodule(ref.name)
             if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):

@@ -1,7 +1,7 @@
 """The pruning plan: what :class:`grouppruner.pruning.GroupPruner` will remove, as plain JSON-serializable data.
 
 A plan is made for one model: its architecture (:func:`model_fingerprint`) and its weights, the BatchNorm scales
-the scores came from (:func:`weights_digest`); it records, per layer group, the threshold
+the scores came from (:func:`scored_weights_digest`); it records, per layer group, the threshold
 and the channel counts, per channel group the kept channel indices, and the predicted parameters and MACs before
 and after. Applied plans are kept on the model (:func:`applied_plans`) so that
 :func:`grouppruner.checkpoint.save_pruned` can store the structure next to the weights.
@@ -28,7 +28,7 @@ __all__ = [
     "PruningPlan",
     "applied_plans",
     "model_fingerprint",
-    "weights_digest",
+    "scored_weights_digest",
 ]
 
 _PLANS_ATTR = "_grouppruner_plans"
@@ -51,7 +51,7 @@ def model_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
-def weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> str:
+def scored_weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> str:
     """A short hash of the weights the scores of ``groups`` depend on: the identity of one trained instance.
 
     Two models of the same architecture share a :func:`model_fingerprint`; their BatchNorm scales (gamma), which
@@ -126,13 +126,21 @@ class ChannelGroupPlan:
         return [i for i in range(self.size) if i not in keep]
 
 
+PLAN_MODES: tuple[str, ...] = ("ratios", "thresholds", "target_params", "target_macs", "target_latency")
+"""The modes of :meth:`GroupPruner.plan`, one keyword each; a saved plan must name one of them."""
+
+TARGET_MODES: tuple[str, ...] = PLAN_MODES[2:]
+"""The budget modes: a fraction of the current cost to keep."""
+
+
 @dataclass
 class PruningPlan:
     """What to prune, for one model. Plain data: ``to_json()`` / ``from_json()`` round-trip exactly.
 
     Attributes:
         fingerprint: :func:`model_fingerprint` of the model the plan was made for.
-        mode: ``"ratios"``, ``"thresholds"``, ``"target_params"`` or ``"target_macs"``.
+        mode: one of :data:`PLAN_MODES`: ``"ratios"``, ``"thresholds"``, ``"target_params"``,
+            ``"target_macs"`` or ``"target_latency"`` (the keyword of :meth:`GroupPruner.plan` that made it).
         target: the requested fraction for the target modes, else ``None``.
         importance: ``"bn_l1"`` or the name of the custom importance callable.
         coupling: ``"mean"``, ``"max"`` or ``"vote"``.
@@ -146,7 +154,7 @@ class PruningPlan:
         macs_after: predicted MACs after.
         add_bias: layers that receive a new bias parameter through beta folding.
         input_shapes: shapes of the example inputs (used to re-trace the model in ``load_pruned``).
-        weights_digest: :func:`weights_digest` of the model's scored weights when the plan was made;
+        weights_digest: :func:`scored_weights_digest` of the model's scored weights when the plan was made;
             :meth:`~grouppruner.pruning.GroupPruner.apply` refuses a model whose weights differ, unless
             ``allow_other_weights=True``. ``None`` in plans written before this field existed (not checked).
     """
@@ -241,7 +249,6 @@ class PruningPlan:
         return "\n".join(lines)
 
 
-_MODES = ("ratios", "thresholds", "target_params", "target_macs")
 
 
 def _is_int(value: Any, minimum: int = 0) -> bool:
@@ -260,7 +267,7 @@ def _check_plan_fields(data: dict[str, Any]) -> None:
     """Raise ValueError naming the first field of a plan dict (and its nested records) of the wrong type."""
     checks: dict[str, tuple[Callable[[Any], bool], str]] = {
         "fingerprint": (lambda v: isinstance(v, str), "a string"),
-        "mode": (lambda v: v in _MODES, f"one of {list(_MODES)}"),
+        "mode": (lambda v: v in PLAN_MODES, f"one of {list(PLAN_MODES)}"),
         "target": (lambda v: v is None or _is_number(v), "null or a number"),
         "importance": (lambda v: isinstance(v, str), "a string"),
         "coupling": (lambda v: isinstance(v, str), "a string"),

@@ -102,7 +102,7 @@ def layers_from_graph(
     for g, groups in enumerate(partition.values()):
         for group in groups:
             for ref in group.layers:
-                if ref.kind == "Parameter" or is_excluded(ref.name):
+                if ref.role == "parameter" or is_excluded(ref.name):
                     continue
                 module = model.get_submodule(ref.name)
                 if not isinstance(module, norm_types):

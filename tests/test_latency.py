@@ -14,9 +14,8 @@ from torch import nn
 
 from grouppruner.graph import ChannelGraph
 from grouppruner.latency import LatencyCacheError, LatencyKey, LatencyModel
-from grouppruner.profile import record_positions
 from grouppruner.pruning import GroupPruner
-from nets import random_detector
+from nets import fixed_latency_model, random_detector
 from zoo import PlainCNN
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -26,20 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def detector_latency() -> tuple[nn.Module, LatencyModel]:
-    """A latency model of the measured form with fixed coefficients, so that planning tests do not depend on
-    how busy the machine was: each unit costs 0.1 us plus 1 ns per multiply-accumulate-like ``positions * C_in *
-    C_out`` (high-resolution, wide layers are the expensive ones, as measured on CPUs)."""
     torch.set_num_threads(1)
     model = random_detector()
-    state = LatencyModel.measure(model, X, repeats=1).state_dict()
-    positions, _ = record_positions(model, X)
-    units = 0.0
-    for item in state["layers"]:
-        item["coef"] = [1e-7, 0.0, 0.0, 1e-9 * positions[item["name"]]]
-        units += 1e-7 + 1e-9 * positions[item["name"]] * item["in_channels"] * item["out_channels"]
-    state["residual_s"] = 0.1 * units
-    state["dense_s"] = 1.1 * units
-    return model, LatencyModel.from_state_dict(state)
+    return model, fixed_latency_model(model, X)
 
 
 def test_units_cover_every_conv_with_its_bn_and_activation() -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ._utils.calls import ForwardFn, call_model, split_inputs
+from ._utils.calls import ForwardFn, call_model, eval_mode, split_inputs
 from ._utils.errors import GroupPrunerError
 from .profile import record_positions
 
@@ -73,14 +73,14 @@ def fuse_for_inference(
         atol: largest absolute output difference accepted by the check.
 
     Returns:
-        The fused model in eval mode (``model`` itself when ``inplace``).
+        The fused model in eval mode (``model`` itself when ``inplace``). Without ``inplace``, ``model`` keeps
+        its own train / eval mode, submodule by submodule.
 
     Raises:
         ExportError: the fused model's outputs differ from the original's by more than ``atol`` (e.g. a
             convolution output that feeds both its BatchNorm and another layer), naming the difference.
     """
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():  # the caller's train / eval flags come back (unless inplace)
         reference = call_model(model, example_inputs, forward_fn)
     fused = model if inplace else copy.deepcopy(model)
     fused.eval()
@@ -131,12 +131,26 @@ def export_onnx(
         atol: largest absolute difference accepted by the check.
 
     Returns:
-        The serialized ONNX model.
+        The serialized ONNX model. ``model`` keeps its own train / eval mode.
 
     Raises:
         ExportError: onnxruntime's outputs differ from the module's by more than ``atol``.
     """
-    module = fuse_for_inference(model, example_inputs, atol=atol) if fuse else model.eval()
+    with eval_mode(model):  # export in eval mode; the caller's model gets its own flags back
+        return _export_onnx(model, example_inputs, path, fuse, opset_version, input_names, check, atol)
+
+
+def _export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path | None,
+    fuse: bool,
+    opset_version: int,
+    input_names: list[str] | None,
+    check: bool,
+    atol: float,
+) -> bytes:
+    module = fuse_for_inference(model, example_inputs, atol=atol) if fuse else model
     args, kwargs = split_inputs(example_inputs)
     if kwargs:
         raise ValueError("export_onnx: keyword inputs are not supported by the ONNX trace; pass a tensor or a tuple")

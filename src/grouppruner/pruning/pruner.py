@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._utils.errors import InvalidOptionError, LayerNotFoundError, OptionTypeError
-from ..graph import ChannelGraph, ChannelGroup
+from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
 from ..latency import LatencyModel
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
@@ -65,8 +65,9 @@ class GroupPruner:
 
     Args:
         graph: the channel graph of the model to prune (it is pruned in place through the graph).
-        layer_groups: layer-group name -> channel groups (objects or names); defaults to
-            ``graph.layer_groups()``. Channel groups in no layer group are never pruned.
+        layer_groups: a layer-group spec (:data:`~grouppruner.graph.LayerGroupSpec`, the same forms as
+            ``graph.layer_groups(by=...)``: ``None`` for the automatic partition, ``{name: [glob patterns, names
+            or ChannelGroups]}``, or a callable). Channel groups in no layer group are never pruned.
         importance: an :class:`~grouppruner.pruning.Importance`, its name, or a callable
             ``importance(model, group)`` returning (size,) or (L, size) scores. Default ``"auto"``
             (:class:`~grouppruner.pruning.AutoImportance`): |gamma| where the group has a BatchNorm, else its
@@ -83,7 +84,8 @@ class GroupPruner:
         forward_fn: ``forward_fn(model, example_inputs)``; defaults to ``graph.forward_fn`` if set.
 
     Raises:
-        ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice.
+        ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice
+            (:class:`~grouppruner.InvalidOptionError`).
         TypeError: ``importance`` is neither an Importance, ``"bn_l1"`` nor callable.
     """
 
@@ -91,7 +93,7 @@ class GroupPruner:
         self,
         graph: ChannelGraph,
         *,
-        layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None = None,
+        layer_groups: LayerGroupSpec = None,
         importance: Importance | str | ScoreFn = "auto",
         min_channels: int = 8,
         round_to: int | None = None,
@@ -112,38 +114,13 @@ class GroupPruner:
         if self.example_inputs is None:
             raise ValueError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
         self.forward_fn = forward_fn if forward_fn is not None else getattr(graph, "forward_fn", None)
-        self.layer_groups = self._resolve_layer_groups(layer_groups)
+        self.layer_groups: dict[str, list[str]] = {
+            name: [g.name for g in groups] for name, groups in graph.layer_groups(layer_groups).items()
+        }
         self._latency_model: LatencyModel | None = None  # measured on the first latency plan without one
         self._positions, self._successor_bn = record_positions(
             self.model, self.example_inputs, forward_fn=self.forward_fn
         )
-
-    def _resolve_layer_groups(
-        self, layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None
-    ) -> dict[str, list[str]]:
-        source = self.graph.layer_groups() if layer_groups is None else layer_groups
-        resolved: dict[str, list[str]] = {}
-        owner: dict[str, str] = {}
-        for lg_name, members in source.items():
-            names = []
-            for member in members:
-                cg_name = member if isinstance(member, str) else member.name
-                try:
-                    group = self.graph.group(cg_name)
-                except KeyError as error:
-                    raise ValueError(f"layer group {lg_name!r}: unknown channel group {cg_name!r}") from error
-                if not group.prunable:
-                    raise ValueError(
-                        f"layer group {lg_name!r}: channel group {cg_name!r} is not prunable ({group.reason})"
-                    )
-                if cg_name in owner:
-                    raise ValueError(
-                        f"channel group {cg_name!r} is in two layer groups: {owner[cg_name]!r} and {lg_name!r}"
-                    )
-                owner[cg_name] = lg_name
-                names.append(cg_name)
-            resolved[str(lg_name)] = names
-        return resolved
 
     # ------------------------------------------------------------------ scoring
 

@@ -8,16 +8,16 @@ model order, where ``owners[c]`` is the layer-group index of channel ``c`` or ``
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._utils.names import select_modules
+from .._utils.errors import InvalidOptionError, OptionTypeError
+from .._utils.names import assign_layer_groups, select_modules
 
 if TYPE_CHECKING:
     from ..graph import ChannelGraph, ChannelGroup
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ExcludeSpec = Iterable["str | nn.Module"]
-LayerGroupsSpec = Mapping[str, Sequence[str] | str] | Callable[[Any], str] | None
+LayerGroupsSpec = Mapping[str, Any] | Callable[[Any], str] | None
+"""A layer-group spec (:data:`~grouppruner.graph.LayerGroupSpec`); with a model instead of a graph, its entries
+match BatchNorm names and a callable gets a BatchNorm name."""
 Layers = list[tuple[str, nn.Module, list[int]]]
 NormTypes = tuple[type[nn.Module], ...]
 DEFAULT_NORM_TYPES: NormTypes = (_BatchNorm,)
@@ -39,10 +41,6 @@ def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], b
         return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes)
 
     return excluded
-
-
-def _matches(name: str, patterns: Sequence[str] | str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
 
 
 def _check_bn(name: str, module: nn.Module, norm_types: NormTypes = DEFAULT_NORM_TYPES) -> nn.Module:
@@ -73,14 +71,17 @@ def layers_from_model(
     if layer_groups is None:
         group_of = {n: "all" for n, _ in chosen}
     elif isinstance(layer_groups, Mapping):
-        group_of = {}
-        for n, _ in chosen:
-            hit = next((g for g, pats in layer_groups.items() if _matches(n, pats)), None)
-            if hit is None:
-                raise ValueError(f"layer_groups: BatchNorm {n!r} matches no pattern")
-            group_of[n] = hit
-    else:
+        # the same resolver as the graph's layer groups, on BatchNorm names; BNs it leaves out are not regularized
+        group_of = assign_layer_groups([n for n, _ in chosen], layer_groups, what="BatchNorm")
+        chosen = [(n, bn) for n, bn in chosen if n in group_of]
+        if not chosen:
+            raise InvalidOptionError(f"{type(model).__name__}: layer_groups leaves no BatchNorm to regularize")
+    elif callable(layer_groups):
         group_of = {n: str(layer_groups(n)) for n, _ in chosen}
+    else:
+        raise OptionTypeError(
+            f"layer_groups must be None, a mapping of glob patterns / names or a callable, got {type(layer_groups)}"
+        )
     names = list(dict.fromkeys(group_of.values()))
     ids = {g: i for i, g in enumerate(names)}
     return [(n, bn, [ids[group_of[n]]] * _width(bn)) for n, bn in chosen], names

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ._utils.calls import ForwardFn, call_model, eval_mode, split_inputs
+from ._utils.calls import ForwardFn, call_model, eval_mode, split_inputs, tensors_in
 from ._utils.errors import GroupPrunerError
 from .profile import record_positions
 
@@ -35,18 +35,8 @@ class ExportError(GroupPrunerError, RuntimeError):
     """The deployment form differs from the model it was made from (the message gives the largest difference)."""
 
 
-def _flat(outputs: Any) -> list[torch.Tensor]:
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        return [t for value in outputs.values() for t in _flat(value)]
-    if isinstance(outputs, (list, tuple)):
-        return [t for value in outputs for t in _flat(value)]
-    return []
-
-
 def _max_difference(a: Any, b: Any) -> float:
-    left, right = _flat(a), _flat(b)
+    left, right = tensors_in(a), tensors_in(b)
     if len(left) != len(right) or any(x.shape != y.shape for x, y in zip(left, right, strict=True)):
         return float("inf")
     return max((float((x.float() - y.float()).abs().max()) for x, y in zip(left, right, strict=True)), default=0.0)
@@ -174,7 +164,7 @@ def _export_onnx(
         feeds = {name: arg.detach().cpu().numpy() for name, arg in zip(names, args, strict=True)}
         ours = session.run(None, feeds)
         with torch.no_grad():
-            theirs = _flat(module(*args))
+            theirs = tensors_in(module(*args))
         difference = _max_difference([torch.from_numpy(o) for o in ours], theirs)
         if not difference <= atol:
             raise ExportError(f"export_onnx: onnxruntime differs from the module by {difference:.3g} (> {atol:g})")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils.calls import ForwardFn, call_model, eval_mode, meta_call
+from ._utils.calls import ForwardFn, call_model, eval_mode, meta_call, model_device, synchronize
 
 __all__ = [
     "LayerCost",
@@ -283,13 +283,16 @@ def measure_latency(
     if threads is not None:
         torch.set_num_threads(threads)
     times: list[float] = []
+    device = model_device(model)
     try:
         with eval_mode(model), torch.inference_mode():
             for _ in range(warmup):
                 call_model(model, example_inputs)
             for _ in range(repeats):
+                synchronize(device)
                 start = time.perf_counter()
                 call_model(model, example_inputs)
+                synchronize(device)
                 times.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous_threads)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .._utils.calls import call_model, eval_mode
+from .._utils.modules import is_depthwise
 
 __all__ = ["FoldTarget", "fold_removed_channels", "fold_target", "is_fold_consumer"]
 
@@ -52,8 +53,10 @@ def is_fold_consumer(module: nn.Module) -> bool:
     channel ``c``, which the channel group removes together. A full convolution whose input and output are in the
     same channel group (e.g. ``x + conv(x)``) is folded: its kept outputs still read the removed inputs.
     """
+    if is_depthwise(module):
+        return False
     if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-        return not module.transposed and module.groups != module.in_channels
+        return not module.transposed
     return _is_consumer(module)
 
 

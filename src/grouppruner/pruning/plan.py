@@ -19,10 +19,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._utils.wrappers import unwrap
+
 if TYPE_CHECKING:  # the graph package (torch-pruning tracing) is not needed to read or write plans
     from ..graph import ChannelGroup
 
 __all__ = [
+    "PLANS_ATTRIBUTE",
+    "PLAN_MODES",
     "ChannelGroupPlan",
     "LayerGroupPlan",
     "PruningPlan",
@@ -31,7 +35,11 @@ __all__ = [
     "scored_weights_digest",
 ]
 
-_PLANS_ATTR = "_grouppruner_plans"
+PLANS_ATTRIBUTE = "_grouppruner_plans"
+"""Where the applied plans live: an instance attribute of the pruned model (of the model inside a DDP /
+DataParallel / ``torch.compile`` wrapper), a plain list of :class:`PruningPlan`. Being neither a parameter, a
+buffer nor a submodule, it stays out of ``state_dict()`` (``save_pruned`` writes it as JSON metadata instead) and
+is carried along by ``copy.deepcopy``; it is the only state grouppruner keeps on a model."""
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -325,14 +333,16 @@ def applied_plans(model: nn.Module) -> list[PruningPlan]:
     """The plans applied to ``model`` so far, oldest first (empty for a model that was never pruned).
 
     Args:
-        model: a model pruned by :meth:`grouppruner.pruning.GroupPruner.apply` or restored by ``load_pruned``.
+        model: a model pruned by :meth:`grouppruner.pruning.GroupPruner.apply` or restored by ``load_pruned``
+            (or a wrapper of it).
 
     Returns:
-        A new list; the plans themselves are shared.
+        A new list; the plans themselves are shared. They are kept on the model as :data:`PLANS_ATTRIBUTE`.
     """
-    return list(model.__dict__.get(_PLANS_ATTR, []))
+    return list(unwrap(model).__dict__.get(PLANS_ATTRIBUTE, []))
 
 
 def record_plan(model: nn.Module, plan: PruningPlan) -> None:
-    """Append ``plan`` to the plans kept on ``model`` (used by ``apply`` and ``load_pruned``)."""
-    model.__dict__.setdefault(_PLANS_ATTR, []).append(plan)
+    """Append ``plan`` to the plans kept on ``model`` (:data:`PLANS_ATTRIBUTE`; used by ``apply`` and
+    ``load_pruned``)."""
+    unwrap(model).__dict__.setdefault(PLANS_ATTRIBUTE, []).append(plan)

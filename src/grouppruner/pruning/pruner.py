@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from .._utils.calls import split_inputs, tensors_in
 from .._utils.errors import InvalidOptionError, LayerNotFoundError, OptionTypeError
 from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
 from ..latency import LatencyModel
@@ -53,11 +53,10 @@ logger = logging.getLogger(__name__)
 
 
 def _input_shapes(example_inputs: Any) -> list[list[int]]:
-    if isinstance(example_inputs, torch.Tensor):
-        return [list(example_inputs.shape)]
-    if isinstance(example_inputs, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in example_inputs):
-        return [list(x.shape) for x in example_inputs]
-    return []
+    """Shapes ``load_pruned`` can replay as positional zero inputs: a tensor or a flat sequence of tensors."""
+    args, kwargs = split_inputs(example_inputs)
+    tensors = tensors_in(args)
+    return [list(t.shape) for t in tensors] if not kwargs and len(tensors) == len(args) else []
 
 
 class GroupPruner:

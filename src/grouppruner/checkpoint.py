@@ -3,7 +3,7 @@
 A checkpoint is a ``torch.save`` file holding a flat ``dict[str, Tensor]``: the model's ``state_dict`` entries
 under ``"state/<key>"`` and one ``uint8`` tensor ``"grouppruner/meta"`` with UTF-8 JSON: the format name and
 version, the fingerprints of the original and the pruned architecture, and the applied
-:class:`~grouppruner.plan.PruningPlan` list (the structure). Only tensors and a JSON string are stored, so the file
+:class:`~grouppruner.pruning.PruningPlan` list (the structure). Only tensors and a JSON string are stored, so the file
 loads with ``torch.load(..., weights_only=True)`` and never executes code. Writes go to a temporary file in the
 same directory followed by ``os.replace``, so a crash never leaves a half-written checkpoint under the final name.
 

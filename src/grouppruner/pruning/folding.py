@@ -191,7 +191,7 @@ def fold_removed_channels(
             :class:`grouppruner.graph.ChannelGroup` (its ``layers`` are ``LayerRef`` entries).
         example_inputs: inputs for the probe forward pass, e.g. a tensor of shape (N, 3, H, W).
         successor_bn: conv / linear name -> the BatchNorm its output goes straight into
-            (from :func:`grouppruner.budget.record_positions`).
+            (from :func:`grouppruner.profile.record_positions`).
         forward_fn: optional ``forward_fn(model, example_inputs)`` used instead of calling the model.
         max_stride: largest feature stride of the model; if given and the inputs are one image tensor, the probe
             first runs on a crop of ``2 * max_stride`` pixels (the constants do not depend on the input), and

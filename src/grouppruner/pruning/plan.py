@@ -97,7 +97,7 @@ class LayerGroupPlan:
         threshold: channels whose (coupled) score is below this value are removed, unless ``min_channels`` or
             ``round_to`` keep them. In the ``ratios`` and target modes, channels whose score equals it may go
             too: ties at the threshold are split evenly over the channel groups (see
-            :func:`grouppruner.budget.removal_order`); in the ``thresholds`` mode they all stay.
+            :func:`grouppruner.pruning.budget.removal_order`); in the ``thresholds`` mode they all stay.
         channels_before: channels of all its channel groups before pruning.
         channels_after: channels kept.
         channel_groups: names of its channel groups.

@@ -431,7 +431,7 @@ class GroupPruner:
         Args:
             plan: a plan made for this model in its current state.
             fold: fold the constant output of removed channels into their consumers (see
-                :mod:`grouppruner.folding`); ``False`` only drops them, like torch-pruning.
+                :mod:`grouppruner.pruning.folding`); ``False`` only drops them, like torch-pruning.
             allow_other_weights: apply a plan made on another instance of this architecture (or on this model
                 before it was trained further): its channel choice was made from other scores. Off by default,
                 so that a plan never silently lands on weights it was not made from.

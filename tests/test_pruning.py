@@ -39,11 +39,6 @@ def make_pruner(model: nn.Module, **options: object) -> GroupPruner:
 # ----------------------------------------------------------------------------- plan data
 
 
-def test_public_names() -> None:
-    assert gp.GroupPruner is GroupPruner
-    assert gp.PruningPlan is PruningPlan
-
-
 def test_plan_is_plain_json_and_round_trips() -> None:
     pruner = make_pruner(random_detector(), min_channels=2)
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.4))

@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ._utils.calls import ForwardFn, call_model, eval_mode, split_inputs, tensors_in
-from ._utils.errors import GroupPrunerError
+from ._utils.errors import GroupPrunerError, InvalidOptionError
 from .profile import record_positions
 
 __all__ = ["ExportError", "export_onnx", "fuse_for_inference"]
@@ -143,13 +143,20 @@ def _export_onnx(
     module = fuse_for_inference(model, example_inputs, atol=atol) if fuse else model
     args, kwargs = split_inputs(example_inputs)
     if kwargs:
-        raise ValueError("export_onnx: keyword inputs are not supported by the ONNX trace; pass a tensor or a tuple")
+        raise InvalidOptionError(
+            "export_onnx: keyword inputs are not supported by the ONNX trace; pass a tensor or a tuple"
+        )
     names = input_names or [f"input{i}" for i in range(len(args))]
     buffer = io.BytesIO()
     with torch.no_grad():
         # TorchScript-based exporter: the dynamo one needs onnxscript, which the deployment target may lack.
         torch.onnx.export(  # a file-like target is supported by the TorchScript exporter, not by its annotation
-            module, args, buffer, dynamo=False, opset_version=opset_version, input_names=names  # type: ignore[arg-type]
+            module,
+            args,
+            buffer,  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=opset_version,
+            input_names=names,
         )
     data = buffer.getvalue()
     if path is not None:

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._utils.calls import ForwardFn, call_model, eval_mode, model_device, synchronize, tensors_in
-from ._utils.errors import GroupPrunerError
+from ._utils.errors import GroupPrunerError, InvalidOptionError
 from ._utils.modules import is_depthwise
 from .profile import measure_latency
 
@@ -218,7 +218,7 @@ class LatencyModel:
                 return loaded
             units = _find_units(model, example_inputs, forward_fn)
             if not units:
-                raise ValueError(f"LatencyModel.measure: {type(model).__name__} has no convolution to time")
+                raise InvalidOptionError(f"LatencyModel.measure: {type(model).__name__} has no convolution to time")
             start = time.perf_counter()
             layers = {name: _fit_unit(name, unit, repeats) for name, unit in units.items()}
             if forward_fn is None:
@@ -408,9 +408,7 @@ def _find_units(model: nn.Module, example_inputs: Any, forward_fn: ForwardFn | N
     finally:
         for handle in handles:
             handle.remove()
-    return {
-        name: _Unit(conv, tuple(tails[name]), shape, elements) for name, (conv, shape, elements) in convs.items()
-    }
+    return {name: _Unit(conv, tuple(tails[name]), shape, elements) for name, (conv, shape, elements) in convs.items()}
 
 
 def _resized_unit(unit: _Unit, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:

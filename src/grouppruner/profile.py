@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ._utils.calls import ForwardFn, call_model, eval_mode, meta_call, model_device, synchronize
+from ._utils.errors import InvalidOptionError
 
 __all__ = [
     "LayerCost",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters of ``model`` (shared parameters counted once).
@@ -118,7 +120,6 @@ class LayerCost:
         weight = out * (inp // self.groups) * self.kernel
         bias = out if (self.bias or add_bias) else 0
         return weight + bias, weight * self.positions
-
 
 
 def layer_costs(model: nn.Module, positions: Mapping[str, int]) -> dict[str, LayerCost]:
@@ -278,7 +279,7 @@ def measure_latency(
         The median latency in seconds.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"measure_latency needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+        raise InvalidOptionError(f"measure_latency needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InvalidOptionError
+
 __all__ = ["ForwardFn", "call_model", "describe_inputs", "eval_mode", "meta_call", "split_inputs"]
 
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -78,7 +80,7 @@ def call_model(model: nn.Module, inputs: Any, forward_fn: ForwardFn | None = Non
         args, kwargs = split_inputs(inputs)
         return model(*args, **kwargs)
     except Exception as err:
-        raise ValueError(
+        raise InvalidOptionError(
             f"forward of {type(model).__name__} failed on example_inputs {describe_inputs(inputs)}: "
             f"{type(err).__name__}: {err}"
         ) from err

@@ -62,7 +62,7 @@ def select_modules(
     for entry in entries:
         if isinstance(entry, nn.Module):
             if id(entry) not in by_id:
-                raise ValueError(f"{option}: module {type(entry).__name__} is not part of the model")
+                raise InvalidOptionError(f"{option}: module {type(entry).__name__} is not part of the model")
             out[by_id[id(entry)]] = None
         elif isinstance(entry, str):
             if entry and entry in modules:
@@ -71,9 +71,9 @@ def select_modules(
                 out.update(dict.fromkeys(hits))
             else:
                 what = f"pattern {entry!r} matches no module" if is_glob(entry) else f"no module named {entry!r}"
-                raise ValueError(f"{option}: {what}{did_you_mean(entry, names)}")
+                raise InvalidOptionError(f"{option}: {what}{did_you_mean(entry, names)}")
         else:
-            raise TypeError(f"{option} entries must be modules or names, got {type(entry).__name__}")
+            raise OptionTypeError(f"{option} entries must be modules or names, got {type(entry).__name__}")
     return list(out)
 
 

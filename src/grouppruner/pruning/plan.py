@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._utils.errors import DataError
 from .._utils.wrappers import unwrap
 
 if TYPE_CHECKING:  # the graph package (torch-pruning tracing) is not needed to read or write plans
@@ -209,7 +210,7 @@ class PruningPlan:
             ValueError: when fields are missing, unknown or of the wrong type / range (the message names the field).
         """
         if not isinstance(data, dict):
-            raise ValueError(f"not a valid PruningPlan: expected an object, got {type(data).__name__}")
+            raise DataError(f"not a valid PruningPlan: expected an object, got {type(data).__name__}")
         try:
             values = dict(data)
             _check_plan_fields(values)
@@ -217,7 +218,7 @@ class PruningPlan:
             values["channel_groups"] = [ChannelGroupPlan(**g) for g in data["channel_groups"]]
             return cls(**values)
         except (KeyError, TypeError) as error:
-            raise ValueError(f"not a valid PruningPlan: {error}") from error
+            raise DataError(f"not a valid PruningPlan: {error}") from error
 
     def to_json(self, **kwargs: Any) -> str:
         """Strict JSON text (no NaN / Infinity); keyword arguments go to :func:`json.dumps`."""
@@ -229,9 +230,9 @@ class PruningPlan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"PruningPlan JSON cannot be parsed: {error}") from error
+            raise DataError(f"PruningPlan JSON cannot be parsed: {error}") from error
         if not isinstance(data, dict):
-            raise ValueError("PruningPlan JSON must be an object")
+            raise DataError("PruningPlan JSON must be an object")
         return cls.from_dict(data)
 
     def summary(self) -> str:
@@ -255,8 +256,6 @@ class PruningPlan:
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})"
         )
         return "\n".join(lines)
-
-
 
 
 def _is_int(value: Any, minimum: int = 0) -> bool:
@@ -320,13 +319,13 @@ def _check_plan_fields(data: dict[str, Any]) -> None:
         )
         kept, size = group["kept"], group["size"]
         if any(b <= a for a, b in itertools.pairwise(kept)) or (kept and kept[-1] >= size):
-            raise ValueError(f"{where}.kept must be increasing indices below size={size}")
+            raise DataError(f"{where}.kept must be increasing indices below size={size}")
 
 
 def _check_fields(where: str, data: dict[str, Any], checks: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
     for name, (ok, expected) in checks.items():
         if name in data and not ok(data[name]):
-            raise ValueError(f"{where}.{name} must be {expected}, got {data[name]!r:.80}")
+            raise DataError(f"{where}.{name} must be {expected}, got {data[name]!r:.80}")
 
 
 def applied_plans(model: nn.Module) -> list[PruningPlan]:

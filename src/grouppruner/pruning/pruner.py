@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from .._utils.calls import split_inputs, tensors_in
-from .._utils.errors import InvalidOptionError, LayerNotFoundError, OptionTypeError
+from .._utils.errors import InternalError, InvalidOptionError, LayerNotFoundError, OptionTypeError
 from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
 from ..latency import LatencyModel
 from ..profile import record_positions
@@ -102,16 +102,16 @@ class GroupPruner:
     ) -> None:
         self.importance = as_importance(importance, coupling)
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
-            raise ValueError(f"GroupPruner: min_channels must be an int >= 1, got {min_channels!r}")
+            raise InvalidOptionError(f"GroupPruner: min_channels must be an int >= 1, got {min_channels!r}")
         if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-            raise ValueError(f"GroupPruner: round_to must be None or an int >= 1, got {round_to!r}")
+            raise InvalidOptionError(f"GroupPruner: round_to must be None or an int >= 1, got {round_to!r}")
         self.graph = graph
         self.model: nn.Module = graph.model
         self.min_channels = min_channels
         self.round_to = round_to
         self.example_inputs = example_inputs if example_inputs is not None else getattr(graph, "example_inputs", None)
         if self.example_inputs is None:
-            raise ValueError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
+            raise InvalidOptionError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
         self.forward_fn = forward_fn if forward_fn is not None else getattr(graph, "forward_fn", None)
         self.layer_groups: dict[str, list[str]] = {
             name: [g.name for g in groups] for name, groups in graph.layer_groups(layer_groups).items()
@@ -146,7 +146,7 @@ class GroupPruner:
             else:
                 width = int(weight.shape[1]) * int(getattr(module, "groups", 1))
             if ref.indices and max(ref.indices) >= width:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"channel group {group.name!r}: layer {ref.name!r} ({ref.dim}) has {width} channels but the "
                     f"graph maps channel indices up to {max(ref.indices)}; the ChannelGraph is inconsistent"
                 )
@@ -241,7 +241,7 @@ class GroupPruner:
             else:
                 reported = plan.params_ratio if mode == "target_params" else plan.macs_ratio
             if not math.isclose(reported, solution.reached, rel_tol=1e-9, abs_tol=1e-12):
-                raise RuntimeError(
+                raise InternalError(
                     f"{mode}: the plan reports {reported:.6f}, the solver predicted {solution.reached:.6f}"
                 )
         return plan
@@ -454,7 +454,7 @@ class GroupPruner:
                 max_stride=max((g.stride for g in self.graph.channel_groups if g.stride), default=None),
             )
             if sorted(added) != sorted(plan.add_bias):
-                raise RuntimeError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
+                raise InternalError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
         remember_parameter_names(self.model)
         apply_structure(self.graph, plan, removals=removals, add_bias=not fold)
         logger.info(

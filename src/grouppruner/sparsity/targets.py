@@ -46,10 +46,10 @@ def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], b
 def _check_bn(name: str, module: nn.Module, norm_types: NormTypes = DEFAULT_NORM_TYPES) -> nn.Module:
     if not isinstance(module, norm_types):
         kinds = " / ".join(t.__name__.lstrip("_") for t in norm_types)
-        raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not {kinds}")
+        raise InvalidOptionError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not {kinds}")
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
-        raise ValueError(
+        raise InvalidOptionError(
             f"{type(module).__name__} {name!r} is not affine per channel (no gamma to regularize); make it affine "
             "or pass it in exclude="
         )
@@ -63,11 +63,15 @@ def layers_from_model(
     is_excluded = _excluded_names(model, exclude)
     bns = [(n, m) for n, m in model.named_modules() if isinstance(m, norm_types)]
     if not bns:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layer ({norm_types=}): nothing to regularize")
+        raise InvalidOptionError(
+            f"{type(model).__name__} has no BatchNorm layer ({norm_types=}): nothing to regularize"
+        )
     chosen = [(n, _check_bn(n, m, norm_types)) for n, m in bns if not is_excluded(n)]
     chosen = _trainable(chosen)
     if not chosen:
-        raise ValueError(f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize")
+        raise InvalidOptionError(
+            f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize"
+        )
     if layer_groups is None:
         group_of = {n: "all" for n, _ in chosen}
     elif isinstance(layer_groups, Mapping):
@@ -117,7 +121,7 @@ def layers_from_graph(
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     chosen = _trainable(sorted(modules.items(), key=lambda item: order[item[0]]))
     if not chosen:
-        raise ValueError(
+        raise InvalidOptionError(
             f"{type(model).__name__}: no prunable channel group is scored by a trainable affine BatchNorm "
             "(no BatchNorms, all excluded, or all frozen): nothing to regularize"
         )

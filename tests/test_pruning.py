@@ -255,14 +255,6 @@ def test_plan_disagreeing_with_its_solver_is_never_returned(monkeypatch: pytest.
         pruner.plan(target_macs=0.5)
 
 
-def test_ratios_must_be_a_mapping() -> None:
-    pruner = make_pruner(random_detector(), min_channels=1)
-    with pytest.raises(gp.OptionTypeError, match=r"plan\(ratios=\.\.\.\) takes a mapping layer group -> value"):
-        pruner.plan(ratios=0.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="got float"):
-        pruner.plan(thresholds=0.5)  # type: ignore[arg-type]
-
-
 # ----------------------------------------------------------------------------- apply and folding
 
 
@@ -524,3 +516,12 @@ def test_zoo_models_prune_and_cost_model_is_exact(name: str) -> None:
     assert count_params(model) == plan.params_after
     assert count_macs(model, X) == plan.macs_after
     assert plan.params_after < plan.params_before
+
+
+@pytest.mark.parametrize("mode", ["ratios", "thresholds"])
+def test_one_float_instead_of_a_mapping_is_an_option_type_error(mode: str) -> None:
+    model = nn.Sequential(CBA(3, 8), CBA(8, 8), nn.Conv2d(8, 2, 1))
+    pruner = GroupPruner(ChannelGraph(model, torch.randn(1, 3, 8, 8)))
+    with pytest.raises(gp.OptionTypeError, match=rf"plan\({mode}=\.\.\.\) takes a mapping of layer group -> value, got"):
+        pruner.plan(**{mode: 0.5})
+    assert pruner.plan(**{mode: dict.fromkeys(pruner.layer_groups, 0.5)}).mode == mode  # what the message suggests

@@ -13,12 +13,14 @@ replays the structural part of every plan (channel removal and biases added by f
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
 import math
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,7 +57,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     an exception the file is closed, given the permissions a plain ``open`` would give (the process umask), and
     renamed over ``path`` with ``os.replace`` (atomic on one filesystem). On an exception the temporary file is
     removed and ``path`` is untouched; temporary files left by a process killed while writing ``path`` are removed
-    by the next write to it.
+    by the next write to it. A full disk raises ``OSError(ENOSPC)`` naming ``path``, whatever the writer raised.
 
     Args:
         path: destination file; its directory must exist.
@@ -76,9 +78,23 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(error):
+            # torch.save reports a full disk as a RuntimeError of its zip writer, with the OSError only in its
+            # context: say what happened, and to which file.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
         raise
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or an exception it was raised from or while handling, is a full disk (or quota)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
@@ -180,11 +196,17 @@ def _why_unreadable(path: str | os.PathLike[str], error: Exception) -> str:
     if size == 0:
         return "the file is empty (0 bytes; an interrupted copy?)"
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
-        return (
-            "it holds pickled Python objects, not only tensors (a whole pickled model?); grouppruner checkpoints "
-            "are written by save_pruned and load with weights_only=True"
-        )
+    if isinstance(error, pickle.UnpicklingError):
+        # The weights-only unpickler names a class it refused ("Unsupported global: GLOBAL a.B"); any other
+        # refusal ("Unsupported operand 95") means the bytes are no pickle torch.save wrote: not objects.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            return (
+                f"it holds pickled Python objects ({found.group(1)}), not only tensors (a whole pickled model?); "
+                "grouppruner checkpoints are written by save_pruned and load with weights_only=True"
+            )
+        found = re.search(r"WeightsUnpickler error: \s*(.+)", str(error))
+        detail = found.group(1).strip() if found else detail
     if head.startswith(b"PK"):
         return f"a torch.save archive that is truncated or damaged ({size:,} bytes; torch says: {detail:.200})"
     return f"not a file written by torch.save ({size:,} bytes, starting with {head!r}; torch says: {detail:.120})"

@@ -16,6 +16,7 @@ Errors are one line on stderr with exit status 2; Ctrl-C exits with 130 after sa
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--run", help="a demo / compress run folder: its model options and last stage checkpoint")
         sub.set_defaults(handler=handler)
     commands.choices["inspect"].add_argument("--all", action="store_true", help="list every channel group")
-    commands.choices["profile"].add_argument("--threads", type=int, default=2)
+    commands.choices["profile"].add_argument(
+        "--threads", type=int, default=None, help="torch threads for the latency (default: OMP_NUM_THREADS, if set)"
+    )
     commands.choices["profile"].add_argument("--repeats", type=int, default=10)
 
     demo = commands.add_parser(
@@ -181,14 +184,21 @@ def _profile(args: argparse.Namespace) -> int:
     from .profile import profile_model
 
     model, size, title = _model_from_args(args)
-    prof = profile_model(model, torch.randn(1, 3, size, size), latency=True, threads=args.threads, repeats=args.repeats)
+    threads = args.threads if args.threads is not None else _omp_threads() or torch.get_num_threads()
+    prof = profile_model(model, torch.randn(1, 3, size, size), latency=True, threads=threads, repeats=args.repeats)
     assert prof.latency_s is not None
     print(title)
     print(f"params     {prof.params:,}")
     print(f"GMACs      {prof.macs / 1e9:.3f}")
     print(f"fp32 size  {prof.size_bytes / 2**20:.1f} MiB")
-    print(f"latency    {prof.latency_s * 1e3:.1f} ms (batch 1, {args.threads} threads, median of {args.repeats})")
+    print(f"latency    {prof.latency_s * 1e3:.1f} ms (batch 1, {threads} threads, median of {args.repeats})")
     return 0
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive int (its first value, as OpenMP reads a list), or ``None``."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _recipe(args: argparse.Namespace) -> int:
@@ -312,11 +322,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"grouppruner {args.command}: interrupted", file=sys.stderr)
         return 130
     except (GroupPrunerError, ValueError, TypeError, KeyError, OSError) as error:
-        # One line, no traceback: the message names the file / layer at fault. KeyError would repr its text.
-        text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-        print(f"grouppruner {args.command}: error: {'; '.join(lines) or type(error).__name__}", file=sys.stderr)
+        print(f"grouppruner {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: Exception) -> str:
+    """The error as one line that names the file / layer at fault (no traceback)."""
+    if isinstance(error, OSError) and error.errno is not None and error.filename is not None:
+        # "[Errno 28] No space left on device: 'x'" -> "x: No space left on device (ENOSPC)"
+        text = f"{error.filename}: {error.strerror} ({errno.errorcode.get(error.errno, error.errno)})"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            text += "; nothing written before is lost: free some space and run the same command to resume"
+        return text
+    # KeyError would repr its text
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
 
 
 def ensure_passive_openmp() -> None:

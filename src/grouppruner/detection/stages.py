@@ -192,9 +192,16 @@ def load_weights(model: YOLOv4, path: str | Path) -> None:
         problems = [f"missing keys {missing[:3]}"] if missing else []
         problems += [f"unexpected keys {unexpected[:3]}"] if unexpected else []
         problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in wrong[:3]]
-        head = next((got for k, got, _ in wrong if k.startswith("head.")), None)
-        if head is not None:
-            problems.append(f"its heads predict {head[0] // 3 - 5} classes, the model {model.num_classes}")
+        head = next(((got, want) for k, got, want in wrong if k.startswith("head.")), None)
+        if head is not None and head[0][0] != head[1][0]:
+            classes = head[0][0] // 3 - 5
+            plural = "es" if classes != 1 else ""
+            problems.append(f"its heads predict {classes} class{plural}, the model {model.num_classes}")
+        elif head is not None:  # same outputs, other inputs: the layers before the heads have another width
+            problems.append(
+                f"its heads read {head[0][1]} channels, the model's {head[1][1]}: a model of another width "
+                "(check width / depth / backbone)"
+            )
         raise CheckpointError(f"{path}: does not fit the configured YOLOv4: " + "; ".join(problems))
     model.load_state_dict(state)
 

@@ -288,8 +288,9 @@ class GroupPruner:
     def _check_group_values(self, mode: str, values: Any) -> dict[str, float]:
         if not isinstance(values, Mapping):
             raise OptionTypeError(
-                f"GroupPruner.plan({mode}=...) takes a mapping layer group -> value, e.g. "
-                f"{mode}=dict.fromkeys(pruner.layer_groups, 0.5), got {type(values).__name__} {values!r:.40}"
+                f"GroupPruner.plan({mode}=...) takes a mapping of layer group -> value, got "
+                f"{type(values).__name__} {values!r:.40}; for every layer group: {mode}="
+                f"dict.fromkeys(pruner.layer_groups, {values!r:.20}) (layer groups: {list(self.layer_groups)})"
             )
         checked: dict[str, float] = {}
         for name, value in values.items():

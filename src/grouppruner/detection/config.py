@@ -143,6 +143,10 @@ class RecipeConfig:
             :func:`~grouppruner.detection.yolov4` with these ``classes`` / ``backbone`` / ``width`` / ``depth``, or a
             :func:`~grouppruner.checkpoint.save_pruned` file. The dense stage then loads it instead of training
             (``dense_epochs`` is ignored) and only measures it.
+        cfg: a darknet ``.cfg`` to run the recipe on instead of the built-in YOLOv4 (``backbone``, ``width``
+            and ``depth`` are then unused, the anchors are the cfg's); ``weights`` is then its darknet ``.weights``
+            file. Its ``[yolo] classes`` must equal the number of ``classes``. The ``pruned`` and ``recovered``
+            stages also write ``<stage>.cfg`` / ``<stage>.weights`` (see the darknet guide).
         device: where the training stages run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when
             available); graph tracing, pruning and checkpoints stay on the CPU. Not part of a run's identity:
             a run started on one device resumes on another.
@@ -186,6 +190,7 @@ class RecipeConfig:
     distill_temperature: float = 3.0
     seed: int = 0
     weights: str | None = None
+    cfg: str | None = None
     device: str = "cpu"
     amp: str = "off"
 
@@ -232,6 +237,8 @@ class RecipeConfig:
             raise ValueError(f"RecipeConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"RecipeConfig.weights: no such file {self.weights!r}")
+        if self.cfg is not None and not Path(self.cfg).is_file():
+            raise ValueError(f"RecipeConfig.cfg: no such file {self.cfg!r}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"RecipeConfig.classes must be distinct class names, got {self.classes!r}")
         if self.finetune_epochs > self.recover_epochs:
@@ -258,6 +265,7 @@ STAGE_OF_OPTION: dict[str, str] = {
             "dense_epochs",
             "seed",
             "weights",
+            "cfg",
             "amp",
         ),
         "dense",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_ANCHORS", "BoxCoding", "batched_nms", "box_iou", "decode", "split_head_map"]
+__all__ = ["DEFAULT_ANCHORS", "BoxCoding", "batched_nms", "box_cells", "box_iou", "decode", "split_head_map"]
 
 #: Anchors of ``yolov4.cfg`` in input pixels, (3 scales, 3 anchors, (w, h)) for strides 8, 16, 32.
 DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
@@ -43,6 +43,23 @@ class BoxCoding:
 
     new_coords: bool = True
     scale_x_y: float = 2.0
+
+
+def box_cells(raw: Tensor, anchor_wh: Tensor, coding: BoxCoding = BoxCoding()) -> Tensor:
+    """Decode raw box predictions into ``(cx, cy, w, h)`` in grid cells, the centre relative to its cell.
+
+    Args:
+        raw: (P, >= 4) raw predictions (tx, ty, tw, th first).
+        anchor_wh: (P, 2) anchor sizes in cells.
+        coding: the map's :class:`BoxCoding`.
+
+    Returns:
+        (P, 4); with the classic coding the size exponent is capped at 4 (55x the anchor) so training stays finite.
+    """
+    shift = (coding.scale_x_y - 1) / 2
+    xy = raw[:, :2].sigmoid() * coding.scale_x_y - shift
+    wh = (raw[:, 2:4].sigmoid() * 2) ** 2 if coding.new_coords else raw[:, 2:4].clamp(max=4.0).exp()
+    return torch.cat([xy, wh * anchor_wh], dim=1)
 
 
 def split_head_map(output: Tensor, num_anchors: int = 3) -> Tensor:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from darknet_files import DATA, conv_layout, reduced_cfg, set_option, write_weights
 from torch import nn
 
 import grouppruner as gp
+from darknet_files import DATA, conv_layout, reduced_cfg, set_option, write_weights
 from grouppruner._utils.errors import DataError, OptionTypeError
 from grouppruner.detection import YoloLoss, yolov4
 from grouppruner.detection.darknet import (
@@ -41,14 +41,20 @@ def test_yolov4_cfg_counts_match_yolov4_80_and_the_published_file_size():
     assert running == 66_304
     assert weights_floats(model) == 64_429_405
     # the size the independent layout gives, with darknet's 20-byte header (uint64 seen)
-    layout_floats = sum(math.prod(shape) for _, tensors in conv_layout((DATA / "yolov4.cfg").read_text()) for _, shape in tensors)
+    layout_floats = sum(
+        math.prod(shape) for _, tensors in conv_layout((DATA / "yolov4.cfg").read_text()) for _, shape in tensors
+    )
     assert 20 + 4 * layout_floats == 257_717_640 == 20 + 4 * weights_floats(model)
 
 
 @pytest.mark.parametrize(
     ("name", "params", "size"),
     # file sizes of the published yolov3 / yolov4-tiny / yolov3-tiny weights
-    [("yolov4-tiny", 6_056_606, 24_251_276), ("yolov3", 61_949_149, 248_007_048), ("yolov3-tiny", 8_852_366, 35_434_956)],
+    [
+        ("yolov4-tiny", 6_056_606, 24_251_276),
+        ("yolov3", 61_949_149, 248_007_048),
+        ("yolov3-tiny", 8_852_366, 35_434_956),
+    ],
 )
 def test_other_cfg_counts_match_their_published_weights(name, params, size):
     model = _model(name)
@@ -58,8 +64,12 @@ def test_other_cfg_counts_match_their_published_weights(name, params, size):
 
 @pytest.mark.parametrize(
     ("name", "strides", "heads"),
-    [("yolov4", (8, 16, 32), (139, 150, 161)), ("yolov4-tiny", (16, 32), (37, 30)), ("yolov3", (8, 16, 32), (106, 94, 82)),
-     ("yolov3-tiny", (16, 32), (23, 16))],
+    [
+        ("yolov4", (8, 16, 32), (139, 150, 161)),
+        ("yolov4-tiny", (16, 32), (37, 30)),
+        ("yolov3", (8, 16, 32), (106, 94, 82)),
+        ("yolov3-tiny", (16, 32), (23, 16)),
+    ],
 )
 def test_heads_anchors_and_feature_info_follow_the_yolo_layers(name, strides, heads):
     model = _model(name)
@@ -213,7 +223,9 @@ def test_a_hand_written_cfg_computes_what_darknet_computes():
     """Routes with groups, a depthwise conv, a shortcut, swish / mish, a new_coords head, and the kept keys."""
     with pytest.raises(DataError, match="joins maps of strides"):  # the route above mixes strides 2 and 4
         parse_and_build(_SMALL_CFG)
-    text = _SMALL_CFG.replace("layers=-1,-3", "layers=-1,-2").replace("[maxpool]\nsize=2\nstride=2", "[maxpool]\nsize=3\nstride=1")
+    text = _SMALL_CFG.replace("layers=-1,-3", "layers=-1,-2").replace(
+        "[maxpool]\nsize=2\nstride=2", "[maxpool]\nsize=3\nstride=1"
+    )
     model = parse_and_build(text).eval()
     assert model.cfg[0].options["mosaic"] == "1" and model.cfg[-1].options["iou_loss"] == "ciou"
     assert model.coding == (BoxCoding(new_coords=True, scale_x_y=2.0),)
@@ -290,8 +302,14 @@ def test_graph_sparsity_and_distiller_run_on_a_darknet_model(one_thread):
         ("model:\n  depth: 0.33\n", r"bad\.cfg:1: not a darknet cfg line"),
         ("[convolutional]\nfilters=3\n", r"bad\.cfg:1: not a darknet cfg: the first section must be \[net\]"),
         ("[net]\nwidth=64\n[lstm]\nbatch_normalize=1\n", r"bad\.cfg:3: unknown or unsupported section \[lstm\]"),
-        ("[net]\nwidth=64\n\n[convolutional]\nfilters=8\nfilterz=4\n", r"bad\.cfg:6: unknown key 'filterz' in \[convolutional\]; close matches: 'filters'"),
-        ("[net]\n[convolutional]\nfilters=8\ndilation=2\n", r"bad\.cfg:4: \[convolutional\] dilation= is a darknet option grouppruner does not implement"),
+        (
+            "[net]\nwidth=64\n\n[convolutional]\nfilters=8\nfilterz=4\n",
+            r"bad\.cfg:6: unknown key 'filterz' in \[convolutional\]; close matches: 'filters'",
+        ),
+        (
+            "[net]\n[convolutional]\nfilters=8\ndilation=2\n",
+            r"bad\.cfg:4: \[convolutional\] dilation= is a darknet option grouppruner does not implement",
+        ),
         ("[net]\n[convolutional]\nfilters=8\nfilters=4\n", r"bad\.cfg:4: \[convolutional\] filters given twice"),
     ],
 )
@@ -312,7 +330,9 @@ def test_a_route_to_a_layer_that_does_not_exist_names_the_line(tmp_path):
     text = (DATA / "yolov3-tiny.cfg").read_text().replace("layers = -4", "layers = 40", 1)
     (tmp_path / "r.cfg").write_text(text)
     line = next(i for i, raw in enumerate(text.splitlines(), 1) if raw.replace(" ", "") == "layers=40")
-    with pytest.raises(DataError, match=rf"r\.cfg:{line}: \[route\] layers=40 refers to layer 40, which does not exist"):
+    with pytest.raises(
+        DataError, match=rf"r\.cfg:{line}: \[route\] layers=40 refers to layer 40, which does not exist"
+    ):
         from_darknet(tmp_path / "r.cfg")
     (tmp_path / "s.cfg").write_text(text.replace("layers = 40", "layers = -30"))
     with pytest.raises(DataError, match=r"\[route\] layers=-30 refers to layer -13"):
@@ -326,7 +346,10 @@ def test_weights_too_short_too_long_or_from_another_cfg(tmp_path):
     full = (tmp_path / "w.weights").read_bytes()
     (tmp_path / "short.weights").write_bytes(full[: 20 + 4 * 500])
     # layer 0 holds 4 * 4 + 4 * 3 * 9 = 124 values, layer 2 (after a maxpool) 4 * 4 + 4 * 4 * 9 = 160: 500 ends in 4
-    with pytest.raises(DataError, match=r"short\.weights: too short for the cfg: it ran out in layer 4 \(\[convolutional\] at .*v3\.cfg:\d+\)"):
+    with pytest.raises(
+        DataError,
+        match=r"short\.weights: too short for the cfg: it ran out in layer 4 \(\[convolutional\] at .*v3\.cfg:\d+\)",
+    ):
         from_darknet(tmp_path / "v3.cfg", tmp_path / "short.weights")
     write_weights(tmp_path / "long.weights", text, extra=3)
     with pytest.raises(DataError, match=r"long\.weights: 12 bytes left over after the last layer"):
@@ -350,7 +373,9 @@ def test_a_header_with_an_unknown_major_version_is_refused(tmp_path):
 
 
 def test_to_darknet_refuses_a_model_from_elsewhere(tmp_path):
-    with pytest.raises(OptionTypeError, match=r"to_darknet: the model must be a DarknetModel built by from_darknet, got YOLOv4"):
+    with pytest.raises(
+        OptionTypeError, match=r"to_darknet: the model must be a DarknetModel built by from_darknet, got YOLOv4"
+    ):
         to_darknet(yolov4(2, width=0.125, depth=0.34), tmp_path / "x.cfg", tmp_path / "x.weights")
     with pytest.raises(OptionTypeError, match="got Sequential"):
         to_darknet(nn.Sequential(), tmp_path / "x.cfg", tmp_path / "x.weights")
@@ -361,7 +386,10 @@ def test_layers_that_do_not_fit_together_are_named(tmp_path):
     base = (DATA / "yolov3-tiny.cfg").read_text()
     cases = [
         (set_option(base, 16, "filters", "254"), r"\[yolo\] with 3 anchors and classes=80 needs filters=255"),
-        (set_option(set_option(base, 24, "classes", "20"), 23, "filters", "75"), r"\[yolo\] layers disagree on classes: \[20, 80\]"),
+        (
+            set_option(set_option(base, 24, "classes", "20"), 23, "filters", "75"),
+            r"\[yolo\] layers disagree on classes: \[20, 80\]",
+        ),
         (set_option(base, 1, "activation", "relu6"), r"activation=relu6 is not supported"),
         (set_option(base, 17, "mask", "3,4,9"), r"mask=\[3, 4, 9\] picks anchors outside 0\.\.5"),
     ]

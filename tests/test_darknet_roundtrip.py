@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from darknet_files import DATA, conv_layout, sections, write_weights
 
 import grouppruner as gp
+from darknet_files import DATA, conv_layout, sections, write_weights
 from grouppruner.detection.darknet import from_darknet, to_darknet
 from grouppruner.detection.darknet.model import ConvLayer
 from grouppruner.profile import count_params
@@ -78,7 +78,11 @@ def test_tiny_cfgs_round_trip_after_pruning(tmp_path, name, one_thread):
     model, written, original = _round_trip(tmp_path, name, 96, None)
     _check_cfg(model, written, original)
     assert written[0][1] == original[0][1]  # [net] with its training keys
-    assert any(int(o["filters"]) < int(p["filters"]) for (n, o), (_, p) in zip(written, original) if n == "convolutional")
+    assert any(
+        int(o["filters"]) < int(p["filters"])
+        for (n, o), (_, p) in zip(written, original, strict=True)
+        if n == "convolutional"
+    )
 
 
 @pytest.mark.slow

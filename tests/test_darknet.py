@@ -392,8 +392,20 @@ def test_layers_that_do_not_fit_together_are_named(tmp_path):
         ),
         (set_option(base, 1, "activation", "relu6"), r"activation=relu6 is not supported"),
         (set_option(base, 17, "mask", "3,4,9"), r"mask=\[3, 4, 9\] picks anchors outside 0\.\.5"),
+        (set_option(base, 18, "layers", "-1,-2,-3,-4,-5"), r"\[route\] takes 1 to 4 layers, got 5"),
+        (
+            _insert_before_nth(base, "[maxpool]", 2, "[shortcut]\nfrom=-3\n\n"),
+            r"\[shortcut\] adds layer 0 \(16 channels, stride 1\) to layer 2 \(32, 2\)",
+        ),
     ]
     for index, (text, message) in enumerate(cases):
         (tmp_path / f"c{index}.cfg").write_text(text)
         with pytest.raises(DataError, match=message):
             from_darknet(tmp_path / f"c{index}.cfg")
+
+
+def _insert_before_nth(text, marker, n, insert):
+    at = -1
+    for _ in range(n):
+        at = text.index(marker, at + 1)
+    return text[:at] + insert + text[at:]

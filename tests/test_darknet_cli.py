@@ -54,19 +54,26 @@ def test_compress_refuses_a_cfg_for_other_classes_before_any_work(tmp_path, voc,
     assert not (out / "results.json").exists() and not (out / "dense.pt").exists()
 
 
+def test_demo_checks_the_cfg_classes_before_generating_data(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--cfg", str(DATA / "yolov3-tiny.cfg"), "--out", str(out), "--classes", "circle,square"]) == 2
+    assert "predict classes=80, but the data has 2 classes (circle, square)" in capsys.readouterr().err
+    assert not (out / "data").exists()
+
+
 def test_inspect_and_profile_take_a_cfg(tmp_path, capsys, one_thread):
-    assert main(["inspect", "--cfg", str(DATA / "yolov3-tiny.cfg"), "--image-size", "64"]) == 0
-    out = capsys.readouterr().out
-    assert "darknet yolov3-tiny.cfg (80 classes, 24 layers) at 64x64" in out
-    assert "layers.15.conv" in out and "layers.22.conv" in out  # the heads, not prunable
-    text = reduced_cfg("yolov4-tiny", 3)
+    text = reduced_cfg("yolov3-tiny", 3)
     (tmp_path / "t.cfg").write_text(text)
     write_weights(tmp_path / "t.weights", text)
+    assert main(["inspect", "--cfg", str(tmp_path / "t.cfg"), "--image-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "darknet t.cfg (3 classes, 24 layers) at 64x64" in out
+    assert "layers.15.conv" in out and "layers.22.conv" in out  # the heads, not prunable
     args = ["profile", "--cfg", str(tmp_path / "t.cfg"), "--weights", str(tmp_path / "t.weights")]
     assert main([*args, "--image-size", "64", "--repeats", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     params = sum(p.numel() for p in from_darknet(tmp_path / "t.cfg").parameters())
-    assert f"params     {params:,}" in out and "weights" in out
+    assert f"params     {params:,}" in out and "t.weights" in out
 
 
 @pytest.mark.slow

@@ -278,9 +278,10 @@ class DarknetModel(nn.Module):
             conv = ConvLayer(current.channels, filters, size, stride, padding, groups, bn, act)
             return conv, _Shape(filters, current.stride * stride)
         if kind == "route":
-            sources = [self._source(index, j, section, "layers") for j in section.get_ints("layers")]
-            if not 1 <= len(sources) <= 4:
-                raise DataError(f"{section.where('layers')}: [route] takes 1 to 4 layers, got {len(sources)}")
+            refs = section.get_ints("layers")
+            if not 1 <= len(refs) <= 4:
+                raise DataError(f"{section.where('layers')}: [route] takes 1 to 4 layers, got {len(refs)}")
+            sources = [self._source(index, ref, section, "layers") for ref in refs]
             groups = section.get_int("groups", 1)
             group_id = section.get_int("group_id", 0)
             if groups < 1 or not 0 <= group_id < groups:

@@ -522,6 +522,7 @@ def test_zoo_models_prune_and_cost_model_is_exact(name: str) -> None:
 def test_one_float_instead_of_a_mapping_is_an_option_type_error(mode: str) -> None:
     model = nn.Sequential(CBA(3, 8), CBA(8, 8), nn.Conv2d(8, 2, 1))
     pruner = GroupPruner(ChannelGraph(model, torch.randn(1, 3, 8, 8)))
-    with pytest.raises(gp.OptionTypeError, match=rf"plan\({mode}=\.\.\.\) takes a mapping of layer group -> value, got"):
+    expected = rf"plan\({mode}=\.\.\.\) takes a mapping of layer group -> value, got"
+    with pytest.raises(gp.OptionTypeError, match=expected):
         pruner.plan(**{mode: 0.5})
     assert pruner.plan(**{mode: dict.fromkeys(pruner.layer_groups, 0.5)}).mode == mode  # what the message suggests

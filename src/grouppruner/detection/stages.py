@@ -23,18 +23,22 @@ from ..graph import ChannelGraph
 from ..pruning import GroupPruner
 from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
 from .config import CHOICES, GAMMA_THRESHOLD
+from .darknet import DarknetModel, read_weights
 from .distill import YoloOutputDistill
 from .models import YOLOv4
 
 if TYPE_CHECKING:
     from .recipe import RecipeRun
 
-__all__ = ["STAGE_FUNCTIONS", "load_weights", "sparse_optimizer", "weights_digest"]
+__all__ = ["STAGE_FUNCTIONS", "Detector", "load_weights", "sparse_optimizer", "weights_digest"]
 
 logger = logging.getLogger(__name__)
 
+#: What the recipe trains: the built-in YOLOv4 or a model built from a darknet cfg.
+Detector = YOLOv4 | DarknetModel
 
-def _dense(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+
+def _dense(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     model = run.new_model()
     if run.config.weights is not None:
         load_weights(model, run.config.weights)
@@ -45,7 +49,7 @@ def _dense(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     return model, {"train_loss": loss.get("loss")}
 
 
-def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+def _sparse(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     c = run.config
     model = run.load("dense")
     graph = ChannelGraph(model, run.example)
@@ -84,7 +88,7 @@ def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     }
 
 
-def _pruned(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+def _pruned(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     c = run.config
     model = run.load("sparse")
     graph = ChannelGraph(model, run.example)
@@ -103,7 +107,7 @@ def _pruned(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     return model, {"plan": plan.summary(), "kept_channels": kept}
 
 
-def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+def _recovered(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     c = run.config
     teacher = run.load(c.teacher)
     student = run.load("pruned")
@@ -163,19 +167,24 @@ def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     return student, extra
 
 
-def load_weights(model: YOLOv4, path: str | Path) -> None:
-    """Load a user's trained detector into ``model``: a ``state_dict`` file or a ``save_pruned`` file.
+def load_weights(model: Detector, path: str | Path) -> None:
+    """Load a user's trained detector into ``model``: a ``state_dict`` file or a ``save_pruned`` file, or for a
+    darknet model its darknet ``.weights`` file.
 
     Args:
-        model: a freshly built :func:`~grouppruner.detection.yolov4` of the intended variant.
+        model: a freshly built :func:`~grouppruner.detection.yolov4` of the intended variant, or a
+            :class:`~grouppruner.detection.darknet.DarknetModel`.
         path: ``torch.save(model.state_dict(), path)`` of that variant, or a
-            :func:`~grouppruner.checkpoint.save_pruned` file of it.
+            :func:`~grouppruner.checkpoint.save_pruned` file of it; a ``.weights`` file for a darknet model.
 
     Raises:
         CheckpointError: the file cannot be read, or does not fit the model (the message names the file, the
             mismatching keys and, for the heads, the class count the file was trained for).
     """
     path = Path(path)
+    if isinstance(model, DarknetModel):
+        read_weights(model, path)
+        return
     state = load_tensor_file(path, what="a state_dict or a grouppruner checkpoint")
     if isinstance(state, dict) and "grouppruner/meta" in state:
         load_pruned(model, path)
@@ -237,7 +246,7 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in values.items()}
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[RecipeRun], tuple[YOLOv4, dict[str, Any]]]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[RecipeRun], tuple[Detector, dict[str, Any]]]] = {
     "dense": _dense,
     "sparse": _sparse,
     "pruned": _pruned,

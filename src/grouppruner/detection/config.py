@@ -375,8 +375,8 @@ def stage_fingerprint(config: RecipeConfig, stage: str) -> str:
     """A digest of the options that affect ``stage`` and the stages before it (16 hex characters).
 
     An epoch state of a stage records it (:meth:`~grouppruner.detection.recipe.RecipeRun.train`): a state made
-    with other options is refused instead of resumed. ``stage`` may be a label such as ``"recovered (distill)"``: its first
-    word names the stage; a label that names no stage covers every option.
+    with other options is refused instead of resumed. ``stage`` may be a label such as ``"recovered (distill)"``:
+    its first word names the stage; a label that names no stage covers every option.
     """
     first_word = stage.split()[0] if stage.split() else stage
     last = STAGES.index(first_word) if first_word in STAGES else len(STAGES) - 1

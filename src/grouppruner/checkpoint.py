@@ -22,8 +22,9 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +36,15 @@ from ._utils.modules import ModuleSnapshot
 from ._utils.wrappers import unwrap
 from .pruning.plan import PruningPlan, applied_plans, model_fingerprint
 
-__all__ = ["CheckpointError", "atomic_write", "load_pruned", "load_tensor_file", "read_meta", "save_pruned"]
+__all__ = [
+    "CheckpointError",
+    "StateMismatch",
+    "atomic_write",
+    "load_pruned",
+    "load_tensor_file",
+    "read_meta",
+    "save_pruned",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -232,24 +241,67 @@ def _probe_inputs(path: str | os.PathLike[str], index: int, shapes: list[list[in
     )
 
 
+@dataclass(frozen=True)
+class StateMismatch:
+    """How a saved ``state_dict`` differs from a model's: the one "does this state fit" check of the library.
+
+    Attributes:
+        missing: keys the model has and the state lacks, sorted.
+        unexpected: keys the state has and the model lacks, sorted.
+        wrong: ``(key, saved shape, model shape)`` for keys in both whose shapes differ, in model order.
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    @classmethod
+    def between(cls, model: nn.Module, state: Mapping[str, torch.Tensor]) -> StateMismatch:
+        """Compare ``state`` with ``model.state_dict()`` (keys and shapes, not values)."""
+        own = model.state_dict()
+        return cls(
+            missing=sorted(set(own) - set(state)),
+            unexpected=sorted(set(state) - set(own)),
+            wrong=[
+                (key, tuple(state[key].shape), tuple(value.shape))
+                for key, value in own.items()
+                if key in state and state[key].shape != value.shape
+            ],
+        )
+
+    def fits(self, *, strict: bool = True) -> bool:
+        """No shape differs and, when ``strict``, no key is missing or unexpected."""
+        return not self.wrong and (not strict or not (self.missing or self.unexpected))
+
+    def describe(self, limit: int = 3) -> str:
+        """One line listing the first ``limit`` problems of each kind."""
+
+        def some(items: list[str]) -> str:
+            return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+        parts = [f"{len(self.missing)} missing ({some(self.missing)})"] if self.missing else []
+        parts += [f"{len(self.unexpected)} unexpected ({some(self.unexpected)})"] if self.unexpected else []
+        if self.wrong:
+            parts.append(
+                f"{len(self.wrong)} of another shape ("
+                + some([f"{key} {got}, model {want}" for key, got, want in self.wrong])
+                + ")"
+            )
+        return "; ".join(parts)
+
+
 def _check_state(path: str | os.PathLike[str], model: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
     """Raise CheckpointError before ``load_state_dict`` would fail halfway (it copies the matching tensors first)."""
-    expected = model.state_dict()
-    wrong = [
-        f"{key} {tuple(value.shape)} (model {tuple(expected[key].shape)})"
-        for key, value in state.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
-    if wrong:
-        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
-        raise CheckpointError(f"{path}: {len(wrong)} saved tensor(s) do not fit the replayed architecture: {shown}")
-    if strict:
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: the saved weights do not match the model: {len(missing)} missing {missing[:3]}, "
-                f"{len(unexpected)} unexpected {unexpected[:3]} (strict=False loads the rest)"
-            )
+    mismatch = StateMismatch.between(model, state)
+    if mismatch.wrong:
+        raise CheckpointError(
+            f"{path}: saved tensors do not fit the replayed architecture: "
+            f"{StateMismatch([], [], mismatch.wrong).describe()}"
+        )
+    if not mismatch.fits(strict=strict):
+        raise CheckpointError(
+            f"{path}: the saved weights do not match the model: {mismatch.describe()} (strict=False loads the rest)"
+        )
 
 
 def load_pruned(

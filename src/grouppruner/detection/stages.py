@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_pruned, load_tensor_file
+from ..checkpoint import CheckpointError, StateMismatch, load_pruned, load_tensor_file
 from ..distill import AttentionDistiller
 from ..graph import ChannelGraph
 from ..pruning import GroupPruner
@@ -65,7 +65,9 @@ def _sparse(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
         if c.sparsity_schedule == "dynamic"
         else Constant(c.sparsity)
     )
-    sparsity = BNSparsity(graph, schedule=schedule)
+    # Under fp16 an overflow is the GradScaler's to handle (it skips the step); the regularizer, which runs after
+    # unscale_, must not stop the run on the inf gradients of that step.
+    sparsity = BNSparsity(graph, schedule=schedule, check_finite=c.amp != "fp16")
     optimizer = sparse_optimizer(model, c.sparse_optimizer, c.sparse_lr)
     constant_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     loss = run.train(
@@ -191,17 +193,12 @@ def load_weights(model: Detector, path: str | Path) -> None:
         return
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: neither a state_dict (a dict of tensors) nor a grouppruner checkpoint")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [
-        (k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        problems = [f"missing keys {missing[:3]}"] if missing else []
-        problems += [f"unexpected keys {unexpected[:3]}"] if unexpected else []
-        problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in wrong[:3]]
-        head = next(((got, want) for k, got, want in wrong if k.startswith("head.")), None)
+    mismatch = StateMismatch.between(model, state)
+    if not mismatch.fits():
+        problems = [f"missing keys {mismatch.missing[:3]}"] if mismatch.missing else []
+        problems += [f"unexpected keys {mismatch.unexpected[:3]}"] if mismatch.unexpected else []
+        problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in mismatch.wrong[:3]]
+        head = next(((got, want) for k, got, want in mismatch.wrong if k.startswith("head.")), None)
         if head is not None and head[0][0] != head[1][0]:
             classes = head[0][0] // 3 - 5
             plural = "es" if classes != 1 else ""

@@ -3,7 +3,7 @@
 A checkpoint is a ``torch.save`` file holding a flat ``dict[str, Tensor]``: the model's ``state_dict`` entries
 under ``"state/<key>"`` and one ``uint8`` tensor ``"grouppruner/meta"`` with UTF-8 JSON: the format name and
 version, the fingerprints of the original and the pruned architecture, and the applied
-:class:`~grouppruner.plan.PruningPlan` list (the structure). Only tensors and a JSON string are stored, so the file
+:class:`~grouppruner.pruning.PruningPlan` list (the structure). Only tensors and a JSON string are stored, so the file
 loads with ``torch.load(..., weights_only=True)`` and never executes code. Writes go to a temporary file in the
 same directory followed by ``os.replace``, so a crash never leaves a half-written checkpoint under the final name.
 
@@ -22,8 +22,9 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,9 +33,18 @@ from torch import nn
 
 from ._utils.errors import CheckpointError
 from ._utils.modules import ModuleSnapshot
+from ._utils.wrappers import unwrap
 from .pruning.plan import PruningPlan, applied_plans, model_fingerprint
 
-__all__ = ["CheckpointError", "atomic_write", "load_pruned", "load_tensor_file", "read_meta", "save_pruned"]
+__all__ = [
+    "CheckpointError",
+    "StateMismatch",
+    "atomic_write",
+    "load_pruned",
+    "load_tensor_file",
+    "read_meta",
+    "save_pruned",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +111,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
     Args:
         model: a model pruned by :meth:`grouppruner.pruning.GroupPruner.apply` (an unpruned model is saved
-            with an empty plan list).
+            with an empty plan list). A ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile``
+            wrapper is looked through: the model inside it is saved, with its own key names.
         path: destination file; its directory must exist.
     """
     path = Path(path)
+    model = unwrap(model)
     plans = applied_plans(model)
     meta = {
         "format": _FORMAT,
@@ -229,24 +241,67 @@ def _probe_inputs(path: str | os.PathLike[str], index: int, shapes: list[list[in
     )
 
 
+@dataclass(frozen=True)
+class StateMismatch:
+    """How a saved ``state_dict`` differs from a model's: the one "does this state fit" check of the library.
+
+    Attributes:
+        missing: keys the model has and the state lacks, sorted.
+        unexpected: keys the state has and the model lacks, sorted.
+        wrong: ``(key, saved shape, model shape)`` for keys in both whose shapes differ, in model order.
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    @classmethod
+    def between(cls, model: nn.Module, state: Mapping[str, torch.Tensor]) -> StateMismatch:
+        """Compare ``state`` with ``model.state_dict()`` (keys and shapes, not values)."""
+        own = model.state_dict()
+        return cls(
+            missing=sorted(set(own) - set(state)),
+            unexpected=sorted(set(state) - set(own)),
+            wrong=[
+                (key, tuple(state[key].shape), tuple(value.shape))
+                for key, value in own.items()
+                if key in state and state[key].shape != value.shape
+            ],
+        )
+
+    def fits(self, *, strict: bool = True) -> bool:
+        """No shape differs and, when ``strict``, no key is missing or unexpected."""
+        return not self.wrong and (not strict or not (self.missing or self.unexpected))
+
+    def describe(self, limit: int = 3) -> str:
+        """One line listing the first ``limit`` problems of each kind."""
+
+        def some(items: list[str]) -> str:
+            return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+        parts = [f"{len(self.missing)} missing ({some(self.missing)})"] if self.missing else []
+        parts += [f"{len(self.unexpected)} unexpected ({some(self.unexpected)})"] if self.unexpected else []
+        if self.wrong:
+            parts.append(
+                f"{len(self.wrong)} of another shape ("
+                + some([f"{key} {got}, model {want}" for key, got, want in self.wrong])
+                + ")"
+            )
+        return "; ".join(parts)
+
+
 def _check_state(path: str | os.PathLike[str], model: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
     """Raise CheckpointError before ``load_state_dict`` would fail halfway (it copies the matching tensors first)."""
-    expected = model.state_dict()
-    wrong = [
-        f"{key} {tuple(value.shape)} (model {tuple(expected[key].shape)})"
-        for key, value in state.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
-    if wrong:
-        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
-        raise CheckpointError(f"{path}: {len(wrong)} saved tensor(s) do not fit the replayed architecture: {shown}")
-    if strict:
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: the saved weights do not match the model: {len(missing)} missing {missing[:3]}, "
-                f"{len(unexpected)} unexpected {unexpected[:3]} (strict=False loads the rest)"
-            )
+    mismatch = StateMismatch.between(model, state)
+    if mismatch.wrong:
+        raise CheckpointError(
+            f"{path}: saved tensors do not fit the replayed architecture: "
+            f"{StateMismatch([], [], mismatch.wrong).describe()}"
+        )
+    if not mismatch.fits(strict=strict):
+        raise CheckpointError(
+            f"{path}: the saved weights do not match the model: {mismatch.describe()} (strict=False loads the rest)"
+        )
 
 
 def load_pruned(
@@ -260,7 +315,8 @@ def load_pruned(
     """Restore a pruned model saved by :func:`save_pruned` into a freshly built original ``model`` (in place).
 
     Args:
-        model: the unpruned model, built the same way as the one that was pruned.
+        model: the unpruned model, built the same way as the one that was pruned (or a DDP / DataParallel /
+            ``torch.compile`` wrapper of it: the model inside is restored).
         path: the checkpoint.
         example_inputs: inputs to trace the channel graph with; by default zeros of the shapes recorded in the
             plan (needed when the model takes non-tensor inputs).
@@ -269,7 +325,8 @@ def load_pruned(
             used when the model was pruned.
 
     Returns:
-        ``model``, now pruned, with the saved weights and the plans recorded on it.
+        ``model`` as given, now pruned, with the saved weights and the plans recorded on the model inside any
+        wrapper.
 
     Raises:
         CheckpointError: not a grouppruner checkpoint, damaged or hand-edited metadata (wrong types, input shapes
@@ -279,6 +336,7 @@ def load_pruned(
     from .graph import ChannelGraph  # the graph (torch-pruning tracing) is only needed here
     from .pruning import apply_structure
 
+    given, model = model, unwrap(model)
     meta, state = read_meta(path)
     fingerprint = model_fingerprint(model)
     if fingerprint != meta["original_fingerprint"]:
@@ -315,4 +373,4 @@ def load_pruned(
         snapshot.restore()
         raise
     logger.info("loaded pruned model (%d plans) from %s", len(plans), path)
-    return model
+    return given

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--weights", "--checkpoint", dest="weights", help="a state_dict or grouppruner.save_pruned file to load"
         )
         sub.add_argument("--run", help="a demo / compress run folder: its model options and last stage checkpoint")
+        sub.add_argument("--cfg", help="a darknet .cfg instead of the built-in YOLOv4 (--weights: its .weights)")
         sub.set_defaults(handler=handler)
     commands.choices["inspect"].add_argument("--all", action="store_true", help="list every channel group")
     commands.choices["profile"].add_argument(
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(demo, default_out="runs/demo")
     demo.add_argument("--data", default=None, help="a VOCdevkit-style folder (default: generate one in --out)")
     demo.add_argument("--weights", default=None, help="start from this trained YOLOv4 instead of training one")
+    demo.add_argument("--cfg", default=None, help="a darknet .cfg to train and compress instead of the built-in YOLOv4")
     demo.set_defaults(handler=_recipe)
 
     compress = commands.add_parser(
@@ -79,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_recipe_options(compress, default_out=None)
     compress.add_argument("--data", required=True, help="a VOCdevkit-style folder with train and val splits")
-    compress.add_argument("--weights", required=True, help="your trained YOLOv4: a state_dict or save_pruned file")
+    compress.add_argument(
+        "--weights", required=True, help="your trained YOLOv4: a state_dict or save_pruned file (with --cfg: .weights)"
+    )
+    compress.add_argument(
+        "--cfg", default=None, help="your darknet .cfg (classes from --data); writes pruned.cfg / recovered.cfg too"
+    )
     compress.set_defaults(handler=_recipe)
 
     report = commands.add_parser(
@@ -126,13 +133,15 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
     from .detection.report import read_run
 
     options: dict[str, Any] = {"backbone": "cspdarknet53", "num_classes": 20, "width": 0.25, "depth": 0.34}
-    size = 256
+    size: int | None = None
+    cfg = args.cfg
     weights = Path(args.weights) if args.weights else None
     run_dir = Path(args.run) if args.run else (weights.parent if weights is not None else None)
     if run_dir is not None and (run_dir / "results.json").is_file():
         config, records = read_run(run_dir)
         options = {k: config[k] for k in ("backbone", "width", "depth")} | {"num_classes": len(config["classes"])}
         size = int(config["image_size"])
+        cfg = cfg or config.get("cfg")
         if weights is None:
             finished = [r["stage"] for r in records if (run_dir / f"{r['stage']}.pt").is_file()]
             if not finished:
@@ -142,7 +151,13 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
         raise FileNotFoundError(f"{args.run}: no results.json; is it a grouppruner run folder?")
     given = {"backbone": args.backbone, "num_classes": args.num_classes, "width": args.width, "depth": args.depth}
     options.update({k: v for k, v in given.items() if v is not None})
-    size = args.image_size or size
+    if cfg is not None:
+        from .detection.darknet.recipe import load_darknet
+
+        darknet, title = load_darknet(cfg, weights)
+        size = args.image_size or size or darknet.input_size[0]
+        return darknet.eval(), size, f"{title} at {size}x{size}"
+    size = args.image_size or size or 256
     from .detection import yolov4
 
     model = yolov4(options["num_classes"], backbone=options["backbone"], width=options["width"], depth=options["depth"])
@@ -223,11 +238,17 @@ def _recipe(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
         "amp": args.amp,
+        "cfg": args.cfg,
     }
     if args.classes is not None:
         overrides["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     elif args.command == "compress" and (args.config is None or "classes" not in _config_keys(args.config)):
-        overrides["classes"] = list(VOC_CLASSES)
+        if args.cfg is None:
+            overrides["classes"] = list(VOC_CLASSES)
+        else:  # a darknet cfg: the classes come from the data (checked against its [yolo] layers)
+            from .detection.darknet.recipe import data_classes
+
+            overrides["classes"] = list(data_classes(args.data))
     if args.epochs is not None:
         overrides.update(dense_epochs=args.epochs[0], sparse_epochs=args.epochs[1], recover_epochs=args.epochs[2])
         # the default schedule's share: a quarter of the recovery fine-tunes, the rest distils

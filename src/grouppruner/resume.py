@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ._utils.errors import CheckpointError
-from .checkpoint import atomic_write, load_tensor_file
+from .checkpoint import StateMismatch, atomic_write, load_tensor_file
 
 __all__ = ["Stateful", "load_training_state", "save_training_state"]
 
@@ -142,11 +142,10 @@ def load_training_state(
     if missing or (generator is not None and "generator" not in state):
         raise CheckpointError(f"{file}: holds no state for {missing or ['generator']}")
     # Check the model first: a mismatch must leave every object untouched.
-    own = model.state_dict()
     saved = state["model"]
-    bad = sorted(set(own) ^ set(saved)) or [k for k in own if own[k].shape != saved[k].shape]
-    if bad:
-        raise CheckpointError(f"{file}: the model state does not fit {type(model).__name__}: {bad[:5]}")
+    mismatch = StateMismatch.between(model, saved)
+    if not mismatch.fits():
+        raise CheckpointError(f"{file}: the model state does not fit {type(model).__name__}: {mismatch.describe()}")
     model.load_state_dict(saved)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -12,9 +12,11 @@ __all__ = [
     "DistillerStateError",
     "GraphError",
     "GroupPrunerError",
+    "InternalError",
     "InvalidOptionError",
     "LayerNotFoundError",
     "LayerOutputError",
+    "ModelChangedError",
     "NonFiniteError",
     "OptionTypeError",
     "UsageError",
@@ -34,8 +36,16 @@ class OptionTypeError(GroupPrunerError, TypeError):
 
 
 class UsageError(GroupPrunerError, RuntimeError):
-    """An object was used out of order or in a state that does not allow the call (e.g. ``step()`` before
-    ``backward()``, a model that changed under a regularizer built for it)."""
+    """An object was used out of order (e.g. ``step()`` before ``backward()``, on still-scaled gradients)."""
+
+
+class ModelChangedError(GroupPrunerError, ValueError):
+    """The model changed under an object built for it (e.g. pruned after its ``BNSparsity`` was built)."""
+
+
+class InternalError(GroupPrunerError, RuntimeError):
+    """A consistency guard inside grouppruner failed (e.g. the plan and its solver disagree): a bug to report,
+    raised instead of returning a wrong result."""
 
 
 class DataError(GroupPrunerError, ValueError):

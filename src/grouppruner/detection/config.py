@@ -148,6 +148,10 @@ class RecipeConfig:
             :func:`~grouppruner.detection.yolov4` with these ``classes`` / ``backbone`` / ``width`` / ``depth``, or a
             :func:`~grouppruner.checkpoint.save_pruned` file. The dense stage then loads it instead of training
             (``dense_epochs`` is ignored) and only measures it.
+        cfg: a darknet ``.cfg`` to run the recipe on instead of the built-in YOLOv4 (``backbone``, ``width``
+            and ``depth`` are then unused, the anchors are the cfg's); ``weights`` is then its darknet ``.weights``
+            file. Its ``[yolo] classes`` must equal the number of ``classes``. The ``pruned`` and ``recovered``
+            stages also write ``<stage>.cfg`` / ``<stage>.weights`` (see the darknet guide).
         device: where the training stages run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when
             available); graph tracing, pruning and checkpoints stay on the CPU. Not part of a run's identity:
             a run started on one device resumes on another.
@@ -191,6 +195,7 @@ class RecipeConfig:
     distill_temperature: float = 3.0
     seed: int = 0
     weights: str | None = None
+    cfg: str | None = None
     device: str = "cpu"
     amp: str = "off"
 
@@ -278,6 +283,8 @@ def check_option(name: str, value: Any) -> None:
             )
         if not Path(value).is_file():
             raise ValueError(f"RecipeConfig.weights: no such file {value!r}")
+    if name == "cfg" and value is not None and not Path(value).is_file():
+        raise ValueError(f"RecipeConfig.cfg: no such file {value!r}")
     if name == "data_root" and value is not None and not Path(value).is_dir():
         what = "is a file, not a folder" if Path(value).exists() else "no such folder"
         raise InvalidOptionError(f"RecipeConfig.data_root: {value!r} {what} (give a VOCdevkit-style folder)")
@@ -302,6 +309,7 @@ STAGE_OF_OPTION: dict[str, str] = {
             "dense_epochs",
             "seed",
             "weights",
+            "cfg",
             "amp",
         ),
         "dense",
@@ -366,9 +374,9 @@ def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> st
 def stage_fingerprint(config: RecipeConfig, stage: str) -> str:
     """A digest of the options that affect ``stage`` and the stages before it (16 hex characters).
 
-    An epoch state of a stage records it (:meth:`~grouppruner.detection.RecipeRun.train`): a state made with other
-    options is refused instead of resumed. ``stage`` may be a label such as ``"recovered (distill)"``: its first
-    word names the stage; a label that names no stage covers every option.
+    An epoch state of a stage records it (:meth:`~grouppruner.detection.recipe.RecipeRun.train`): a state made
+    with other options is refused instead of resumed. ``stage`` may be a label such as ``"recovered (distill)"``:
+    its first word names the stage; a label that names no stage covers every option.
     """
     first_word = stage.split()[0] if stage.split() else stage
     last = STAGES.index(first_word) if first_word in STAGES else len(STAGES) - 1
@@ -381,10 +389,10 @@ def stage_fingerprint(config: RecipeConfig, stage: str) -> str:
 
 
 def _comparable(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options as JSON values, with the paths of ``data_root`` and ``weights`` resolved: a relative and an absolute
-    spelling of one path are the same option."""
+    """Options as JSON values, with the paths of ``data_root``, ``weights`` and ``cfg`` resolved: a relative and an
+    absolute spelling of one path are the same option."""
     values: dict[str, Any] = json.loads(json.dumps(dict(options)))
-    for key in ("data_root", "weights"):
+    for key in ("data_root", "weights", "cfg"):
         if isinstance(values.get(key), str):
             values[key] = str(Path(values[key]).resolve())
     return values

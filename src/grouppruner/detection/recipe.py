@@ -33,12 +33,14 @@ from ..checkpoint import atomic_write, load_pruned, save_pruned
 from ..profile import count_macs, count_params
 from ..resume import Stateful, load_training_state, save_training_state
 from .config import GAMMA_THRESHOLD, STAGE_OF_OPTION, STAGES, RecipeConfig, first_changed_stage, stage_fingerprint
+from .darknet import DarknetModel
+from .darknet.recipe import check_recipe_cfg, export_stage, recipe_loss
 from .data import VOCDetection, collate
 from .distributed import Distributed, RankShard
 from .loss import YoloLoss, kmeans_anchors
-from .models import YOLOv4, yolov4
+from .models import yolov4
 from .run_folder import RunLock, check_file_record, file_record, read_results, write_results
-from .stages import STAGE_FUNCTIONS, load_weights, sparse_optimizer, weights_digest
+from .stages import STAGE_FUNCTIONS, Detector, load_weights, sparse_optimizer, weights_digest
 from .synthetic import make_synthetic_voc
 from .train import LossFn, StepHook, evaluate, train_one_epoch
 
@@ -130,6 +132,8 @@ class RecipeRun:
         self.device = self.ranks.device
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"RecipeConfig.amp='fp16' needs CUDA (device {self.device}); use amp='bf16' on a CPU")
+        # A darknet cfg is checked against the classes before any data is generated.
+        self.darknet = check_recipe_cfg(config.cfg, config.classes) if config.cfg else None
         self.checkpoints = {stage: Path(path) for stage, path in (checkpoints or {}).items()}
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -167,8 +171,12 @@ class RecipeRun:
         if self.ranks.is_main:
             _check_images(self.out / _IMAGES_CHECKED, (train_set, val_set))
         self.ranks.barrier()
-        self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
-        self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors).to(self.device)
+        if self.darknet is not None:  # the cfg's anchors: the written cfg must describe what was trained
+            self.anchors = self.darknet.anchors.clone()
+            self.loss_fn = recipe_loss(self.darknet).to(self.device)
+        else:
+            self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
+            self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors).to(self.device)
         self.example = torch.zeros(1, 3, size, size)
         self._state_files: list[Path] = []
         self._files: list[Path] = []
@@ -204,10 +212,13 @@ class RecipeRun:
         loss: tuple[Tensor, Any] = self.loss_fn(self.ranks.gather_outputs(outputs), self.ranks.gather_targets(targets))
         return loss
 
-    def new_model(self) -> YOLOv4:
-        """A freshly initialised YOLOv4 of the configured variant (seeded: the same weights every call)."""
+    def new_model(self) -> Detector:
+        """A freshly initialised YOLOv4 of the configured variant, or the model of ``config.cfg`` (seeded: the
+        same weights every call)."""
         torch.manual_seed(self.config.seed)
         c = self.config
+        if self.darknet is not None:
+            return DarknetModel(self.darknet.cfg)
         return yolov4(len(c.classes), backbone=c.backbone, width=c.width, depth=c.depth, anchors=self.anchors)
 
     def train(
@@ -312,12 +323,17 @@ class RecipeRun:
         """
         self._files.append(Path(path))
 
-    def result(self, stage: str, model: YOLOv4, extra: dict[str, Any]) -> StageResult:
-        """Save ``model`` as ``out_dir/<stage>.pt`` and measure it (validation mAP@0.5, params, MACs)."""
+    def result(self, stage: str, model: Detector, extra: dict[str, Any]) -> StageResult:
+        """Save ``model`` as ``out_dir/<stage>.pt`` (a darknet model after pruning also as ``<stage>.cfg`` /
+        ``<stage>.weights``, registered with :meth:`record_file`) and measure it (validation mAP@0.5, params,
+        MACs)."""
         path = self.out / f"{stage}.pt"
         model.cpu()
         if self.ranks.is_main:
             save_pruned(model, path)
+            if isinstance(model, DarknetModel) and stage in ("pruned", "recovered"):
+                for exported in export_stage(model, path):
+                    self.record_file(exported)
         self.ranks.barrier()
         files = [file_record(self.out, f) for f in (path, *self._files)] if self.ranks.is_main else []
         metrics = evaluate(model.to(self.device), self.val_loader, device=self.device, progress=self.progress)
@@ -332,7 +348,7 @@ class RecipeRun:
             files=files,
         )
 
-    def load(self, stage: str) -> YOLOv4:
+    def load(self, stage: str) -> Detector:
         """The model of a finished stage, from ``checkpoints[stage]`` or ``out_dir/<stage>.pt``."""
         model = self.new_model()
         load_pruned(model, self.checkpoints.get(stage, self.out / f"{stage}.pt"))

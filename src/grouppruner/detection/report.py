@@ -29,7 +29,7 @@ from ..graph import ChannelGraph
 from ..profile import measure_latency
 from ..pruning import applied_plans
 from ..sparsity import BNSparsity
-from .models import YOLOv4, yolov4
+from .models import yolov4
 from .run_folder import read_results
 
 __all__ = ["StageRow", "read_run", "write_report"]
@@ -129,9 +129,13 @@ def read_run(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict
     return read_results(run_dir)
 
 
-def _load_stage(path: Path, config: Mapping[str, Any]) -> YOLOv4:
+def _load_stage(path: Path, config: Mapping[str, Any]) -> nn.Module:
     if not path.is_file():
         raise CheckpointError(f"{path}: stage checkpoint missing; run the recipe again to recreate it")
+    if config.get("cfg"):  # a run on a darknet cfg
+        from .darknet.recipe import load_darknet
+
+        return load_darknet(config["cfg"], path)[0].eval()
     model = yolov4(
         len(config["classes"]), backbone=config["backbone"], width=float(config["width"]), depth=float(config["depth"])
     )

@@ -10,10 +10,12 @@ Typical use after sparse training::
     optimizer = gp.pruning.rebuild_optimizer(optimizer, model)
 
 Scores: each channel group (channels that must go together, from :class:`grouppruner.graph.ChannelGraph`) gets
-one score per channel from an :class:`Importance` (default :class:`BNScale`: every BatchNorm of the group gives a
-row ``|gamma|``, and the rows are combined by its ``coupling``, see :mod:`.importance`). A channel is removed
-when its score is below its layer group's threshold, unless ``min_channels`` (a hard per-group, hence per-layer,
-minimum) or ``round_to`` keep it; the channels kept are always the highest-scoring ones.
+one score per channel from an :class:`Importance`. The default, :class:`AutoImportance`, uses ``|gamma|`` where the
+group has a BatchNorm (:class:`BNScale`: every BatchNorm of the group gives a row, combined by its ``coupling``),
+else its GroupNorm / LayerNorm scale (:class:`NormScale`), else the normalised L2 norm of its producers' filters
+(:class:`FilterMagnitude`); see :mod:`.importance`. A channel is removed when its score is below its layer group's
+threshold, unless ``min_channels`` (a hard per-group, hence per-layer, minimum) or ``round_to`` keep it; the
+channels kept are always the highest-scoring ones.
 
 Modules, in the order the data flows: :mod:`.importance` (scores), :mod:`.budget` (cost prediction and budget
 solving), :mod:`.pruner` (:class:`GroupPruner`), :mod:`.plan` (:class:`PruningPlan`), :mod:`.folding` (beta
@@ -35,7 +37,7 @@ from .importance import (
     ScoreFn,
 )
 from .optimizer import rebuild_optimizer
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, weights_digest
+from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, scored_weights_digest
 from .pruner import GroupPruner
 
 __all__ = [
@@ -55,5 +57,5 @@ __all__ = [
     "apply_structure",
     "model_fingerprint",
     "rebuild_optimizer",
-    "weights_digest",
+    "scored_weights_digest",
 ]

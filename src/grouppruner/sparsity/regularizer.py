@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.amp.grad_scaler import OptState
 
-from .._utils.errors import NonFiniteError
+from .._utils.errors import InvalidOptionError, ModelChangedError, NonFiniteError, OptionTypeError, UsageError
 from .._utils.wrappers import inner_name, unwrap
 from .schedules import Constant, FloatArray, IndexArray, Schedule, check_total_steps
 from .targets import (
@@ -68,15 +69,20 @@ class BNSparsity:
             graph: passed to ``graph.layer_groups(by=...)`` (``None``: the graph's automatic grouping). With a
             model: ``{group: [glob patterns on BatchNorm names]}`` (first match wins) or a callable
             ``bn_name -> group``; ``None``: one group ``"all"``.
-        total_steps: the run length for a schedule that has none; :attr:`schedule` is then a copy of
-            ``schedule`` with that length (the object passed in is not modified).
-        scaler: the ``torch.amp.GradScaler`` of the training loop. When given (and enabled), :meth:`step`
-            expects *scaled* gradients (call it before ``scaler.unscale_`` / ``scaler.step``) and multiplies the
-            rate by the current scale; non-finite gradients are then left to the scaler (it skips the step).
-            Without a scaler, gradients must be unscaled.
+        total_steps: the run length for a schedule that has none.
+        scaler: the ``torch.amp.GradScaler`` of the training loop, if any. :meth:`step` always acts on
+            *unscaled* gradients: call it after ``scaler.unscale_(optimizer)`` and before gradient clipping and
+            ``scaler.step``. With the scaler given, :meth:`step` checks that order (it refuses scaled gradients,
+            which would multiply the rate by the loss scale) and leaves non-finite gradients to the scaler, which
+            skips the step.
         check_finite: raise :class:`NonFiniteError` on NaN/inf in gammas or their gradients (one host sync).
         advance_schedule: :meth:`step` advances the schedule by one; set ``False`` to drive the schedule
             yourself (e.g. ``sparsity.schedule.step()`` once per epoch).
+
+    The regularizer works on its own copy of ``schedule`` (:attr:`schedule`): the object passed in is never
+    advanced or modified, so one schedule object can configure several runs. Who advances :attr:`schedule`:
+    :meth:`step` does, once per call (unless ``advance_schedule=False``); :meth:`penalty` never does, so a loop
+    that uses the loss-term form calls ``sparsity.schedule.step()`` once per optimizer step.
         norm_types: the norm classes whose per-channel ``weight`` is regularized; BatchNorm only by default.
             ``(nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)`` also sparsifies GroupNorm towers and channels-first
             LayerNorms (ConvNeXt), whose scales :class:`~grouppruner.pruning.NormScale` then ranks.
@@ -100,14 +106,15 @@ class BNSparsity:
     ) -> None:
         norm_types = tuple(norm_types)
         if not norm_types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in norm_types):
-            raise TypeError(f"BNSparsity: norm_types must be nn.Module classes, got {norm_types!r}")
-        self.schedule = schedule if isinstance(schedule, Schedule) else Constant(float(schedule))
+            raise OptionTypeError(f"BNSparsity: norm_types must be nn.Module classes, got {norm_types!r}")
+        # A copy: the caller's schedule object is theirs and is never advanced or written to.
+        self.schedule = copy.deepcopy(schedule) if isinstance(schedule, Schedule) else Constant(float(schedule))
         if total_steps is not None:
             if self.schedule.total_steps not in (None, total_steps):
-                raise ValueError(f"total_steps={total_steps} conflicts with the schedule's {self.schedule.total_steps}")
+                raise InvalidOptionError(
+                    f"BNSparsity: total_steps={total_steps} conflicts with the schedule's {self.schedule.total_steps}"
+                )
             check_total_steps(type(self.schedule).__name__, total_steps)
-            # A copy: the caller's schedule object is theirs and is never written to.
-            self.schedule = copy.copy(self.schedule)
             self.schedule.total_steps = total_steps
         if self.schedule.needs_total_steps:
             self.schedule.progress(0)  # fail now, not at the first step
@@ -124,7 +131,7 @@ class BNSparsity:
             from ..graph import ChannelGraph
 
             if not isinstance(target, ChannelGraph):
-                raise TypeError(f"BNSparsity target must be a ChannelGraph or an nn.Module, got {type(target)!r}")
+                raise OptionTypeError(f"BNSparsity target must be a ChannelGraph or an nn.Module, got {type(target)!r}")
             model = unwrap(target.model)
             layers, names = layers_from_graph(target, model, exclude, layer_groups, norm_types)
         self._build(layers, names)
@@ -176,7 +183,7 @@ class BNSparsity:
     def _gammas(self) -> list[Tensor]:
         gammas: list[Tensor] = [norm_weight(bn) for bn in self._bns]
         if [g.shape[0] for g in gammas] != self._sizes:
-            raise ValueError(
+            raise ModelChangedError(
                 "BatchNorm sizes changed since BNSparsity was built (was the model pruned?); build a new one"
             )
         return gammas
@@ -224,9 +231,11 @@ class BNSparsity:
     def step(self) -> None:
         """Add ``rate * sign(gamma)`` to the gamma gradients, then advance the schedule.
 
-        Call once per optimizer step: after the (last accumulated) ``backward()`` and before
-        ``optimizer.step()`` (and before ``scaler.unscale_`` when a scaler was given). Under DDP every rank
-        computes the same update from identical gammas, so replicas stay identical.
+        Call once per optimizer step, on unscaled gradients: after the (last accumulated) ``backward()`` and
+        ``scaler.unscale_(optimizer)`` (with mixed precision), before gradient clipping and ``optimizer.step()`` /
+        ``scaler.step(optimizer)``. The gradient of every gamma then grows by exactly ``rate * sign(gamma)``,
+        whatever the loss scale. Under DDP every rank computes the same update from identical gammas, so
+        replicas stay identical.
 
         The update is built on one flat host copy of all gammas (the copy the finite check makes anyway) and
         added to the per-layer gradients by one ``torch._foreach_add_``: a constant number of kernels per step,
@@ -234,9 +243,10 @@ class BNSparsity:
         finite check, a few ``torch._foreach_*`` kernels over the per-layer tensors do the same.
 
         Raises:
-            RuntimeError: no gradient yet (``step()`` before ``backward()``), or some BatchNorm got none.
+            UsageError: no gradient yet (``step()`` before ``backward()``), some BatchNorm got none, or the
+                gradients are still scaled (a scaler was given and no optimizer was unscaled).
+            ModelChangedError: the BatchNorms changed size since construction (the model was pruned).
             NonFiniteError: NaN/inf in a gamma, or in a gradient when no scaler handles overflow.
-            ValueError: the BatchNorms changed size since construction (the model was pruned).
         """
         gammas = self._gammas()
         maybe_grads = [p.grad for p in gammas]
@@ -244,14 +254,13 @@ class BNSparsity:
             self._raise_missing_grads(maybe_grads)
         grads: list[Tensor] = maybe_grads  # type: ignore[assignment]  # None ruled out above
         scaled = self.scaler is not None and self.scaler.is_enabled()
+        if scaled:
+            _check_unscaled(self.scaler)  # type: ignore[arg-type]  # not None when scaled
         with torch.no_grad():
             host = self._host(gammas + grads) if self.check_finite else None
             if host is not None:
                 self._check_finite(host, scaled)
             rate = self.schedule.rate()
-            if scaled:
-                assert self.scaler is not None
-                rate *= float(self.scaler.get_scale())
             host_gammas = host[: self._numel] if host is not None else None
             if host_gammas is None and not self._uniform():
                 host_gammas = self._host(gammas)
@@ -313,11 +322,11 @@ class BNSparsity:
     def _raise_missing_grads(self, grads: Sequence[Tensor | None]) -> None:
         missing = [n for n, g in zip(self.layer_names, grads, strict=True) if g is None]
         if len(missing) == len(grads):
-            raise RuntimeError(
+            raise UsageError(
                 "BNSparsity.step() called before backward(): no BatchNorm scale has a gradient "
                 "(call it after loss.backward() and before optimizer.step())"
             )
-        raise RuntimeError(
+        raise UsageError(
             f"BNSparsity.step(): no gradient for {len(missing)} BatchNorm(s), e.g. {missing[:5]}; they were not "
             "used in the forward pass. Pass them in exclude=."
         )
@@ -344,7 +353,7 @@ class BNSparsity:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: restores the schedule exactly (the gammas come from the model's own state_dict)."""
         if list(state["layers"]) != list(self.layer_names) or state["num_channels"] != self.num_channels:
-            raise ValueError(
+            raise InvalidOptionError(
                 "BNSparsity state is for a different set of BatchNorm channels "
                 f"({len(state['layers'])} layers / {state['num_channels']} channels, "
                 f"here {len(self.layer_names)} / {self.num_channels})"
@@ -383,3 +392,19 @@ class BNSparsity:
         reg = flat[torch.from_numpy(self._reg_index)]
         ids = torch.from_numpy(self._group_ids)
         return {name: reg[ids == g].clone() for g, name in enumerate(self.layer_group_names)}
+
+
+def _check_unscaled(scaler: torch.amp.GradScaler) -> None:
+    """Refuse scaled gradients: the L1 term added to them would be divided by the loss scale at unscale time.
+
+    ``GradScaler`` records per optimizer whether ``unscale_`` ran since the last ``update()``; it has no public
+    accessor, so the private table is read, and a scaler without it (a custom subclass) is trusted.
+    """
+    states = getattr(scaler, "_per_optimizer_states", None)
+    if states is None:
+        return
+    if not any(state.get("stage") is OptState.UNSCALED for state in states.values()):
+        raise UsageError(
+            "BNSparsity.step() got scaled gradients: call scaler.unscale_(optimizer) first, then "
+            "sparsity.step(), then gradient clipping and scaler.step(optimizer)"
+        )

@@ -238,7 +238,7 @@ def test_prune_to_0_6_keeps_output_shapes(name: str) -> None:
     for min_channels in (2, 1, 4, 8):
         pruner = GroupPruner(graph, min_channels=min_channels)
         try:
-            plan = pruner.plan(target_params=0.6)
+            plan = pruner.plan(target_params=0.6, strict=True)
             break
         except ValueError as err:
             assert "channel steps too coarse" in str(err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import math
 import re
 import warnings
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 import grouppruner as gp
+from grouppruner._utils.errors import InvalidOptionError
 from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner, PruningPlan, applied_plans, model_fingerprint, rebuild_optimizer
@@ -217,23 +219,42 @@ def test_target_modes_land_within_one_percent_on_small_model() -> None:
         assert abs(plan.macs_ratio - target) <= 0.01 * target
 
 
-def test_target_that_cannot_be_met_within_one_percent_raises() -> None:
+def test_target_that_cannot_be_met_within_one_percent_raises_when_strict() -> None:
     # round_to=8 on a 36k-parameter model: one step of 8 channels is several % of the parameters
     pruner = make_pruner(random_detector(), min_channels=1, round_to=8)
-    with pytest.raises(ValueError, match=r"cannot be met within 1% .* closest reachable value is (\d\.\d+)") as info:
-        pruner.plan(target_params=0.8)
+    with pytest.raises(InvalidOptionError, match=r"cannot be met within 1% .* closest reachable value is") as info:
+        pruner.plan(target_params=0.8, strict=True)
     closest = float(re.search(r"closest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
     assert abs(closest - 0.8) > 0.008
-    assert pruner.plan(target_params=0.9).params_ratio == pytest.approx(0.9, rel=0.01)
+    assert pruner.plan(target_params=0.9, strict=True).params_ratio == pytest.approx(0.9, rel=0.01)
+
+
+def test_target_a_hair_out_of_reach_lands_on_the_closest_plan(caplog: pytest.LogCaptureFixture) -> None:
+    pruner = make_pruner(random_detector(), min_channels=1, round_to=8)
+    with pytest.raises(InvalidOptionError, match=r"closest reachable value is (\d\.\d+)") as info:
+        pruner.plan(target_params=0.8, strict=True)
+    closest = float(re.search(r"closest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
+    with caplog.at_level(logging.WARNING, logger="grouppruner.pruning.budget"):
+        plan = pruner.plan(target_params=0.8)
+    assert plan.params_ratio == pytest.approx(closest, abs=5e-5)
+    assert abs(plan.params_ratio - 0.8) > 0.008
+    assert f"closest reachable value, {closest:.4f}" in caplog.text
+    # no plan closer to 0.8 exists: the solver's neighbours on either side are both further away
+    for other in (closest - 0.02, closest + 0.02):
+        assert abs(pruner.plan(target_params=other).params_ratio - 0.8) >= abs(closest - 0.8) - 1e-9
+    # far below what min_channels allows is still refused, strict or not
+    with pytest.raises(InvalidOptionError, match="not reachable"):
+        make_pruner(random_detector(), min_channels=64).plan(target_params=0.05)
 
 
 def test_plan_missing_its_target_is_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
     """The final check on the plan's own numbers catches any solver / plan disagreement."""
     pruner = make_pruner(random_detector(), min_channels=1)
 
-    def keep_everything(*args: object) -> tuple[dict[str, float], dict[str, list[int]]]:
+    def keep_everything(*args: object) -> tuple[dict[str, float], dict[str, list[int]], float]:
+        # a solver claiming to reach the target while keeping every channel
         groups = [pruner.graph.group(n) for names in pruner.layer_groups.values() for n in names]
-        return dict.fromkeys(pruner.layer_groups, 0.0), {g.name: list(range(g.size)) for g in groups}
+        return dict.fromkeys(pruner.layer_groups, 0.0), {g.name: list(range(g.size)) for g in groups}, 0.5
 
     monkeypatch.setattr(pruner, "_solve", keep_everything)
     with pytest.raises(ValueError, match=r"target_macs=0.5: the plan reaches 1.0000, more than 1% away"):

@@ -34,11 +34,15 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from torch import nn
 
+from .._utils.errors import InvalidOptionError
 from ..profile import LayerCost, layer_costs
 
-__all__ = ["CostModel", "kept_count", "removal_order", "solve_cut"]
+__all__ = ["TOLERANCE", "CostModel", "check_reached", "kept_count", "removal_order", "solve_cut"]
 
 logger = logging.getLogger(__name__)
+
+#: Target modes: a plan within this relative distance of the target is accepted as is.
+TOLERANCE = 0.01
 
 
 class CostModel:
@@ -167,3 +171,57 @@ def solve_cut(
         if abs(previous_cost - target) < abs(best_cost - target):
             return previous, previous_cost
     return best_cut, best_cost
+
+
+def check_reached(
+    mode: str,
+    target: float,
+    reached: float,
+    total: float,
+    smallest: Callable[[], float],
+    rules: str,
+    *,
+    strict: bool,
+) -> float:
+    """Judge the cost of the cut :func:`solve_cut` found against the budget ``target * total``.
+
+    Within :data:`TOLERANCE` of the budget the cut is taken. Further away, when even removing every removable
+    channel costs more than ``(1 + TOLERANCE) * target * total``, the target is out of reach and this raises. Else
+    the channel steps are too coarse for the target (one step is more than 2 % of a small model): with ``strict``
+    this raises too; otherwise the closest cut is taken and a warning gives the value reached.
+
+    Args:
+        mode: the plan mode, for messages (``"target_params"`` ...).
+        target: the fraction asked for, in (0, 1].
+        reached: cost of the chosen cut.
+        total: cost of the unpruned model.
+        smallest: cost of the deepest cut allowed (called only when the cut misses).
+        rules: the rules limiting the cut, for messages (``"min_channels=8, round_to=4"``).
+        strict: refuse a plan outside the tolerance instead of warning.
+
+    Returns:
+        The fraction reached, ``reached / total``.
+
+    Raises:
+        InvalidOptionError: the target is out of reach, or (``strict``) no cut lands within the tolerance.
+    """
+    goal = target * total
+    fraction = reached / total
+    if abs(reached - goal) <= TOLERANCE * goal:
+        return fraction
+    deepest = smallest()
+    if deepest > (1 + TOLERANCE) * goal:
+        raise InvalidOptionError(
+            f"{mode}={target:g} is not reachable with {rules}: the smallest reachable value is {deepest / total:.4f}"
+        )
+    if strict:
+        raise InvalidOptionError(
+            f"{mode}={target:g} cannot be met within {TOLERANCE:.0%} with {rules}: the closest reachable value "
+            f"is {fraction:.4f} (channel steps too coarse); choose another target or a smaller round_to"
+        )
+    logger.warning(
+        "%s=%g: channel steps are too coarse to land within %.0f%% with %s; the plan takes the closest reachable "
+        "value, %.4f (strict=True refuses instead)",
+        mode, target, TOLERANCE * 100, rules, fraction,
+    )
+    return fraction

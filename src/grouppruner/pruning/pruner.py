@@ -20,7 +20,8 @@ from ..graph.removal import PARAMETER
 from ..latency import LatencyModel
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
-from .budget import CostModel, kept_count, removal_order, solve_cut
+from .budget import TOLERANCE as _TOLERANCE
+from .budget import CostModel, check_reached, kept_count, removal_order, solve_cut
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .importance import Coupling, Importance, ScoreFn, as_importance
 from .optimizer import remember_parameter_names
@@ -29,8 +30,6 @@ from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerpri
 __all__ = ["GroupPruner"]
 
 logger = logging.getLogger(__name__)
-
-_TOLERANCE = 0.01  # target modes: the plan lands within this relative distance of the target, or plan() raises
 
 
 def _input_shapes(example_inputs: Any) -> list[list[int]]:
@@ -187,6 +186,7 @@ class GroupPruner:
         target_latency: float | None = None,
         latency_model: LatencyModel | None = None,
         latency_weight: float = 0.0,
+        strict: bool = False,
     ) -> PruningPlan:
         """Decide which channels to remove. Exactly one mode must be given.
 
@@ -210,6 +210,9 @@ class GroupPruner:
                 removed from it, so that at equal scores the channels that cost more time go first (the
                 thresholds reported are then on this weighted score). Works with every target mode, e.g.
                 ``plan(target_params=0.35, latency_weight=1.0)``.
+            strict: target modes only. When channel steps are too coarse for any plan to land within 1 % of the
+                target (a small model, a large ``round_to``), the plan closest to the target is returned and a
+                warning logs the value reached; ``strict=True`` raises instead.
 
         Returns:
             The plan; nothing is changed on the model.
@@ -217,8 +220,8 @@ class GroupPruner:
         Raises:
             ValueError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1], a target more than
                 1 % below what ``min_channels`` / ``round_to`` allow (the message gives the smallest reachable
-                value), a target that no plan meets within 1 % (channel steps too coarse: the message gives the
-                closest value), NaN values.
+                value), with ``strict`` a target that no plan meets within 1 % (channel steps too coarse: the
+                message gives the closest value), NaN values.
             KeyError: an unknown layer-group name (the message lists the valid ones).
         """
         modes = {
@@ -273,12 +276,12 @@ class GroupPruner:
                 else:
                     group_thresholds[lg_name] = values[lg_name]
                     kept.update({g.name: self._kept(s, int((s >= values[lg_name]).sum()), g) for g, s in members})
-            target = None
+            target = expected = None
         else:
             target = float(modes[mode])  # type: ignore[arg-type]
             if not 0.0 < target <= 1.0 or math.isnan(target):
                 raise ValueError(f"{mode} must be a fraction in (0, 1], got {target}")
-            group_thresholds, kept = self._solve(scored, cost, mode, target, latency, latency_weight)
+            group_thresholds, kept, expected = self._solve(scored, cost, mode, target, latency, latency_weight, strict)
 
         plan = self._make_plan(mode, target, scored, group_thresholds, kept, cost)
         if target is not None:
@@ -289,7 +292,9 @@ class GroupPruner:
                 reached = latency(self._removed(scored, kept)) / latency({})
             else:
                 reached = plan.params_ratio if mode == "target_params" else plan.macs_ratio
-            if abs(reached - target) > _TOLERANCE * target:
+            # Outside the tolerance only as the closest plan that the solver accepted (strict=False) predicted.
+            accepted = not strict and expected is not None and math.isclose(reached, expected, rel_tol=1e-9)
+            if abs(reached - target) > _TOLERANCE * target and not accepted:
                 raise ValueError(
                     f"{mode}={target:g}: the plan reaches {reached:.4f}, more than {_TOLERANCE:.0%} away from the "
                     "target; choose another target or a smaller round_to"
@@ -318,8 +323,9 @@ class GroupPruner:
         target: float,
         latency: Callable[[Mapping[tuple[str, str], int]], float] | None = None,
         latency_weight: float = 0.0,
-    ) -> tuple[dict[str, float], dict[str, list[int]]]:
-        """Per-layer-group thresholds and kept channels for a budget (see :mod:`grouppruner.budget`).
+        strict: bool = False,
+    ) -> tuple[dict[str, float], dict[str, list[int]], float]:
+        """Per-layer-group thresholds, kept channels and the fraction reached for a budget (see :mod:`.budget`).
 
         Channels are ranked by their score normalised by the largest score of their layer group (ties spread
         evenly by :func:`~grouppruner.budget.removal_order`); the removed channels are the prefix of this ranking
@@ -372,17 +378,7 @@ class GroupPruner:
         prefix_cut, reached = solve_cut(evaluate, np.arange(channels + 1, dtype=np.float64), goal)
         prefix = int(prefix_cut)
         rules = f"min_channels={self.min_channels}" + ("" if self.round_to is None else f", round_to={self.round_to}")
-        if abs(reached - goal) > _TOLERANCE * goal:
-            smallest = evaluate(channels)
-            if smallest > (1 + _TOLERANCE) * goal:
-                raise ValueError(
-                    f"{mode}={target:g} is not reachable with {rules}: the smallest reachable value is "
-                    f"{smallest / total:.4f}"
-                )
-            raise ValueError(
-                f"{mode}={target:g} cannot be met within {_TOLERANCE:.0%} with {rules}: the closest reachable value "
-                f"is {reached / total:.4f} (channel steps too coarse); choose another target or a smaller round_to"
-            )
+        fraction = check_reached(mode, target, reached, total, lambda: evaluate(channels), rules, strict=strict)
         pooled = np.concatenate(normalised) if normalised else np.zeros(0)
         # Channels scoring below lam go; channels tied at lam are split by the tie order.
         end = float(np.nextafter(pooled.max(initial=1.0), np.inf))
@@ -392,7 +388,7 @@ class GroupPruner:
             group.name: self._kept(score, group.size - int(count), group)
             for (_, group, score), count in zip(members, counts, strict=True)
         }
-        return {lg: lam * scale[lg] for lg in scored}, kept
+        return {lg: lam * scale[lg] for lg in scored}, kept, fraction
 
     def _latency_predictor(
         self, latency_model: LatencyModel | None

@@ -13,14 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import nn
 
-from .._utils.calls import call_model, eval_mode
-from .._utils.modules import ModuleSnapshot
 from .._utils.names import did_you_mean, select_modules
 from .._utils.wrappers import inner_name, unwrap
-from . import coupling, removal, repair, tracing
+from . import coupling, probe, removal, repair, tracing
 from .groups import ChannelGroup, LayerRef
 from .layer_groups import LayerGroupSpec, partition
 
@@ -132,9 +129,7 @@ class ChannelGraph:
         for gi, g in enumerate(self.channel_groups):
             for ref in g.layers:
                 self._index.setdefault((ref.name, ref.dim), set()).add(gi)
-        constrained = {i: r.constrained_by for i, r in enumerate(raws) if r.constrained_by and r.reason is None}
-        if constrained:
-            self._probe(constrained, example_inputs, forward_fn, output_transform, tr.output_shapes)
+        self._probe({i: r.constrained_by for i, r in enumerate(raws)}, tr.output_shapes)
         logger.info(
             "ChannelGraph: %d channel groups, %d prunable",
             len(self.channel_groups),
@@ -151,48 +146,31 @@ class ChannelGraph:
             out.update(self._modules[name].modules())
         return out
 
-    def _probe(
-        self,
-        constrained: dict[int, list[str]],
-        example_inputs: Any,
-        forward_fn: Callable[[nn.Module, Any], Any] | None,
-        output_transform: Callable[[Any], Any] | None,
-        output_shapes: list[tuple[int, ...]],
-    ) -> None:
-        """Remove one channel of each split-constrained group on a copy of the model and run it.
+    def _probe(self, constrained: dict[int, list[str]], output_shapes: list[tuple[int, ...]]) -> None:
+        """Fix exactly the prunable groups whose shrinking breaks the forward (see :mod:`.probe`).
 
-        A split whose sizes are written as constants in ``forward()`` cannot follow a removal; the trial finds
-        exactly those groups (first all together, then one by one if that fails) and marks them not prunable.
-        Each trial removes the channels from the model itself and puts every module back afterwards.
+        ``constrained``: the split / slice ops each group's equal parts depend on, named in the reason.
         """
 
-        def trial(ids: Sequence[int]) -> str | None:
-            # On the model itself, undone afterwards: a deep copy per trial cost more than the whole trace.
-            snapshot = ModuleSnapshot(self.model)
-            groups = list(self.channel_groups)
-            try:
-                for gi in ids:
-                    removal.remove_units(self._modules, self._pruners, groups, self._index, gi, [groups[gi].size - 1])
-                with eval_mode(self.model), torch.no_grad():
-                    out = call_model(self.model, example_inputs, forward_fn)
-                    if output_transform is not None:
-                        out = output_transform(out)
-            except Exception as err:
-                return str(err.__cause__ or err)
-            finally:
-                snapshot.restore()
-            shapes = [tuple(t.shape) for t in tracing.flat_tensors(out)]
-            return None if shapes == output_shapes else f"output shapes change from {output_shapes} to {shapes}"
+        def remove_one(ids: Sequence[int]) -> None:
+            groups = list(self.channel_groups)  # the trial's own bookkeeping; the modules are restored after it
+            for gi in ids:
+                removal.remove_units(self._modules, self._pruners, groups, self._index, gi, [groups[gi].size - 1])
 
-        ids = sorted(constrained)
-        if trial(ids) is None:
-            return
-        for gi in ids:
-            err = trial([gi])
-            if err is not None:
-                ops_text = ", ".join(constrained[gi])
-                reason = f"removing a channel breaks the forward (split / slice {ops_text} has fixed sizes): {err}"
-                self.channel_groups[gi] = replace(self.channel_groups[gi], prunable=False, reason=reason)
+        trial = probe.make_trial(
+            self.model, remove_one, self.example_inputs, self.forward_fn, self.output_transform, output_shapes
+        )
+        ids = [i for i, g in enumerate(self.channel_groups) if g.prunable]
+        for gi, err in probe.find_breaking(trial, ids).items():
+            first = err.strip().splitlines()[0] if err.strip() else "no message"
+            first = first if len(first) <= 300 else first[:297] + "..."
+            if constrained.get(gi):
+                what = f"split / slice {', '.join(constrained[gi])} has fixed sizes"
+                reason = f"removing a channel breaks the forward ({what}): {first}"
+            else:
+                reason = f"removing a channel breaks the forward: {first}"
+            logger.info("channel group %s is fixed: %s", self.channel_groups[gi].name, reason)
+            self.channel_groups[gi] = replace(self.channel_groups[gi], prunable=False, reason=reason)
 
     def group(self, name: str) -> ChannelGroup:
         """The current channel group whose root layer is ``name``.

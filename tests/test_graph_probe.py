@@ -133,3 +133,31 @@ def test_find_breaking_is_exact_and_cheap() -> None:
     assert 5 in found and len(found) == 2 and ({20, 30} & set(found))
     rest = [i for i in range(40) if i not in found]
     assert make({5}, (20, 30))(rest) is None
+
+
+def test_fixed_convs_name_every_conv_that_cannot_shrink() -> None:
+    graph = ChannelGraph(PSANet().eval(), x_in())
+    fixed = graph.fixed_convs()
+    assert list(fixed) == ["stream.0", "psa.qkv", "psa.proj", "head"]
+    assert fixed["stream.0"].startswith("removing a channel breaks the forward")
+    assert fixed["psa.proj"].startswith("in channel group 'stream.0': removing a channel breaks the forward")
+    assert "model output" in fixed["head"]
+    # the pruner's minimum: stem has 16 channels, neck 24
+    wide = graph.fixed_convs(min_channels=16)
+    assert wide["stem.0"] == "16 group channels, no more than min_channels=16 keeps" and "neck.0" not in wide
+    with pytest.raises(ValueError, match="min_channels must be an int >= 1"):
+        graph.fixed_convs(min_channels=0)
+
+
+def test_probe_keeps_hook_handles_working() -> None:
+    """The probe restores the model's own dicts: a hook registered before the build is still removable."""
+    model = PSANet().eval()
+    calls: list[int] = []
+    handle = model.neck.register_forward_hook(lambda *_: calls.append(1))
+    ChannelGraph(model, x_in())
+    calls.clear()
+    model(x_in())
+    assert calls == [1]
+    handle.remove()
+    model(x_in())
+    assert calls == [1]

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--run", help="a demo / compress run folder: its model options and last stage checkpoint")
         sub.set_defaults(handler=handler)
     commands.choices["inspect"].add_argument("--all", action="store_true", help="list every channel group")
+    commands.choices["inspect"].add_argument(
+        "--min-channels", type=int, default=8, help="the pruner's min_channels for the list of convs that cannot "
+        "shrink (default 8, GroupPruner's)"
+    )
     commands.choices["profile"].add_argument("--threads", type=int, default=2)
     commands.choices["profile"].add_argument("--repeats", type=int, default=10)
 
@@ -173,6 +177,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print("not prunable:")
         for group in protected:
             print(f"  {group.name}: {group.reason}")
+    fixed = graph.fixed_convs(min_channels=args.min_channels)
+    n_convs = sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    print()
+    print(f"convs that cannot shrink (min_channels={args.min_channels}): {len(fixed)} of {n_convs}")
+    for name, reason in fixed.items():
+        print(f"  {name}: {reason}")
     return 0
 
 

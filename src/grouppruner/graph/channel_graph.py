@@ -15,10 +15,11 @@ from typing import Any
 
 from torch import nn
 
+from .._utils.errors import InvalidOptionError
 from .._utils.names import did_you_mean, select_modules
 from .._utils.wrappers import inner_name, unwrap
 from . import coupling, probe, removal, repair, tracing
-from .groups import ChannelGroup, LayerRef
+from .groups import ChannelGroup, LayerRef, min_units
 from .layer_groups import LayerGroupSpec, partition
 
 __all__ = ["ChannelGraph"]
@@ -235,6 +236,48 @@ class ChannelGraph:
                 self._modules, self._pruners, self.channel_groups, self._index, self._position[name], units
             )
         return self.channel_groups[self._position[name]]
+
+    def fixed_convs(self, min_channels: int = 1) -> dict[str, str]:
+        """Every convolution whose output channels cannot shrink, with the reason, in model order.
+
+        A conv can shrink when one of the channel groups holding its output channels is prunable and larger than
+        what ``min_channels`` keeps (:class:`~grouppruner.pruning.GroupPruner`'s rule, counted per member layer).
+        Otherwise the reason names each group and why it is fixed, or that it is already at the minimum; a conv
+        that the traced forward never reached (or whose output does not reach a model output) says so.
+
+        Args:
+            min_channels: the pruner's ``min_channels`` (``GroupPruner`` uses 8 by default); 1 lists only what
+                the graph itself fixes.
+
+        Returns:
+            ``{conv name: reason}``; convs that can shrink are absent.
+
+        Raises:
+            InvalidOptionError: ``min_channels`` is not an int >= 1.
+        """
+        if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+            raise InvalidOptionError(f"fixed_convs: min_channels must be an int >= 1, got {min_channels!r}")
+        fixed: dict[str, str] = {}
+        for name, module in self._modules.items():
+            if not isinstance(module, nn.modules.conv._ConvNd):
+                continue
+            groups = [self.channel_groups[i] for i in sorted(self._index.get((name, "out"), ()))]
+            if not groups:
+                fixed[name] = "not in any channel group: the traced forward does not reach it or its output"
+                continue
+            if any(g.prunable and g.size > min_units(g, min_channels) for g in groups):
+                continue
+            reasons = []
+            for g in groups:
+                where = "" if g.name == name else f"in channel group '{g.name}': "
+                if not g.prunable:
+                    reasons.append(f"{where}{g.reason}")
+                else:
+                    reasons.append(
+                        f"{where}{g.size} group channels, no more than min_channels={min_channels} keeps"
+                    )
+            fixed[name] = "; ".join(dict.fromkeys(reasons))
+        return fixed
 
     def summary(self) -> str:
         """A table: group, size, stride, layer group (automatic partition), status (prunable / the reason)."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGraph, ChannelGroup
+from ..graph.groups import min_units
 from ..graph.removal import PARAMETER
 from ..latency import LatencyModel
 from ..profile import record_positions
@@ -156,17 +157,8 @@ class GroupPruner:
                 )
 
     def _min_units(self, group: ChannelGroup) -> int:
-        """``min_channels`` in group channels: a group channel may stand for several layer channels.
-
-        In a grouped conv (ResNeXt, RegNet) one group channel is the same position in each of the conv's groups,
-        so a layer listed ``m`` times in the group keeps ``m`` layer channels per group channel. The minimum
-        applies to the width of every member layer: ``ceil(min_channels / m)`` group channels for the member
-        listed the fewest times (after ``a, b = x.chunk(2); a + b`` the sum has one channel per group channel).
-        """
-        per_layer: dict[tuple[str, str], int] = {}
-        for ref in group.layers:
-            per_layer[(ref.name, ref.dim)] = per_layer.get((ref.name, ref.dim), 0) + 1
-        return math.ceil(self.min_channels / min(per_layer.values(), default=1))
+        """``min_channels`` in group channels (see :func:`~grouppruner.graph.groups.min_units`)."""
+        return min_units(group, self.min_channels)
 
     def _kept(self, score: np.ndarray, raw: int, group: ChannelGroup) -> list[int]:
         """Group-local indices to keep: the ``raw`` best channels, adjusted by min_channels / round_to."""

@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 
 import grouppruner.detection as detection
-from grouppruner.graph import ChannelGraph, coupling, repair, tracing
+from grouppruner.graph import ChannelGraph, coupling, repair, shuffle, tracing
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -102,8 +102,12 @@ def main() -> None:
         tr = tracing.trace(model, x, None, None)
         start = time.process_time()
         products, own_ops = tracing.check_unsupported(tr.dg)
-        tr.unmapped_ops = {**repair.cut_channel_mismatches(tr.dg, own_ops), **products}
-        tr.unmapped_concats = repair.fix_index_mappings(tr.dg, tr.unmapped_ops)
+        shuffles = shuffle.find_shuffles(tr.dg)
+        tr.shuffle_nodes = {node for s in shuffles for node in s.nodes}
+        tr.shuffle_parts = {s.first: (s.groups * s.part, s.part) for s in shuffles}
+        tr.unmapped_ops = {**repair.cut_channel_mismatches(tr.dg, own_ops | tr.shuffle_nodes), **products}
+        tr.unmapped_concats = repair.fix_index_mappings(tr.dg, tr.unmapped_ops, tr.shuffle_nodes)
+        shuffle.map_shuffles(shuffles)
         coupling.extract_groups(model, tr, set())
         post.append(time.process_time() - start)
     print(f"[cpu] ChannelGraph work after the traced forward: {statistics.median(post):.3f} s (median)")

@@ -54,6 +54,7 @@ def _kind(reason: str | None) -> str:
         return "solver"
     for key, label in (
         ("breaks the forward", "probe"), ("shuffle", "shuffle"), ("min_channels", "min_channels"),
+        ("single channel unit", "one unit"),
         ("model output", "output"), ("split", "split"), ("reshape", "reshape"), ("regroups", "reshape"),
     ):
         if key in reason:

@@ -18,7 +18,7 @@ from torch import nn
 from .._utils.errors import InvalidOptionError
 from .._utils.names import did_you_mean, select_modules
 from .._utils.wrappers import inner_name, unwrap
-from . import coupling, probe, removal, repair, tracing
+from . import coupling, probe, removal, repair, shuffle, tracing
 from .groups import ChannelGroup, LayerRef, min_units
 from .layer_groups import LayerGroupSpec, partition
 
@@ -96,8 +96,12 @@ class ChannelGraph:
         ignored = self._resolve_ignore(given, ignore)
         tr = tracing.trace(model, example_inputs, forward_fn, output_transform)
         products, own_ops = tracing.check_unsupported(tr.dg)
-        tr.unmapped_ops = {**repair.cut_channel_mismatches(tr.dg, own_ops), **products}
-        tr.unmapped_concats = repair.fix_index_mappings(tr.dg, tr.unmapped_ops)
+        shuffles = shuffle.find_shuffles(tr.dg)
+        tr.shuffle_nodes = {node for s in shuffles for node in s.nodes}
+        tr.shuffle_parts = {s.first: (s.groups * s.part, s.part) for s in shuffles}
+        tr.unmapped_ops = {**repair.cut_channel_mismatches(tr.dg, own_ops | tr.shuffle_nodes), **products}
+        tr.unmapped_concats = repair.fix_index_mappings(tr.dg, tr.unmapped_ops, tr.shuffle_nodes)
+        shuffle.map_shuffles(shuffles)
         raws = coupling.extract_groups(model, tr, ignored)
         if not raws:
             raise ValueError(

@@ -11,7 +11,7 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -158,9 +158,15 @@ class ChannelGraph:
         """
 
         def remove_one(ids: Sequence[int]) -> None:
-            groups = list(self.channel_groups)  # the trial's own bookkeeping; the modules are restored after it
+            # The last channel of each group, all layers at once: the groups partition each layer's channels, so
+            # the original indices are distinct and no group's indices need shifting (the modules are restored
+            # after the trial, the graph's records are never touched).
+            removed: dict[tuple[str, Literal["out", "in"]], set[int]] = {}
             for gi in ids:
-                removal.remove_units(self._modules, self._pruners, groups, self._index, gi, [groups[gi].size - 1])
+                group = self.channel_groups[gi]
+                for ref in group.layers:
+                    removed.setdefault((ref.name, ref.dim), set()).add(ref.indices[group.size - 1])
+            removal.prune_layers(self._modules, self._pruners, {key: sorted(v) for key, v in removed.items()})
 
         trial = probe.make_trial(
             self.model, remove_one, self.example_inputs, self.forward_fn, self.output_transform, output_shapes

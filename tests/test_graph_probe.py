@@ -88,7 +88,7 @@ def test_psa_pruned_to_a_budget_runs() -> None:
 
 def test_without_the_probe_the_stream_breaks_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the probe prevents: the graph alone calls the stream prunable, and pruning it crashes the forward."""
-    monkeypatch.setattr(probe, "find_breaking", lambda trial, ids: {})
+    monkeypatch.setattr(probe, "find_breaking", lambda trial, ids, suspects=(): {})
     model = PSANet().eval()
     graph = ChannelGraph(model, x_in())
     assert graph.group("stream.0").prunable
@@ -161,3 +161,18 @@ def test_probe_keeps_hook_handles_working() -> None:
     handle.remove()
     model(x_in())
     assert calls == [1]
+
+
+def test_find_breaking_searches_the_suspects_first() -> None:
+    calls: list[list[int]] = []
+
+    def trial(ids: Sequence[int]) -> str | None:
+        calls.append(list(ids))
+        hit = sorted({3, 17} & set(ids))
+        return f"group {hit[0]}" if hit else None
+
+    assert probe.find_breaking(trial, range(40), suspects=[3, 17, 30]) == {3: "group 3", 17: "group 17"}
+    assert len(calls) <= 2 + 2 * 2 * 2
+    calls.clear()
+    # suspects that are not the culprits: the full search still finds them
+    assert probe.find_breaking(trial, range(40), suspects=[5, 6]) == {3: "group 3", 17: "group 17"}

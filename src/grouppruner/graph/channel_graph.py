@@ -172,7 +172,8 @@ class ChannelGraph:
             self.model, remove_one, self.example_inputs, self.forward_fn, self.output_transform, output_shapes
         )
         ids = [i for i, g in enumerate(self.channel_groups) if g.prunable]
-        for gi, err in probe.find_breaking(trial, ids).items():
+        suspects = [i for i in ids if constrained.get(i)]
+        for gi, err in probe.find_breaking(trial, ids, suspects).items():
             first = err.strip().splitlines()[0] if err.strip() else "no message"
             first = first if len(first) <= 300 else first[:297] + "..."
             if constrained.get(gi):

@@ -34,16 +34,18 @@ Trial = Callable[[Sequence[int]], str | None]
 """``trial(group indices) -> None`` when the forward runs with one channel fewer in each, else the error."""
 
 
-def find_breaking(trial: Trial, ids: Sequence[int]) -> dict[int, str]:
+def find_breaking(trial: Trial, ids: Sequence[int], suspects: Sequence[int] = ()) -> dict[int, str]:
     """The groups among ``ids`` whose removal breaks the forward, each with the error it gives.
 
     One trial when nothing breaks. Otherwise a bisection that keeps every group it can: the returned groups are
     such that removing one channel of each of the others, all together, passes; each culprit's error is that of a
-    trial whose other members pass together. About ``2 log2(len(ids))`` trials per culprit.
+    trial whose other members pass together. About ``2 log2(n)`` trials per culprit, ``n`` being ``len(ids)``, or
+    ``len(suspects)`` when the others pass together without them (one more trial).
 
     Args:
         trial: see :data:`Trial`; ``trial([])`` is assumed to pass.
         ids: candidate group indices.
+        suspects: the likely culprits among ``ids`` (groups behind a split or slice), searched first.
 
     Returns:
         ``{group index: error message}`` of the groups to fix.
@@ -52,6 +54,8 @@ def find_breaking(trial: Trial, ids: Sequence[int]) -> dict[int, str]:
     if first is None:
         return {}
     culprits: dict[int, str] = {}
+    likely = [i for i in ids if i in set(suspects)]
+    others = [i for i in ids if i not in set(suspects)]
 
     def search(candidates: list[int], base: list[int], error: str) -> None:
         # trial(base) passes, trial(base + candidates) fails with `error`
@@ -68,7 +72,10 @@ def find_breaking(trial: Trial, ids: Sequence[int]) -> dict[int, str]:
         if err is not None:
             search(right, base + kept, err)
 
-    search(list(ids), [], first)
+    if likely and others and trial(others) is None:
+        search(likely, others, first)
+    else:
+        search(list(ids), [], first)
     return culprits
 
 

@@ -10,6 +10,12 @@ def test_inspect_prints_layer_groups_and_protected_heads(capsys):
     assert "backbone/s8" in out
     # the three head output convolutions are protected, with a reason
     assert out.count("head.p") >= 3
+    # every conv that cannot shrink is listed with its reason
+    assert "convs that cannot shrink (min_channels=8):" in out
+    assert "  head.p3: channels form a model output ('head.p3' output (1, 75, 8, 8))" in out
+    assert main(["inspect", "--width", "0.125", "--image-size", "64", "--min-channels", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "convs that cannot shrink (min_channels=1): 3 of " in out
 
 
 def test_profile_prints_params_of_the_model(capsys):

@@ -229,14 +229,14 @@ def test_target_a_hair_out_of_reach_lands_on_the_closest_plan(caplog: pytest.Log
     assert pruner.plan(target_params=0.9).params_ratio == pytest.approx(0.9, rel=0.01)
 
 
-def test_target_below_the_minimum_widths_lands_on_the_smallest_plan(caplog: pytest.LogCaptureFixture) -> None:
+def test_target_below_the_minimum_widths_is_refused_strict_or_not() -> None:
     pruner = make_pruner(random_detector(), min_channels=4)
     unreachable = r"not reachable with .*: the smallest reachable value is (\d\.\d+)"
-    with pytest.raises(gp.InvalidOptionError, match=unreachable) as info:
-        pruner.plan(target_params=0.01, strict=True)
+    for strict in (True, False):
+        with pytest.raises(gp.InvalidOptionError, match=unreachable) as info:
+            pruner.plan(target_params=0.01, strict=strict)
     smallest = float(re.search(r"smallest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
-    with caplog.at_level(logging.WARNING, logger="grouppruner.pruning.budget"):
-        plan = pruner.plan(target_params=0.01)
+    plan = pruner.plan(target_params=smallest)
     assert plan.params_ratio == pytest.approx(smallest, abs=5e-5)
     assert all(len(g.kept) == min(g.size, 4) for g in plan.channel_groups)
 

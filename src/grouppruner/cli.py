@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["profile"].add_argument(
         "--threads", type=int, default=None, help="torch threads for the latency (default: OMP_NUM_THREADS, if set)"
     )
+    commands.choices["inspect"].add_argument(
+        "--min-channels", type=int, default=8, help="the pruner's min_channels for the list of convs that cannot "
+        "shrink (default 8, GroupPruner's)"
+    )
     commands.choices["profile"].add_argument("--repeats", type=int, default=10)
 
     demo = commands.add_parser(
@@ -191,6 +195,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print("not prunable:")
         for group in protected:
             print(f"  {group.name}: {group.reason}")
+    fixed = graph.fixed_convs(min_channels=args.min_channels)
+    n_convs = sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    print()
+    print(f"convs that cannot shrink (min_channels={args.min_channels}): {len(fixed)} of {n_convs}")
+    for name, reason in fixed.items():
+        print(f"  {name}: {reason}")
     return 0
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from .._utils.calls import split_inputs, tensors_in
 from .._utils.errors import InternalError, InvalidOptionError, LayerNotFoundError, OptionTypeError
 from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
+from ..graph.groups import min_units
 from ..latency import LatencyModel
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
@@ -28,7 +29,6 @@ from .budget import (
     added_biases,
     kept_count,
     latency_weights,
-    min_units,
     predict_cost,
     quantile_cut,
     removed_channels,

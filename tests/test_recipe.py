@@ -342,6 +342,7 @@ def _train(run, epochs, stage="sparse"):
     return run.train(model, torch.optim.SGD(model.parameters(), lr=1e-3), epochs, stage)
 
 
+@pytest.mark.slow
 def test_an_epoch_state_of_other_options_or_epochs_is_discarded_not_resumed(tiny_run, tmp_path, caplog):
     config, _ = tiny_run
     caplog.set_level("INFO")
@@ -411,6 +412,22 @@ def test_a_run_killed_in_the_sparse_stage_and_rerun_with_another_rate_starts_the
     assert [r.stage for r in results] == list(STAGES)
 
 
+def test_a_damaged_stage_file_is_not_done_earlier(tiny_run, tmp_path, caplog):
+    from grouppruner.detection.recipe import _finished_stages
+
+    config, _ = tiny_run
+    shutil.copytree(config.out_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("data"))
+    copy = dataclasses.replace(config, out_dir=str(tmp_path / "copy"))
+    assert list(_finished_stages(tmp_path / "copy", copy)[0]) == list(STAGES)
+    sparse = tmp_path / "copy" / "sparse.pt"
+    data = bytearray(sparse.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    sparse.write_bytes(bytes(data))
+    assert list(_finished_stages(tmp_path / "copy", copy)[0]) == ["dense"]
+    assert f"sparse: {sparse} differs from the file written then (its SHA-256 changed" in caplog.text
+
+
+@pytest.mark.slow
 def test_a_truncated_stage_checkpoint_reruns_that_stage_with_a_warning(tiny_run, tmp_path, caplog):
     config, results = tiny_run
     shutil.copytree(config.out_dir, tmp_path / "copy")

@@ -107,3 +107,21 @@ def test_bad_training_states_name_the_file_and_leave_the_model(tmp_path: Path) -
     with pytest.raises(gp.CheckpointError, match=r"junk\.pt: cannot be read as a training state"):
         load_training_state(tmp_path / "junk.pt", model=model)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_state_saved_with_another_fingerprint_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    model, opt, sched, _, _, _ = _parts()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()  # momentum buffers and a scheduler step: state a load would visibly restore
+    sched.step()
+    path = tmp_path / "sparse.epoch.pt"
+    save_training_state(path, 3, model=model, optimizer=opt, scheduler=sched, fingerprint="options-a")
+    fresh, fresh_opt, fresh_sched, _, _, _ = _parts(seed=1)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(gp.CheckpointError, match=r"sparse\.epoch\.pt: made with other options"):
+        load_training_state(path, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched, fingerprint="options-b")
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert fresh_opt.state_dict()["state"] == {} and fresh_sched.last_epoch == 0  # untouched too
+    kwargs = {"model": fresh, "optimizer": fresh_opt, "scheduler": fresh_sched}
+    assert load_training_state(path, **kwargs, fingerprint="options-a") == 3
+    assert load_training_state(path, **kwargs) == 3  # no fingerprint asked: any state loads

@@ -35,7 +35,16 @@ from .importance import (
     ScoreFn,
 )
 from .optimizer import rebuild_optimizer
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, weights_digest
+from .plan import (
+    ChannelGroupPlan,
+    LayerGroupPlan,
+    PruningPlan,
+    applied_plans,
+    model_fingerprint,
+    pop_plans,
+    record_plan,
+    weights_digest,
+)
 from .pruner import GroupPruner
 
 __all__ = [
@@ -52,6 +61,8 @@ __all__ = [
     "PruningPlan",
     "ScoreFn",
     "applied_plans",
+    "pop_plans",
+    "record_plan",
     "apply_structure",
     "model_fingerprint",
     "rebuild_optimizer",

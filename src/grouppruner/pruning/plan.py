@@ -27,6 +27,8 @@ __all__ = [
     "LayerGroupPlan",
     "PruningPlan",
     "applied_plans",
+    "pop_plans",
+    "record_plan",
     "model_fingerprint",
     "weights_digest",
 ]
@@ -329,3 +331,14 @@ def applied_plans(model: nn.Module) -> list[PruningPlan]:
 def record_plan(model: nn.Module, plan: PruningPlan) -> None:
     """Append ``plan`` to the plans kept on ``model`` (used by ``apply`` and ``load_pruned``)."""
     model.__dict__.setdefault(_PLANS_ATTR, []).append(plan)
+
+
+def pop_plans(model: nn.Module) -> list[PruningPlan]:
+    """Remove the plans kept on ``model`` and return them, oldest first.
+
+    For frameworks that pickle the whole module (Ultralytics checkpoints): a module without grouppruner objects
+    in its ``__dict__`` unpickles where grouppruner is not installed; keep the plans elsewhere (as
+    :meth:`PruningPlan.to_dict` JSON) and put them back with :func:`record_plan`.
+    """
+    plans: list[PruningPlan] = model.__dict__.pop(_PLANS_ATTR, [])
+    return plans

@@ -126,22 +126,25 @@ def _check_restored(model: nn.Module, meta: dict[str, Any], path: str | os.PathL
 def keep_pruned_model(yolo: Any) -> None:
     """Make ``yolo.train()`` fine-tune its (pruned) module instead of a model rebuilt from the yaml.
 
-    Ultralytics' ``Model.train`` builds a fresh model from ``model.yaml`` and copies the weights that fit; this
-    registers a callback that hands the trainer a copy of the pruned module before its ``setup_model``, which
-    keeps a module it is given. For multi-GPU training pass ``trainer=`` one of :mod:`.trainer` instead (the
-    DDP launcher starts new processes, which run the trainer class, not this object's callbacks).
+    Ultralytics' ``Model.train`` asks the new trainer's ``get_model`` for a model built from ``model.yaml`` with
+    the weights that fit copied in. This registers a callback that runs when the trainer is created and gives
+    that trainer (the instance, not its class) a ``get_model`` that returns the pruned module instead
+    (:func:`~grouppruner.integrations.ultralytics.trainer.pruned_copy`). For multi-GPU training pass
+    ``trainer=`` one of :mod:`.trainer` instead: the DDP workers rebuild the trainer from its class.
     """
-    pruned = yolo.model
+    from .trainer import pruned_copy
 
-    def hand_over(trainer: Any) -> None:
-        if isinstance(trainer.model, nn.Module) and is_pruned(trainer.model):
-            return
-        model = copy.deepcopy(pruned).float()
-        model.train()
-        trainer.model = model
+    def keep_pruned(trainer: Any) -> None:
+        stock = trainer.get_model
 
-    hand_over.__qualname__ = "keep_pruned_model"
-    yolo.add_callback("on_pretrain_routine_start", hand_over)
+        def get_model(cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
+            kept = pruned_copy(trainer, weights)
+            built: nn.Module = kept if kept is not None else stock(cfg=cfg, weights=weights, verbose=verbose)
+            return built
+
+        trainer.get_model = get_model
+
+    yolo.add_callback("on_pretrain_routine_start", keep_pruned)
 
 
 def load(path: str | os.PathLike[str]) -> Any:

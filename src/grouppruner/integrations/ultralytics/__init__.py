@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .distill import HeadDistillLoss
     from .flow import STAGES, CompressResult, StageRecord, compress
     from .model import channel_graph, detection_model, prune
+    from .synthetic import make_synthetic_yolo
     from .trainer import DetectionTrainer, PoseTrainer, SegmentationTrainer, trainer_class
 
 _EXPORTS = {
@@ -52,6 +53,7 @@ _EXPORTS = {
     "channel_graph": "model",
     "detection_model": "model",
     "prune": "model",
+    "make_synthetic_yolo": "synthetic",
     "DetectionTrainer": "trainer",
     "PoseTrainer": "trainer",
     "SegmentationTrainer": "trainer",

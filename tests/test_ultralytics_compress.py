@@ -160,6 +160,30 @@ def test_resume_after_kill_9(detect: tuple[Path, Path], tmp_path: Path) -> None:
     assert epochs == ["1", "2", "3"]  # every epoch once: the resumed run continued, it did not start over
 
 
+def test_cli_yolo(detect: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from grouppruner.cli import main
+
+    data, weights = detect
+    out = tmp_path / "run"
+    argv = ["yolo", "--model", str(weights), "--data", str(data), "--target-params", "0.6", "--out", str(out)]
+    argv += ["--sparse-epochs", "0", "--recover-epochs", "1", "--distill-attention", "0", "--distill-output", "0"]
+    argv += ["--imgsz", str(IMGSZ), "--batch", "8", "--workers", "0", "--device", "cpu"]
+    argv += ["--train", "amp=False", "--train", "plots=False", "--train", "mosaic=0.0"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()  # Ultralytics writes its own progress to stdout before the summary
+    table = lines[-len(gpu.STAGES) - 2 :]
+    assert table[0].split() == ["stage", "mAP50-95", "mAP50", "params", "MACs"]
+    assert [line.split()[0] for line in table[1:-1]] == list(gpu.STAGES)
+    assert f"compressed model: {out / 'recovered.pt'}" in printed
+    options = json.loads((out / "results.json").read_text())["options"]
+    assert options["mosaic"] == 0.0 and options["amp"] is False and options["target_params"] == 0.6
+    pruned = json.loads((out / "results.json").read_text())["stages"][2]
+    assert pruned["extra"]["params_ratio"] == pytest.approx(0.6, abs=0.01)
+    assert main([*argv[:-2], "--train", "mosaic"]) == 2  # a --train item without a value
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
 def test_segmentation_goes_through_the_same_flow(tmp_path: Path) -> None:
     data = gpu.make_synthetic_yolo(tmp_path / "data", 24, image_size=IMGSZ, segments=True)
     weights = _trained("yolov8n-seg.yaml", data, tmp_path)

@@ -22,7 +22,9 @@ def test_core_import_does_not_import_ultralytics() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_missing_ultralytics_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_ultralytics_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "ultralytics", None)  # as if not installed
     with pytest.raises(gp.MissingExtraError, match=r'pip install "grouppruner\[ultralytics\]"'):
         gpu.compress  # noqa: B018  # the first use of a name imports Ultralytics

@@ -220,7 +220,7 @@ def test_classification_model_is_refused(data: Path, tmp_path: Path) -> None:
 
 
 def test_missing_data_yaml(tmp_path: Path) -> None:
-    with pytest.raises(gp.DataError, match="no such data.yaml"):
+    with pytest.raises(gp.DataError, match=r"no such data\.yaml"):
         gpu.compress(YOLO("yolov8n.yaml"), data=tmp_path / "nope.yaml", target_macs=0.5, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -284,5 +284,5 @@ def test_unrestorable_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         gpu.load(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(gp.CheckpointError, match="junk.pt"):
+    with pytest.raises(gp.CheckpointError, match=r"junk\.pt"):
         gpu.load(tmp_path / "junk.pt")

@@ -141,7 +141,8 @@ def test_resume_after_kill_9(detect: tuple[Path, Path], tmp_path: Path) -> None:
         """
     )
     env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [sys.executable, "-c", script]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = out / "sparse" / "weights" / "grouppruner_sparsity.pt"
     deadline = time.monotonic() + 300
     while not state.is_file() and process.poll() is None and time.monotonic() < deadline:

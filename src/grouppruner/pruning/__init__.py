@@ -61,10 +61,10 @@ __all__ = [
     "PruningPlan",
     "ScoreFn",
     "applied_plans",
-    "pop_plans",
-    "record_plan",
     "apply_structure",
     "model_fingerprint",
+    "pop_plans",
     "rebuild_optimizer",
+    "record_plan",
     "weights_digest",
 ]

@@ -27,9 +27,9 @@ __all__ = [
     "LayerGroupPlan",
     "PruningPlan",
     "applied_plans",
+    "model_fingerprint",
     "pop_plans",
     "record_plan",
-    "model_fingerprint",
     "weights_digest",
 ]
 

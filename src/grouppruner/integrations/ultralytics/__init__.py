@@ -60,7 +60,27 @@ _EXPORTS = {
     "trainer_class": "trainer",
 }
 
-__all__ = sorted([*_EXPORTS, "require_ultralytics"])
+__all__ = [
+    "STAGES",
+    "CompressResult",
+    "DetectionTrainer",
+    "Distillation",
+    "HeadDistillLoss",
+    "PoseTrainer",
+    "SegmentationTrainer",
+    "SparseTraining",
+    "StageRecord",
+    "channel_graph",
+    "compress",
+    "detection_model",
+    "is_pruned",
+    "load",
+    "make_synthetic_yolo",
+    "prune",
+    "require_ultralytics",
+    "save",
+    "trainer_class",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -72,4 +92,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return list(__all__)
+
+
+assert sorted([*_EXPORTS, "require_ultralytics"]) == sorted(__all__)  # one list of names, kept in step

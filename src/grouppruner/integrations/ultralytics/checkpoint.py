@@ -65,7 +65,7 @@ def save(model: Any, path: str | os.PathLike[str], *, train_args: dict[str, Any]
         "plans": plans,
     }
     args = train_args if train_args is not None else getattr(inner, "args", {})
-    snapshot = copy.deepcopy(inner).half()
+    snapshot: Any = copy.deepcopy(inner).half()
     if hasattr(snapshot, "criterion"):
         snapshot.criterion = None  # training-only state (and a distillation teacher) stays out of the file
     for parameter in snapshot.parameters():

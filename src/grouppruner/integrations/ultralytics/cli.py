@@ -95,7 +95,8 @@ def run_command(args: argparse.Namespace) -> str:
         model = YOLO(str(model_path))
     else:
         raise ValueError(f"--model {model_path}: expected an Ultralytics .pt checkpoint or a model .yaml")
-    trainer = {k: v for k, v in (("batch", args.batch), ("device", args.device), ("workers", args.workers)) if v is not None}
+    given = {"batch": args.batch, "device": args.device, "workers": args.workers}
+    trainer = {k: v for k, v in given.items() if v is not None}
     result = compress(
         model,
         data=args.data,

@@ -329,7 +329,7 @@ def compress(
     inner = detection_model(model)
     yolo = model if isinstance(model, YOLO) else None
     budgets = {"target_params": target_params, "target_macs": target_macs, "target_latency": target_latency}
-    given = {k: v for k, v in budgets.items() if v is not None}
+    given: dict[str, Any] = {k: v for k, v in budgets.items() if v is not None}
     if len(given) != 1:
         raise InvalidOptionError(f"compress needs exactly one of {list(budgets)}, got {sorted(given) or 'none'}")
     for name, value in (("sparse_epochs", sparse_epochs), ("recover_epochs", recover_epochs)):
@@ -339,7 +339,9 @@ def compress(
     if finetune_epochs is None:
         finetune_epochs = recover_epochs // 2 if distill else recover_epochs
     if not 0 <= finetune_epochs <= recover_epochs:
-        raise InvalidOptionError(f"finetune_epochs must be in [0, recover_epochs={recover_epochs}], got {finetune_epochs}")
+        raise InvalidOptionError(
+            f"finetune_epochs must be in [0, recover_epochs={recover_epochs}], got {finetune_epochs}"
+        )
     reserved = sorted(set(trainer_kwargs) & _RESERVED)
     if reserved:
         raise InvalidOptionError(f"compress sets the trainer keywords {reserved} itself; do not pass them")
@@ -379,7 +381,7 @@ def compress(
     results_path = out_dir / "results.json"
     done = _finished_stages(results_path, options, out_dir)
     run = _Run(out_dir, str(data_path), imgsz, yolo.task if yolo is not None else _task_of(inner), trainer_kwargs)
-    sparse_options = {"sparsity": sparsity, "warmup": sparsity_warmup, "keep": sparsity_keep}
+    sparse_options: dict[str, Any] = {"sparsity": sparsity, "warmup": sparsity_warmup, "keep": sparsity_keep}
     if "optimizer" not in trainer_kwargs:
         sparse_options["trainer"] = {"optimizer": "SGD"}  # the L1 step is lr * s only under plain SGD
 
@@ -395,10 +397,10 @@ def compress(
             if sparse_epochs == 0:
                 shutil.copyfile(run.path("dense"), target)
             else:
-                callback = SparseTraining(sparsity, warmup=sparsity_warmup, keep=sparsity_keep)
-                last = run.train(run.path("dense"), stage, sparse_epochs, sparse_options, callback)
+                sparse = SparseTraining(sparsity, warmup=sparsity_warmup, keep=sparsity_keep)
+                last = run.train(run.path("dense"), stage, sparse_epochs, sparse_options, sparse)
                 save(load(last).model, target)
-                extra["gamma_below_1e-2"] = callback.stats
+                extra["gamma_below_1e-2"] = sparse.stats
         elif stage == "pruned":
             pruned = load(run.path("sparse"))
             plan = prune(pruned, imgsz=imgsz, min_channels=min_channels, round_to=round_to, **given)
@@ -407,7 +409,7 @@ def compress(
         else:
             source = run.path("pruned" if stage == "finetuned" else "finetuned")
             epochs = finetune_epochs if stage == "finetuned" else recover_epochs - finetune_epochs
-            callback = None
+            callback: Distillation | None = None
             if stage == "recovered" and distill:
                 callback = Distillation(
                     run.path("dense"),
@@ -450,7 +452,8 @@ def _finished_stages(results_path: Path, options: Mapping[str, Any], out: Path) 
     keep = len(STAGES) if changed is None else STAGES.index(changed)
     done: dict[str, StageRecord] = {}
     for record in records:
-        if record.stage not in STAGES or STAGES.index(record.stage) >= keep or not (out / f"{record.stage}.pt").is_file():
+        kept = record.stage in STAGES and STAGES.index(record.stage) < keep
+        if not kept or not (out / f"{record.stage}.pt").is_file():
             break
         done[record.stage] = record
     return done

@@ -75,7 +75,8 @@ def detection_model(model: Any) -> nn.Module:
             f"{type(model).__name__} is not an Ultralytics YOLO model (expected ultralytics.YOLO or its "
             "DetectionModel / SegmentationModel / PoseModel / OBBModel)"
         )
-    return inner
+    result: nn.Module = inner
+    return result
 
 
 def plan_records(model: nn.Module) -> list[dict[str, Any]]:
@@ -99,11 +100,10 @@ def _keep_plans_as_json(model: nn.Module) -> None:
     setattr(model, PLANS_ATTRIBUTE, json.dumps(records, allow_nan=False))
 
 
-def head(model: Any) -> nn.Module:
+def head(model: Any) -> Any:
     """The model's head (``Detect``, ``Segment``, ``Pose``, ``OBB``): the last layer of ``model.model``."""
     inner: Any = detection_model(model)
-    result: nn.Module = inner.model[-1]
-    return result
+    return inner.model[-1]
 
 
 def neck_layers(model: Any) -> list[str]:
@@ -138,7 +138,7 @@ def channel_graph(model: Any, *, imgsz: int = 640) -> ChannelGraph:
         OptionTypeError, UsageError: see :func:`detection_model`.
         GraphError: a module of the model uses an op the graph cannot map (the message names module and op).
     """
-    inner = detection_model(model)
+    inner: Any = detection_model(model)
     dfl_module = getattr(head(inner), "dfl", None)
     has_dfl = isinstance(dfl_module, nn.Module) and any(True for _ in dfl_module.parameters())
     dfl = [f"model.{len(inner.model) - 1}.dfl"] if has_dfl else []

@@ -169,3 +169,21 @@ def gamma_zero_reference(model: nn.Module, graph: Any, plan: Any) -> nn.Module:
                 for i in entry.removed:
                     bn.weight[ref.indices[i]] = 0.0
     return reference.eval()
+
+
+def fixed_latency_model(model: nn.Module, x: torch.Tensor) -> Any:
+    """A :class:`~grouppruner.latency.LatencyModel` of the measured form with fixed coefficients, so that planning
+    tests do not depend on how busy the machine was: each unit costs 0.1 us plus 1 ns per multiply-accumulate-like
+    ``positions * C_in * C_out`` (high-resolution, wide layers are the expensive ones, as measured on CPUs)."""
+    from grouppruner.latency import LatencyModel
+    from grouppruner.profile import record_positions
+
+    state = LatencyModel.measure(model, x, repeats=1).state_dict()
+    positions, _ = record_positions(model, x)
+    units = 0.0
+    for item in state["layers"]:
+        item["coef"] = [1e-7, 0.0, 0.0, 1e-9 * positions[item["name"]]]
+        units += 1e-7 + 1e-9 * positions[item["name"]] * item["in_channels"] * item["out_channels"]
+    state["residual_s"] = 0.1 * units
+    state["dense_s"] = 1.1 * units
+    return LatencyModel.from_state_dict(state)

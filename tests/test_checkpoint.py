@@ -14,7 +14,7 @@ import grouppruner as gp
 from grouppruner.checkpoint import CheckpointError, load_pruned, read_meta, save_pruned
 from grouppruner.graph import ChannelGraph
 from grouppruner.pruning import GroupPruner, applied_plans
-from nets import CBA, random_detector, randomize_bn
+from nets import CBA, fixed_latency_model, random_detector, randomize_bn
 from zoo import ResNetTiny
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -43,6 +43,59 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     assert applied_plans(restored) == applied_plans(model)
     assert {k: v.shape for k, v in restored.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+PLAN_MODES = [
+    ("ratios", {"ratios": 0.4}),
+    ("thresholds", {"thresholds": 0.5}),
+    ("target_params", {"target_params": 0.6}),
+    ("target_macs", {"target_macs": 0.6}),
+    ("target_latency", {"target_latency": 0.85}),
+    ("target_params+latency_weight", {"target_params": 0.6, "latency_weight": 1.0}),
+    ("target_macs+latency_weight", {"target_macs": 0.6, "latency_weight": 2.0}),
+    ("target_latency+latency_weight", {"target_latency": 0.85, "latency_weight": 1.0}),
+]
+
+
+@pytest.mark.parametrize("options", [o for _, o in PLAN_MODES], ids=[n for n, _ in PLAN_MODES])
+def test_every_plan_mode_saves_and_loads_into_a_fresh_model(tmp_path: Path, options: dict[str, float]) -> None:
+    model = random_detector()
+    randomize_bn(model, torch.Generator().manual_seed(3))
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2)
+    per_group = {"ratios", "thresholds"} & set(options)
+    kwargs: dict[str, object] = dict(options)
+    for mode in per_group:
+        kwargs[mode] = dict.fromkeys(pruner.layer_groups, options[mode])
+    if any(k.startswith("target_latency") or k == "latency_weight" for k in options):
+        kwargs["latency_model"] = fixed_latency_model(model, X)
+    plan = pruner.plan(**kwargs)  # type: ignore[arg-type]
+    assert plan.mode == next(iter(options))
+    pruner.apply(plan)
+    assert plan.params_after < plan.params_before
+    path = tmp_path / "pruned.pt"
+    gp.save_pruned(model, path)
+    restored = gp.load_pruned(random_detector(seed=11), path)
+    assert_same_outputs(model, restored)
+    assert applied_plans(restored) == [plan]
+
+
+WRAPPERS = [nn.DataParallel, lambda m: torch.compile(m, backend="eager")]
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS, ids=["dp", "compile"])
+def test_a_wrapped_model_saves_and_loads_the_model_inside(tmp_path: Path, wrapper) -> None:  # type: ignore[no-untyped-def]
+    model = prune(random_detector(), 0.5)
+    path = tmp_path / "pruned.pt"
+    gp.save_pruned(wrapper(model), path)
+    meta, state = read_meta(path)
+    assert len(meta["plans"]) == 1 and meta["original_fingerprint"] != meta["pruned_fingerprint"]
+    assert set(state) == set(model.state_dict())  # the inner model's keys, no "module." prefix
+    restored = gp.load_pruned(random_detector(seed=7), path)
+    assert_same_outputs(model, restored)
+    fresh = random_detector(seed=7)
+    wrapped = nn.DataParallel(fresh)
+    assert gp.load_pruned(wrapped, path) is wrapped
+    assert_same_outputs(model, fresh)
 
 
 def test_file_is_tensors_only_and_loads_with_weights_only(tmp_path: Path) -> None:

@@ -114,3 +114,18 @@ def test_onnx_parity_of_the_fused_pruned_model(tmp_path) -> None:  # type: ignor
 def _onnx_nodes(data: bytes) -> list:  # type: ignore[type-arg]
     onnx = pytest.importorskip("onnx")
     return list(onnx.load_from_string(data).graph.node)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_export_and_fuse_give_the_caller_its_train_mode_back(fuse: bool) -> None:
+    pytest.importorskip("onnx")
+    model = random_detector().train()
+    model.head.eval()  # a submodule the user froze in eval mode stays so
+    modes = {name: m.training for name, m in model.named_modules()}
+    fused = fuse_for_inference(model, X)
+    assert not fused.training and {name: m.training for name, m in model.named_modules()} == modes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(model, X[:1], fuse=fuse, check=False)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert model.training and not model.head.training

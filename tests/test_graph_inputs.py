@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grouppruner import BNSparsity, GroupPruner
 from grouppruner.graph import ChannelGraph, ChannelGroup, GraphError
 from zoo import ZOO, ConvBN, example_input
 
@@ -238,9 +240,27 @@ def test_layer_groups_mapping(detector_graph: ChannelGraph) -> None:
     assert {k: len(v) for k, v in groups.items()} == {"early": 2, "backbone": 4, "rest": 3}
 
 
-def test_layer_groups_mapping_incomplete(detector_graph: ChannelGraph) -> None:
-    with pytest.raises(ValueError, match=r"matched by no pattern: neck\.reduce\.0, neck\.fuse8\.0, neck\.fuse16\.0"):
-        detector_graph.layer_groups({"b": ["backbone.*"]})
+def test_layer_groups_mapping_may_leave_groups_out(
+    detector_graph: ChannelGraph, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="grouppruner._utils.names"):
+        groups = detector_graph.layer_groups({"b": ["backbone.*"]})
+    assert [g.name for g in groups["b"]] == [
+        g.name for g in detector_graph.channel_groups if g.prunable and g.name.startswith("backbone.")
+    ]
+    assert "neither pruned nor regularized: neck.reduce.0, neck.fuse8.0, neck.fuse16.0" in caplog.text
+
+
+def test_one_spec_language_for_graph_pruner_and_sparsity(detector_graph: ChannelGraph) -> None:
+    """Globs, exact names and ChannelGroup objects mean the same to ChannelGraph, GroupPruner and BNSparsity."""
+    first = next(g for g in detector_graph.channel_groups if g.prunable)
+    spec = {"first": [first], "backbone": "backbone.*", "neck": ["neck.reduce.0", "neck.fuse*"]}
+    expected = {k: [g.name for g in v] for k, v in detector_graph.layer_groups(spec).items()}
+    assert expected["first"] == [first.name] and first.name not in expected["backbone"]
+    pruner = GroupPruner(detector_graph, layer_groups=spec, min_channels=1)
+    assert pruner.layer_groups == expected
+    sparsity = BNSparsity(detector_graph, schedule=1e-3, layer_groups=spec)
+    assert list(sparsity.stats()) == [k for k in expected if any(detector_graph.group(n).bns for n in expected[k])]
 
 
 def test_layer_groups_mapping_overlap_and_typo(detector_graph: ChannelGraph) -> None:
@@ -261,9 +281,9 @@ def test_layer_groups_callable_and_bad_specs(detector_graph: ChannelGraph) -> No
     assert {g.size for g in groups["big"]} == {32} and all(g.size < 32 for g in groups["small"])
     with pytest.raises(TypeError, match="returned int"):
         detector_graph.layer_groups(lambda g: 1)  # type: ignore[arg-type, return-value]
-    with pytest.raises(TypeError, match="patterns must be strings"):
+    with pytest.raises(TypeError, match="entries must be glob patterns, names or ChannelGroups"):
         detector_graph.layer_groups({"a": [1]})  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="by must be"):
+    with pytest.raises(TypeError, match="layer groups must be None, a mapping"):
         detector_graph.layer_groups(3)  # type: ignore[arg-type]
 
 

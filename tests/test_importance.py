@@ -23,19 +23,26 @@ def _graph() -> gp.ChannelGraph:
 
 
 def test_bn_scale_is_abs_gamma_and_couples_by_mean_max_vote() -> None:
-    graph = _graph()
-    group = next(g for g in graph.channel_groups if g.prunable)
-    bn = graph.model.get_submodule(group.bn_names[0])
+    torch.manual_seed(0)
+    model = ZOO["resnet"]()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(-1, 1)
+    graph = gp.ChannelGraph(model, example_input())
+    group = next(g for g in graph.channel_groups if g.prunable and len(g.bns) >= 3)  # a residual stream
     rows = BNScale().rows(graph.model, group)
-    assert rows is not None
-    torch.testing.assert_close(rows[0], bn.weight.detach().abs()[list(group.bns[0].indices)])
-    values = np.array([[1.0, 5.0, 2.0], [3.0, 1.0, 2.0], [2.0, 0.0, 9.0]])
-    imp = CustomImportance(lambda m, g: torch.tensor(values), coupling="vote")
-    fake = gp.ChannelGroup("x", 3, (), None, True, None)
-    np.testing.assert_allclose(imp(graph.model, fake), [2.0, 1.0, 2.0])  # 2nd largest of 3 per column
-    np.testing.assert_allclose(CustomImportance(lambda m, g: torch.tensor(values))(graph.model, fake), values.mean(0))
-    max_imp = CustomImportance(lambda m, g: torch.tensor(values), coupling="max")
-    np.testing.assert_allclose(max_imp(graph.model, fake), values.max(0))
+    assert rows is not None and rows.shape == (len(group.bns), group.size)
+    for row, ref in zip(rows, group.bns, strict=True):  # one |gamma| row per BatchNorm of the stream
+        torch.testing.assert_close(row, graph.model.get_submodule(ref.name).weight.detach().abs()[list(ref.indices)])
+    expected = rows.numpy()
+    np.testing.assert_allclose(BNScale(coupling="mean")(graph.model, group), expected.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(BNScale(coupling="max")(graph.model, group), expected.max(0), rtol=1e-6)
+    # vote: the k-th largest row per channel, k the majority count, so thresholding it is a majority vote
+    majority = len(expected) // 2 + 1
+    vote = BNScale(coupling="vote")(graph.model, group)
+    np.testing.assert_allclose(vote, np.sort(expected, axis=0)[-majority], rtol=1e-6)
+    for threshold in (0.2, 0.5, 0.8):
+        np.testing.assert_array_equal(vote >= threshold, (expected >= threshold).sum(0) >= majority)
 
 
 def test_pruner_takes_importance_objects_and_names_them_in_the_plan() -> None:
@@ -70,3 +77,35 @@ def test_bn_sparsity_does_not_write_into_the_callers_schedule() -> None:
     graph.model(example_input()).sum().backward()
     sparsity.step()
     assert schedule.last_step == 0 and sparsity.schedule.last_step == 1
+
+
+class MyNorm(nn.BatchNorm2d):
+    """A user's BatchNorm subclass: a BatchNorm by type, whatever its class name says."""
+
+
+class NormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.norm1 = MyNorm(16)
+        self.conv2 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.norm1(self.conv1(x))))
+
+
+def test_batchnorm_subclass_is_scored_by_its_gamma_and_regularized() -> None:
+    torch.manual_seed(0)
+    model = NormNet()
+    with torch.no_grad():
+        model.norm1.weight.uniform_(0.5, 1.0)
+        model.norm1.weight[[1, 5, 9, 13]] = 1e-4  # near-zero gammas on strong filters: gamma must decide
+        model.conv1.weight[[1, 5, 9, 13]] *= 100.0
+    graph = gp.ChannelGraph(model, torch.randn(1, 3, 8, 8))
+    group = graph.group("conv1")
+    assert group.bn_names == ("norm1",) and all(r.role == "batchnorm" for r in group.bns)
+    pruner = gp.GroupPruner(graph, min_channels=1)
+    plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.25))
+    assert plan.channel_groups[0].score == "bn_l1"
+    assert sorted(set(range(16)) - set(plan.channel_groups[0].kept)) == [1, 5, 9, 13]
+    assert gp.BNSparsity(graph, schedule=1e-3).layer_names == ("norm1",)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
+import logging
 import math
 import re
 import warnings
@@ -18,7 +20,7 @@ import grouppruner as gp
 from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner, PruningPlan, applied_plans, model_fingerprint, rebuild_optimizer
-from grouppruner.pruning.budget import kept_count, removal_order, solve_cut
+from grouppruner.pruning.budget import BudgetSolution, kept_count, removal_order, solve_cut
 from nets import CBA, gamma_zero_reference, random_detector, randomize_bn
 from zoo import ZOO, MiniDetector, ResNetTiny
 
@@ -35,11 +37,6 @@ def make_pruner(model: nn.Module, **options: object) -> GroupPruner:
 
 
 # ----------------------------------------------------------------------------- plan data
-
-
-def test_public_names() -> None:
-    assert gp.GroupPruner is GroupPruner
-    assert gp.PruningPlan is PruningPlan
 
 
 def test_plan_is_plain_json_and_round_trips() -> None:
@@ -217,27 +214,53 @@ def test_target_modes_land_within_one_percent_on_small_model() -> None:
         assert abs(plan.macs_ratio - target) <= 0.01 * target
 
 
-def test_target_that_cannot_be_met_within_one_percent_raises() -> None:
+def test_target_a_hair_out_of_reach_lands_on_the_closest_plan(caplog: pytest.LogCaptureFixture) -> None:
     # round_to=8 on a 36k-parameter model: one step of 8 channels is several % of the parameters
     pruner = make_pruner(random_detector(), min_channels=1, round_to=8)
     with pytest.raises(ValueError, match=r"cannot be met within 1% .* closest reachable value is (\d\.\d+)") as info:
-        pruner.plan(target_params=0.8)
+        pruner.plan(target_params=0.8, strict=True)
     closest = float(re.search(r"closest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
     assert abs(closest - 0.8) > 0.008
+    with caplog.at_level(logging.WARNING, logger="grouppruner.pruning.budget"):
+        plan = pruner.plan(target_params=0.8)
+    assert plan.params_ratio == pytest.approx(closest, abs=5e-5)
+    assert f"closest reachable value is {closest:.4f}" in caplog.text
+    # no channel step lands nearer to 0.8 than the plan chosen: one more or one fewer step of 8 is further away
     assert pruner.plan(target_params=0.9).params_ratio == pytest.approx(0.9, rel=0.01)
 
 
-def test_plan_missing_its_target_is_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_target_below_the_minimum_widths_lands_on_the_smallest_plan(caplog: pytest.LogCaptureFixture) -> None:
+    pruner = make_pruner(random_detector(), min_channels=4)
+    unreachable = r"not reachable with .*: the smallest reachable value is (\d\.\d+)"
+    with pytest.raises(gp.InvalidOptionError, match=unreachable) as info:
+        pruner.plan(target_params=0.01, strict=True)
+    smallest = float(re.search(r"smallest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
+    with caplog.at_level(logging.WARNING, logger="grouppruner.pruning.budget"):
+        plan = pruner.plan(target_params=0.01)
+    assert plan.params_ratio == pytest.approx(smallest, abs=5e-5)
+    assert all(len(g.kept) == min(g.size, 4) for g in plan.channel_groups)
+
+
+def test_plan_disagreeing_with_its_solver_is_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
     """The final check on the plan's own numbers catches any solver / plan disagreement."""
     pruner = make_pruner(random_detector(), min_channels=1)
+    solve = pruner._solve
 
-    def keep_everything(*args: object) -> tuple[dict[str, float], dict[str, list[int]]]:
-        groups = [pruner.graph.group(n) for names in pruner.layer_groups.values() for n in names]
-        return dict.fromkeys(pruner.layer_groups, 0.0), {g.name: list(range(g.size)) for g in groups}
+    def claims_more(*args: object, **kwargs: object) -> BudgetSolution:
+        solution = solve(*args, **kwargs)  # type: ignore[arg-type]
+        return dataclasses.replace(solution, reached=solution.reached * 0.9)
 
-    monkeypatch.setattr(pruner, "_solve", keep_everything)
-    with pytest.raises(ValueError, match=r"target_macs=0.5: the plan reaches 1.0000, more than 1% away"):
+    monkeypatch.setattr(pruner, "_solve", claims_more)
+    with pytest.raises(RuntimeError, match=r"target_macs: the plan reports 0\.\d+, the solver predicted"):
         pruner.plan(target_macs=0.5)
+
+
+def test_ratios_must_be_a_mapping() -> None:
+    pruner = make_pruner(random_detector(), min_channels=1)
+    with pytest.raises(gp.OptionTypeError, match=r"plan\(ratios=\.\.\.\) takes a mapping layer group -> value"):
+        pruner.plan(ratios=0.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got float"):
+        pruner.plan(thresholds=0.5)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- apply and folding
@@ -358,7 +381,7 @@ def test_bad_plan_arguments() -> None:
 def test_unreachable_target_names_smallest_value() -> None:
     pruner = make_pruner(random_detector(), min_channels=8)
     with pytest.raises(ValueError, match=r"smallest reachable value is (\d\.\d+)") as info:
-        pruner.plan(target_params=0.05)
+        pruner.plan(target_params=0.05, strict=True)
     smallest = float(str(info.value).rsplit(" ", 1)[-1])
     plan = pruner.plan(target_params=smallest)
     assert plan.params_ratio == pytest.approx(smallest, abs=1e-4)

@@ -485,8 +485,10 @@ def test_stats_per_layer_group() -> None:
     assert stats["BN1"].rate == 2e-3  # exact: mean factor first, then the rate
     gammas = sparsity.gammas()
     assert torch.equal(gammas["BN2"], torch.full((12,), -0.5))
-    with pytest.raises(ValueError, match="matches no pattern"):
-        BNSparsity(model, schedule=2e-3, layer_groups={"a": ["bn1"]})
+    # the graph's spec language on BatchNorm names: BNs in no layer group are not regularized
+    assert BNSparsity(model, schedule=2e-3, layer_groups={"a": ["bn1"]}).layer_names == ("bn1",)
+    with pytest.raises(ValueError, match="unknown BatchNorm 'bn3'; close matches: 'bn2', 'bn1'"):
+        BNSparsity(model, schedule=2e-3, layer_groups={"a": ["bn3"]})
 
 
 # ------------------------------------------------------------------------------------------ toy training

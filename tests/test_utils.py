@@ -87,6 +87,12 @@ def test_errors_share_one_base_and_keep_builtin_bases() -> None:
         (gp.distill.LayerNotFoundError, KeyError),
         (gp.distill.LayerOutputError, TypeError),
         (gp.distill.DistillerStateError, RuntimeError),
+        (gp.InvalidOptionError, ValueError),
+        (gp.OptionTypeError, TypeError),
+        (gp.UsageError, RuntimeError),
+        (gp.ModelChangedError, ValueError),
+        (gp.DataError, ValueError),
     ):
         assert issubclass(error, gp.GroupPrunerError) and issubclass(error, builtin)
-    assert gp.sparsity.NonFiniteError is gp.distill.NonFiniteError is gp.NonFiniteError
+        with pytest.raises(builtin, match="named layer"):  # `except <builtin>` keeps working
+            raise error("named layer")

@@ -3,7 +3,7 @@
 A checkpoint is a ``torch.save`` file holding a flat ``dict[str, Tensor]``: the model's ``state_dict`` entries
 under ``"state/<key>"`` and one ``uint8`` tensor ``"grouppruner/meta"`` with UTF-8 JSON: the format name and
 version, the fingerprints of the original and the pruned architecture, and the applied
-:class:`~grouppruner.plan.PruningPlan` list (the structure). Only tensors and a JSON string are stored, so the file
+:class:`~grouppruner.pruning.PruningPlan` list (the structure). Only tensors and a JSON string are stored, so the file
 loads with ``torch.load(..., weights_only=True)`` and never executes code. Writes go to a temporary file in the
 same directory followed by ``os.replace``, so a crash never leaves a half-written checkpoint under the final name.
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from ._utils.errors import CheckpointError
 from ._utils.modules import ModuleSnapshot
+from ._utils.wrappers import unwrap
 from .pruning.plan import PruningPlan, applied_plans, model_fingerprint
 
 __all__ = ["CheckpointError", "atomic_write", "load_pruned", "load_tensor_file", "read_meta", "save_pruned"]
@@ -85,10 +86,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
     Args:
         model: a model pruned by :meth:`grouppruner.pruning.GroupPruner.apply` (an unpruned model is saved
-            with an empty plan list).
+            with an empty plan list). A ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile``
+            wrapper is looked through: the model inside it is saved, with its own key names.
         path: destination file; its directory must exist.
     """
     path = Path(path)
+    model = unwrap(model)
     plans = applied_plans(model)
     meta = {
         "format": _FORMAT,
@@ -238,7 +241,8 @@ def load_pruned(
     """Restore a pruned model saved by :func:`save_pruned` into a freshly built original ``model`` (in place).
 
     Args:
-        model: the unpruned model, built the same way as the one that was pruned.
+        model: the unpruned model, built the same way as the one that was pruned (or a DDP / DataParallel /
+            ``torch.compile`` wrapper of it: the model inside is restored).
         path: the checkpoint.
         example_inputs: inputs to trace the channel graph with; by default zeros of the shapes recorded in the
             plan (needed when the model takes non-tensor inputs).
@@ -247,7 +251,8 @@ def load_pruned(
             used when the model was pruned.
 
     Returns:
-        ``model``, now pruned, with the saved weights and the plans recorded on it.
+        ``model`` as given, now pruned, with the saved weights and the plans recorded on the model inside any
+        wrapper.
 
     Raises:
         CheckpointError: not a grouppruner checkpoint, damaged or hand-edited metadata (wrong types, input shapes
@@ -257,6 +262,7 @@ def load_pruned(
     from .graph import ChannelGraph  # the graph (torch-pruning tracing) is only needed here
     from .pruning import apply_structure
 
+    given, model = model, unwrap(model)
     meta, state = read_meta(path)
     fingerprint = model_fingerprint(model)
     if fingerprint != meta["original_fingerprint"]:
@@ -293,4 +299,4 @@ def load_pruned(
         snapshot.restore()
         raise
     logger.info("loaded pruned model (%d plans) from %s", len(plans), path)
-    return model
+    return given

@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ._utils.calls import ForwardFn, call_model, split_inputs
-from ._utils.errors import GroupPrunerError
+from ._utils.calls import ForwardFn, call_model, eval_mode, split_inputs, tensors_in
+from ._utils.errors import GroupPrunerError, InvalidOptionError
 from .profile import record_positions
 
 __all__ = ["ExportError", "export_onnx", "fuse_for_inference"]
@@ -35,18 +35,8 @@ class ExportError(GroupPrunerError, RuntimeError):
     """The deployment form differs from the model it was made from (the message gives the largest difference)."""
 
 
-def _flat(outputs: Any) -> list[torch.Tensor]:
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        return [t for value in outputs.values() for t in _flat(value)]
-    if isinstance(outputs, (list, tuple)):
-        return [t for value in outputs for t in _flat(value)]
-    return []
-
-
 def _max_difference(a: Any, b: Any) -> float:
-    left, right = _flat(a), _flat(b)
+    left, right = tensors_in(a), tensors_in(b)
     if len(left) != len(right) or any(x.shape != y.shape for x, y in zip(left, right, strict=True)):
         return float("inf")
     return max((float((x.float() - y.float()).abs().max()) for x, y in zip(left, right, strict=True)), default=0.0)
@@ -73,14 +63,14 @@ def fuse_for_inference(
         atol: largest absolute output difference accepted by the check.
 
     Returns:
-        The fused model in eval mode (``model`` itself when ``inplace``).
+        The fused model in eval mode (``model`` itself when ``inplace``). Without ``inplace``, ``model`` keeps
+        its own train / eval mode, submodule by submodule.
 
     Raises:
         ExportError: the fused model's outputs differ from the original's by more than ``atol`` (e.g. a
             convolution output that feeds both its BatchNorm and another layer), naming the difference.
     """
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():  # the caller's train / eval flags come back (unless inplace)
         reference = call_model(model, example_inputs, forward_fn)
     fused = model if inplace else copy.deepcopy(model)
     fused.eval()
@@ -131,21 +121,42 @@ def export_onnx(
         atol: largest absolute difference accepted by the check.
 
     Returns:
-        The serialized ONNX model.
+        The serialized ONNX model. ``model`` keeps its own train / eval mode.
 
     Raises:
         ExportError: onnxruntime's outputs differ from the module's by more than ``atol``.
     """
-    module = fuse_for_inference(model, example_inputs, atol=atol) if fuse else model.eval()
+    with eval_mode(model):  # export in eval mode; the caller's model gets its own flags back
+        return _export_onnx(model, example_inputs, path, fuse, opset_version, input_names, check, atol)
+
+
+def _export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path | None,
+    fuse: bool,
+    opset_version: int,
+    input_names: list[str] | None,
+    check: bool,
+    atol: float,
+) -> bytes:
+    module = fuse_for_inference(model, example_inputs, atol=atol) if fuse else model
     args, kwargs = split_inputs(example_inputs)
     if kwargs:
-        raise ValueError("export_onnx: keyword inputs are not supported by the ONNX trace; pass a tensor or a tuple")
+        raise InvalidOptionError(
+            "export_onnx: keyword inputs are not supported by the ONNX trace; pass a tensor or a tuple"
+        )
     names = input_names or [f"input{i}" for i in range(len(args))]
     buffer = io.BytesIO()
     with torch.no_grad():
         # TorchScript-based exporter: the dynamo one needs onnxscript, which the deployment target may lack.
         torch.onnx.export(  # a file-like target is supported by the TorchScript exporter, not by its annotation
-            module, args, buffer, dynamo=False, opset_version=opset_version, input_names=names  # type: ignore[arg-type]
+            module,
+            args,
+            buffer,  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=opset_version,
+            input_names=names,
         )
     data = buffer.getvalue()
     if path is not None:
@@ -160,7 +171,7 @@ def export_onnx(
         feeds = {name: arg.detach().cpu().numpy() for name, arg in zip(names, args, strict=True)}
         ours = session.run(None, feeds)
         with torch.no_grad():
-            theirs = _flat(module(*args))
+            theirs = tensors_in(module(*args))
         difference = _max_difference([torch.from_numpy(o) for o in ours], theirs)
         if not difference <= atol:
             raise ExportError(f"export_onnx: onnxruntime differs from the module by {difference:.3g} (> {atol:g})")

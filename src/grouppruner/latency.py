@@ -28,7 +28,7 @@ import platform
 import statistics
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import combinations
@@ -40,8 +40,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._utils.calls import ForwardFn, call_model, eval_mode
-from ._utils.errors import GroupPrunerError
+from ._utils.calls import ForwardFn, call_model, eval_mode, model_device, synchronize, tensors_in
+from ._utils.errors import GroupPrunerError, InvalidOptionError
+from ._utils.modules import is_depthwise
 from .profile import measure_latency
 
 __all__ = ["LatencyCacheError", "LatencyKey", "LatencyModel", "LayerLatency", "device_name"]
@@ -217,13 +218,15 @@ class LatencyModel:
                 return loaded
             units = _find_units(model, example_inputs, forward_fn)
             if not units:
-                raise ValueError(f"LatencyModel.measure: {type(model).__name__} has no convolution to time")
+                raise InvalidOptionError(f"LatencyModel.measure: {type(model).__name__} has no convolution to time")
             start = time.perf_counter()
             layers = {name: _fit_unit(name, unit, repeats) for name, unit in units.items()}
             if forward_fn is None:
                 dense_s = measure_latency(model, example_inputs, repeats=max(repeats, 3), warmup=1)
             else:
-                dense_s = _time_call(lambda: call_model(model, example_inputs, forward_fn), max(repeats, 3))
+                dense_s = _time_call(
+                    lambda: call_model(model, example_inputs, forward_fn), max(repeats, 3), model_device(model)
+                )
             full = sum(layer.predict(layer.in_channels, layer.out_channels) for layer in layers.values())
             result = cls(
                 key=key,
@@ -365,16 +368,7 @@ def _key_for(model: nn.Module, example_inputs: Any) -> LatencyKey:
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = str(param.dtype) if param is not None else str(torch.get_default_dtype())
-    tensors: Iterable[Any]
-    if isinstance(example_inputs, torch.Tensor):
-        tensors = [example_inputs]
-    elif isinstance(example_inputs, Mapping):
-        tensors = example_inputs.values()
-    elif isinstance(example_inputs, (list, tuple)):
-        tensors = example_inputs
-    else:
-        tensors = []
-    shapes = [list(t.shape) for t in tensors if isinstance(t, torch.Tensor)]
+    shapes = [list(t.shape) for t in tensors_in(example_inputs)]
     return LatencyKey(device_name(device), torch.get_num_threads(), dtype, shapes)
 
 
@@ -414,15 +408,13 @@ def _find_units(model: nn.Module, example_inputs: Any, forward_fn: ForwardFn | N
     finally:
         for handle in handles:
             handle.remove()
-    return {
-        name: _Unit(conv, tuple(tails[name]), shape, elements) for name, (conv, shape, elements) in convs.items()
-    }
+    return {name: _Unit(conv, tuple(tails[name]), shape, elements) for name, (conv, shape, elements) in convs.items()}
 
 
 def _resized_unit(unit: _Unit, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:
     """A standalone copy of the unit at widths (cin, cout) with random weights, and an input for it."""
     conv = unit.conv
-    groups = cin if conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1 else conv.groups
+    groups = cin if is_depthwise(conv) else conv.groups
     param = conv.weight
     new_conv = type(conv)(  # type: ignore[call-arg]  # Conv1d/2d/3d, not the abstract _ConvNd
         cin,
@@ -449,17 +441,13 @@ def _resized_unit(unit: _Unit, cin: int, cout: int) -> tuple[nn.Module, torch.Te
     return nn.Sequential(*layers).eval(), x
 
 
-def _time_call(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of one ``fn()`` call; each sample repeats it until it lasts ``_MIN_SAMPLE_S``."""
-    def synchronize() -> None:
-        if torch.cuda.is_available():  # CUDA kernels run asynchronously; wait for them before reading the clock
-            torch.cuda.synchronize()
-
+def _time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Median seconds of one ``fn()`` call on ``device``; each sample repeats it until it lasts ``_MIN_SAMPLE_S``."""
     fn()  # warm-up: allocator and kernel selection
-    synchronize()
+    synchronize(device)
     start = time.perf_counter()
     fn()
-    synchronize()
+    synchronize(device)
     single = time.perf_counter() - start
     inner = max(1, math.ceil(_MIN_SAMPLE_S / max(single, 1e-7)))
     samples = []
@@ -467,7 +455,7 @@ def _time_call(fn: Callable[[], Any], repeats: int) -> float:
         start = time.perf_counter()
         for _ in range(inner):
             fn()
-        synchronize()
+        synchronize(device)
         samples.append((time.perf_counter() - start) / inner)
     return statistics.median(samples)
 
@@ -495,7 +483,7 @@ def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _fit_unit(name: str, unit: _Unit, repeats: int) -> LayerLatency:
     conv = unit.conv
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    depthwise = is_depthwise(conv)
     points: set[tuple[int, int]] = set()
     for fin, fout in _WIDTHS:
         if depthwise and fin != fout:
@@ -508,7 +496,7 @@ def _fit_unit(name: str, unit: _Unit, repeats: int) -> LayerLatency:
     with torch.inference_mode():
         for cin, cout in sorted(points, reverse=True):
             block, x = _resized_unit(unit, cin, cout)
-            samples.append((cin, cout, _time_call(partial(block, x), repeats)))
+            samples.append((cin, cout, _time_call(partial(block, x), repeats, x.device)))
     ci = np.array([s[0] for s in samples], dtype=np.float64)
     co = np.array([s[1] for s in samples], dtype=np.float64)
     t = np.array([s[2] for s in samples], dtype=np.float64)

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ._utils.errors import InvalidOptionError
 from .checkpoint import atomic_write
 from .sparsity import BNSparsity
 
@@ -56,10 +57,12 @@ def gamma_histograms(
     labelled = _normalize(snapshots)
     groups = list(next(iter(labelled.values())))
     if not groups:
-        raise ValueError("gamma_histograms: no layer group to plot")
+        raise InvalidOptionError("gamma_histograms: no layer group to plot")
     for label, snap in labelled.items():
         if list(snap) != groups:
-            raise ValueError(f"gamma_histograms: snapshot {label!r} has layer groups {list(snap)}, expected {groups}")
+            raise InvalidOptionError(
+                f"gamma_histograms: snapshot {label!r} has layer groups {list(snap)}, expected {groups}"
+            )
     cols = max(1, min(columns, len(groups)))
     rows = math.ceil(len(groups) / cols)
     fig = new_figure(4.0 * cols, 3.0 * rows)
@@ -90,7 +93,7 @@ def _normalize(snapshots: BNSparsity | Snapshot | Mapping[str, Snapshot]) -> dic
     if isinstance(snapshots, BNSparsity):
         return {"gamma": snapshots.gammas()}
     if not snapshots:
-        raise ValueError("gamma_histograms: no snapshot given")
+        raise InvalidOptionError("gamma_histograms: no snapshot given")
     first = next(iter(snapshots.values()))
     if isinstance(first, Tensor):
         return {"gamma": snapshots}  # type: ignore[dict-item]  # one snapshot: values are tensors

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils.calls import ForwardFn, call_model, eval_mode, meta_call
+from ._utils.calls import ForwardFn, call_model, eval_mode, meta_call, model_device, synchronize
+from ._utils.errors import InvalidOptionError
 
 __all__ = [
     "LayerCost",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters of ``model`` (shared parameters counted once).
@@ -118,7 +120,6 @@ class LayerCost:
         weight = out * (inp // self.groups) * self.kernel
         bias = out if (self.bias or add_bias) else 0
         return weight + bias, weight * self.positions
-
 
 
 def layer_costs(model: nn.Module, positions: Mapping[str, int]) -> dict[str, LayerCost]:
@@ -278,18 +279,21 @@ def measure_latency(
         The median latency in seconds.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"measure_latency needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+        raise InvalidOptionError(f"measure_latency needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     times: list[float] = []
+    device = model_device(model)
     try:
         with eval_mode(model), torch.inference_mode():
             for _ in range(warmup):
                 call_model(model, example_inputs)
             for _ in range(repeats):
+                synchronize(device)
                 start = time.perf_counter()
                 call_model(model, example_inputs)
+                synchronize(device)
                 times.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous_threads)

@@ -6,12 +6,15 @@ mapping (keyword arguments); ``forward_fn(model, example_inputs)`` replaces the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import InvalidOptionError
 
 __all__ = ["ForwardFn", "call_model", "describe_inputs", "eval_mode", "meta_call", "split_inputs"]
 
@@ -26,6 +29,31 @@ def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(inputs, (list, tuple)):
         return tuple(inputs), {}
     return (inputs,), {}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (CPU for a model with neither)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the kernels queued on ``device``: CUDA runs them asynchronously, so a host clock read right after
+    a call would time the launch, not the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """Every tensor in ``value``, depth first: a tensor, or tensors nested in lists, tuples and mappings (the one
+    walker over example inputs and model outputs)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for item in value.values() for t in tensors_in(item)]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in tensors_in(item)]
+    return []
 
 
 def describe_inputs(inputs: Any) -> str:
@@ -52,7 +80,7 @@ def call_model(model: nn.Module, inputs: Any, forward_fn: ForwardFn | None = Non
         args, kwargs = split_inputs(inputs)
         return model(*args, **kwargs)
     except Exception as err:
-        raise ValueError(
+        raise InvalidOptionError(
             f"forward of {type(model).__name__} failed on example_inputs {describe_inputs(inputs)}: "
             f"{type(err).__name__}: {err}"
         ) from err

@@ -12,6 +12,7 @@ __all__ = [
     "DistillerStateError",
     "GraphError",
     "GroupPrunerError",
+    "InternalError",
     "InvalidOptionError",
     "LayerNotFoundError",
     "LayerOutputError",
@@ -40,6 +41,11 @@ class UsageError(GroupPrunerError, RuntimeError):
 
 class ModelChangedError(GroupPrunerError, ValueError):
     """The model changed under an object built for it (e.g. pruned after its ``BNSparsity`` was built)."""
+
+
+class InternalError(GroupPrunerError, RuntimeError):
+    """A consistency guard inside grouppruner failed (e.g. the plan and its solver disagree): a bug to report,
+    raised instead of returning a wrong result."""
 
 
 class DataError(GroupPrunerError, ValueError):

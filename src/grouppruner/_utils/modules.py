@@ -1,4 +1,4 @@
-"""Undoing structural changes to a model: snapshots of every module's attributes."""
+"""Module facts every stage shares: what a depthwise convolution is, and snapshots to undo structural changes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ModuleSnapshot"]
+__all__ = ["ModuleSnapshot", "is_depthwise"]
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A convolution with one filter per channel (``groups == in_channels == out_channels > 1``): output channel
+    ``c`` reads input channel ``c`` only, so its inputs and outputs shrink together."""
+    return (
+        isinstance(module, nn.modules.conv._ConvNd)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 class ModuleSnapshot:

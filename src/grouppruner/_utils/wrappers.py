@@ -9,16 +9,25 @@ too (:func:`inner_name`). Only those wrapper types are looked through: a user mo
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 __all__ = ["inner_name", "unwrap"]
+
+
+def _compiled_module_type() -> type | None:
+    """``torch.compile``'s wrapper class, if torch._dynamo is loaded: without it no such wrapper can exist, and
+    importing it just to check would cost every caller a second."""
+    module = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(module, "OptimizedModule", None) if module is not None else None
 
 
 def _wrapped(model: nn.Module) -> tuple[nn.Module, str] | None:
     """The module directly inside ``model`` and the prefix its names get, if ``model`` is a known wrapper."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         inner, prefix = model.module, "module."
-    elif type(model).__name__ == "OptimizedModule":  # torch.compile's wrapper; its class lives in torch._dynamo
+    elif (compiled := _compiled_module_type()) is not None and isinstance(model, compiled):
         inner, prefix = getattr(model, "_orig_mod", None), "_orig_mod."
     else:
         return None

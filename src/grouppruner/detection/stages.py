@@ -215,7 +215,7 @@ def sparse_optimizer(model: nn.Module, kind: str, lr: float) -> torch.optim.Opti
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 (16 hex characters) of the model's ``state_dict`` names, shapes and values.
 
-    Unlike :func:`~grouppruner.plan.model_fingerprint` (architecture only) it tells two checkpoints of the same
+    Unlike :func:`~grouppruner.pruning.model_fingerprint` (architecture only) it tells two checkpoints of the same
     architecture apart, e.g. the dense and the sparse model.
     """
     digest = hashlib.sha256()

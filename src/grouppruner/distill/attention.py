@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils.errors import InvalidOptionError, OptionTypeError
+
 __all__ = ["ChannelEnergy", "spatial_attention"]
 
 
@@ -72,13 +74,15 @@ def spatial_attention(feature: Tensor, *, p: float = 2.0) -> Tensor:
         ValueError: ``feature`` is not 4-D or ``p`` is not a positive finite number.
     """
     if not isinstance(feature, Tensor):
-        raise TypeError(f"spatial_attention expects a tensor, got {type(feature).__name__}")
+        raise OptionTypeError(f"spatial_attention expects a tensor, got {type(feature).__name__}")
     if feature.dim() != 4:
-        raise ValueError(f"spatial_attention expects an (N, C, H, W) feature map, got shape {tuple(feature.shape)}")
+        raise InvalidOptionError(
+            f"spatial_attention expects an (N, C, H, W) feature map, got shape {tuple(feature.shape)}"
+        )
     if not (isinstance(p, int | float) and math.isfinite(p) and p > 0):
-        raise ValueError(f"p must be a positive finite number, got {p!r}")
+        raise InvalidOptionError(f"p must be a positive finite number, got {p!r}")
     if feature.shape[-2] * feature.shape[-1] == 0:
-        raise ValueError(f"spatial_attention got an empty spatial grid, shape {tuple(feature.shape)}")
+        raise InvalidOptionError(f"spatial_attention got an empty spatial grid, shape {tuple(feature.shape)}")
     if not feature.is_floating_point():
         feature = feature.float()
     tiny = torch.finfo(torch.float32).tiny

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils.errors import DistillerStateError, LayerNotFoundError, LayerOutputError, NonFiniteError
+from .._utils.errors import (
+    DistillerStateError,
+    InvalidOptionError,
+    LayerNotFoundError,
+    LayerOutputError,
+    NonFiniteError,
+    OptionTypeError,
+)
 from .._utils.names import close_matches
 from .._utils.wrappers import inner_name, unwrap
 from .recorder import AttentionRecorder, Selector
@@ -95,25 +102,29 @@ class AttentionDistiller(nn.Module):
         super().__init__()
         for role, model in (("teacher", teacher), ("student", student)):
             if not isinstance(model, nn.Module):
-                raise TypeError(f"{role} must be an nn.Module, got {type(model).__name__}")
+                raise OptionTypeError(f"{role} must be an nn.Module, got {type(model).__name__}")
         if isinstance(student, nn.DataParallel):
             # DataParallel runs replicas in threads that share the hooks; each would record its own shard.
-            raise TypeError("a DataParallel student is not supported: use DistributedDataParallel (or no wrapper)")
+            raise OptionTypeError(
+                "a DataParallel student is not supported: use DistributedDataParallel (or no wrapper)"
+            )
         teacher_root, student_root = unwrap(teacher), unwrap(student)
         if teacher is student or teacher_root is student_root:
-            raise ValueError(
+            raise InvalidOptionError(
                 "teacher and student are the same object; distil from a frozen copy "
                 "(e.g. teacher = copy.deepcopy(model) before pruning)"
             )
         _refuse_shared_tensors(teacher_root, student_root)
         if loss not in ("mse", "l1"):
-            raise ValueError(f"loss must be 'mse' or 'l1', got {loss!r}")
+            raise InvalidOptionError(f"loss must be 'mse' or 'l1', got {loss!r}")
         if resize not in (None, "bilinear", "area"):
-            raise ValueError(f"resize must be None, 'bilinear' or 'area', got {resize!r}")
+            raise InvalidOptionError(f"resize must be None, 'bilinear' or 'area', got {resize!r}")
         if not (isinstance(p, int | float) and math.isfinite(p) and p > 0):
-            raise ValueError(f"p must be a positive finite number, got {p!r}")
+            raise InvalidOptionError(f"p must be a positive finite number, got {p!r}")
         if not (fg_weight >= 0 and bg_weight >= 0 and fg_weight + bg_weight > 0):
-            raise ValueError(f"fg_weight and bg_weight must be >= 0 and not both 0, got {fg_weight}, {bg_weight}")
+            raise InvalidOptionError(
+                f"fg_weight and bg_weight must be >= 0 and not both 0, got {fg_weight}, {bg_weight}"
+            )
 
         self.pairs = self._resolve_layers(layers, student, teacher)
         self.layer_weights = self._resolve_weights(weights, [s for s, _ in self.pairs], student)
@@ -136,7 +147,7 @@ class AttentionDistiller(nn.Module):
         selector_by_student = dict(select or {})
         unknown = sorted(set(selector_by_student) - {s for s, _ in self.pairs})
         if unknown:
-            raise ValueError(f"select names layers that are not distilled: {unknown}")
+            raise InvalidOptionError(f"select names layers that are not distilled: {unknown}")
         self.student_recorder = AttentionRecorder(
             student_root, [s for s, _ in self.pairs], role="student", p=self.p, select=selector_by_student
         )
@@ -157,18 +168,18 @@ class AttentionDistiller(nn.Module):
         layers: Sequence[str] | Mapping[str, str], student: nn.Module, teacher: nn.Module
     ) -> list[tuple[str, str]]:
         if isinstance(layers, str):
-            raise TypeError("layers must be a sequence of module names or a mapping, not a single string")
+            raise OptionTypeError("layers must be a sequence of module names or a mapping, not a single string")
         if isinstance(layers, Mapping):
             raw = [(str(s), str(t)) for s, t in layers.items()]
         else:
             raw = [(str(n), str(n)) for n in layers]
         if not raw:
-            raise ValueError("layers is empty: name at least one layer to distil")
+            raise InvalidOptionError("layers is empty: name at least one layer to distil")
         pairs = [(inner_name(student, s), inner_name(teacher, t)) for s, t in raw]
         student_names = [s for s, _ in pairs]
         duplicates = sorted({s for s in student_names if student_names.count(s) > 1})
         if duplicates:
-            raise ValueError(f"layers names these student layers more than once: {duplicates}")
+            raise InvalidOptionError(f"layers names these student layers more than once: {duplicates}")
         student_modules = dict(unwrap(student).named_modules())
         teacher_modules = dict(unwrap(teacher).named_modules())
         missing_s = [s for s, _ in pairs if s not in student_modules]
@@ -191,16 +202,16 @@ class AttentionDistiller(nn.Module):
         elif isinstance(weights, Mapping):
             unknown = sorted({inner_name(student, k) for k in weights} - set(names))
             if unknown:
-                raise ValueError(f"weights names layers that are not distilled: {unknown}; layers: {names}")
+                raise InvalidOptionError(f"weights names layers that are not distilled: {unknown}; layers: {names}")
             given = {inner_name(student, k): float(v) for k, v in weights.items()}
             resolved = {n: given.get(n, 1.0) for n in names}
         else:
             if len(weights) != len(names):
-                raise ValueError(f"weights has {len(weights)} values but {len(names)} layers are distilled")
+                raise InvalidOptionError(f"weights has {len(weights)} values but {len(names)} layers are distilled")
             resolved = {n: float(w) for n, w in zip(names, weights, strict=True)}
         bad = {n: w for n, w in resolved.items() if not (math.isfinite(w) and w >= 0)}
         if bad:
-            raise ValueError(f"layer weights must be finite and >= 0, got {bad}")
+            raise InvalidOptionError(f"layer weights must be finite and >= 0, got {bad}")
         return resolved
 
     @property
@@ -284,7 +295,7 @@ class AttentionDistiller(nn.Module):
             if self.student_recorder.grids[s] != self.teacher_recorder.grids[t]
         ]
         if mismatched and self.resize is None:
-            raise ValueError(
+            raise InvalidOptionError(
                 "spatial sizes (H, W) of student and teacher layers differ:\n  "
                 + "\n  ".join(mismatched)
                 + "\npick layers at the same stride, or pass resize='bilinear' / 'area' to resize the student's map"
@@ -365,7 +376,7 @@ class AttentionDistiller(nn.Module):
         if grid == teacher_grid:
             return a_s
         if self.resize is None:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"spatial size of layer {name!r} differs: student {grid} vs teacher {teacher_grid}; "
                 "pass resize='bilinear' or 'area'"
             )
@@ -386,10 +397,12 @@ class AttentionDistiller(nn.Module):
             fg = mask(grid)
             if not isinstance(fg, Tensor) or tuple(fg.shape) != (batch, *grid):
                 got = tuple(fg.shape) if isinstance(fg, Tensor) else type(fg).__name__
-                raise ValueError(f"the mask callable must return shape ({batch}, {grid[0]}, {grid[1]}), got {got}")
+                raise InvalidOptionError(
+                    f"the mask callable must return shape ({batch}, {grid[0]}, {grid[1]}), got {got}"
+                )
             return fg.detach().to(like.device, torch.float32).flatten(1)
         if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != batch:
-            raise ValueError(f"mask must have shape ({batch}, 1, H, W), got {tuple(mask.shape)}")
+            raise InvalidOptionError(f"mask must have shape ({batch}, 1, H, W), got {tuple(mask.shape)}")
         fg = F.interpolate(mask.detach().to(like.device, torch.float32), size=grid, mode="area")
         return fg.flatten(1)
 
@@ -439,7 +452,7 @@ def _refuse_shared_tensors(teacher: nn.Module, student: nn.Module) -> None:
     if shared:
         examples = ", ".join(f"teacher {t!r} is student {s!r}" for t, s in shared[:3])
         more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
-        raise ValueError(
+        raise InvalidOptionError(
             f"the teacher shares {len(shared)} parameter(s) / buffer(s) with the student ({examples}{more}): "
             "freezing the teacher would freeze the student too. Distil from an independent copy: "
             "teacher = copy.deepcopy(model) (copy.copy and wrappers around the same modules share tensors)"

@@ -21,7 +21,7 @@ from .._utils.modules import ModuleSnapshot
 from .._utils.names import did_you_mean, select_modules
 from .._utils.wrappers import inner_name, unwrap
 from . import coupling, removal, repair, tracing
-from .groups import ChannelGroup, LayerRef
+from .groups import ChannelGroup, LayerRef, layer_role
 from .layer_groups import LayerGroupSpec, partition
 
 __all__ = ["ChannelGraph"]
@@ -111,7 +111,10 @@ class ChannelGraph:
             ChannelGroup(
                 name=r.name,
                 size=r.size,
-                layers=tuple(LayerRef(n, k, d, tuple(i)) for n, k, d, i in r.refs),
+                layers=tuple(
+                    LayerRef(n, k, d, tuple(i), layer_role(None if k == removal.PARAMETER else self._modules[n]))
+                    for n, k, d, i in r.refs
+                ),
                 stride=r.stride,
                 prunable=r.reason is None,
                 reason=r.reason,

@@ -9,9 +9,35 @@ the pruner consume them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
-__all__ = ["ChannelGroup", "LayerRef"]
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["ChannelGroup", "LayerRef", "LayerRole", "layer_role"]
+
+LayerRole: TypeAlias = Literal["batchnorm", "norm", "conv", "linear", "parameter", "other"]
+"""What a member layer is to the pruner, decided by type (subclasses included), never by class name."""
+
+_OTHER_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def layer_role(module: nn.Module | None) -> LayerRole:
+    """The :data:`LayerRole` of ``module`` (``None``: a bare channel-indexed parameter).
+
+    ``class MyNorm(nn.BatchNorm2d)`` is a ``"batchnorm"``, so its gamma scores and is regularized like any other.
+    """
+    if module is None:
+        return "parameter"
+    if isinstance(module, _BatchNorm):
+        return "batchnorm"
+    if isinstance(module, _OTHER_NORMS):
+        return "norm"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -25,12 +51,16 @@ class LayerRef:
             ``weight[out, in, kH, kW]``, output features of a Linear, the features of a BatchNorm) or ``"in"``.
         indices: Group channel ``i`` is channel ``indices[i]`` of that dimension; ``len(indices)`` equals the
             group's size. A layer may appear several times in one group (e.g. once per half of a ``chunk(2)``).
+        role: what the layer is, by type (:func:`layer_role`): ``"batchnorm"`` for every ``_BatchNorm``
+            subclass, ``"norm"`` for GroupNorm / LayerNorm / InstanceNorm, ``"conv"``, ``"linear"``,
+            ``"parameter"`` (a bare channel-indexed parameter) or ``"other"``. ``kind`` is for display only.
     """
 
     name: str
     kind: str
     dim: Literal["out", "in"]
     indices: tuple[int, ...]
+    role: LayerRole = "other"
 
 
 @dataclass(frozen=True)
@@ -57,7 +87,7 @@ class ChannelGroup:
     @property
     def bns(self) -> tuple[LayerRef, ...]:
         """The BatchNorm members; ``|weight[ref.indices[i]]|`` (gamma) scores group channel ``i``."""
-        return tuple(ref for ref in self.layers if "BatchNorm" in ref.kind)
+        return tuple(ref for ref in self.layers if ref.role == "batchnorm")
 
     @property
     def bn_names(self) -> tuple[str, ...]:

@@ -10,10 +10,12 @@ Typical use after sparse training::
     optimizer = gp.pruning.rebuild_optimizer(optimizer, model)
 
 Scores: each channel group (channels that must go together, from :class:`grouppruner.graph.ChannelGraph`) gets
-one score per channel from an :class:`Importance` (default :class:`BNScale`: every BatchNorm of the group gives a
-row ``|gamma|``, and the rows are combined by its ``coupling``, see :mod:`.importance`). A channel is removed
-when its score is below its layer group's threshold, unless ``min_channels`` (a hard per-group, hence per-layer,
-minimum) or ``round_to`` keep it; the channels kept are always the highest-scoring ones.
+one score per channel from an :class:`Importance`. The default, :class:`AutoImportance`, uses ``|gamma|`` where the
+group has a BatchNorm (:class:`BNScale`: every BatchNorm of the group gives a row, combined by its ``coupling``),
+else its GroupNorm / LayerNorm scale (:class:`NormScale`), else the normalised L2 norm of its producers' filters
+(:class:`FilterMagnitude`); see :mod:`.importance`. A channel is removed when its score is below its layer group's
+threshold, unless ``min_channels`` (a hard per-group, hence per-layer, minimum) or ``round_to`` keep it; the
+channels kept are always the highest-scoring ones.
 
 Modules, in the order the data flows: :mod:`.importance` (scores), :mod:`.budget` (cost prediction and budget
 solving), :mod:`.pruner` (:class:`GroupPruner`), :mod:`.plan` (:class:`PruningPlan`), :mod:`.folding` (beta
@@ -43,7 +45,7 @@ from .plan import (
     model_fingerprint,
     pop_plans,
     record_plan,
-    weights_digest,
+    scored_weights_digest,
 )
 from .pruner import GroupPruner
 
@@ -66,5 +68,5 @@ __all__ = [
     "pop_plans",
     "rebuild_optimizer",
     "record_plan",
-    "weights_digest",
+    "scored_weights_digest",
 ]

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._utils.errors import ModelChangedError
 from ..graph import ChannelGraph, ChannelGroup
-from .plan import PruningPlan, model_fingerprint, record_plan, weights_digest
+from .plan import PruningPlan, model_fingerprint, record_plan, scored_weights_digest
 
 __all__ = ["apply_structure", "check_plan"]
 
@@ -35,7 +36,7 @@ def check_plan(
     """
     fingerprint = model_fingerprint(graph.model)
     if plan.fingerprint != fingerprint:
-        raise ValueError(
+        raise ModelChangedError(
             f"the plan was made for a model with fingerprint {plan.fingerprint}, this model has {fingerprint} "
             "(another architecture, or a model that was changed after planning)"
         )
@@ -44,14 +45,16 @@ def check_plan(
         try:
             group = graph.group(entry.name)
         except KeyError as error:
-            raise ValueError(f"the plan names channel group {entry.name!r}, which this graph lacks") from error
+            raise ModelChangedError(f"the plan names channel group {entry.name!r}, which this graph lacks") from error
         if group.size != entry.size:
-            raise ValueError(f"channel group {entry.name!r} has {group.size} channels, the plan expects {entry.size}")
+            raise ModelChangedError(
+                f"channel group {entry.name!r} has {group.size} channels, the plan expects {entry.size}"
+            )
         removals.append((group, entry.removed))
     if check_weights and plan.weights_digest is not None:
-        digest = weights_digest(graph.model, [group for group, _ in removals])
+        digest = scored_weights_digest(graph.model, [group for group, _ in removals])
         if digest != plan.weights_digest:
-            raise ValueError(
+            raise ModelChangedError(
                 f"the plan was made from other weights (weights digest {plan.weights_digest}, this "
                 f"{type(graph.model).__name__} has {digest}): the same architecture, but another trained instance, "
                 "or this one was trained after planning, so the plan's choice of channels does not reflect these "

@@ -29,16 +29,44 @@ per group of any target; the ``ratios`` mode ranks ties the same way.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 from torch import nn
 
+from .._utils.errors import InvalidOptionError
+from ..graph import ChannelGroup
 from ..profile import LayerCost, layer_costs
 
-__all__ = ["CostModel", "kept_count", "removal_order", "solve_cut"]
+__all__ = [
+    "TOLERANCE",
+    "BudgetSolution",
+    "CostModel",
+    "Removed",
+    "ScoredGroup",
+    "kept_count",
+    "latency_weights",
+    "min_units",
+    "predict_cost",
+    "quantile_cut",
+    "removal_order",
+    "removed_channels",
+    "solve_budget",
+    "solve_cut",
+]
 
 logger = logging.getLogger(__name__)
+
+Removed: TypeAlias = "dict[tuple[str, str], int]"
+"""Channels removed per ``(module name, dim)``, dim ``"out"`` or ``"in"``: what every cost model reads."""
+
+LatencyFn: TypeAlias = "Callable[[Mapping[tuple[str, str], int]], float]"
+
+TOLERANCE = 0.01
+"""Budget modes: a plan within this relative distance of the target meets it."""
 
 
 class CostModel:
@@ -81,6 +109,67 @@ class CostModel:
             params += after_params - before_params
             macs += after_macs - before_macs
         return params, macs
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    """One channel group the pruner may cut, with what its cut obeys and costs.
+
+    Attributes:
+        layer_group: the layer group it belongs to (which threshold applies).
+        group: the channel group.
+        score: ``(group.size,)`` its channel scores (higher is more important).
+        minimum: the fewest group channels it keeps (:func:`min_units` of ``min_channels``).
+        new_biases: consumers that gain a bias when any of its channels goes (beta folding).
+    """
+
+    layer_group: str
+    group: ChannelGroup
+    score: np.ndarray
+    minimum: int
+    new_biases: tuple[str, ...] = ()
+
+    @property
+    def bare(self) -> int:
+        """Entries of bare channel-indexed parameters (layer scales) per group channel: the module cost model
+        does not see them."""
+        return sum(ref.role == "parameter" for ref in self.group.layers)
+
+
+def min_units(group: ChannelGroup, min_channels: int) -> int:
+    """``min_channels`` in group channels: a group channel may stand for several layer channels.
+
+    In a grouped conv (ResNeXt, RegNet) one group channel is the same position in each of the conv's groups,
+    so a layer listed ``m`` times in the group keeps ``m`` layer channels per group channel. The minimum
+    applies to the width of every member layer: ``ceil(min_channels / m)`` group channels for the member
+    listed the fewest times (after ``a, b = x.chunk(2); a + b`` the sum has one channel per group channel).
+    """
+    per_layer: dict[tuple[str, str], int] = {}
+    for ref in group.layers:
+        per_layer[(ref.name, ref.dim)] = per_layer.get((ref.name, ref.dim), 0) + 1
+    return math.ceil(min_channels / min(per_layer.values(), default=1))
+
+
+def removed_channels(members: Sequence[ScoredGroup], gone: Sequence[int]) -> Removed:
+    """Channels removed per ``(module name, dim)`` when member ``i`` loses ``gone[i]`` channels."""
+    removed: Removed = {}
+    for member, count in zip(members, gone, strict=True):
+        for ref in member.group.layers if count else ():
+            key = (ref.name, ref.dim)
+            removed[key] = removed.get(key, 0) + int(count)
+    return removed
+
+
+def added_biases(members: Sequence[ScoredGroup], gone: Sequence[int]) -> list[str]:
+    """Sorted names of the consumers that gain a bias when member ``i`` loses ``gone[i]`` channels."""
+    return sorted({name for m, count in zip(members, gone, strict=True) if count for name in m.new_biases})
+
+
+def predict_cost(cost: CostModel, members: Sequence[ScoredGroup], gone: Sequence[int]) -> tuple[int, int]:
+    """``(params, macs)`` of the model after member ``i`` loses ``gone[i]`` channels (beta folding included)."""
+    params, macs = cost.predict(removed_channels(members, gone), added_biases(members, gone))
+    bare = sum(int(count) * m.bare for m, count in zip(members, gone, strict=True))
+    return params - bare, macs
 
 
 def kept_count(raw: int, size: int, min_channels: int, round_to: int | None) -> int:
@@ -167,3 +256,131 @@ def solve_cut(
         if abs(previous_cost - target) < abs(best_cost - target):
             return previous, previous_cost
     return best_cut, best_cost
+
+
+@dataclass(frozen=True)
+class BudgetSolution:
+    """What :func:`solve_budget` found.
+
+    Attributes:
+        thresholds: per layer group the threshold on its (raw) scores.
+        gone: per member the channels it loses, ``min_channels`` / ``round_to`` applied.
+        reached: the predicted cost after the cut, as a fraction of the current cost.
+    """
+
+    thresholds: dict[str, float]
+    gone: list[int]
+    reached: float
+
+
+def solve_budget(
+    members: Sequence[ScoredGroup],
+    layer_groups: Sequence[str],
+    *,
+    cost_of: Callable[[list[int]], float],
+    total: float,
+    target: float,
+    round_to: int | None,
+    request: str,
+    rules: str,
+    strict: bool = False,
+    weights: Sequence[float] | None = None,
+) -> BudgetSolution:
+    """Per-layer-group thresholds whose cut brings ``cost_of`` closest to ``target * total`` (see module doc).
+
+    Args:
+        members: the scored channel groups.
+        layer_groups: every layer group, also those without a scored member (each gets a threshold).
+        cost_of: predicted cost (parameters, MACs or seconds) after member ``i`` loses ``gone[i]`` channels.
+        total: the current cost.
+        target: the fraction of ``total`` to keep, in (0, 1].
+        round_to: kept counts are multiples of it (``None``: any count).
+        request: the request, for messages (e.g. ``"target_params=0.35"``).
+        rules: the rules the cut obeys, for messages (e.g. ``"min_channels=8, round_to=8"``).
+        strict: refuse a plan more than :data:`TOLERANCE` away from the target; otherwise the closest reachable
+            plan is returned and a warning logged with the value it reaches.
+        weights: per member a divisor of its normalised scores (:func:`latency_weights`), or ``None``.
+
+    Raises:
+        InvalidOptionError: ``strict`` and no plan lands within :data:`TOLERANCE` (the message gives the
+            closest, or the smallest, reachable value).
+    """
+    maxima = dict.fromkeys(layer_groups, -np.inf)
+    for m in members:
+        if len(m.score):
+            maxima[m.layer_group] = max(maxima[m.layer_group], float(m.score.max()))
+    scale = {lg: v if np.isfinite(v) and v != 0 else 1.0 for lg, v in maxima.items()}
+    normalised = [m.score / scale[m.layer_group] for m in members]
+    if weights is not None:
+        normalised = [score / w for score, w in zip(normalised, weights, strict=True)]
+    goal = target * total
+    order = removal_order(normalised)
+    owners = np.repeat(np.arange(len(members)), [len(s) for s in normalised])[order]
+    channels = len(order)
+
+    def gone_at(prefix: int) -> list[int]:
+        counts = np.bincount(owners[:prefix], minlength=len(members))
+        return [
+            m.group.size - kept_count(m.group.size - int(c), m.group.size, m.minimum, round_to)
+            for m, c in zip(members, counts, strict=True)
+        ]
+
+    prefix_cut, reached = solve_cut(
+        lambda prefix: cost_of(gone_at(int(prefix))), np.arange(channels + 1, dtype=np.float64), goal
+    )
+    prefix = int(prefix_cut)
+    if abs(reached - goal) > TOLERANCE * goal:
+        smallest = cost_of(gone_at(channels))
+        if smallest > (1 + TOLERANCE) * goal:
+            message = f"{request} is not reachable with {rules}: the smallest reachable value is {smallest / total:.4f}"
+        else:
+            message = (
+                f"{request} cannot be met within {TOLERANCE:.0%} with {rules}: the closest reachable value is "
+                f"{reached / total:.4f} (channel steps too coarse; choose another target or a smaller round_to)"
+            )
+        if strict:
+            raise InvalidOptionError(message)
+        logger.warning("%s; planned the closest reachable value (strict=True refuses instead)", message)
+    pooled = np.concatenate(normalised) if normalised else np.zeros(0)
+    # Channels scoring below lam go; channels tied at lam are split by the tie order.
+    end = float(np.nextafter(pooled.max(initial=1.0), np.inf))
+    lam = float(pooled[order[prefix]]) if prefix < channels else end
+    return BudgetSolution({lg: lam * scale[lg] for lg in layer_groups}, gone_at(prefix), reached / total)
+
+
+def quantile_cut(members: Sequence[ScoredGroup], ratio: float) -> tuple[float, list[int]]:
+    """The authors' rule for one layer group: its ``floor(ratio * n)`` lowest-scoring channels go.
+
+    Ties are spread evenly over the channel groups (:func:`removal_order`), so ``ratio`` is honoured even when
+    all scores tie.
+
+    Returns:
+        ``(threshold, raw_gone)``: the ``ratio``-quantile of the pooled scores and, per member, the channels
+        below it (before ``min_channels`` / ``round_to``).
+    """
+    scores = [m.score for m in members]
+    pooled = np.sort(np.concatenate(scores)) if scores else np.zeros(0)
+    if not len(pooled):
+        return 0.0, [0] * len(members)
+    cut = math.floor(ratio * len(pooled))
+    owners = np.repeat(np.arange(len(scores)), [len(s) for s in scores])[removal_order(scores)]
+    return float(pooled[cut]), [int(c) for c in np.bincount(owners[:cut], minlength=len(members))]
+
+
+def latency_weights(members: Sequence[ScoredGroup], latency: LatencyFn, weight: float) -> list[float]:
+    """Per member the divisor ``(saving_i / mean saving) ** weight`` of its normalised scores.
+
+    ``saving_i``: predicted seconds saved per channel when half of channel group ``i`` goes (half, not one, so that
+    the saving reflects the group's slope rather than one step of a fitted intercept). At equal scores, the
+    channels that cost more time then go first.
+    """
+    dense = latency({})
+    savings = []
+    for m in members:
+        half = max(m.group.size // 2, 1)
+        keys = {(ref.name, ref.dim) for ref in m.group.layers}
+        savings.append(max(dense - latency(dict.fromkeys(keys, half)), 0.0) / half)
+    positive = [s for s in savings if s > 0]
+    floor = min(positive) if positive else 1.0  # a group whose removal saves nothing measurable ranks as the cheapest
+    mean = float(np.mean([max(s, floor) for s in savings])) if savings else 1.0
+    return [(max(s, floor) / mean) ** weight for s in savings]

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .._utils.calls import call_model, eval_mode
-from ..graph.removal import PARAMETER
+from .._utils.modules import is_depthwise
 
 __all__ = ["FoldTarget", "fold_removed_channels", "fold_target", "is_fold_consumer"]
 
@@ -53,8 +53,10 @@ def is_fold_consumer(module: nn.Module) -> bool:
     channel ``c``, which the channel group removes together. A full convolution whose input and output are in the
     same channel group (e.g. ``x + conv(x)``) is folded: its kept outputs still read the removed inputs.
     """
+    if is_depthwise(module):
+        return False
     if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-        return not module.transposed and module.groups != module.in_channels
+        return not module.transposed
     return _is_consumer(module)
 
 
@@ -189,7 +191,7 @@ def fold_removed_channels(
             :class:`grouppruner.graph.ChannelGroup` (its ``layers`` are ``LayerRef`` entries).
         example_inputs: inputs for the probe forward pass, e.g. a tensor of shape (N, 3, H, W).
         successor_bn: conv / linear name -> the BatchNorm its output goes straight into
-            (from :func:`grouppruner.budget.record_positions`).
+            (from :func:`grouppruner.profile.record_positions`).
         forward_fn: optional ``forward_fn(model, example_inputs)`` used instead of calling the model.
         max_stride: largest feature stride of the model; if given and the inputs are one image tensor, the probe
             first runs on a crop of ``2 * max_stride`` pixels (the constants do not depend on the input), and
@@ -204,7 +206,7 @@ def fold_removed_channels(
         if not removed:
             continue
         for ref in group.layers:
-            if ref.kind == PARAMETER:  # a layer scale neither produces nor consumes: it shrinks with the channels
+            if ref.role == "parameter":  # a layer scale neither produces nor consumes: it shrinks with the channels
                 continue
             module = model.get_submodule(ref.name)
             weight = getattr(module, "weight", None)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._utils.errors import NonFiniteError
+from .._utils.errors import InvalidOptionError, NonFiniteError, OptionTypeError
 from ..graph import ChannelGroup
 
 __all__ = [
@@ -64,7 +64,7 @@ class Importance(ABC):
 
     def __init__(self, *, coupling: Coupling = "mean") -> None:
         if coupling not in COUPLINGS:
-            raise ValueError(f"{type(self).__name__}: coupling must be one of {COUPLINGS}, got {coupling!r}")
+            raise InvalidOptionError(f"{type(self).__name__}: coupling must be one of {COUPLINGS}, got {coupling!r}")
         self.coupling: Coupling = coupling
 
     @abstractmethod
@@ -90,7 +90,7 @@ class Importance(ABC):
         if rows.dim() == 1:
             rows = rows.unsqueeze(0)
         if rows.dim() != 2 or rows.shape[1] != group.size:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"importance for channel group {group.name!r} has shape {tuple(rows.shape)}, "
                 f"expected ({group.size},) or (L, {group.size})"
             )
@@ -141,15 +141,12 @@ class NormScale(Importance):
         """``(L, size)`` rows ``|weight[ref.indices]|`` for the ``L`` scoring norms of ``group``."""
         out = []
         for ref in group.layers:
-            if not any(kind in ref.kind for kind in _NORM_KINDS):
+            if ref.role != "norm":
                 continue
             weight = getattr(model.get_submodule(ref.name), "weight", None)
             if isinstance(weight, torch.Tensor) and weight.dim() == 1 and max(ref.indices) < weight.numel():
                 out.append(weight.detach().abs()[list(ref.indices)])
         return torch.stack(out) if out else None
-
-
-_NORM_KINDS = ("GroupNorm", "LayerNorm", "InstanceNorm")
 
 
 class FilterMagnitude(Importance):
@@ -166,7 +163,7 @@ class FilterMagnitude(Importance):
 
     def __init__(self, p: int = 2, *, coupling: Coupling = "mean") -> None:
         if p not in (1, 2):
-            raise ValueError(f"FilterMagnitude: p must be 1 or 2, got {p!r}")
+            raise InvalidOptionError(f"FilterMagnitude: p must be 1 or 2, got {p!r}")
         super().__init__(coupling=coupling)
         self.p = p
         self.name = f"filter_l{p}"
@@ -175,7 +172,7 @@ class FilterMagnitude(Importance):
         """``(L, size)`` normalised filter norms of the ``L`` producers (``dim="out"`` Conv / Linear members)."""
         out = []
         for ref in group.layers:
-            if ref.dim != "out" or ref.kind == "Parameter":
+            if ref.dim != "out" or ref.role == "parameter":
                 continue
             module = model.get_submodule(ref.name)
             if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
@@ -208,7 +205,9 @@ class AutoImportance(Importance):
     def __init__(self, p: int = 2, *, coupling: Coupling = "mean") -> None:
         super().__init__(coupling=coupling)
         self.chain: tuple[Importance, ...] = (
-            BNScale(coupling=coupling), NormScale(coupling=coupling), FilterMagnitude(p, coupling=coupling)
+            BNScale(coupling=coupling),
+            NormScale(coupling=coupling),
+            FilterMagnitude(p, coupling=coupling),
         )
 
     def _first(self, model: nn.Module, group: ChannelGroup) -> tuple[Importance, torch.Tensor] | None:
@@ -239,7 +238,7 @@ class CustomImportance(Importance):
 
     def __init__(self, fn: ScoreFn, *, coupling: Coupling = "mean") -> None:
         if not callable(fn):
-            raise TypeError(f"CustomImportance: fn must be callable, got {type(fn).__name__}")
+            raise OptionTypeError(f"CustomImportance: fn must be callable, got {type(fn).__name__}")
         super().__init__(coupling=coupling)
         self.fn = fn
         self.name = getattr(fn, "__name__", "custom")
@@ -263,10 +262,10 @@ def as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | N
         TypeError: ``importance`` is none of the above.
     """
     if coupling is not None and coupling not in COUPLINGS:
-        raise ValueError(f"GroupPruner: coupling must be one of {COUPLINGS}, got {coupling!r}")
+        raise InvalidOptionError(f"GroupPruner: coupling must be one of {COUPLINGS}, got {coupling!r}")
     if isinstance(importance, Importance):
         if coupling is not None and coupling != importance.coupling:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"GroupPruner: coupling={coupling!r} conflicts with {importance!r}; set coupling on the importance"
             )
         return importance
@@ -279,10 +278,12 @@ def as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | N
             "filter_l2": lambda: FilterMagnitude(2, coupling=coupling or "mean"),
         }
         if importance not in kinds:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"GroupPruner: unknown importance {importance!r}; use one of {sorted(kinds)}, an Importance, a callable"
             )
         return kinds[importance]()
     if callable(importance):
         return CustomImportance(importance, coupling=coupling or "mean")
-    raise TypeError(f"GroupPruner: importance must be an Importance, its name or a callable, got {type(importance)}")
+    raise OptionTypeError(
+        f"GroupPruner: importance must be an Importance, its name or a callable, got {type(importance)}"
+    )

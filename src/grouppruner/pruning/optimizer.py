@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._utils.errors import InvalidOptionError
 from .plan import applied_plans
 
 __all__ = ["rebuild_optimizer", "remember_parameter_names"]
@@ -52,7 +53,7 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> tor
             elif id(p) in old_names and old_names[id(p)] in current:
                 new = current[old_names[id(p)]]
             else:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"rebuild_optimizer: an optimizer parameter of shape {tuple(p.shape)} is not part of the model"
                 )
             used.add(id(new))

@@ -1,7 +1,7 @@
 """The pruning plan: what :class:`grouppruner.pruning.GroupPruner` will remove, as plain JSON-serializable data.
 
 A plan is made for one model: its architecture (:func:`model_fingerprint`) and its weights, the BatchNorm scales
-the scores came from (:func:`weights_digest`); it records, per layer group, the threshold
+the scores came from (:func:`scored_weights_digest`); it records, per layer group, the threshold
 and the channel counts, per channel group the kept channel indices, and the predicted parameters and MACs before
 and after. Applied plans are kept on the model (:func:`applied_plans`) so that
 :func:`grouppruner.checkpoint.save_pruned` can store the structure next to the weights.
@@ -19,10 +19,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._utils.errors import DataError
+from .._utils.wrappers import unwrap
+
 if TYPE_CHECKING:  # the graph package (torch-pruning tracing) is not needed to read or write plans
     from ..graph import ChannelGroup
 
 __all__ = [
+    "PLANS_ATTRIBUTE",
+    "PLAN_MODES",
     "ChannelGroupPlan",
     "LayerGroupPlan",
     "PruningPlan",
@@ -30,10 +35,14 @@ __all__ = [
     "model_fingerprint",
     "pop_plans",
     "record_plan",
-    "weights_digest",
+    "scored_weights_digest",
 ]
 
-_PLANS_ATTR = "_grouppruner_plans"
+PLANS_ATTRIBUTE = "_grouppruner_plans"
+"""Where the applied plans live: an instance attribute of the pruned model (of the model inside a DDP /
+DataParallel / ``torch.compile`` wrapper), a plain list of :class:`PruningPlan`. Being neither a parameter, a
+buffer nor a submodule, it stays out of ``state_dict()`` (``save_pruned`` writes it as JSON metadata instead) and
+is carried along by ``copy.deepcopy``; it is the only state grouppruner keeps on a model."""
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -53,7 +62,7 @@ def model_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
-def weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> str:
+def scored_weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> str:
     """A short hash of the weights the scores of ``groups`` depend on: the identity of one trained instance.
 
     Two models of the same architecture share a :func:`model_fingerprint`; their BatchNorm scales (gamma), which
@@ -91,7 +100,7 @@ class LayerGroupPlan:
         threshold: channels whose (coupled) score is below this value are removed, unless ``min_channels`` or
             ``round_to`` keep them. In the ``ratios`` and target modes, channels whose score equals it may go
             too: ties at the threshold are split evenly over the channel groups (see
-            :func:`grouppruner.budget.removal_order`); in the ``thresholds`` mode they all stay.
+            :func:`grouppruner.pruning.budget.removal_order`); in the ``thresholds`` mode they all stay.
         channels_before: channels of all its channel groups before pruning.
         channels_after: channels kept.
         channel_groups: names of its channel groups.
@@ -128,13 +137,21 @@ class ChannelGroupPlan:
         return [i for i in range(self.size) if i not in keep]
 
 
+PLAN_MODES: tuple[str, ...] = ("ratios", "thresholds", "target_params", "target_macs", "target_latency")
+"""The modes of :meth:`GroupPruner.plan`, one keyword each; a saved plan must name one of them."""
+
+TARGET_MODES: tuple[str, ...] = PLAN_MODES[2:]
+"""The budget modes: a fraction of the current cost to keep."""
+
+
 @dataclass
 class PruningPlan:
     """What to prune, for one model. Plain data: ``to_json()`` / ``from_json()`` round-trip exactly.
 
     Attributes:
         fingerprint: :func:`model_fingerprint` of the model the plan was made for.
-        mode: ``"ratios"``, ``"thresholds"``, ``"target_params"`` or ``"target_macs"``.
+        mode: one of :data:`PLAN_MODES`: ``"ratios"``, ``"thresholds"``, ``"target_params"``,
+            ``"target_macs"`` or ``"target_latency"`` (the keyword of :meth:`GroupPruner.plan` that made it).
         target: the requested fraction for the target modes, else ``None``.
         importance: ``"bn_l1"`` or the name of the custom importance callable.
         coupling: ``"mean"``, ``"max"`` or ``"vote"``.
@@ -148,7 +165,7 @@ class PruningPlan:
         macs_after: predicted MACs after.
         add_bias: layers that receive a new bias parameter through beta folding.
         input_shapes: shapes of the example inputs (used to re-trace the model in ``load_pruned``).
-        weights_digest: :func:`weights_digest` of the model's scored weights when the plan was made;
+        weights_digest: :func:`scored_weights_digest` of the model's scored weights when the plan was made;
             :meth:`~grouppruner.pruning.GroupPruner.apply` refuses a model whose weights differ, unless
             ``allow_other_weights=True``. ``None`` in plans written before this field existed (not checked).
     """
@@ -195,7 +212,7 @@ class PruningPlan:
             ValueError: when fields are missing, unknown or of the wrong type / range (the message names the field).
         """
         if not isinstance(data, dict):
-            raise ValueError(f"not a valid PruningPlan: expected an object, got {type(data).__name__}")
+            raise DataError(f"not a valid PruningPlan: expected an object, got {type(data).__name__}")
         try:
             values = dict(data)
             _check_plan_fields(values)
@@ -203,7 +220,7 @@ class PruningPlan:
             values["channel_groups"] = [ChannelGroupPlan(**g) for g in data["channel_groups"]]
             return cls(**values)
         except (KeyError, TypeError) as error:
-            raise ValueError(f"not a valid PruningPlan: {error}") from error
+            raise DataError(f"not a valid PruningPlan: {error}") from error
 
     def to_json(self, **kwargs: Any) -> str:
         """Strict JSON text (no NaN / Infinity); keyword arguments go to :func:`json.dumps`."""
@@ -215,9 +232,9 @@ class PruningPlan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"PruningPlan JSON cannot be parsed: {error}") from error
+            raise DataError(f"PruningPlan JSON cannot be parsed: {error}") from error
         if not isinstance(data, dict):
-            raise ValueError("PruningPlan JSON must be an object")
+            raise DataError("PruningPlan JSON must be an object")
         return cls.from_dict(data)
 
     def summary(self) -> str:
@@ -243,9 +260,6 @@ class PruningPlan:
         return "\n".join(lines)
 
 
-_MODES = ("ratios", "thresholds", "target_params", "target_macs")
-
-
 def _is_int(value: Any, minimum: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
@@ -262,7 +276,7 @@ def _check_plan_fields(data: dict[str, Any]) -> None:
     """Raise ValueError naming the first field of a plan dict (and its nested records) of the wrong type."""
     checks: dict[str, tuple[Callable[[Any], bool], str]] = {
         "fingerprint": (lambda v: isinstance(v, str), "a string"),
-        "mode": (lambda v: v in _MODES, f"one of {list(_MODES)}"),
+        "mode": (lambda v: v in PLAN_MODES, f"one of {list(PLAN_MODES)}"),
         "target": (lambda v: v is None or _is_number(v), "null or a number"),
         "importance": (lambda v: isinstance(v, str), "a string"),
         "coupling": (lambda v: isinstance(v, str), "a string"),
@@ -307,38 +321,40 @@ def _check_plan_fields(data: dict[str, Any]) -> None:
         )
         kept, size = group["kept"], group["size"]
         if any(b <= a for a, b in itertools.pairwise(kept)) or (kept and kept[-1] >= size):
-            raise ValueError(f"{where}.kept must be increasing indices below size={size}")
+            raise DataError(f"{where}.kept must be increasing indices below size={size}")
 
 
 def _check_fields(where: str, data: dict[str, Any], checks: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
     for name, (ok, expected) in checks.items():
         if name in data and not ok(data[name]):
-            raise ValueError(f"{where}.{name} must be {expected}, got {data[name]!r:.80}")
+            raise DataError(f"{where}.{name} must be {expected}, got {data[name]!r:.80}")
 
 
 def applied_plans(model: nn.Module) -> list[PruningPlan]:
     """The plans applied to ``model`` so far, oldest first (empty for a model that was never pruned).
 
     Args:
-        model: a model pruned by :meth:`grouppruner.pruning.GroupPruner.apply` or restored by ``load_pruned``.
+        model: a model pruned by :meth:`grouppruner.pruning.GroupPruner.apply` or restored by ``load_pruned``
+            (or a wrapper of it).
 
     Returns:
-        A new list; the plans themselves are shared.
+        A new list; the plans themselves are shared. They are kept on the model as :data:`PLANS_ATTRIBUTE`.
     """
-    return list(model.__dict__.get(_PLANS_ATTR, []))
+    return list(unwrap(model).__dict__.get(PLANS_ATTRIBUTE, []))
 
 
 def record_plan(model: nn.Module, plan: PruningPlan) -> None:
-    """Append ``plan`` to the plans kept on ``model`` (used by ``apply`` and ``load_pruned``)."""
-    model.__dict__.setdefault(_PLANS_ATTR, []).append(plan)
+    """Append ``plan`` to the plans kept on ``model`` (:data:`PLANS_ATTRIBUTE`; used by ``apply`` and
+    ``load_pruned``)."""
+    unwrap(model).__dict__.setdefault(PLANS_ATTRIBUTE, []).append(plan)
 
 
 def pop_plans(model: nn.Module) -> list[PruningPlan]:
-    """Remove the plans kept on ``model`` and return them, oldest first.
+    """Remove the plans kept on ``model`` (:data:`PLANS_ATTRIBUTE`) and return them, oldest first.
 
     For frameworks that pickle the whole module (Ultralytics checkpoints): a module without grouppruner objects
     in its ``__dict__`` unpickles where grouppruner is not installed; keep the plans elsewhere (as
     :meth:`PruningPlan.to_dict` JSON) and put them back with :func:`record_plan`.
     """
-    plans: list[PruningPlan] = model.__dict__.pop(_PLANS_ATTR, [])
+    plans: list[PruningPlan] = unwrap(model).__dict__.pop(PLANS_ATTRIBUTE, [])
     return plans

@@ -8,37 +8,55 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from ..graph import ChannelGraph, ChannelGroup
-from ..graph.removal import PARAMETER
+from .._utils.calls import split_inputs, tensors_in
+from .._utils.errors import InternalError, InvalidOptionError, LayerNotFoundError, OptionTypeError
+from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
 from ..latency import LatencyModel
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
-from .budget import CostModel, kept_count, removal_order, solve_cut
+from .budget import (
+    BudgetSolution,
+    CostModel,
+    LatencyFn,
+    ScoredGroup,
+    added_biases,
+    kept_count,
+    latency_weights,
+    min_units,
+    predict_cost,
+    quantile_cut,
+    removed_channels,
+    solve_budget,
+)
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .importance import Coupling, Importance, ScoreFn, as_importance
 from .optimizer import remember_parameter_names
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, model_fingerprint, weights_digest
+from .plan import (
+    PLAN_MODES,
+    TARGET_MODES,
+    ChannelGroupPlan,
+    LayerGroupPlan,
+    PruningPlan,
+    model_fingerprint,
+    scored_weights_digest,
+)
 
 __all__ = ["GroupPruner"]
 
 logger = logging.getLogger(__name__)
 
-_TOLERANCE = 0.01  # target modes: the plan lands within this relative distance of the target, or plan() raises
-
 
 def _input_shapes(example_inputs: Any) -> list[list[int]]:
-    if isinstance(example_inputs, torch.Tensor):
-        return [list(example_inputs.shape)]
-    if isinstance(example_inputs, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in example_inputs):
-        return [list(x.shape) for x in example_inputs]
-    return []
+    """Shapes ``load_pruned`` can replay as positional zero inputs: a tensor or a flat sequence of tensors."""
+    args, kwargs = split_inputs(example_inputs)
+    tensors = tensors_in(args)
+    return [list(t.shape) for t in tensors] if not kwargs and len(tensors) == len(args) else []
 
 
 class GroupPruner:
@@ -46,8 +64,9 @@ class GroupPruner:
 
     Args:
         graph: the channel graph of the model to prune (it is pruned in place through the graph).
-        layer_groups: layer-group name -> channel groups (objects or names); defaults to
-            ``graph.layer_groups()``. Channel groups in no layer group are never pruned.
+        layer_groups: a layer-group spec (:data:`~grouppruner.graph.LayerGroupSpec`, the same forms as
+            ``graph.layer_groups(by=...)``: ``None`` for the automatic partition, ``{name: [glob patterns, names
+            or ChannelGroups]}``, or a callable). Channel groups in no layer group are never pruned.
         importance: an :class:`~grouppruner.pruning.Importance`, its name, or a callable
             ``importance(model, group)`` returning (size,) or (L, size) scores. Default ``"auto"``
             (:class:`~grouppruner.pruning.AutoImportance`): |gamma| where the group has a BatchNorm, else its
@@ -64,7 +83,8 @@ class GroupPruner:
         forward_fn: ``forward_fn(model, example_inputs)``; defaults to ``graph.forward_fn`` if set.
 
     Raises:
-        ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice.
+        ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice
+            (:class:`~grouppruner.InvalidOptionError`).
         TypeError: ``importance`` is neither an Importance, ``"bn_l1"`` nor callable.
     """
 
@@ -72,7 +92,7 @@ class GroupPruner:
         self,
         graph: ChannelGraph,
         *,
-        layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None = None,
+        layer_groups: LayerGroupSpec = None,
         importance: Importance | str | ScoreFn = "auto",
         min_channels: int = 8,
         round_to: int | None = None,
@@ -82,49 +102,24 @@ class GroupPruner:
     ) -> None:
         self.importance = as_importance(importance, coupling)
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
-            raise ValueError(f"GroupPruner: min_channels must be an int >= 1, got {min_channels!r}")
+            raise InvalidOptionError(f"GroupPruner: min_channels must be an int >= 1, got {min_channels!r}")
         if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-            raise ValueError(f"GroupPruner: round_to must be None or an int >= 1, got {round_to!r}")
+            raise InvalidOptionError(f"GroupPruner: round_to must be None or an int >= 1, got {round_to!r}")
         self.graph = graph
         self.model: nn.Module = graph.model
         self.min_channels = min_channels
         self.round_to = round_to
         self.example_inputs = example_inputs if example_inputs is not None else getattr(graph, "example_inputs", None)
         if self.example_inputs is None:
-            raise ValueError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
+            raise InvalidOptionError("GroupPruner: the graph has no example_inputs; pass example_inputs=")
         self.forward_fn = forward_fn if forward_fn is not None else getattr(graph, "forward_fn", None)
-        self.layer_groups = self._resolve_layer_groups(layer_groups)
+        self.layer_groups: dict[str, list[str]] = {
+            name: [g.name for g in groups] for name, groups in graph.layer_groups(layer_groups).items()
+        }
         self._latency_model: LatencyModel | None = None  # measured on the first latency plan without one
         self._positions, self._successor_bn = record_positions(
             self.model, self.example_inputs, forward_fn=self.forward_fn
         )
-
-    def _resolve_layer_groups(
-        self, layer_groups: Mapping[str, Sequence[ChannelGroup | str]] | None
-    ) -> dict[str, list[str]]:
-        source = self.graph.layer_groups() if layer_groups is None else layer_groups
-        resolved: dict[str, list[str]] = {}
-        owner: dict[str, str] = {}
-        for lg_name, members in source.items():
-            names = []
-            for member in members:
-                cg_name = member if isinstance(member, str) else member.name
-                try:
-                    group = self.graph.group(cg_name)
-                except KeyError as error:
-                    raise ValueError(f"layer group {lg_name!r}: unknown channel group {cg_name!r}") from error
-                if not group.prunable:
-                    raise ValueError(
-                        f"layer group {lg_name!r}: channel group {cg_name!r} is not prunable ({group.reason})"
-                    )
-                if cg_name in owner:
-                    raise ValueError(
-                        f"channel group {cg_name!r} is in two layer groups: {owner[cg_name]!r} and {lg_name!r}"
-                    )
-                owner[cg_name] = lg_name
-                names.append(cg_name)
-            resolved[str(lg_name)] = names
-        return resolved
 
     # ------------------------------------------------------------------ scoring
 
@@ -140,7 +135,7 @@ class GroupPruner:
     def _check_refs(self, group: ChannelGroup) -> None:
         # A LayerRef pointing outside its layer would corrupt the removal; fail with the culprit named instead.
         for ref in group.layers:
-            if ref.kind == PARAMETER:  # a bare layer-scale parameter: the graph's own removal checks its width
+            if ref.role == "parameter":  # a bare layer-scale parameter: the graph's own removal checks its width
                 continue
             weight = getattr(self.model.get_submodule(ref.name), "weight", None)
             if weight is None or len(ref.indices) != group.size:
@@ -151,29 +146,10 @@ class GroupPruner:
             else:
                 width = int(weight.shape[1]) * int(getattr(module, "groups", 1))
             if ref.indices and max(ref.indices) >= width:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"channel group {group.name!r}: layer {ref.name!r} ({ref.dim}) has {width} channels but the "
                     f"graph maps channel indices up to {max(ref.indices)}; the ChannelGraph is inconsistent"
                 )
-
-    def _min_units(self, group: ChannelGroup) -> int:
-        """``min_channels`` in group channels: a group channel may stand for several layer channels.
-
-        In a grouped conv (ResNeXt, RegNet) one group channel is the same position in each of the conv's groups,
-        so a layer listed ``m`` times in the group keeps ``m`` layer channels per group channel. The minimum
-        applies to the width of every member layer: ``ceil(min_channels / m)`` group channels for the member
-        listed the fewest times (after ``a, b = x.chunk(2); a + b`` the sum has one channel per group channel).
-        """
-        per_layer: dict[tuple[str, str], int] = {}
-        for ref in group.layers:
-            per_layer[(ref.name, ref.dim)] = per_layer.get((ref.name, ref.dim), 0) + 1
-        return math.ceil(self.min_channels / min(per_layer.values(), default=1))
-
-    def _kept(self, score: np.ndarray, raw: int, group: ChannelGroup) -> list[int]:
-        """Group-local indices to keep: the ``raw`` best channels, adjusted by min_channels / round_to."""
-        count = kept_count(raw, len(score), self._min_units(group), self.round_to)
-        order = np.argsort(-score, kind="stable")  # highest scores first, ties by index
-        return sorted(int(i) for i in order[:count])
 
     # ------------------------------------------------------------------ planning
 
@@ -187,6 +163,7 @@ class GroupPruner:
         target_latency: float | None = None,
         latency_model: LatencyModel | None = None,
         latency_weight: float = 0.0,
+        strict: bool = False,
     ) -> PruningPlan:
         """Decide which channels to remove. Exactly one mode must be given.
 
@@ -196,8 +173,8 @@ class GroupPruner:
                 position, so p is honoured even when scores tie). Layer groups not listed are not pruned.
             thresholds: layer group -> absolute threshold on the scores. Layer groups not listed are not pruned.
             target_params: fraction of the current parameter count to keep, in (0, 1]; thresholds are solved
-                (see :mod:`grouppruner.budget` for how the budget is shared between layer groups) so that the
-                predicted count lands within 1 % of the target; tied scores are split one channel at a time,
+                (see :mod:`grouppruner.pruning.budget` for how the budget is shared between layer groups) so that
+                the predicted count lands within 1 % of the target; tied scores are split one channel at a time,
                 deterministically, so a model whose gammas all tie can be cut to any reachable target.
             target_macs: fraction of the current conv + linear MACs to keep, in (0, 1].
             target_latency: fraction of the current latency to keep, in (0, 1], as predicted by ``latency_model``
@@ -210,31 +187,69 @@ class GroupPruner:
                 removed from it, so that at equal scores the channels that cost more time go first (the
                 thresholds reported are then on this weighted score). Works with every target mode, e.g.
                 ``plan(target_params=0.35, latency_weight=1.0)``.
+            strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
+                ``round_to`` allow, or between two channel steps) gives the closest reachable plan and a logged
+                warning with the value reached; ``strict=True`` raises instead.
 
         Returns:
             The plan; nothing is changed on the model.
 
         Raises:
-            ValueError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1], a target more than
-                1 % below what ``min_channels`` / ``round_to`` allow (the message gives the smallest reachable
-                value), a target that no plan meets within 1 % (channel steps too coarse: the message gives the
-                closest value), NaN values.
-            KeyError: an unknown layer-group name (the message lists the valid ones).
+            InvalidOptionError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1], NaN
+                values, ``latency_weight`` with a ratio / threshold mode, and with ``strict`` a target no plan
+                meets within 1 % (the message gives the closest or the smallest reachable value).
+            OptionTypeError: ``ratios`` / ``thresholds`` is not a mapping (e.g. ``ratios=0.5``).
+            LayerNotFoundError: an unknown layer-group name (the message lists the valid ones).
         """
-        modes = {
+        given = {
             "ratios": ratios,
             "thresholds": thresholds,
             "target_params": target_params,
             "target_macs": target_macs,
             "target_latency": target_latency,
         }
-        given = [name for name, value in modes.items() if value is not None]
-        if len(given) != 1:
-            raise ValueError(f"GroupPruner.plan needs exactly one of {list(modes)}, got {given or 'none'}")
-        mode = given[0]
-        scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]] = {}
+        modes = [name for name, value in given.items() if value is not None]
+        if len(modes) != 1:
+            raise InvalidOptionError(f"GroupPruner.plan needs exactly one of {list(PLAN_MODES)}, got {modes or 'none'}")
+        mode = modes[0]
+        if math.isnan(latency_weight) or latency_weight < 0:
+            raise InvalidOptionError(f"latency_weight must be >= 0, got {latency_weight}")
+        if latency_weight > 0 and mode not in TARGET_MODES:
+            raise InvalidOptionError(f"latency_weight applies to the target modes, not to {mode}")
+        members = self._scored()
+        cost = CostModel(self.model, self._positions)
+        latency = None
+        if mode == "target_latency" or latency_weight > 0:
+            latency = self._latency_predictor(latency_model)
+
+        target: float | None = None
+        if mode in TARGET_MODES:
+            target = _fraction(mode, given[mode])
+            solution = self._solve(members, cost, mode, target, latency, latency_weight, strict)
+            group_thresholds, gone = solution.thresholds, solution.gone
+        else:
+            group_thresholds, raw = self._cut_per_layer_group(mode, given[mode], members)
+            gone = [
+                m.group.size - kept_count(m.group.size - r, m.group.size, m.minimum, self.round_to)
+                for m, r in zip(members, raw, strict=True)
+            ]
+        plan = self._make_plan(mode, target, members, group_thresholds, gone, cost)
+        if target is not None:
+            # A guard on the numbers the plan reports against the solver's: never a silent disagreement.
+            if latency is not None and mode == "target_latency":
+                reported = latency(removed_channels(members, gone)) / latency({})
+            else:
+                reported = plan.params_ratio if mode == "target_params" else plan.macs_ratio
+            if not math.isclose(reported, solution.reached, rel_tol=1e-9, abs_tol=1e-12):
+                raise InternalError(
+                    f"{mode}: the plan reports {reported:.6f}, the solver predicted {solution.reached:.6f}"
+                )
+        return plan
+
+    def _scored(self) -> list[ScoredGroup]:
+        """Every channel group of a layer group that the importance scores, in layer-group order."""
+        members = []
         for lg_name, cg_names in self.layer_groups.items():
-            scored[lg_name] = []
             for cg_name in cg_names:
                 group = self.graph.group(cg_name)
                 self._check_refs(group)
@@ -242,161 +257,99 @@ class GroupPruner:
                 if score is None:
                     logger.info("channel group %s is not scored by %s; it is not pruned", cg_name, self.importance)
                     continue
-                scored[lg_name].append((group, score))
-        cost = CostModel(self.model, self._positions)
-        if math.isnan(latency_weight) or latency_weight < 0:
-            raise ValueError(f"latency_weight must be >= 0, got {latency_weight}")
-        if latency_weight > 0 and mode in ("ratios", "thresholds"):
-            raise ValueError(f"latency_weight applies to the target modes, not to {mode}")
-        latency = None
-        if mode == "target_latency" or latency_weight > 0:
-            latency = self._latency_predictor(latency_model)
-
-        if mode in ("ratios", "thresholds"):
-            values = self._check_group_values(mode, ratios if mode == "ratios" else thresholds)
-            group_thresholds: dict[str, float] = {}
-            kept: dict[str, list[int]] = {}
-            for lg_name, members in scored.items():
-                pooled = np.concatenate([s for _, s in members]) if members else np.zeros(0)
-                ordered = np.sort(pooled)
-                if lg_name not in values or len(pooled) == 0:
-                    group_thresholds[lg_name] = float(ordered[0]) if len(pooled) else 0.0
-                    kept.update({g.name: self._kept(s, len(s), g) for g, s in members})
-                elif mode == "ratios":
-                    # The lowest floor(p * n) channels go, ties spread evenly over the channel groups
-                    # (budget.removal_order), so p is honoured even when all scores tie.
-                    cut = math.floor(values[lg_name] * len(pooled))
-                    group_thresholds[lg_name] = float(ordered[cut])
-                    gone = np.bincount(_removal_owners([s for _, s in members])[:cut], minlength=len(members))
-                    for (group, score), count in zip(members, gone, strict=True):
-                        kept[group.name] = self._kept(score, len(score) - int(count), group)
-                else:
-                    group_thresholds[lg_name] = values[lg_name]
-                    kept.update({g.name: self._kept(s, int((s >= values[lg_name]).sum()), g) for g, s in members})
-            target = None
-        else:
-            target = float(modes[mode])  # type: ignore[arg-type]
-            if not 0.0 < target <= 1.0 or math.isnan(target):
-                raise ValueError(f"{mode} must be a fraction in (0, 1], got {target}")
-            group_thresholds, kept = self._solve(scored, cost, mode, target, latency, latency_weight)
-
-        plan = self._make_plan(mode, target, scored, group_thresholds, kept, cost)
-        if target is not None:
-            # The contract of the target modes, checked on the numbers the plan reports: a guard against any
-            # disagreement between the solver and the plan, never a silent miss.
-            if mode == "target_latency":
-                assert latency is not None
-                reached = latency(self._removed(scored, kept)) / latency({})
-            else:
-                reached = plan.params_ratio if mode == "target_params" else plan.macs_ratio
-            if abs(reached - target) > _TOLERANCE * target:
-                raise ValueError(
-                    f"{mode}={target:g}: the plan reaches {reached:.4f}, more than {_TOLERANCE:.0%} away from the "
-                    "target; choose another target or a smaller round_to"
+                members.append(
+                    ScoredGroup(lg_name, group, score, min_units(group, self.min_channels), self._new_biases(group))
                 )
-        return plan
+        return members
 
-    def _check_group_values(self, mode: str, values: Mapping[str, float] | None) -> dict[str, float]:
-        assert values is not None
+    def _cut_per_layer_group(
+        self, mode: str, values: Any, members: list[ScoredGroup]
+    ) -> tuple[dict[str, float], list[int]]:
+        """``ratios`` / ``thresholds``: per layer group its threshold, per member the channels below it."""
+        checked = self._check_group_values(mode, values)
+        thresholds: dict[str, float] = {}
+        raw = [0] * len(members)
+        for lg_name in self.layer_groups:
+            index = [i for i, m in enumerate(members) if m.layer_group == lg_name]
+            lg_members = [members[i] for i in index]
+            if lg_name not in checked or not lg_members:
+                pooled = [float(m.score.min()) for m in lg_members if len(m.score)]
+                thresholds[lg_name] = min(pooled, default=0.0)
+                continue
+            if mode == "ratios":
+                thresholds[lg_name], counts = quantile_cut(lg_members, checked[lg_name])
+            else:
+                thresholds[lg_name] = checked[lg_name]
+                counts = [int((m.score < checked[lg_name]).sum()) for m in lg_members]
+            for i, count in zip(index, counts, strict=True):
+                raw[i] = count
+        return thresholds, raw
+
+    def _check_group_values(self, mode: str, values: Any) -> dict[str, float]:
+        if not isinstance(values, Mapping):
+            raise OptionTypeError(
+                f"GroupPruner.plan({mode}=...) takes a mapping layer group -> value, e.g. "
+                f"{mode}=dict.fromkeys(pruner.layer_groups, 0.5), got {type(values).__name__} {values!r:.40}"
+            )
         checked: dict[str, float] = {}
         for name, value in values.items():
             if name not in self.layer_groups:
-                raise KeyError(f"{mode}: unknown layer group {name!r}; valid layer groups: {sorted(self.layer_groups)}")
+                raise LayerNotFoundError(
+                    f"{mode}: unknown layer group {name!r}; valid layer groups: {sorted(self.layer_groups)}"
+                )
             value = float(value)
             if math.isnan(value):
-                raise ValueError(f"{mode}[{name!r}] is NaN")
+                raise InvalidOptionError(f"{mode}[{name!r}] is NaN")
             if mode == "ratios" and not 0.0 <= value < 1.0:
-                raise ValueError(f"ratios[{name!r}] must be in [0, 1), got {value}")
+                raise InvalidOptionError(f"ratios[{name!r}] must be in [0, 1), got {value}")
             checked[name] = value
         return checked
 
     def _solve(
         self,
-        scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]],
+        members: list[ScoredGroup],
         cost: CostModel,
         mode: str,
         target: float,
-        latency: Callable[[Mapping[tuple[str, str], int]], float] | None = None,
-        latency_weight: float = 0.0,
-    ) -> tuple[dict[str, float], dict[str, list[int]]]:
-        """Per-layer-group thresholds and kept channels for a budget (see :mod:`grouppruner.budget`).
-
-        Channels are ranked by their score normalised by the largest score of their layer group (ties spread
-        evenly by :func:`~grouppruner.budget.removal_order`); the removed channels are the prefix of this ranking
-        whose predicted cost is closest to the goal, found by bisection over prefix lengths.
-        """
-        members = [(lg, group, score) for lg, pairs in scored.items() for group, score in pairs]
-        scale = {
-            lg: max((float(s.max()) for _, s in pairs if len(s)), default=1.0) or 1.0 for lg, pairs in scored.items()
-        }
-        normalised = [score / scale[lg] for lg, _, score in members]
-        refs = [[(ref.name, ref.dim) for ref in group.layers] for _, group, _ in members]
+        latency: LatencyFn | None,
+        latency_weight: float,
+        strict: bool,
+    ) -> BudgetSolution:
+        """The budget modes, solved by :func:`~grouppruner.pruning.budget.solve_budget` on this pruner's rules."""
+        weights = None
         if latency_weight > 0:
             assert latency is not None
-            normalised = _latency_weighted(normalised, members, refs, latency, latency_weight)
-        column = {"target_params": 0, "target_macs": 1}.get(mode)  # None: the latency model is the cost
-        if column is None:
+            weights = latency_weights(members, latency, latency_weight)
+        if mode == "target_latency":
             assert latency is not None
+            predictor = latency
             total = latency({})
+
+            def cost_of(gone: list[int]) -> float:
+                return predictor(removed_channels(members, gone))
+
         else:
+            column = 0 if mode == "target_params" else 1
             total = cost.params if column == 0 else cost.macs
-        goal = target * total
-        order = removal_order(normalised)
-        owners = np.repeat(np.arange(len(members)), [len(s) for s in normalised])[order]
-        channels = len(order)
 
-        biases = [self._new_biases(group) for _, group, _ in members]
-        minima = [self._min_units(group) for _, group, _ in members]
-        scales = [_parameter_refs(group) for _, group, _ in members]
+            def cost_of(gone: list[int]) -> float:
+                return float(predict_cost(cost, members, gone)[column])
 
-        def evaluate(prefix: float) -> float:
-            removed: dict[tuple[str, str], int] = {}
-            new_bias: set[str] = set()
-            bare = 0
-            counts = np.bincount(owners[: int(prefix)], minlength=len(members))
-            for (_, group, _), keys, bias, minimum, n_bare, count in zip(
-                members, refs, biases, minima, scales, counts, strict=True
-            ):
-                gone = group.size - kept_count(group.size - int(count), group.size, minimum, self.round_to)
-                if gone:
-                    new_bias.update(bias)
-                    bare += gone * n_bare
-                    for key in keys:
-                        removed[key] = removed.get(key, 0) + gone
-            if column is None:
-                assert latency is not None
-                return latency(removed)
-            predicted = cost.predict(removed, sorted(new_bias))
-            return float(predicted[0] - bare if column == 0 else predicted[1])
-
-        prefix_cut, reached = solve_cut(evaluate, np.arange(channels + 1, dtype=np.float64), goal)
-        prefix = int(prefix_cut)
         rules = f"min_channels={self.min_channels}" + ("" if self.round_to is None else f", round_to={self.round_to}")
-        if abs(reached - goal) > _TOLERANCE * goal:
-            smallest = evaluate(channels)
-            if smallest > (1 + _TOLERANCE) * goal:
-                raise ValueError(
-                    f"{mode}={target:g} is not reachable with {rules}: the smallest reachable value is "
-                    f"{smallest / total:.4f}"
-                )
-            raise ValueError(
-                f"{mode}={target:g} cannot be met within {_TOLERANCE:.0%} with {rules}: the closest reachable value "
-                f"is {reached / total:.4f} (channel steps too coarse); choose another target or a smaller round_to"
-            )
-        pooled = np.concatenate(normalised) if normalised else np.zeros(0)
-        # Channels scoring below lam go; channels tied at lam are split by the tie order.
-        end = float(np.nextafter(pooled.max(initial=1.0), np.inf))
-        lam = float(pooled[order[prefix]]) if prefix < channels else end
-        counts = np.bincount(owners[:prefix], minlength=len(members))
-        kept = {
-            group.name: self._kept(score, group.size - int(count), group)
-            for (_, group, score), count in zip(members, counts, strict=True)
-        }
-        return {lg: lam * scale[lg] for lg in scored}, kept
+        return solve_budget(
+            members,
+            list(self.layer_groups),
+            cost_of=cost_of,
+            total=total,
+            target=target,
+            round_to=self.round_to,
+            request=f"{mode}={target:g}",
+            rules=rules,
+            strict=strict,
+            weights=weights,
+        )
 
-    def _latency_predictor(
-        self, latency_model: LatencyModel | None
-    ) -> Callable[[Mapping[tuple[str, str], int]], float]:
+    def _latency_predictor(self, latency_model: LatencyModel | None) -> LatencyFn:
         if latency_model is None:
             if self._latency_model is None:
                 logger.info("GroupPruner: measuring a latency model for this device (pass latency_model= to reuse one)")
@@ -404,66 +357,49 @@ class GroupPruner:
             latency_model = self._latency_model
         return latency_model.predictor(self.model)
 
-    def _removed(
-        self, scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]], kept: dict[str, list[int]]
-    ) -> dict[tuple[str, str], int]:
-        """Channels removed per ``(module name, dim)`` by keeping ``kept`` (the cost models' input)."""
-        removed: dict[tuple[str, str], int] = {}
-        for members in scored.values():
-            for group, _ in members:
-                gone = group.size - len(kept[group.name])
-                for ref in group.layers if gone else ():
-                    removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
-        return removed
-
-    def _new_biases(self, group: ChannelGroup) -> list[str]:
+    def _new_biases(self, group: ChannelGroup) -> tuple[str, ...]:
         """Consumers of ``group`` that gain a bias when any of its channels is removed (beta folding)."""
-        return [
+        return tuple(
             ref.name
             for ref in group.layers
             if ref.dim == "in"
             and is_fold_consumer(self.model.get_submodule(ref.name))
             and fold_target(self.model, ref.name, self._successor_bn) == "new_bias"
-        ]
+        )
 
     def _make_plan(
         self,
         mode: str,
         target: float | None,
-        scored: dict[str, list[tuple[ChannelGroup, np.ndarray]]],
+        members: list[ScoredGroup],
         thresholds: dict[str, float],
-        kept: dict[str, list[int]],
+        gone: list[int],
         cost: CostModel,
     ) -> PruningPlan:
-        removed: dict[tuple[str, str], int] = {}
-        new_bias: set[str] = set()
-        bare = 0  # entries of bare layer-scale parameters, which the cost model of modules does not see
-        for members in scored.values():
-            for group, _ in members:
-                gone = group.size - len(kept[group.name])
-                if not gone:
-                    continue
-                bare += gone * _parameter_refs(group)
-                for ref in group.layers:
-                    removed[(ref.name, ref.dim)] = removed.get((ref.name, ref.dim), 0) + gone
-                new_bias.update(self._new_biases(group))
-        add_bias = sorted(new_bias)
-        params_after, macs_after = cost.predict(removed, add_bias)
-        params_after -= bare
+        params_after, macs_after = predict_cost(cost, members, gone)
+        # the highest-scoring channels stay, ties by index
+        kept = {
+            m.group.name: sorted(int(i) for i in np.argsort(-m.score, kind="stable")[: m.group.size - g])
+            for m, g in zip(members, gone, strict=True)
+        }
         layer_plans = [
             LayerGroupPlan(
                 name=lg,
                 threshold=float(thresholds[lg]),
-                channels_before=sum(g.size for g, _ in members),
-                channels_after=sum(len(kept[g.name]) for g, _ in members),
-                channel_groups=[g.name for g, _ in members],
+                channels_before=sum(m.group.size for m in members if m.layer_group == lg),
+                channels_after=sum(len(kept[m.group.name]) for m in members if m.layer_group == lg),
+                channel_groups=[m.group.name for m in members if m.layer_group == lg],
             )
-            for lg, members in scored.items()
+            for lg in self.layer_groups
         ]
         group_plans = [
-            ChannelGroupPlan(name=g.name, size=g.size, kept=kept[g.name], score=self.importance.kind(self.model, g))
-            for members in scored.values()
-            for g, _ in members
+            ChannelGroupPlan(
+                name=m.group.name,
+                size=m.group.size,
+                kept=kept[m.group.name],
+                score=self.importance.kind(self.model, m.group),
+            )
+            for m in members
         ]
         return PruningPlan(
             fingerprint=model_fingerprint(self.model),
@@ -479,9 +415,9 @@ class GroupPruner:
             params_after=params_after,
             macs_before=cost.macs,
             macs_after=macs_after,
-            add_bias=add_bias,
+            add_bias=added_biases(members, gone),
             input_shapes=_input_shapes(self.example_inputs),
-            weights_digest=weights_digest(self.model, [g for members in scored.values() for g, _ in members]),
+            weights_digest=scored_weights_digest(self.model, [m.group for m in members]),
         )
 
     # ------------------------------------------------------------------ applying
@@ -495,7 +431,7 @@ class GroupPruner:
         Args:
             plan: a plan made for this model in its current state.
             fold: fold the constant output of removed channels into their consumers (see
-                :mod:`grouppruner.folding`); ``False`` only drops them, like torch-pruning.
+                :mod:`grouppruner.pruning.folding`); ``False`` only drops them, like torch-pruning.
             allow_other_weights: apply a plan made on another instance of this architecture (or on this model
                 before it was trained further): its channel choice was made from other scores. Off by default,
                 so that a plan never silently lands on weights it was not made from.
@@ -518,7 +454,7 @@ class GroupPruner:
                 max_stride=max((g.stride for g in self.graph.channel_groups if g.stride), default=None),
             )
             if sorted(added) != sorted(plan.add_bias):
-                raise RuntimeError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
+                raise InternalError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
         remember_parameter_names(self.model)
         apply_structure(self.graph, plan, removals=removals, add_bias=not fold)
         logger.info(
@@ -532,35 +468,8 @@ class GroupPruner:
         return self.model
 
 
-def _parameter_refs(group: ChannelGroup) -> int:
-    """Number of bare-parameter entries one group channel stands for (layer scale, implicit add / multiply)."""
-    return sum(ref.kind == PARAMETER for ref in group.layers)
-
-
-def _removal_owners(scores: Sequence[np.ndarray]) -> np.ndarray:
-    """Group index of every channel in :func:`~grouppruner.budget.removal_order`, shape (sum(size_i),)."""
-    owner = np.repeat(np.arange(len(scores)), [len(s) for s in scores])
-    return np.asarray(owner[removal_order(scores)])
-
-
-def _latency_weighted(
-    normalised: list[np.ndarray],
-    members: Sequence[tuple[str, ChannelGroup, np.ndarray]],
-    refs: Sequence[Sequence[tuple[str, str]]],
-    latency: Callable[[Mapping[tuple[str, str], int]], float],
-    weight: float,
-) -> list[np.ndarray]:
-    """Normalised scores divided by ``(saving_i / mean saving) ** weight`` per channel group.
-
-    ``saving_i``: predicted seconds saved per channel when half of channel group ``i`` goes (half, not one, so that
-    the saving reflects the group's slope rather than one step of a fitted intercept).
-    """
-    dense = latency({})
-    savings = []
-    for (_, group, _), keys in zip(members, refs, strict=True):
-        half = max(group.size // 2, 1)
-        savings.append(max(dense - latency({key: half for key in keys}), 0.0) / half)
-    positive = [s for s in savings if s > 0]
-    floor = min(positive) if positive else 1.0  # a group whose removal saves nothing measurable ranks as the cheapest
-    mean = float(np.mean([max(s, floor) for s in savings])) if savings else 1.0
-    return [score / (max(s, floor) / mean) ** weight for score, s in zip(normalised, savings, strict=True)]
+def _fraction(mode: str, value: Any) -> float:
+    target = float(value)
+    if not 0.0 < target <= 1.0 or math.isnan(target):
+        raise InvalidOptionError(f"{mode} must be a fraction in (0, 1], got {target}")
+    return target

@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from .._utils.errors import InvalidOptionError, LayerNotFoundError
+
 __all__ = [
     "Constant",
     "Cosine",
@@ -67,7 +69,7 @@ class Schedule(ABC):
     def progress(self, step: int) -> float:
         """Fraction of the run completed before ``step``, in [0, 1]."""
         if self.total_steps is None:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"{type(self).__name__} needs total_steps: pass it to the schedule or to BNSparsity(total_steps=)"
             )
         return min(max(step, 0) / self.total_steps, 1.0)
@@ -93,10 +95,10 @@ class Schedule(ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (the schedule type must match)."""
         if state.get("type") != type(self).__name__:
-            raise ValueError(f"state is for schedule {state.get('type')!r}, not {type(self).__name__}")
+            raise InvalidOptionError(f"state is for schedule {state.get('type')!r}, not {type(self).__name__}")
         unknown = set(state) - set(vars(self)) - {"type"}
         if unknown:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: unknown keys {sorted(unknown)}")
+            raise LayerNotFoundError(f"{type(self).__name__}.load_state_dict: unknown keys {sorted(unknown)}")
         for key, value in state.items():
             if key != "type":
                 setattr(self, key, list(value) if isinstance(value, tuple) else value)
@@ -108,13 +110,13 @@ class Schedule(ABC):
 
 def check_total_steps(owner: str, total_steps: int) -> None:
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
-        raise ValueError(f"{owner}: total_steps must be a positive int, got {total_steps!r}")
+        raise InvalidOptionError(f"{owner}: total_steps must be a positive int, got {total_steps!r}")
 
 
 def _check_rate(owner: str, **rates: float) -> None:
     for name, value in rates.items():
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{owner}: {name} must be a finite rate >= 0, got {value!r}")
+            raise InvalidOptionError(f"{owner}: {name} must be a finite rate >= 0, got {value!r}")
 
 
 class Constant(Schedule):
@@ -182,7 +184,7 @@ class Step(Schedule):
         _check_rate("Step", s=s, factor=factor)
         ms = [float(m) for m in milestones]
         if any(not 0.0 < m <= 1.0 for m in ms) or ms != sorted(ms):
-            raise ValueError(f"Step: milestones must be increasing fractions in (0, 1], got {list(milestones)}")
+            raise InvalidOptionError(f"Step: milestones must be increasing fractions in (0, 1], got {list(milestones)}")
         super().__init__(total_steps=total_steps)
         self.s, self.milestones, self.factor = float(s), ms, float(factor)
 
@@ -234,9 +236,9 @@ class Dynamic(Schedule):
         _check_rate("Dynamic", s=s, decay=decay)
         for name, value in (("warmup", warmup), ("keep", keep), ("decay", decay)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"Dynamic: {name} must be in [0, 1], got {value!r}")
+                raise InvalidOptionError(f"Dynamic: {name} must be in [0, 1], got {value!r}")
         if scope not in ("global", "group"):
-            raise ValueError(f"Dynamic: scope must be 'global' or 'group', got {scope!r}")
+            raise InvalidOptionError(f"Dynamic: scope must be 'global' or 'group', got {scope!r}")
         super().__init__(total_steps=total_steps)
         self.s, self.warmup, self.keep, self.decay = float(s), float(warmup), float(keep), float(decay)
         self.scope: str = scope

@@ -8,16 +8,16 @@ model order, where ``owners[c]`` is the layer-group index of channel ``c`` or ``
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._utils.names import select_modules
+from .._utils.errors import InvalidOptionError, OptionTypeError
+from .._utils.names import assign_layer_groups, select_modules
 
 if TYPE_CHECKING:
     from ..graph import ChannelGraph, ChannelGroup
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ExcludeSpec = Iterable["str | nn.Module"]
-LayerGroupsSpec = Mapping[str, Sequence[str] | str] | Callable[[Any], str] | None
+LayerGroupsSpec = Mapping[str, Any] | Callable[[Any], str] | None
+"""A layer-group spec (:data:`~grouppruner.graph.LayerGroupSpec`); with a model instead of a graph, its entries
+match BatchNorm names and a callable gets a BatchNorm name."""
 Layers = list[tuple[str, nn.Module, list[int]]]
 NormTypes = tuple[type[nn.Module], ...]
 DEFAULT_NORM_TYPES: NormTypes = (_BatchNorm,)
@@ -41,17 +43,13 @@ def _excluded_names(model: nn.Module, exclude: ExcludeSpec) -> Callable[[str], b
     return excluded
 
 
-def _matches(name: str, patterns: Sequence[str] | str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
-
-
 def _check_bn(name: str, module: nn.Module, norm_types: NormTypes = DEFAULT_NORM_TYPES) -> nn.Module:
     if not isinstance(module, norm_types):
         kinds = " / ".join(t.__name__.lstrip("_") for t in norm_types)
-        raise ValueError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not {kinds}")
+        raise InvalidOptionError(f"layer {name!r} scores a channel group but is a {type(module).__name__}, not {kinds}")
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
-        raise ValueError(
+        raise InvalidOptionError(
             f"{type(module).__name__} {name!r} is not affine per channel (no gamma to regularize); make it affine "
             "or pass it in exclude="
         )
@@ -65,22 +63,29 @@ def layers_from_model(
     is_excluded = _excluded_names(model, exclude)
     bns = [(n, m) for n, m in model.named_modules() if isinstance(m, norm_types)]
     if not bns:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layer ({norm_types=}): nothing to regularize")
+        raise InvalidOptionError(
+            f"{type(model).__name__} has no BatchNorm layer ({norm_types=}): nothing to regularize"
+        )
     chosen = [(n, _check_bn(n, m, norm_types)) for n, m in bns if not is_excluded(n)]
     chosen = _trainable(chosen)
     if not chosen:
-        raise ValueError(f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize")
+        raise InvalidOptionError(
+            f"{type(model).__name__}: every BatchNorm is excluded or frozen: nothing to regularize"
+        )
     if layer_groups is None:
         group_of = {n: "all" for n, _ in chosen}
     elif isinstance(layer_groups, Mapping):
-        group_of = {}
-        for n, _ in chosen:
-            hit = next((g for g, pats in layer_groups.items() if _matches(n, pats)), None)
-            if hit is None:
-                raise ValueError(f"layer_groups: BatchNorm {n!r} matches no pattern")
-            group_of[n] = hit
-    else:
+        # the same resolver as the graph's layer groups, on BatchNorm names; BNs it leaves out are not regularized
+        group_of = assign_layer_groups([n for n, _ in chosen], layer_groups, what="BatchNorm")
+        chosen = [(n, bn) for n, bn in chosen if n in group_of]
+        if not chosen:
+            raise InvalidOptionError(f"{type(model).__name__}: layer_groups leaves no BatchNorm to regularize")
+    elif callable(layer_groups):
         group_of = {n: str(layer_groups(n)) for n, _ in chosen}
+    else:
+        raise OptionTypeError(
+            f"layer_groups must be None, a mapping of glob patterns / names or a callable, got {type(layer_groups)}"
+        )
     names = list(dict.fromkeys(group_of.values()))
     ids = {g: i for i, g in enumerate(names)}
     return [(n, bn, [ids[group_of[n]]] * _width(bn)) for n, bn in chosen], names
@@ -102,7 +107,7 @@ def layers_from_graph(
     for g, groups in enumerate(partition.values()):
         for group in groups:
             for ref in group.layers:
-                if ref.kind == "Parameter" or is_excluded(ref.name):
+                if ref.role == "parameter" or is_excluded(ref.name):
                     continue
                 module = model.get_submodule(ref.name)
                 if not isinstance(module, norm_types):
@@ -116,7 +121,7 @@ def layers_from_graph(
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     chosen = _trainable(sorted(modules.items(), key=lambda item: order[item[0]]))
     if not chosen:
-        raise ValueError(
+        raise InvalidOptionError(
             f"{type(model).__name__}: no prunable channel group is scored by a trainable affine BatchNorm "
             "(no BatchNorms, all excluded, or all frozen): nothing to regularize"
         )

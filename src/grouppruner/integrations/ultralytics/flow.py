@@ -297,18 +297,23 @@ def compress(
     Args:
         model: an ``ultralytics.YOLO`` (detect, segment or pose) or its module: the trained dense model.
         data: the data.yaml it trains on.
-        target_params, target_macs, target_latency: the budget, a fraction of the dense model's parameters,
-            MACs or CPU latency at ``imgsz`` to keep; exactly one.
+        target_params: the budget, the fraction of the dense model's parameters to keep (exactly one of the
+            three targets).
+        target_macs: the fraction of its MACs at ``imgsz`` to keep.
+        target_latency: the fraction of its CPU latency at ``imgsz`` to keep.
         sparse_epochs: epochs of sparse training (0: prune the dense model directly).
         recover_epochs: epochs after pruning: ``finetune_epochs`` of fine-tuning, then distillation.
         finetune_epochs: default half of ``recover_epochs`` (all of them when both distillation weights are 0).
         out: the run folder (created; an earlier run's folder resumes).
         imgsz: the training and validation image size, also the size MACs and latency are measured at.
         sparsity: the L1 rate ``s`` of :class:`~.callbacks.SparseTraining`.
-        sparsity_warmup, sparsity_keep: its Dynamic schedule's warmup fraction and kept fraction.
-        distill_attention, distill_output, distill_temperature: :class:`~.callbacks.Distillation`'s weights
-            and temperature (both weights 0: no distillation).
-        min_channels, round_to: passed to :func:`~.model.prune`.
+        sparsity_warmup: its Dynamic schedule's warmup fraction.
+        sparsity_keep: its Dynamic schedule's kept fraction.
+        distill_attention: :class:`~.callbacks.Distillation`'s attention weight (both weights 0: no distillation).
+        distill_output: its output-term weight.
+        distill_temperature: its temperature.
+        min_channels: passed to :func:`~.model.prune`.
+        round_to: passed to :func:`~.model.prune`.
         **trainer_kwargs: passed to the Ultralytics trainer as they are (``batch``, ``device``, ``workers``,
             ``amp``, ``lr0``, ``optimizer``, augmentation, ...), except those compress() sets itself
             (``epochs``, ``project``, ``name``, ``resume``).

@@ -192,8 +192,10 @@ def prune(
 
     Args:
         model: a ``YOLO`` object (its module is pruned) or its ``DetectionModel``.
-        target_params, target_macs, target_latency, ratios: the budget (see
-            :meth:`~grouppruner.pruning.GroupPruner.plan`); latency is measured on the CPU at ``imgsz``.
+        target_params: fraction of the parameters to keep (see :meth:`~grouppruner.pruning.GroupPruner.plan`).
+        target_macs: fraction of the MACs to keep.
+        target_latency: fraction of the CPU latency at ``imgsz`` to keep (measured on first need).
+        ratios: layer group -> fraction of its channels to remove.
         imgsz: input side for the graph, the MACs and the latency model.
         importance: the channel score (``"auto"``: |gamma| where there is a BatchNorm).
         min_channels: every layer keeps at least this many channels.

@@ -13,8 +13,8 @@ From one dense yolov8n trained with the Ultralytics trainer on a generated YOLO-
 Prints mAP50-95, mAP50, params, MACs and onnxruntime latency (batch 1, 1 and 2 threads) per method, the ratios
 the goals are stated in, and writes the table into docs/benchmarks.md between the ``ultralytics-yolo`` markers::
 
-    YOLO_OFFLINE=1 python benchmarks/ultralytics_yolo.py --images 96 --imgsz 96 --dense-epochs 10 \\
-        --sparse-epochs 3 --recover-epochs 6
+    YOLO_OFFLINE=1 python benchmarks/ultralytics_yolo.py --images 160 --imgsz 128 --dense-epochs 60 \\
+        --sparse-epochs 10 --recover-epochs 20 --ablation --latency-imgsz 320
 """
 
 from __future__ import annotations
@@ -166,8 +166,9 @@ def measure(weights: Path, data: Path, args: argparse.Namespace, out: Path) -> d
     metrics = yolo.val(data=str(data), imgsz=args.imgsz, batch=args.batch, device="cpu", plots=False, verbose=False)
     row.update(map50_95=float(metrics.box.map), map50=float(metrics.box.map50))
     onnx_file = out / f"{weights.parent.parent.name}-{weights.stem}.onnx"
-    shutil.copyfile(YOLO(str(weights)).export(format="onnx", imgsz=args.imgsz, simplify=False), onnx_file)
-    feed = np.random.default_rng(0).random((1, 3, args.imgsz, args.imgsz), dtype=np.float32)
+    side = args.latency_imgsz or args.imgsz
+    shutil.copyfile(YOLO(str(weights)).export(format="onnx", imgsz=side, simplify=False), onnx_file)
+    feed = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
     for threads in (1, 2):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -195,6 +196,9 @@ def main() -> None:
     parser.add_argument("--recover-epochs", type=int, default=6)
     parser.add_argument("--target-macs", type=float, default=0.5)
     parser.add_argument("--tp-steps", type=int, default=4, help="Torch-Pruning's iterative steps")
+    parser.add_argument(
+        "--latency-imgsz", type=int, default=None, help="input side of the latency measurement (default --imgsz)"
+    )
     parser.add_argument("--repeats", type=int, default=30, help="timed onnxruntime runs per model and thread count")
     parser.add_argument("--ablation", action="store_true", help="also the attention-only and output-only runs")
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
@@ -266,7 +270,8 @@ def main() -> None:
         f"{args.images} generated images (3 classes) at {args.imgsz} px, batch {args.batch}; dense "
         f"{args.dense_epochs} epochs, then {total} epochs per method ({args.sparse_epochs} sparse + "
         f"{args.recover_epochs} recovery for ours); target {args.target_macs} of the MACs; "
-        f"Torch-Pruning {args.tp_steps} iterative steps; {minutes:.1f} min on the CPU"
+        f"Torch-Pruning {args.tp_steps} iterative steps; latency at {args.latency_imgsz or args.imgsz} px; "
+        f"{minutes:.1f} min on the CPU"
     )
     text = "\n".join([settings, "", *lines, "", *goals])
     print(text)

@@ -136,6 +136,9 @@ def fine_tune(module: nn.Module, data: Path, epochs: int, out: Path, name: str, 
     """Train ``module`` as it is with the Ultralytics trainer (grouppruner's subclass); its last weights file."""
     from grouppruner.integrations import ultralytics as gpu
 
+    results = out / name / "results.csv"
+    if results.is_file() and len(results.read_text().splitlines()) == epochs + 1:  # finished in an earlier run
+        return out / name / "weights" / "last.pt"
     trainer = gpu.DetectionTrainer(
         overrides={
             "model": "yolov8n.yaml",
@@ -232,7 +235,7 @@ def main() -> None:
         variants["(b') ours, attention term only"] = {"distill_output": 0.0}
         variants["(b'') ours, output term only"] = {"distill_attention": 0.0}
     for label, options in variants.items():
-        folder = out / label.split()[0].strip("()'")
+        folder = out / {"(b)": "no-distill", "(b')": "attention-only", "(b'')": "output-only"}[label.split()[0]]
         shutil.copytree(out / "ours", folder, dirs_exist_ok=True)  # dense / sparse / pruned are reused
         result = gpu.compress(YOLO(str(dense)), data=data, out=folder, **options, **common, **kwargs)
         runs[label] = Path(result.checkpoint)

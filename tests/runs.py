@@ -1,8 +1,12 @@
-"""A fake finished recipe run folder (results.json + stage checkpoints) for the report and CLI tests."""
+"""A fake finished recipe run folder (results.json + stage checkpoints) for the report and CLI tests, and another
+process holding the lock on a run folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -36,3 +40,25 @@ def fake_run_folder(root: Path) -> dict[str, nn.Module]:
         stages.append({"stage": stage, "map50": 0.5 - 0.1 * i, "params": params, "macs": macs})
     (root / "results.json").write_text(json.dumps({"config": CONFIG, "stages": stages}))
     return models
+
+
+_HOLD_LOCK = """
+import sys, time
+from grouppruner.detection.run_folder import RunLock
+lock = RunLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+lock.release()
+"""
+
+
+def lock_holder(folder: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process that takes the lock on the run folder ``folder`` and holds it ``seconds``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(folder), str(seconds)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+    return process

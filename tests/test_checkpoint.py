@@ -313,7 +313,7 @@ def test_weights_that_do_not_fit_leave_the_model_untouched(tmp_path: Path) -> No
     assert_same_outputs(load_pruned(model, good), load_pruned(random_detector(), good))
 
     missing = _edit(good, tmp_path / "missing.pt", edit_state=lambda blob: blob.pop("state/head.0.weight"))
-    with pytest.raises(CheckpointError, match=r"1 missing \['head\.0\.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"1 missing \(head\.0\.weight\)"):
         load_pruned(random_detector(), missing)
 
 
@@ -344,3 +344,23 @@ def test_unreadable_files_say_what_is_wrong(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError) as info:
             read_meta(path)
         assert "\n" not in str(info.value)
+
+
+def test_state_mismatch_lists_missing_unexpected_and_reshaped_keys() -> None:
+    from grouppruner.checkpoint import StateMismatch
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    state = dict(model.state_dict())
+    assert StateMismatch.between(model, state).fits()
+    state["0.weight"] = torch.zeros(2, 3, 1, 1)
+    state["extra"] = torch.zeros(1)
+    del state["1.bias"]
+    mismatch = StateMismatch.between(model, state)
+    assert (mismatch.missing, mismatch.unexpected) == (["1.bias"], ["extra"])
+    assert mismatch.wrong == [("0.weight", (2, 3, 1, 1), (4, 3, 1, 1))]
+    assert not mismatch.fits() and not mismatch.fits(strict=False)
+    assert mismatch.describe() == (
+        "1 missing (1.bias); 1 unexpected (extra); 1 of another shape (0.weight (2, 3, 1, 1), model (4, 3, 1, 1))"
+    )
+    del state["extra"], state["0.weight"]
+    assert StateMismatch.between(model, state).fits(strict=False)

@@ -10,6 +10,12 @@ def test_inspect_prints_layer_groups_and_protected_heads(capsys):
     assert "backbone/s8" in out
     # the three head output convolutions are protected, with a reason
     assert out.count("head.p") >= 3
+    # every conv that cannot shrink is listed with its reason
+    assert "convs that cannot shrink (min_channels=8):" in out
+    assert "  head.p3: channels form a model output ('head.p3' output (1, 75, 8, 8))" in out
+    assert main(["inspect", "--width", "0.125", "--image-size", "64", "--min-channels", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "convs that cannot shrink (min_channels=1): 3 of " in out
 
 
 def test_profile_prints_params_of_the_model(capsys):
@@ -177,3 +183,139 @@ def test_demo_table_survives_a_zero_dense_map(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "dense mAP is 0 at 35.0% of the params" in out and "recovered     0.000         -" in out
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_loses_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+    from pathlib import Path
+
+    from grouppruner.checkpoint import save_pruned
+    from grouppruner.detection import recipe, yolov4
+
+    out = tmp_path / "r"
+    out.mkdir()
+    model = yolov4(2, width=0.125, depth=0.34)
+    save_pruned(model, out / "dense.pt")
+    written = (out / "dense.pt").read_bytes()
+
+    class FullDisk:
+        """A file that takes 4 KiB, then fails as a full disk does (torch.save then raises a RuntimeError)."""
+
+        def __init__(self, file):
+            self.file, self.size = file, 0
+
+        def write(self, data):
+            self.size += len(data)
+            if self.size > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    fdopen = os.fdopen
+
+    def run_out_of_space(config, *, progress):
+        monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: FullDisk(fdopen(*args, **kwargs)))
+        save_pruned(model, Path(config.out_dir) / "dense.pt")  # e.g. a stage checkpoint written again
+
+    monkeypatch.setattr(recipe, "run_recipe", run_out_of_space)
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"error: {out / 'dense.pt'}: No space left on device (ENOSPC); nothing written before is lost" in err
+    assert (out / "dense.pt").read_bytes() == written and sorted(p.name for p in out.iterdir()) == ["dense.pt"]
+
+
+def test_a_second_run_on_the_same_out_is_refused_at_once_naming_the_other_pid(tmp_path, capsys):
+    import signal
+
+    from runs import lock_holder
+
+    holder = lock_holder(tmp_path / "r", 60)
+    try:
+        tiny = ["--num-images", "24", "--image-size", "64", "--width", "0.125", "--epochs", "0", "0", "0"]
+        assert main(["demo", "--out", str(tmp_path / "r"), *tiny]) == 2
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"in use by another grouppruner run (pid {holder.pid} on " in err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [".grouppruner.lock"]  # nothing generated
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-images", "1"], "num_images=1 with val_fraction 0.5 generates 0 training and 1 validation images"),
+        (["--num-images", "3"], "needs at least 9 training image(s) (9 anchors are fitted to their boxes)"),
+        (["--image-size", "50"], "RecipeConfig.image_size must be a multiple of 32 (YOLOv4's largest stride), got 50"),
+    ],
+)
+def test_demo_sizes_that_cannot_work_are_refused_before_data_is_generated(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["demo", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "split file" not in err and "kmeans" not in err
+    assert not out.exists()
+
+
+def test_weights_and_data_that_are_folders_or_missing_say_so(tmp_path, capsys):
+    base = ["compress", "--out", str(tmp_path / "r")]
+    assert main([*base, "--data", str(tmp_path), "--weights", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"RecipeConfig.weights: '{tmp_path}' is a folder" in err and "no such file" not in err
+    (tmp_path / "w.pt").write_bytes(b"x")
+    assert main([*base, "--data", str(tmp_path / "nothere"), "--weights", str(tmp_path / "w.pt")]) == 2
+    assert "RecipeConfig.data_root: " in (err := capsys.readouterr().err) and "no such folder" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('image_size = "big"', "option 'image_size' must be an integer, got 'big'"),
+        ("image_size = 50", "RecipeConfig.image_size must be a multiple of 32"),
+    ],
+)
+def test_a_config_key_that_a_flag_overrides_is_still_checked(tmp_path, capsys, line, message):
+    (tmp_path / "recipe.toml").write_text(line + "\n")
+    flags = ["--config", str(tmp_path / "recipe.toml"), "--image-size", "64"]
+    assert main(["demo", "--out", str(tmp_path / "r"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recipe.toml" in err and message in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("omp", "flags", "threads"), [("1", [], 1), ("3", [], 3), ("3", ["--threads", "1"], 1)])
+def test_profile_follows_omp_num_threads_unless_threads_is_given(capsys, monkeypatch, omp, flags, threads):
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    assert main(["profile", "--width", "0.125", "--image-size", "64", "--repeats", "1", *flags]) == 0
+    assert f"(batch 1, {threads} threads, median of 1)" in capsys.readouterr().out
+    assert torch.get_num_threads() == before  # restored after the measurement
+
+
+def test_random_bytes_are_not_called_pickled_objects(tmp_path, capsys):
+    import argparse
+
+    import numpy as np
+    import torch
+
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(1000))
+    assert main([*PROFILE, str(noise)]) == 2
+    err = capsys.readouterr().err
+    assert "not a file written by torch.save (1,000 bytes" in err and "pickled" not in err
+    pickled = tmp_path / "model.pt"
+    torch.save({"model": argparse.Namespace(width=0.25)}, pickled)  # an object, not only tensors
+    assert main([*PROFILE, str(pickled)]) == 2
+    assert "pickled Python objects (argparse.Namespace)" in capsys.readouterr().err

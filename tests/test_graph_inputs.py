@@ -393,9 +393,17 @@ def test_op_changing_the_channel_count_is_not_prunable() -> None:
     assert reason == "op RepeatBackward0 after module 'body.1' maps 8 to 16 channels, which cannot follow a removal"
 
 
-def test_channel_shuffle_not_prunable() -> None:
-    reason = ChannelGraph(ChannelShuffle(), example_input()).group("body.0").reason
-    assert reason is not None and "reshape / view" in reason
+def test_channel_shuffle_prunes_the_same_positions_of_each_shuffle_group() -> None:
+    graph = ChannelGraph(ChannelShuffle(), example_input())
+    group = graph.group("body.0")
+    assert group.prunable and group.size == 4  # 8 channels in 2 shuffle groups: positions 0..3
+    refs = {(r.name, r.dim): [] for r in group.layers}
+    for r in group.layers:
+        refs[(r.name, r.dim)].append(r.indices)
+    assert refs[("body.0", "out")] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert refs[("head", "in")] == [(0, 2, 4, 6), (1, 3, 5, 7)]  # channel i * 4 + k leaves as k * 2 + i
+    graph.remove_channels(group, [1])
+    assert graph.model.head.in_channels == 6 and graph.model(example_input()).shape == (1, 4, 32, 32)
 
 
 def test_chunk_over_two_groups_not_prunable() -> None:

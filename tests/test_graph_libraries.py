@@ -128,14 +128,17 @@ def test_attention_product_is_named() -> None:
     assert [g.name for g in graph.channel_groups] == ["q", "out"]
 
 
-def test_channel_shuffle_fixed_with_reason() -> None:
-    _, graph = build("shufflenet")
-    for name in ("backbone.1.branch1.1.0", "backbone.1.branch2.2.0", "backbone.2.branch2.2.0"):
-        group = graph.group(name)
-        assert not group.prunable and "channel shuffle" in str(group.reason)
-    # convs inside a branch do not pass through the shuffle
+def test_channel_shuffle_prunes_through() -> None:
+    model, graph = build("shufflenet")
+    x = example_input(2)
+    shapes = [o.shape for o in outputs(model, x)]
+    stream = graph.group("backbone.1.branch1.1.0")  # both blocks' branch outputs meet in the shuffles
+    assert stream.prunable, stream.reason
+    assert all(g.name != "backbone.1.branch2.2.0" for g in graph.channel_groups)  # reached through the shuffle
     for name in ("backbone.1.branch2.0.0", "backbone.2.branch2.0.0", "backbone.0.0"):
         assert graph.group(name).prunable, graph.group(name).reason
+    graph.remove_channels(stream, [0])
+    assert [o.shape for o in outputs(model, x)] == shapes
 
 
 def test_grouped_conv_min_channels_counts_layer_width() -> None:
@@ -238,7 +241,7 @@ def test_prune_to_0_6_keeps_output_shapes(name: str) -> None:
     for min_channels in (2, 1, 4, 8):
         pruner = GroupPruner(graph, min_channels=min_channels)
         try:
-            plan = pruner.plan(target_params=0.6)
+            plan = pruner.plan(target_params=0.6, strict=True)
             break
         except ValueError as err:
             assert "channel steps too coarse" in str(err)

@@ -229,14 +229,14 @@ def test_target_a_hair_out_of_reach_lands_on_the_closest_plan(caplog: pytest.Log
     assert pruner.plan(target_params=0.9).params_ratio == pytest.approx(0.9, rel=0.01)
 
 
-def test_target_below_the_minimum_widths_lands_on_the_smallest_plan(caplog: pytest.LogCaptureFixture) -> None:
+def test_target_below_the_minimum_widths_is_refused_strict_or_not() -> None:
     pruner = make_pruner(random_detector(), min_channels=4)
     unreachable = r"not reachable with .*: the smallest reachable value is (\d\.\d+)"
-    with pytest.raises(gp.InvalidOptionError, match=unreachable) as info:
-        pruner.plan(target_params=0.01, strict=True)
+    for strict in (True, False):
+        with pytest.raises(gp.InvalidOptionError, match=unreachable) as info:
+            pruner.plan(target_params=0.01, strict=strict)
     smallest = float(re.search(r"smallest reachable value is (\d\.\d+)", str(info.value)).group(1))  # type: ignore[union-attr]
-    with caplog.at_level(logging.WARNING, logger="grouppruner.pruning.budget"):
-        plan = pruner.plan(target_params=0.01)
+    plan = pruner.plan(target_params=smallest)
     assert plan.params_ratio == pytest.approx(smallest, abs=5e-5)
     assert all(len(g.kept) == min(g.size, 4) for g in plan.channel_groups)
 
@@ -253,14 +253,6 @@ def test_plan_disagreeing_with_its_solver_is_never_returned(monkeypatch: pytest.
     monkeypatch.setattr(pruner, "_solve", claims_more)
     with pytest.raises(RuntimeError, match=r"target_macs: the plan reports 0\.\d+, the solver predicted"):
         pruner.plan(target_macs=0.5)
-
-
-def test_ratios_must_be_a_mapping() -> None:
-    pruner = make_pruner(random_detector(), min_channels=1)
-    with pytest.raises(gp.OptionTypeError, match=r"plan\(ratios=\.\.\.\) takes a mapping layer group -> value"):
-        pruner.plan(ratios=0.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="got float"):
-        pruner.plan(thresholds=0.5)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- apply and folding
@@ -524,3 +516,13 @@ def test_zoo_models_prune_and_cost_model_is_exact(name: str) -> None:
     assert count_params(model) == plan.params_after
     assert count_macs(model, X) == plan.macs_after
     assert plan.params_after < plan.params_before
+
+
+@pytest.mark.parametrize("mode", ["ratios", "thresholds"])
+def test_one_float_instead_of_a_mapping_is_an_option_type_error(mode: str) -> None:
+    model = nn.Sequential(CBA(3, 8), CBA(8, 8), nn.Conv2d(8, 2, 1))
+    pruner = GroupPruner(ChannelGraph(model, torch.randn(1, 3, 8, 8)))
+    expected = rf"plan\({mode}=\.\.\.\) takes a mapping of layer group -> value, got"
+    with pytest.raises(gp.OptionTypeError, match=expected):
+        pruner.plan(**{mode: 0.5})
+    assert pruner.plan(**{mode: dict.fromkeys(pruner.layer_groups, 0.5)}).mode == mode  # what the message suggests

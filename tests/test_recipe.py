@@ -86,7 +86,7 @@ def test_recipe_refuses_a_broken_results_json_or_a_file_before_any_work(tmp_path
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"config": {"out_dir": "elsewhere"}, "stages": "none"}))
     with pytest.raises(ValueError, match=r"results\.json: not a recipe result"):
-        run_recipe(_config(tmp_path, num_images=12))
+        run_recipe(_config(tmp_path, num_images=18))
     assert not (out / "data").exists()  # no data was generated for a refused run
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
@@ -253,6 +253,9 @@ def test_weights_load_a_state_dict_or_a_pruned_file_and_refuse_another_variant(t
     other = yolov4(3, width=config.width, depth=config.depth)
     with pytest.raises(CheckpointError, match=r"dense_state\.pt: does not fit .* heads predict 6 classes, the model 3"):
         load_weights(other, tmp_path / "dense_state.pt")
+    narrower = yolov4(len(config.classes), width=config.width / 2, depth=config.depth)  # as many classes, another width
+    with pytest.raises(CheckpointError, match=r"its heads read \d+ channels, the model.s \d+: a model of another"):
+        load_weights(narrower, tmp_path / "dense_state.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match=r"junk\.pt: cannot be read"):
         load_weights(other, tmp_path / "junk.pt")
@@ -323,3 +326,168 @@ def test_bf16_autocast_trains_in_bfloat16_and_fp16_needs_cuda(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees no CUDA device"):
             RecipeRun(_config(tmp_path / "cuda", device="cuda"))
+
+
+# ------------------------------------------------------------------- the run folder: epoch states, files, moves, lock
+
+
+def _beside(config, tmp_path, **changes):
+    """A run in ``tmp_path/r`` on the data of ``config``'s run folder."""
+    data = str(Path(config.out_dir) / "data")
+    return dataclasses.replace(config, out_dir=str(tmp_path / "r"), data_root=data, **changes)
+
+
+def _train(run, epochs, stage="sparse"):
+    model = run.new_model()
+    return run.train(model, torch.optim.SGD(model.parameters(), lr=1e-3), epochs, stage)
+
+
+def test_an_epoch_state_of_other_options_or_epochs_is_discarded_not_resumed(tiny_run, tmp_path, caplog):
+    config, _ = tiny_run
+    caplog.set_level("INFO")
+    run = RecipeRun(_beside(config, tmp_path))
+    _train(run, 2)  # leaves sparse.epoch.pt after epoch 2 (run_stage would remove it)
+    caplog.clear()
+    _train(run, 1)  # the stage shortened to 1 epoch: never "resuming after epoch 2/1"
+    assert "resuming after" not in caplog.text and "made with other options" in caplog.text
+    assert "sparse: epoch 1/1" in caplog.text
+    caplog.clear()
+    _train(run, 1)  # the state just written, same options: resumed
+    assert "resuming after epoch 1/1" in caplog.text
+    caplog.clear()
+    _train(RecipeRun(_beside(config, tmp_path, sparsity=0.2)), 1)  # an option of this stage changed
+    assert "resuming after" not in caplog.text and "sparse: epoch state discarded, not resumed" in caplog.text
+    caplog.clear()
+    _train(RecipeRun(_beside(config, tmp_path, sparsity=0.2, recover_lr=1e-3)), 1)  # a later stage's option only
+    assert "resuming after epoch 1/1" in caplog.text
+
+
+def test_a_rerun_stage_discards_its_epoch_states_and_those_of_later_stages(tmp_path):
+    from grouppruner.detection.recipe import _discard_stale_epoch_states
+
+    names = ("dense.epoch.pt", "sparse.epoch.pt", "recovered-fine-tune.epoch.pt", "recovered-distill.epoch.pt")
+
+    def left(done, changed):
+        for name in names:
+            (tmp_path / name).write_bytes(b"state")
+        _discard_stale_epoch_states(tmp_path, dict.fromkeys(done), changed)
+        return sorted(p.name for p in tmp_path.glob("*.epoch.pt"))
+
+    # sparse was interrupted with the same options: it resumes; states of later stages go
+    assert left(["dense"], None) == ["dense.epoch.pt", "sparse.epoch.pt"]
+    # sparse's options changed: its own state goes too
+    assert left(["dense"], "sparse") == ["dense.epoch.pt"]
+    # dense reruns (e.g. a damaged checkpoint) with a later stage's options changed: every later state goes
+    assert left([], "recovered") == ["dense.epoch.pt"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_the_sparse_stage_and_rerun_with_another_rate_starts_the_stage_afresh(
+    tiny_run, tmp_path, monkeypatch, caplog
+):
+    from grouppruner.detection import recipe
+
+    config, _ = tiny_run
+    shutil.copytree(config.out_dir, tmp_path / "copy")
+    copy = dataclasses.replace(config, out_dir=str(tmp_path / "copy"), sparse_epochs=3)
+    save = recipe.save_training_state
+
+    def killed_after_one_sparse_epoch(path, epoch, **kwargs):
+        save(path, epoch, **kwargs)
+        if Path(path).name == "sparse.epoch.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "save_training_state", killed_after_one_sparse_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(copy)
+    monkeypatch.setattr(recipe, "save_training_state", save)
+    assert (tmp_path / "copy" / "sparse.epoch.pt").is_file()
+    caplog.set_level("INFO")
+    results = run_recipe(dataclasses.replace(copy, sparsity=0.2))
+    assert "options changed since the last run (sparse_epochs, sparsity): rerunning from sparse" in caplog.text
+    assert "discarding sparse.epoch.pt" in caplog.text and "resuming after" not in caplog.text
+    assert caplog.text.count("sparse: epoch ") == 3
+    assert json.loads((tmp_path / "copy" / "results.json").read_text())["config"]["sparsity"] == 0.2
+    assert [r.stage for r in results] == list(STAGES)
+
+
+def test_a_truncated_stage_checkpoint_reruns_that_stage_with_a_warning(tiny_run, tmp_path, caplog):
+    config, results = tiny_run
+    shutil.copytree(config.out_dir, tmp_path / "copy")
+    copy = dataclasses.replace(config, out_dir=str(tmp_path / "copy"))
+    mtimes = {s: (tmp_path / "copy" / f"{s}.pt").stat().st_mtime_ns for s in STAGES}
+    recovered = tmp_path / "copy" / "recovered.pt"
+    recovered.write_bytes(recovered.read_bytes()[:-100])
+    rerun = run_recipe(copy)
+    assert f"recovered: {recovered} has" in caplog.text and "running the stage again" in caplog.text
+    assert recovered.stat().st_mtime_ns != mtimes["recovered"]
+    assert rerun[-1].map50 == pytest.approx(results[-1].map50, abs=1e-6)
+    for stage in ("dense", "sparse", "pruned"):
+        assert (tmp_path / "copy" / f"{stage}.pt").stat().st_mtime_ns == mtimes[stage]
+    saved = json.loads((tmp_path / "copy" / "results.json").read_text())
+    size = recovered.stat().st_size
+    assert saved["stages"][-1]["files"] == [{"path": "recovered.pt", "bytes": size, "sha256": ANY_SHA256}]
+
+
+class _AnySha256:
+    def __eq__(self, other):
+        return isinstance(other, str) and len(other) == 64 and all(c in "0123456789abcdef" for c in other)
+
+
+ANY_SHA256 = _AnySha256()
+
+
+def test_a_moved_run_folder_resumes_where_it_is(tiny_run, tmp_path, monkeypatch, caplog):
+    config, results = tiny_run
+    saved = json.loads((Path(config.out_dir) / "results.json").read_text())
+    assert [s["checkpoint"] for s in saved["stages"]] == [f"{s}.pt" for s in STAGES]  # relative to the folder
+    shutil.copytree(config.out_dir, tmp_path / "a")
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level("INFO")
+    again = run_recipe(dataclasses.replace(config, out_dir="b"))
+    assert caplog.text.count("done earlier") == 4
+    assert [r.checkpoint for r in again] == [str(Path("b") / f"{s}.pt") for s in STAGES]
+    assert [r.map50 for r in again] == [r.map50 for r in results]
+
+
+def test_the_same_data_path_written_relative_or_absolute_is_the_same_option(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x" / "data").mkdir(parents=True)
+    base = _config(tmp_path, data_root="runs/x/data")
+    saved = json.loads(json.dumps(dataclasses.asdict(base)))
+    absolute = dataclasses.replace(base, data_root=str(tmp_path / "runs" / "x" / "data"))
+    assert first_changed_stage(saved, absolute) is None
+    assert first_changed_stage(saved, dataclasses.replace(base, data_root="runs/x/../x/data")) is None
+    (tmp_path / "other").mkdir()
+    assert first_changed_stage(saved, dataclasses.replace(base, data_root="other")) == "dense"
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_before_any_work(tmp_path):
+    import signal
+
+    from grouppruner._utils.errors import UsageError
+    from runs import lock_holder
+
+    holder = lock_holder(tmp_path / "run", 60)
+    try:
+        with pytest.raises(UsageError, match=rf"run: in use by another grouppruner run \(pid {holder.pid} on"):
+            run_recipe(_config(tmp_path))
+        assert not (tmp_path / "run" / "data").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_a_damaged_image_stops_the_run_before_any_stage(tiny_run, tmp_path):
+    from grouppruner.detection.data import VOCDataError
+
+    config, _ = tiny_run
+    shutil.copytree(Path(config.out_dir) / "data", tmp_path / "data")
+    run = RecipeRun(dataclasses.replace(config, out_dir=str(tmp_path / "r"), data_root=str(tmp_path / "data")))
+    checked = json.loads((tmp_path / "r" / ".images-checked.json").read_text())
+    assert len(checked) == config.num_images  # every image of train and val decoded once, and remembered
+    image = run.train_loader.dataset.image_paths[-1]
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # a truncated JPEG
+    with pytest.raises(VOCDataError, match=rf"{image}: cannot read image \(image file is truncated"):
+        RecipeRun(dataclasses.replace(config, out_dir=str(tmp_path / "r"), data_root=str(tmp_path / "data")))

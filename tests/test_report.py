@@ -42,6 +42,11 @@ def test_report_tables_and_figures(run: tuple[Path, dict[str, nn.Module]]) -> No
         dense_frac, sparse_frac = (float(c.strip().rstrip("%")) for c in row.strip("|").split("|")[2:4])
         assert dense_frac == 0.0 and 40.0 <= sparse_frac <= 60.0
     assert "PruningPlan (target_params=0.6)" in text
+    # the gamma table renders: no bare "|" inside a header cell, and it says what its channels count
+    header = next(line for line in text.splitlines() if line.startswith("| layer group |"))
+    assert header == "| layer group | BatchNorm channels | dense: \\|gamma\\| < 1e-2 | sparse: \\|gamma\\| < 1e-2 |"
+    assert header.replace("\\|", "").count("|") == rows[0].count("|")  # as many cells as each row
+    assert "counted once per BatchNorm" in text and "the dashed line in the histograms" in text
 
 
 @pytest.mark.slow
@@ -57,7 +62,8 @@ def test_report_refuses_bad_folders(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(ValueError, match=r"results\.json: not a recipe result"):
         write_report(tmp_path)
-    (tmp_path / "results.json").write_text(json.dumps({"config": CONFIG, "stages": [{"stage": "dense"}]}))
+    record = {"stage": "dense", "map50": 0.5, "params": 10, "macs": 10}
+    (tmp_path / "results.json").write_text(json.dumps({"config": CONFIG, "stages": [record]}))
     with pytest.raises(gp.CheckpointError, match=r"dense\.pt: stage checkpoint missing"):
         write_report(tmp_path)
 

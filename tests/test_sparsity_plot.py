@@ -31,7 +31,13 @@ def test_png_with_one_panel_per_layer_group(tmp_path: Path) -> None:
     path = tmp_path / "plots" / "gammas.png"
     fig = gamma_histograms({"before": before, "after": after}, path, columns=2, threshold=0.01)
     assert [ax.get_title() for ax in fig.axes] == ["layer1", "layer3", "layer5"]
-    assert all(len(ax.get_legend().get_texts()) == 2 for ax in fig.axes)  # both snapshots in every panel
+    # both snapshots and the labelled threshold line in every panel's legend, which lies beside the data
+    fig.canvas.draw()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert texts[-1] == "|gamma| = 0.01" and [t.split(" (")[0] for t in texts[:2]] == ["before", "after"]
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (800, 600)  # 2 columns x 2 rows of 4x3 in at 100 dpi
     assert list(path.parent.iterdir()) == [path]  # the temporary file was renamed, none left behind

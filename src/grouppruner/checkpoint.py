@@ -13,15 +13,18 @@ replays the structural part of every plan (channel removal and biases added by f
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
 import math
 import os
 import pickle
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +36,15 @@ from ._utils.modules import ModuleSnapshot
 from ._utils.wrappers import unwrap
 from .pruning.plan import PruningPlan, applied_plans, model_fingerprint
 
-__all__ = ["CheckpointError", "atomic_write", "load_pruned", "load_tensor_file", "read_meta", "save_pruned"]
+__all__ = [
+    "CheckpointError",
+    "StateMismatch",
+    "atomic_write",
+    "load_pruned",
+    "load_tensor_file",
+    "read_meta",
+    "save_pruned",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +66,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     an exception the file is closed, given the permissions a plain ``open`` would give (the process umask), and
     renamed over ``path`` with ``os.replace`` (atomic on one filesystem). On an exception the temporary file is
     removed and ``path`` is untouched; temporary files left by a process killed while writing ``path`` are removed
-    by the next write to it.
+    by the next write to it. A full disk raises ``OSError(ENOSPC)`` naming ``path``, whatever the writer raised.
 
     Args:
         path: destination file; its directory must exist.
@@ -76,9 +87,23 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(error):
+            # torch.save reports a full disk as a RuntimeError of its zip writer, with the OSError only in its
+            # context: say what happened, and to which file.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
         raise
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or an exception it was raised from or while handling, is a full disk (or quota)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike[str]) -> None:
@@ -180,11 +205,17 @@ def _why_unreadable(path: str | os.PathLike[str], error: Exception) -> str:
     if size == 0:
         return "the file is empty (0 bytes; an interrupted copy?)"
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
-        return (
-            "it holds pickled Python objects, not only tensors (a whole pickled model?); grouppruner checkpoints "
-            "are written by save_pruned and load with weights_only=True"
-        )
+    if isinstance(error, pickle.UnpicklingError):
+        # The weights-only unpickler names a class it refused ("Unsupported global: GLOBAL a.B"); any other
+        # refusal ("Unsupported operand 95") means the bytes are no pickle torch.save wrote: not objects.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            return (
+                f"it holds pickled Python objects ({found.group(1)}), not only tensors (a whole pickled model?); "
+                "grouppruner checkpoints are written by save_pruned and load with weights_only=True"
+            )
+        found = re.search(r"WeightsUnpickler error: \s*(.+)", str(error))
+        detail = found.group(1).strip() if found else detail
     if head.startswith(b"PK"):
         return f"a torch.save archive that is truncated or damaged ({size:,} bytes; torch says: {detail:.200})"
     return f"not a file written by torch.save ({size:,} bytes, starting with {head!r}; torch says: {detail:.120})"
@@ -210,24 +241,67 @@ def _probe_inputs(path: str | os.PathLike[str], index: int, shapes: list[list[in
     )
 
 
+@dataclass(frozen=True)
+class StateMismatch:
+    """How a saved ``state_dict`` differs from a model's: the one "does this state fit" check of the library.
+
+    Attributes:
+        missing: keys the model has and the state lacks, sorted.
+        unexpected: keys the state has and the model lacks, sorted.
+        wrong: ``(key, saved shape, model shape)`` for keys in both whose shapes differ, in model order.
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    @classmethod
+    def between(cls, model: nn.Module, state: Mapping[str, torch.Tensor]) -> StateMismatch:
+        """Compare ``state`` with ``model.state_dict()`` (keys and shapes, not values)."""
+        own = model.state_dict()
+        return cls(
+            missing=sorted(set(own) - set(state)),
+            unexpected=sorted(set(state) - set(own)),
+            wrong=[
+                (key, tuple(state[key].shape), tuple(value.shape))
+                for key, value in own.items()
+                if key in state and state[key].shape != value.shape
+            ],
+        )
+
+    def fits(self, *, strict: bool = True) -> bool:
+        """No shape differs and, when ``strict``, no key is missing or unexpected."""
+        return not self.wrong and (not strict or not (self.missing or self.unexpected))
+
+    def describe(self, limit: int = 3) -> str:
+        """One line listing the first ``limit`` problems of each kind."""
+
+        def some(items: list[str]) -> str:
+            return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+        parts = [f"{len(self.missing)} missing ({some(self.missing)})"] if self.missing else []
+        parts += [f"{len(self.unexpected)} unexpected ({some(self.unexpected)})"] if self.unexpected else []
+        if self.wrong:
+            parts.append(
+                f"{len(self.wrong)} of another shape ("
+                + some([f"{key} {got}, model {want}" for key, got, want in self.wrong])
+                + ")"
+            )
+        return "; ".join(parts)
+
+
 def _check_state(path: str | os.PathLike[str], model: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
     """Raise CheckpointError before ``load_state_dict`` would fail halfway (it copies the matching tensors first)."""
-    expected = model.state_dict()
-    wrong = [
-        f"{key} {tuple(value.shape)} (model {tuple(expected[key].shape)})"
-        for key, value in state.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
-    if wrong:
-        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
-        raise CheckpointError(f"{path}: {len(wrong)} saved tensor(s) do not fit the replayed architecture: {shown}")
-    if strict:
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: the saved weights do not match the model: {len(missing)} missing {missing[:3]}, "
-                f"{len(unexpected)} unexpected {unexpected[:3]} (strict=False loads the rest)"
-            )
+    mismatch = StateMismatch.between(model, state)
+    if mismatch.wrong:
+        raise CheckpointError(
+            f"{path}: saved tensors do not fit the replayed architecture: "
+            f"{StateMismatch([], [], mismatch.wrong).describe()}"
+        )
+    if not mismatch.fits(strict=strict):
+        raise CheckpointError(
+            f"{path}: the saved weights do not match the model: {mismatch.describe()} (strict=False loads the rest)"
+        )
 
 
 def load_pruned(

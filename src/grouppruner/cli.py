@@ -19,6 +19,7 @@ Errors are one line on stderr with exit status 2; Ctrl-C exits with 130 after sa
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -61,9 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
             "--weights", "--checkpoint", dest="weights", help="a state_dict or grouppruner.save_pruned file to load"
         )
         sub.add_argument("--run", help="a demo / compress run folder: its model options and last stage checkpoint")
+        sub.add_argument("--cfg", help="a darknet .cfg instead of the built-in YOLOv4 (--weights: its .weights)")
         sub.set_defaults(handler=handler)
     commands.choices["inspect"].add_argument("--all", action="store_true", help="list every channel group")
-    commands.choices["profile"].add_argument("--threads", type=int, default=2)
+    commands.choices["profile"].add_argument(
+        "--threads", type=int, default=None, help="torch threads for the latency (default: OMP_NUM_THREADS, if set)"
+    )
+    commands.choices["inspect"].add_argument(
+        "--min-channels", type=int, default=8, help="the pruner's min_channels for the list of convs that cannot "
+        "shrink (default 8, GroupPruner's)"
+    )
     commands.choices["profile"].add_argument("--repeats", type=int, default=10)
 
     demo = commands.add_parser(
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(demo, default_out="runs/demo")
     demo.add_argument("--data", default=None, help="a VOCdevkit-style folder (default: generate one in --out)")
     demo.add_argument("--weights", default=None, help="start from this trained YOLOv4 instead of training one")
+    demo.add_argument("--cfg", default=None, help="a darknet .cfg to train and compress instead of the built-in YOLOv4")
     demo.set_defaults(handler=_recipe)
 
     compress = commands.add_parser(
@@ -79,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_recipe_options(compress, default_out=None)
     compress.add_argument("--data", required=True, help="a VOCdevkit-style folder with train and val splits")
-    compress.add_argument("--weights", required=True, help="your trained YOLOv4: a state_dict or save_pruned file")
+    compress.add_argument(
+        "--weights", required=True, help="your trained YOLOv4: a state_dict or save_pruned file (with --cfg: .weights)"
+    )
+    compress.add_argument(
+        "--cfg", default=None, help="your darknet .cfg (classes from --data); writes pruned.cfg / recovered.cfg too"
+    )
     compress.set_defaults(handler=_recipe)
 
     report = commands.add_parser(
@@ -137,13 +151,15 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
     from .detection.report import read_run
 
     options: dict[str, Any] = {"backbone": "cspdarknet53", "num_classes": 20, "width": 0.25, "depth": 0.34}
-    size = 256
+    size: int | None = None
+    cfg = args.cfg
     weights = Path(args.weights) if args.weights else None
     run_dir = Path(args.run) if args.run else (weights.parent if weights is not None else None)
     if run_dir is not None and (run_dir / "results.json").is_file():
         config, records = read_run(run_dir)
         options = {k: config[k] for k in ("backbone", "width", "depth")} | {"num_classes": len(config["classes"])}
         size = int(config["image_size"])
+        cfg = cfg or config.get("cfg")
         if weights is None:
             finished = [r["stage"] for r in records if (run_dir / f"{r['stage']}.pt").is_file()]
             if not finished:
@@ -153,7 +169,13 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
         raise FileNotFoundError(f"{args.run}: no results.json; is it a grouppruner run folder?")
     given = {"backbone": args.backbone, "num_classes": args.num_classes, "width": args.width, "depth": args.depth}
     options.update({k: v for k, v in given.items() if v is not None})
-    size = args.image_size or size
+    if cfg is not None:
+        from .detection.darknet.recipe import load_darknet
+
+        darknet, title = load_darknet(cfg, weights)
+        size = args.image_size or size or darknet.input_size[0]
+        return darknet.eval(), size, f"{title} at {size}x{size}"
+    size = args.image_size or size or 256
     from .detection import yolov4
 
     model = yolov4(options["num_classes"], backbone=options["backbone"], width=options["width"], depth=options["depth"])
@@ -187,6 +209,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print("not prunable:")
         for group in protected:
             print(f"  {group.name}: {group.reason}")
+    fixed = graph.fixed_convs(min_channels=args.min_channels)
+    n_convs = sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    print()
+    print(f"convs that cannot shrink (min_channels={args.min_channels}): {len(fixed)} of {n_convs}")
+    for name, reason in fixed.items():
+        print(f"  {name}: {reason}")
     return 0
 
 
@@ -195,14 +223,21 @@ def _profile(args: argparse.Namespace) -> int:
     from .profile import profile_model
 
     model, size, title = _model_from_args(args)
-    prof = profile_model(model, torch.randn(1, 3, size, size), latency=True, threads=args.threads, repeats=args.repeats)
+    threads = args.threads if args.threads is not None else _omp_threads() or torch.get_num_threads()
+    prof = profile_model(model, torch.randn(1, 3, size, size), latency=True, threads=threads, repeats=args.repeats)
     assert prof.latency_s is not None
     print(title)
     print(f"params     {prof.params:,}")
     print(f"GMACs      {prof.macs / 1e9:.3f}")
     print(f"fp32 size  {prof.size_bytes / 2**20:.1f} MiB")
-    print(f"latency    {prof.latency_s * 1e3:.1f} ms (batch 1, {args.threads} threads, median of {args.repeats})")
+    print(f"latency    {prof.latency_s * 1e3:.1f} ms (batch 1, {threads} threads, median of {args.repeats})")
     return 0
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive int (its first value, as OpenMP reads a list), or ``None``."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _recipe(args: argparse.Namespace) -> int:
@@ -227,11 +262,17 @@ def _recipe(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
         "amp": args.amp,
+        "cfg": args.cfg,
     }
     if args.classes is not None:
         overrides["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     elif args.command == "compress" and (args.config is None or "classes" not in _config_keys(args.config)):
-        overrides["classes"] = list(VOC_CLASSES)
+        if args.cfg is None:
+            overrides["classes"] = list(VOC_CLASSES)
+        else:  # a darknet cfg: the classes come from the data (checked against its [yolo] layers)
+            from .detection.darknet.recipe import data_classes
+
+            overrides["classes"] = list(data_classes(args.data))
     if args.epochs is not None:
         overrides.update(dense_epochs=args.epochs[0], sparse_epochs=args.epochs[1], recover_epochs=args.epochs[2])
         # the default schedule's share: a quarter of the recovery fine-tunes, the rest distils
@@ -326,11 +367,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"grouppruner {args.command}: interrupted", file=sys.stderr)
         return 130
     except (GroupPrunerError, ValueError, TypeError, KeyError, OSError) as error:
-        # One line, no traceback: the message names the file / layer at fault. KeyError would repr its text.
-        text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-        print(f"grouppruner {args.command}: error: {'; '.join(lines) or type(error).__name__}", file=sys.stderr)
+        print(f"grouppruner {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: Exception) -> str:
+    """The error as one line that names the file / layer at fault (no traceback)."""
+    if isinstance(error, OSError) and error.errno is not None and error.filename is not None:
+        # "[Errno 28] No space left on device: 'x'" -> "x: No space left on device (ENOSPC)"
+        text = f"{error.filename}: {error.strerror} ({errno.errorcode.get(error.errno, error.errno)})"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            text += "; nothing written before is lost: free some space and run the same command to resume"
+        return text
+    # KeyError would repr its text
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
 
 
 def ensure_passive_openmp() -> None:

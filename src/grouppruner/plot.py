@@ -40,11 +40,11 @@ def gamma_histograms(
         snapshots: a :class:`~grouppruner.sparsity.BNSparsity` (its current gammas), one snapshot
             ``{layer_group: (C_g,) gammas}`` as returned by :meth:`BNSparsity.gammas`, or several labelled
             snapshots ``{label: {layer_group: (C_g,) gammas}}`` (e.g. ``{"before": ..., "after": ...}``) drawn
-            over each other with a legend.
+            over each other with a legend (beside each panel, off the data).
         path: where to write the PNG (atomically); ``None``: only return the figure.
         bins: histogram bins on a common |gamma| range per panel.
         columns: panels per row.
-        threshold: draw a vertical line at this |gamma| (e.g. the ``stats`` threshold).
+        threshold: draw a vertical line at this |gamma| (e.g. the ``stats`` threshold), labelled in the legend.
         log_count: logarithmic count axis (near-zero spikes dwarf the rest).
         dpi: resolution of the PNG.
 
@@ -75,13 +75,14 @@ def gamma_histograms(
         for label, v in values.items():
             ax.hist(v.tolist(), bins=edges, histtype="step", label=f"{label} ({v.numel()} ch)")
         if threshold is not None:
-            ax.axvline(threshold, color="gray", linestyle="--", linewidth=1)
+            ax.axvline(threshold, color="gray", linestyle="--", linewidth=1, label=f"|gamma| = {threshold:g}")
         if log_count:
             ax.set_yscale("log")
         ax.set_title(group)
         ax.set_xlabel("|gamma|")
         ax.set_ylabel("channels")
-        ax.legend(fontsize="small")
+        # beside the panel, not over it: the spikes near zero and the tail both matter
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     for j in range(len(groups), rows * cols):
         fig.delaxes(grid[j // cols][j % cols])
     if path is not None:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ._utils.errors import CheckpointError
-from .checkpoint import atomic_write, load_tensor_file
+from .checkpoint import StateMismatch, atomic_write, load_tensor_file
 
 __all__ = ["Stateful", "load_training_state", "save_training_state"]
 
@@ -56,6 +56,7 @@ def save_training_state(
     scheduler: Stateful | None = None,
     generator: torch.Generator | None = None,
     extra: Mapping[str, Stateful] | None = None,
+    fingerprint: str | None = None,
 ) -> None:
     """Write the state of a training loop after ``epoch`` finished epochs to ``path`` (atomically).
 
@@ -67,6 +68,8 @@ def save_training_state(
         scheduler: its learning-rate scheduler.
         generator: the ``torch.Generator`` of the data loader (and of augmentation drawing from it).
         extra: more objects with ``state_dict()``, by name (e.g. ``{"sparsity": bn_sparsity}``).
+        fingerprint: a string naming what the state was made with (e.g. a digest of the options);
+            :func:`load_training_state` given another one refuses the file.
     """
     kind, keys, pos, has_gauss, cached_gauss = np.random.get_state(legacy=True)
     assert isinstance(keys, np.ndarray)  # the legacy form is (name, key array, position, has_gauss, gauss)
@@ -74,6 +77,7 @@ def save_training_state(
         "format": _FORMAT,
         "version": _VERSION,
         "epoch": int(epoch),
+        "fingerprint": fingerprint,
         "model": model.state_dict(),
         "rng": {
             "torch": torch.get_rng_state(),
@@ -101,6 +105,7 @@ def load_training_state(
     scheduler: Stateful | None = None,
     generator: torch.Generator | None = None,
     extra: Mapping[str, Stateful] | None = None,
+    fingerprint: str | None = None,
 ) -> int:
     """Restore what :func:`save_training_state` wrote into the given objects and the global RNGs.
 
@@ -111,13 +116,16 @@ def load_training_state(
         scheduler: the LR scheduler to restore, or ``None``.
         generator: the data loader's generator to restore, or ``None``.
         extra: more objects to restore, by the names they were saved under.
+        fingerprint: when given, the file must have been saved with the same ``fingerprint`` (a state made with
+            other options is refused, not resumed).
 
     Returns:
         The epoch to resume at (the number of finished epochs).
 
     Raises:
         CheckpointError: the file cannot be read, is not a training state, or does not match the objects
-            (the message names the file and what differs); the objects are then left as they were.
+            (the message names the file and what differs), or was saved with another ``fingerprint``; the objects
+            are then left as they were.
     """
     file = Path(path)
     state = load_tensor_file(file, what="a training state")
@@ -125,16 +133,19 @@ def load_training_state(
         raise CheckpointError(f"{file}: not a grouppruner training state")
     if state.get("version") != _VERSION:
         raise CheckpointError(f"{file}: training state version {state.get('version')!r}, expected {_VERSION}")
+    if fingerprint is not None and state.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"{file}: made with other options (fingerprint {state.get('fingerprint')!r:.40}, this run {fingerprint!r})"
+        )
     wanted = {"optimizer": optimizer, "scheduler": scheduler, **(extra or {})}
     missing = [name for name, obj in wanted.items() if obj is not None and name not in {**state, **state["extra"]}]
     if missing or (generator is not None and "generator" not in state):
         raise CheckpointError(f"{file}: holds no state for {missing or ['generator']}")
     # Check the model first: a mismatch must leave every object untouched.
-    own = model.state_dict()
     saved = state["model"]
-    bad = sorted(set(own) ^ set(saved)) or [k for k in own if own[k].shape != saved[k].shape]
-    if bad:
-        raise CheckpointError(f"{file}: the model state does not fit {type(model).__name__}: {bad[:5]}")
+    mismatch = StateMismatch.between(model, saved)
+    if not mismatch.fits():
+        raise CheckpointError(f"{file}: the model state does not fit {type(model).__name__}: {mismatch.describe()}")
     model.load_state_dict(saved)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])

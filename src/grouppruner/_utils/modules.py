@@ -20,24 +20,34 @@ def is_depthwise(module: nn.Module) -> bool:
 
 
 class ModuleSnapshot:
-    """Shallow copies of every module's attributes, taken at construction: enough to undo channel removal.
+    """The attributes of every module, taken at construction: enough to undo channel removal.
 
     Channel removal and bias creation replace parameters / buffers and set width attributes; they never write
-    into the old tensors, so restoring each module's attribute dict (with its parameter / buffer / child dicts and
-    lists copied) puts the model back exactly, without the cost of a deep copy.
+    into the old tensors, so putting back each module's attributes (and the contents of its parameter / buffer /
+    child / hook dicts and lists) restores the model exactly, without the cost of a deep copy. The dict and list
+    objects themselves are kept: a hook handle made before the snapshot still removes its hook after a restore.
 
     Args:
         model: the model whose current structure :meth:`restore` brings back.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._saved: list[tuple[nn.Module, dict[str, Any]]] = [
-            (module, {k: (v.copy() if isinstance(v, dict | list) else v) for k, v in module.__dict__.items()})
-            for module in model.modules()
-        ]
+        # (module, attributes, container contents); empty containers (most hook dicts) are only cleared on restore
+        self._saved: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]] = []
+        for module in model.modules():
+            attributes = dict(module.__dict__)
+            contents = {k: v.copy() for k, v in attributes.items() if isinstance(v, dict | list) and v}
+            self._saved.append((module, attributes, contents))
 
     def restore(self) -> None:
         """Give every module back the attributes it had when the snapshot was taken."""
-        for module, attributes in self._saved:
+        for module, attributes, contents in self._saved:
             module.__dict__.clear()
             module.__dict__.update(attributes)
+            for key, value in attributes.items():
+                if isinstance(value, dict):
+                    if key in contents or value:
+                        value.clear()
+                        value.update(contents.get(key, {}))
+                elif isinstance(value, list) and (key in contents or value):
+                    value[:] = contents.get(key, [])

@@ -8,13 +8,16 @@ Needs the ``detection`` extra (``pip install grouppruner[detection]``). The core
 - data: :class:`VOCDetection`, :func:`collate`, :func:`make_synthetic_voc`, :func:`voc_eval`;
 - recovery: :class:`YoloOutputDistill` (output-level distillation), :func:`box_foreground` (foreground masks
   for attention distillation);
-- the whole method: :func:`run_recipe`, :class:`RecipeConfig`.
+- the whole method: :func:`run_recipe`, :class:`RecipeConfig`;
+- darknet ``.cfg`` + ``.weights`` in and out: :func:`from_darknet`, :func:`to_darknet`, :class:`DarknetModel`
+  (:mod:`grouppruner.detection.darknet`).
 """
 
 from __future__ import annotations
 
 # The functions are bound after their submodules, so `grouppruner.detection.yolov4` / `.decode` name the
 # functions, as users expect, even though submodules of the same names exist.
+from .darknet import DarknetModel, from_darknet, to_darknet
 from .data import VOC_CLASSES, VOCDataError, VOCDetection, collate
 from .decode import DEFAULT_ANCHORS, batched_nms, decode
 from .distill import YoloOutputDistill
@@ -30,6 +33,7 @@ __all__ = [
     "DEFAULT_ANCHORS",
     "SYNTHETIC_CLASSES",
     "VOC_CLASSES",
+    "DarknetModel",
     "FeatureInfo",
     "RecipeConfig",
     "StageResult",
@@ -44,9 +48,11 @@ __all__ = [
     "collate",
     "decode",
     "evaluate",
+    "from_darknet",
     "kmeans_anchors",
     "make_synthetic_voc",
     "run_recipe",
+    "to_darknet",
     "train_one_epoch",
     "voc_eval",
     "yolov4",

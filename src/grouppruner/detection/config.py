@@ -17,6 +17,8 @@ key and the closest field names; a wrong type names the field and the type it ta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -30,18 +32,21 @@ from typing import Any
 
 import tomllib
 
+from .._utils.errors import DataError, InvalidOptionError
 from .._utils.names import did_you_mean
-from .synthetic import SYNTHETIC_CLASSES
+from .synthetic import SYNTHETIC_CLASSES, split_sizes
 
 __all__ = [
     "GAMMA_THRESHOLD",
     "STAGES",
     "STAGE_OF_OPTION",
     "RecipeConfig",
+    "check_option",
     "config_reference",
     "first_changed_stage",
     "load_recipe_config",
     "recipe_config_fields",
+    "stage_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,6 +148,10 @@ class RecipeConfig:
             :func:`~grouppruner.detection.yolov4` with these ``classes`` / ``backbone`` / ``width`` / ``depth``, or a
             :func:`~grouppruner.checkpoint.save_pruned` file. The dense stage then loads it instead of training
             (``dense_epochs`` is ignored) and only measures it.
+        cfg: a darknet ``.cfg`` to run the recipe on instead of the built-in YOLOv4 (``backbone``, ``width``
+            and ``depth`` are then unused, the anchors are the cfg's); ``weights`` is then its darknet ``.weights``
+            file. Its ``[yolo] classes`` must equal the number of ``classes``. The ``pruned`` and ``recovered``
+            stages also write ``<stage>.cfg`` / ``<stage>.weights`` (see the darknet guide).
         device: where the training stages run: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when
             available); graph tracing, pruning and checkpoints stay on the CPU. Not part of a run's identity:
             a run started on one device resumes on another.
@@ -186,59 +195,101 @@ class RecipeConfig:
     distill_temperature: float = 3.0
     seed: int = 0
     weights: str | None = None
+    cfg: str | None = None
     device: str = "cpu"
     amp: str = "off"
 
     def __post_init__(self) -> None:
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"RecipeConfig.{name} must be one of {allowed}, got {value!r}")
-        positive = (
-            "num_images",
-            "image_size",
-            "width",
-            "depth",
-            "batch_size",
-            "lr",
-            "sparse_lr",
-            "recover_lr",
-            "distill_temperature",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"RecipeConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        non_negative = (
-            "dense_epochs",
-            "sparse_epochs",
-            "recover_epochs",
-            "finetune_epochs",
-            "sparsity",
-            "gamma_threshold",
-            "distill_weight",
-            "output_distill_weight",
-        )
-        for name in non_negative:
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"RecipeConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("val_fraction", "target_params", "sparsity_keep"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0 and not (name != "val_fraction" and value == 1.0):
-                bounds = "(0, 1)" if name == "val_fraction" else "(0, 1]"
-                raise ValueError(f"RecipeConfig.{name} must be in {bounds}, got {value!r}")
-        if not 0.0 <= self.sparsity_warmup <= 1.0:
-            raise ValueError(f"RecipeConfig.sparsity_warmup must be in [0, 1], got {self.sparsity_warmup!r}")
-        if self.device not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", self.device):
-            raise ValueError(f"RecipeConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise ValueError(f"RecipeConfig.weights: no such file {self.weights!r}")
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"RecipeConfig.classes must be distinct class names, got {self.classes!r}")
+        for item in dataclasses.fields(self):
+            check_option(item.name, getattr(self, item.name))
         if self.finetune_epochs > self.recover_epochs:
             raise ValueError(
                 f"RecipeConfig.finetune_epochs ({self.finetune_epochs}) must be <= recover_epochs "
                 f"({self.recover_epochs})"
             )
+        if self.data_root is None:
+            self._check_generated_splits()
+
+    def _check_generated_splits(self) -> None:
+        # The generated data must give both splits an image, and the anchors (fitted to the training boxes when
+        # no trained detector brings its own) 9 boxes: every generated image holds at least one object.
+        fractions = (1.0 - self.val_fraction, self.val_fraction, 0.0)
+        need = 1 if self.weights is not None else ANCHORS
+        train, val, _ = split_sizes(self.num_images, fractions)
+        if train < need or val < 1:
+            # rounding puts the smallest fitting count within a few images of this estimate
+            estimate = max(need / (1.0 - self.val_fraction), 1.0 / self.val_fraction) - 2
+            enough = next(n for n in itertools.count(max(1, int(estimate))) if _splits_fit(n, fractions, need))
+            why = "" if self.weights is not None else f" ({ANCHORS} anchors are fitted to their boxes)"
+            raise InvalidOptionError(
+                f"RecipeConfig.num_images={self.num_images} with val_fraction {self.val_fraction:g} generates {train} "
+                f"training and {val} validation images; the recipe needs at least {need} training image(s){why} "
+                f"and 1 validation image: use num_images >= {enough}"
+            )
+
+
+#: Anchors of the YOLOv4 heads (3 scales x 3), fitted by k-means to the training boxes unless weights bring theirs.
+ANCHORS = 9
+
+
+def _splits_fit(num_images: int, fractions: tuple[float, float, float], need: int) -> bool:
+    train, val, _ = split_sizes(num_images, fractions)
+    return train >= need and val >= 1
+
+
+_POSITIVE = ("num_images", "image_size", "width", "depth", "batch_size", "lr", "sparse_lr", "recover_lr")
+_NON_NEGATIVE = (
+    "dense_epochs",
+    "sparse_epochs",
+    "recover_epochs",
+    "finetune_epochs",
+    "sparsity",
+    "gamma_threshold",
+    "distill_weight",
+    "output_distill_weight",
+)
+
+
+def check_option(name: str, value: Any) -> None:
+    """Check one :class:`RecipeConfig` field on its own (choices, ranges, files): what needs no other field.
+
+    Raises:
+        ValueError: the value is out of range (the message names ``RecipeConfig.<name>`` and what it accepts).
+    """
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"RecipeConfig.{name} must be one of {CHOICES[name]}, got {value!r}")
+    if name in (*_POSITIVE, "distill_temperature") and not value > 0:
+        raise ValueError(f"RecipeConfig.{name} must be > 0, got {value!r}")
+    if name in _NON_NEGATIVE and not value >= 0:
+        raise ValueError(f"RecipeConfig.{name} must be >= 0, got {value!r}")
+    fraction = name in ("val_fraction", "target_params", "sparsity_keep")
+    if fraction and not 0.0 < value < 1.0 and not (name != "val_fraction" and value == 1.0):
+        bounds = "(0, 1)" if name == "val_fraction" else "(0, 1]"
+        raise ValueError(f"RecipeConfig.{name} must be in {bounds}, got {value!r}")
+    if name == "image_size" and value % 32:
+        raise InvalidOptionError(
+            f"RecipeConfig.image_size must be a multiple of 32 (YOLOv4's largest stride), got {value!r}: "
+            f"use {max(32, 32 * round(value / 32))}"
+        )
+    if name == "sparsity_warmup" and not 0.0 <= value <= 1.0:
+        raise ValueError(f"RecipeConfig.sparsity_warmup must be in [0, 1], got {value!r}")
+    if name == "device" and value not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", value):
+        raise ValueError(f"RecipeConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {value!r}")
+    if name == "weights" and value is not None:
+        if Path(value).is_dir():
+            raise InvalidOptionError(
+                f"RecipeConfig.weights: {value!r} is a folder; give the trained detector's file (a state_dict or "
+                "save_pruned .pt file)"
+            )
+        if not Path(value).is_file():
+            raise ValueError(f"RecipeConfig.weights: no such file {value!r}")
+    if name == "cfg" and value is not None and not Path(value).is_file():
+        raise ValueError(f"RecipeConfig.cfg: no such file {value!r}")
+    if name == "data_root" and value is not None and not Path(value).is_dir():
+        what = "is a file, not a folder" if Path(value).exists() else "no such folder"
+        raise InvalidOptionError(f"RecipeConfig.data_root: {value!r} {what} (give a VOCdevkit-style folder)")
+    if name == "classes" and (not value or len(set(value)) != len(value)):
+        raise ValueError(f"RecipeConfig.classes must be distinct class names, got {value!r}")
 
 
 #: The first stage each option affects: changing it reruns that stage and the ones after it.
@@ -258,6 +309,7 @@ STAGE_OF_OPTION: dict[str, str] = {
             "dense_epochs",
             "seed",
             "weights",
+            "cfg",
             "amp",
         ),
         "dense",
@@ -308,15 +360,42 @@ def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> st
         A stage of :data:`STAGES` (``"dense"`` for an option unknown to :data:`STAGE_OF_OPTION`), or ``None``
         when nothing that matters changed (``out_dir`` never matters).
     """
-    current = json.loads(json.dumps(asdict(config)))
-    keys = (set(previous) | set(current)) - set(_NOT_STAGE_OPTIONS)
-    changed = [k for k in keys if previous.get(k) != current.get(k)]
+    before, current = _comparable(previous), _comparable(asdict(config))
+    keys = (set(before) | set(current)) - set(_NOT_STAGE_OPTIONS)
+    changed = [k for k in keys if before.get(k) != current.get(k)]
     stages = [STAGE_OF_OPTION.get(k, "dense") for k in changed]
     if changed:
         first = min(stages, key=STAGES.index)
         logger.info("options changed since the last run (%s): rerunning from %s", ", ".join(sorted(changed)), first)
         return first
     return None
+
+
+def stage_fingerprint(config: RecipeConfig, stage: str) -> str:
+    """A digest of the options that affect ``stage`` and the stages before it (16 hex characters).
+
+    An epoch state of a stage records it (:meth:`~grouppruner.detection.recipe.RecipeRun.train`): a state made
+    with other options is refused instead of resumed. ``stage`` may be a label such as ``"recovered (distill)"``:
+    its first word names the stage; a label that names no stage covers every option.
+    """
+    first_word = stage.split()[0] if stage.split() else stage
+    last = STAGES.index(first_word) if first_word in STAGES else len(STAGES) - 1
+    options = _comparable(asdict(config))
+    relevant = {k: v for k, v in options.items() if STAGES.index(STAGE_OF_OPTION.get(k, "dense")) <= last}
+    for key in _NOT_STAGE_OPTIONS:
+        relevant.pop(key, None)
+    text = json.dumps({"stage": stage, "options": relevant}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _comparable(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options as JSON values, with the paths of ``data_root``, ``weights`` and ``cfg`` resolved: a relative and an
+    absolute spelling of one path are the same option."""
+    values: dict[str, Any] = json.loads(json.dumps(dict(options)))
+    for key in ("data_root", "weights", "cfg"):
+        if isinstance(values.get(key), str):
+            values[key] = str(Path(values[key]).resolve())
+    return values
 
 
 def recipe_config_fields() -> dict[str, tuple[Any, Any]]:
@@ -357,14 +436,23 @@ def load_recipe_config(
             values = tomllib.loads(file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{file}: not a valid TOML file: {error}") from error
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     fields = recipe_config_fields()
-    for key, value in values.items():
-        if key not in fields:
-            raise ValueError(
-                f"{source}: unknown option {key!r}{did_you_mean(key, fields)}; options: {', '.join(fields)}"
-            )
-        values[key] = _coerce(key, value, fields[key][0], source)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # Every key of the file is checked, also one a flag overrides: a typo or a wrong value in the file is an
+    # error whether or not this command line happens to hide it.
+    for origin, options in ((source, values), ("command line", given)):
+        for key, value in options.items():
+            if key not in fields:
+                raise InvalidOptionError(
+                    f"{origin}: unknown option {key!r}{did_you_mean(key, fields)}; options: {', '.join(fields)}"
+                )
+            options[key] = _coerce(key, value, fields[key][0], origin)
+    for key in set(values) & set(given):
+        try:
+            check_option(key, values[key])
+        except ValueError as error:
+            raise InvalidOptionError(f"{source}: {error} (overridden by the command line, but wrong)") from error
+    values.update(given)
     missing = [name for name, (_, default) in fields.items() if default is dataclasses.MISSING and name not in values]
     if missing:
         raise ValueError(f"{source}: missing required option(s) {', '.join(missing)}")
@@ -391,7 +479,8 @@ def _coerce(name: str, value: Any, kind: Any, source: str) -> Any:
             return float(value)
         elif isinstance(option, type) and isinstance(value, option) and (option is bool or not isinstance(value, bool)):
             return value
-    raise ValueError(f"{source}: option {name!r} must be {_describe(kind)}, got {value!r}")
+    error = DataError if source != "command line" else InvalidOptionError
+    raise error(f"{source}: option {name!r} must be {_describe(kind)}, got {value!r}")
 
 
 def _describe(kind: Any) -> str:

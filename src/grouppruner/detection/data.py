@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from .._utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ PAD_VALUE = 114
 Target = dict[str, Tensor]
 
 
-class VOCDataError(ValueError):
+class VOCDataError(DataError):
     """A VOC folder, split file, annotation or image is malformed; the message names the file."""
 
 
@@ -439,13 +441,50 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
                 image = raw.convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
             raise VOCDataError(f"{path}: cannot read image ({exc})") from exc
+        self._check_size(index, path, image.size)
+        return image
+
+    def check_images(self, known: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+        """Decode every image of the split once, so that a damaged file stops a run before it trains.
+
+        A JPEG is decoded at 1/8 scale (the whole compressed stream is read, so a truncated or corrupt file
+        fails, at about a third of the cost of a full decode); every image's size is compared with its XML.
+
+        Args:
+            known: ``{path: [bytes, mtime_ns]}`` of images checked before (what an earlier call returned); those
+                whose size and modification time are unchanged are not decoded again.
+
+        Returns:
+            ``{path: [bytes, mtime_ns]}`` of every image of the split.
+
+        Raises:
+            VOCDataError: an image cannot be decoded or its size differs from the XML ``<size>`` (names the file).
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        checked: dict[str, list[int]] = {}
+        for index, path in enumerate(self.image_paths):
+            stat = path.stat()
+            record = [stat.st_size, stat.st_mtime_ns]
+            if known is None or list(known.get(str(path), ())) != record:
+                try:
+                    with Image.open(path) as raw:
+                        size = raw.size
+                        raw.draft("RGB", (max(1, raw.width // 8), max(1, raw.height // 8)))
+                        raw.load()
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise VOCDataError(f"{path}: cannot read image ({exc})") from exc
+                self._check_size(index, path, size)
+            checked[str(path)] = record
+        return checked
+
+    def _check_size(self, index: int, path: Path, size: tuple[int, int]) -> None:
         ann = self.annotations[index]
-        if ann.width is not None and ann.height is not None and (ann.width, ann.height) != image.size:
+        if ann.width is not None and ann.height is not None and (ann.width, ann.height) != size:
             raise VOCDataError(
-                f"{path}: image is {image.width}x{image.height} but "
+                f"{path}: image is {size[0]}x{size[1]} but "
                 f"{self.root / 'Annotations' / (ann.image_id + '.xml')} says {ann.width}x{ann.height}"
             )
-        return image
 
     def letterbox(self, index: int) -> Letterbox:
         """The :class:`Letterbox` of image ``index`` (to map detections back to original pixels)."""

@@ -13,11 +13,12 @@ Box parameterisation (Scaled-YOLOv4, darknet ``new_coords=1``): with ``p = sigmo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_ANCHORS", "batched_nms", "box_iou", "decode", "split_head_map"]
+__all__ = ["DEFAULT_ANCHORS", "BoxCoding", "batched_nms", "box_cells", "box_iou", "decode", "split_head_map"]
 
 #: Anchors of ``yolov4.cfg`` in input pixels, (3 scales, 3 anchors, (w, h)) for strides 8, 16, 32.
 DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
@@ -25,6 +26,40 @@ DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((36.0, 75.0), (76.0, 55.0), (72.0, 146.0)),
     ((142.0, 110.0), (192.0, 243.0), (459.0, 401.0)),
 )
+
+
+@dataclass(frozen=True)
+class BoxCoding:
+    """How one head map encodes boxes: darknet's ``[yolo]`` options ``new_coords`` and ``scale_x_y``.
+
+    With ``p = sigmoid(raw)``: centre ``= (scale_x_y * p_xy - (scale_x_y - 1) / 2 + (gx, gy)) * s``; size
+    ``= (2 p_wh)^2 * anchor`` when ``new_coords`` (the default, this library's parameterisation), else
+    ``exp(raw_wh) * anchor`` (darknet's classic coordinates, as in ``yolov4.cfg``).
+
+    Attributes:
+        new_coords: bounded sizes ``(2 p)^2`` instead of ``exp``.
+        scale_x_y: the centre's scale; 2.0 lets a centre lie half a cell outside its cell.
+    """
+
+    new_coords: bool = True
+    scale_x_y: float = 2.0
+
+
+def box_cells(raw: Tensor, anchor_wh: Tensor, coding: BoxCoding = BoxCoding()) -> Tensor:
+    """Decode raw box predictions into ``(cx, cy, w, h)`` in grid cells, the centre relative to its cell.
+
+    Args:
+        raw: (P, >= 4) raw predictions (tx, ty, tw, th first).
+        anchor_wh: (P, 2) anchor sizes in cells.
+        coding: the map's :class:`BoxCoding`.
+
+    Returns:
+        (P, 4); with the classic coding the size exponent is capped at 4 (55x the anchor) so training stays finite.
+    """
+    shift = (coding.scale_x_y - 1) / 2
+    xy = raw[:, :2].sigmoid() * coding.scale_x_y - shift
+    wh = (raw[:, 2:4].sigmoid() * 2) ** 2 if coding.new_coords else raw[:, 2:4].clamp(max=4.0).exp()
+    return torch.cat([xy, wh * anchor_wh], dim=1)
 
 
 def split_head_map(output: Tensor, num_anchors: int = 3) -> Tensor:
@@ -71,6 +106,7 @@ def decode(
     *,
     conf: float = 0.001,
     max_candidates: int = 10000,
+    coding: Sequence[BoxCoding] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Turn raw head maps into scored boxes per image (before NMS).
 
@@ -85,6 +121,8 @@ def decode(
         strides: stride of each map in input pixels.
         conf: minimum score ``objectness * class probability``.
         max_candidates: per-image cap on candidates, applied after the ``conf`` filter.
+        coding: the :class:`BoxCoding` of each map (default: ``BoxCoding()`` for all, the parameterisation
+            above); darknet detectors imported with classic ``[yolo]`` layers pass theirs.
 
     Returns:
         N dicts with ``"boxes"`` (K, 4) xyxy in input pixels, ``"scores"`` (K,) and ``"labels"`` (K,) int64,
@@ -96,22 +134,27 @@ def decode(
         raise ValueError(
             f"decode: got {len(outputs)} head maps, {anchors.shape[0]} anchor sets and {len(strides)} strides"
         )
+    codings = list(coding) if coding is not None else [BoxCoding()] * len(strides)
+    if len(codings) != len(strides):
+        raise ValueError(f"decode: got {len(codings)} box codings for {len(strides)} head maps")
     num_anchors = anchors.shape[1]
     image_h = outputs[0].shape[2] * strides[0]
     image_w = outputs[0].shape[3] * strides[0]
     per_scale = []
-    for output, anchor, stride in zip(outputs, anchors, strides, strict=True):
-        p = split_head_map(output.detach(), num_anchors).float().sigmoid()
+    for output, anchor, stride, code in zip(outputs, anchors, strides, codings, strict=True):
+        raw = split_head_map(output.detach(), num_anchors).float()
+        p = raw.sigmoid()
         _, _, h, w, _ = p.shape
         gy, gx = torch.meshgrid(
             torch.arange(h, device=p.device, dtype=p.dtype),
             torch.arange(w, device=p.device, dtype=p.dtype),
             indexing="ij",
         )
-        cx = (p[..., 0] * 2 - 0.5 + gx) * stride
-        cy = (p[..., 1] * 2 - 0.5 + gy) * stride
+        shift = (code.scale_x_y - 1) / 2
+        cx = (p[..., 0] * code.scale_x_y - shift + gx) * stride
+        cy = (p[..., 1] * code.scale_x_y - shift + gy) * stride
         anchor = anchor.to(p.device, p.dtype).view(1, num_anchors, 1, 1, 2)
-        wh = (p[..., 2:4] * 2) ** 2 * anchor
+        wh = ((p[..., 2:4] * 2) ** 2 if code.new_coords else raw[..., 2:4].exp()) * anchor
         boxes = torch.stack(
             [cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], dim=-1
         )

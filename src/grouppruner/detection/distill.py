@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decode import split_head_map
+from .decode import BoxCoding, box_cells, split_head_map
 from .loss import YoloLoss, _targets_tensor
 from .models import YOLOv4
 
@@ -50,6 +50,7 @@ class YoloOutputDistill(nn.Module):
         box_weight: weight of the box L2.
         anchor_threshold: anchor-to-box size ratio of the assignment (as in `YoloLoss`).
         use_difficult: also use boxes flagged ``difficult`` as ground-truth positions.
+        coding: the :class:`~grouppruner.detection.decode.BoxCoding` of each map (default: this library's).
 
     Shape:
         ``forward(student_outputs, teacher_outputs, targets)``: two lists of S raw maps
@@ -70,6 +71,7 @@ class YoloOutputDistill(nn.Module):
         box_weight: float = 1.0,
         anchor_threshold: float = 4.0,
         use_difficult: bool = False,
+        coding: Sequence[BoxCoding] | None = None,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -86,6 +88,7 @@ class YoloOutputDistill(nn.Module):
             balance=(1.0,) * len(strides),  # objectness balance is not used for the assignment
             anchor_threshold=anchor_threshold,
             use_difficult=use_difficult,
+            coding=coding,
         )
         self.num_classes = num_classes
         self.temperature = float(temperature)
@@ -94,9 +97,16 @@ class YoloOutputDistill(nn.Module):
         self.box_weight = float(box_weight)
 
     @classmethod
-    def from_model(cls, model: YOLOv4, **kwargs: float | bool) -> YoloOutputDistill:
-        """Build for a `YOLOv4` (its ``num_classes``, ``anchors`` and ``strides``); ``kwargs`` as above."""
-        return cls(model.num_classes, anchors=model.anchors, strides=model.strides, **kwargs)  # type: ignore[arg-type]
+    def from_model(cls, model: YOLOv4 | nn.Module, **kwargs: float | bool) -> YoloOutputDistill:
+        """Build for a `YOLOv4` or a darknet model (its ``num_classes``, ``anchors``, ``strides`` and, if it has
+        one, ``coding``); ``kwargs`` as above."""
+        return cls(
+            model.num_classes,  # type: ignore[arg-type]
+            anchors=model.anchors,  # type: ignore[arg-type]
+            strides=model.strides,  # type: ignore[arg-type]
+            coding=getattr(model, "coding", None),
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     def forward(
         self,
@@ -154,7 +164,8 @@ class YoloOutputDistill(nn.Module):
             log_p = F.log_softmax(mt[:, 5:] / t, dim=1)
             cls_loss = cls_loss + (log_p.exp() * (log_p - log_q)).sum(dim=1).mean() * t * t
             anchor_wh = self.assigner.anchors[scale].to(device)[a] / stride  # (P, 2) in cells
-            box_s, box_t = _decode_cells(ms, anchor_wh), _decode_cells(mt, anchor_wh)
+            coding = self.assigner.coding[scale]
+            box_s, box_t = box_cells(ms, anchor_wh, coding), box_cells(mt, anchor_wh, coding)
             box_loss = box_loss + (box_s - box_t).square().sum(dim=1).mean()
         cls_part = self.cls_weight * cls_loss
         obj_part = self.obj_weight * obj_loss
@@ -170,9 +181,3 @@ def _bernoulli_kl(teacher_logit: Tensor, student_logit: Tensor) -> Tensor:
         F.logsigmoid(-teacher_logit) - F.logsigmoid(-student_logit)
     )
 
-
-def _decode_cells(pred: Tensor, anchor_wh: Tensor) -> Tensor:
-    """``(P, 5 + C)`` raw predictions -> ``(P, 4)`` boxes ``(cx, cy, w, h)`` in cells, cx/cy relative to the cell."""
-    xy = pred[:, :2].sigmoid() * 2 - 0.5
-    wh = (pred[:, 2:4].sigmoid() * 2) ** 2 * anchor_wh
-    return torch.cat([xy, wh], dim=1)

@@ -3,7 +3,9 @@
 Assignment (Scaled-YOLOv4): at every scale, a ground-truth box is assigned to each anchor whose width and
 height ratios to the box are all within ``anchor_threshold`` (so one box may train several anchors and
 several scales), in its own grid cell and in the two neighbouring cells closest to its centre (the decoded
-centre may move half a cell outside its cell, see :mod:`grouppruner.detection.decode`).
+centre may move half a cell outside its cell, see :mod:`grouppruner.detection.decode`). Maps with a darknet
+:class:`~grouppruner.detection.decode.BoxCoding` whose centre cannot leave its cell (``scale_x_y < 2``, as in
+``yolov4.cfg``) train the own cell only, and their boxes are decoded in that coding.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decode import DEFAULT_ANCHORS, split_head_map
+from .decode import DEFAULT_ANCHORS, BoxCoding, box_cells, split_head_map
 
 __all__ = ["YoloLoss", "ciou", "kmeans_anchors"]
 
 # Neighbour-cell offsets (in cells) for: own cell, left, up, right, down.
 _OFFSETS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (-0.5, 0.0), (0.0, -0.5))
+
+#: Objectness weight per stride when ``balance`` is not given (small strides have more positions).
+_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4}
 
 
 def ciou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
@@ -95,10 +100,13 @@ class YoloLoss(nn.Module):
         box_weight: weight of the box term.
         obj_weight: weight of the objectness term.
         cls_weight: weight of the class term.
-        balance: per-scale weights of the objectness term (small strides have more positions).
+        balance: per-scale weights of the objectness term (small strides have more positions); default 4.0,
+            1.0, 0.4 for strides 8, 16, 32 (1.0 for other strides).
         anchor_threshold: an anchor is assigned to a box when ``max(w/aw, aw/w, h/ah, ah/h) <`` this.
         label_smoothing: eps of class label smoothing (targets ``1 - eps/2`` and ``eps/2``).
         use_difficult: train on boxes flagged ``difficult`` too (darknet's VOC recipe drops them).
+        coding: the :class:`~grouppruner.detection.decode.BoxCoding` of each map (default: this library's,
+            ``BoxCoding()``); a darknet model passes its ``model.coding``.
 
     Shape:
         outputs: three raw maps (N, 3 * (5 + C), H_i, W_i); targets: N dicts with ``"boxes"`` (M, 4) xyxy
@@ -118,10 +126,11 @@ class YoloLoss(nn.Module):
         box_weight: float = 0.05,
         obj_weight: float = 1.0,
         cls_weight: float = 0.5,
-        balance: Sequence[float] = (4.0, 1.0, 0.4),
+        balance: Sequence[float] | None = None,
         anchor_threshold: float = 4.0,
         label_smoothing: float = 0.0,
         use_difficult: bool = False,
+        coding: Sequence[BoxCoding] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -130,6 +139,8 @@ class YoloLoss(nn.Module):
         anchor_t = anchor_t.detach().clone().float()
         if anchor_t.dim() != 3 or anchor_t.shape[0] != len(strides) or anchor_t.shape[2] != 2:
             raise ValueError(f"YoloLoss: anchors must have shape ({len(strides)}, A, 2), got {tuple(anchor_t.shape)}")
+        if balance is None:
+            balance = [_BALANCE.get(int(s), 1.0) for s in strides]
         if len(balance) != len(strides):
             raise ValueError(f"YoloLoss: balance needs {len(strides)} values, got {len(balance)}")
         self.num_classes = num_classes
@@ -139,6 +150,9 @@ class YoloLoss(nn.Module):
         self.obj_weight = obj_weight
         self.cls_weight = cls_weight
         self.balance = tuple(float(b) for b in balance)
+        self.coding = tuple(coding) if coding is not None else (BoxCoding(),) * len(strides)
+        if len(self.coding) != len(strides):
+            raise ValueError(f"YoloLoss: coding needs {len(strides)} entries, got {len(self.coding)}")
         self.anchor_threshold = anchor_threshold
         self.label_smoothing = label_smoothing
         self.use_difficult = use_difficult
@@ -183,9 +197,7 @@ class YoloLoss(nn.Module):
             if b.numel():
                 matched = pred[b, a, gj, gi]
                 anchor_wh = self.anchors[scale].to(device)[a] / stride
-                pxy = matched[:, :2].sigmoid() * 2 - 0.5
-                pwh = (matched[:, 2:4].sigmoid() * 2) ** 2 * anchor_wh
-                score = ciou(torch.cat([pxy, pwh], dim=1), tbox)
+                score = ciou(box_cells(matched, anchor_wh, self.coding[scale]), tbox)
                 box_loss = box_loss + (1.0 - score).mean()
                 tobj[b, a, gj, gi] = score.detach().clamp(min=0).to(tobj.dtype)
                 cls_target = torch.full_like(matched[:, 5:], self.label_smoothing / 2)
@@ -219,13 +231,15 @@ class YoloLoss(nn.Module):
         a, t = match.nonzero(as_tuple=True)
         xy = gxy[t]
         frac = xy % 1
+        # A neighbouring cell can reach the centre only when the decoded centre may leave its cell by half a cell.
+        neighbours = self.coding[scale].scale_x_y >= 2.0
         near = torch.stack(
             [
                 torch.ones_like(frac[:, 0], dtype=torch.bool),
-                (frac[:, 0] < 0.5) & (xy[:, 0] > 1),
-                (frac[:, 1] < 0.5) & (xy[:, 1] > 1),
-                (frac[:, 0] > 0.5) & (xy[:, 0] < width - 1),
-                (frac[:, 1] > 0.5) & (xy[:, 1] < height - 1),
+                (frac[:, 0] < 0.5) & (xy[:, 0] > 1) & neighbours,
+                (frac[:, 1] < 0.5) & (xy[:, 1] > 1) & neighbours,
+                (frac[:, 0] > 0.5) & (xy[:, 0] < width - 1) & neighbours,
+                (frac[:, 1] > 0.5) & (xy[:, 1] < height - 1) & neighbours,
             ]
         )  # (5, P0)
         offsets = torch.tensor(_OFFSETS, device=device)[:, None].expand(-1, a.shape[0], -1)[near]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .._utils.errors import CheckpointError, InvalidOptionError
 from ..checkpoint import atomic_write, load_pruned, save_pruned
 from ..profile import count_macs, count_params
 from ..resume import Stateful, load_training_state, save_training_state
-from .config import GAMMA_THRESHOLD, STAGE_OF_OPTION, STAGES, RecipeConfig, first_changed_stage
+from .config import GAMMA_THRESHOLD, STAGE_OF_OPTION, STAGES, RecipeConfig, first_changed_stage, stage_fingerprint
+from .darknet import DarknetModel
+from .darknet.recipe import check_recipe_cfg, export_stage, recipe_loss
 from .data import VOCDetection, collate
 from .distributed import Distributed, RankShard
 from .loss import YoloLoss, kmeans_anchors
-from .models import YOLOv4, yolov4
-from .stages import STAGE_FUNCTIONS, load_weights, sparse_optimizer, weights_digest
+from .models import yolov4
+from .run_folder import RunLock, check_file_record, file_record, read_results, write_results
+from .stages import STAGE_FUNCTIONS, Detector, load_weights, sparse_optimizer, weights_digest
 from .synthetic import make_synthetic_voc
 from .train import LossFn, StepHook, evaluate, train_one_epoch
 
@@ -65,8 +70,12 @@ class StageResult:
         map50: VOC mAP@0.5 on the validation split.
         params: number of parameters.
         macs: conv + linear MACs for one ``image_size`` x ``image_size`` image.
-        checkpoint: path of the stage's checkpoint (a :func:`~grouppruner.checkpoint.save_pruned` file).
+        checkpoint: path of the stage's checkpoint (a :func:`~grouppruner.checkpoint.save_pruned` file), in
+            ``out_dir``; ``results.json`` stores it relative to the run folder.
         extra: stage-specific numbers (training loss, sparsity statistics, pruning summary).
+        files: ``{"path", "bytes", "sha256"}`` of every file the stage left in the run folder (its checkpoint
+            first, then those registered with :meth:`RecipeRun.record_file`); checked before the stage is skipped
+            as done.
     """
 
     stage: str
@@ -75,11 +84,7 @@ class StageResult:
     macs: int
     checkpoint: str
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_write(path) as file:
-        file.write(json.dumps(data, indent=2).encode())
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RecipeRun:
@@ -109,6 +114,8 @@ class RecipeRun:
         ValueError: ``config.device`` asks for CUDA on a machine without it, or ``amp="fp16"`` off CUDA
             (checked before any data is generated); in a data-parallel run, a batch of the train split has
             fewer images than there are processes.
+        VOCDataError: an image of the train or val split cannot be decoded (every image is decoded once here,
+            before any stage trains; images unchanged since an earlier run of the folder are not decoded again).
     """
 
     def __init__(
@@ -125,6 +132,8 @@ class RecipeRun:
         self.device = self.ranks.device
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"RecipeConfig.amp='fp16' needs CUDA (device {self.device}); use amp='bf16' on a CPU")
+        # A darknet cfg is checked against the classes before any data is generated.
+        self.darknet = check_recipe_cfg(config.cfg, config.classes) if config.cfg else None
         self.checkpoints = {stage: Path(path) for stage, path in (checkpoints or {}).items()}
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -159,10 +168,18 @@ class RecipeRun:
                 f"{smallest} images, fewer than the {self.ranks.world_size} processes: change batch_size"
             )
         self.val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate)
-        self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
-        self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors).to(self.device)
+        if self.ranks.is_main:
+            _check_images(self.out / _IMAGES_CHECKED, (train_set, val_set))
+        self.ranks.barrier()
+        if self.darknet is not None:  # the cfg's anchors: the written cfg must describe what was trained
+            self.anchors = self.darknet.anchors.clone()
+            self.loss_fn = recipe_loss(self.darknet).to(self.device)
+        else:
+            self.anchors = self._weights_anchors(config.weights) if config.weights else self._anchors(train_set)
+            self.loss_fn = YoloLoss(len(config.classes), anchors=self.anchors).to(self.device)
         self.example = torch.zeros(1, 3, size, size)
         self._state_files: list[Path] = []
+        self._files: list[Path] = []
 
     def _anchors(self, train_set: VOCDetection) -> Tensor:
         # The cfg anchors are for 416-pixel inputs; small demo inputs need anchors fitted to their boxes.
@@ -170,7 +187,13 @@ class RecipeRun:
         wh = boxes[:, 2:] - boxes[:, :2]
         # Seeded by the data, not by config.seed: runs with other training seeds on the same data (and the same
         # dense checkpoint) must train with the anchors saved in that checkpoint.
-        return kmeans_anchors(wh, 9, seed=0).view(3, 3, 2)
+        try:
+            return kmeans_anchors(wh, 9, seed=0).view(3, 3, 2)
+        except ValueError as error:
+            raise InvalidOptionError(
+                f"{train_set.root}: the train split's {len(wh)} boxes in {len(train_set)} images are too few to fit "
+                f"the 9 anchors ({error}); use more images, or weights (a trained detector brings its anchors)"
+            ) from error
 
     def _weights_anchors(self, weights: str) -> Tensor:
         # A trained detector keeps the anchors it was trained with; the loss must use the same.
@@ -189,10 +212,13 @@ class RecipeRun:
         loss: tuple[Tensor, Any] = self.loss_fn(self.ranks.gather_outputs(outputs), self.ranks.gather_targets(targets))
         return loss
 
-    def new_model(self) -> YOLOv4:
-        """A freshly initialised YOLOv4 of the configured variant (seeded: the same weights every call)."""
+    def new_model(self) -> Detector:
+        """A freshly initialised YOLOv4 of the configured variant, or the model of ``config.cfg`` (seeded: the
+        same weights every call)."""
         torch.manual_seed(self.config.seed)
         c = self.config
+        if self.darknet is not None:
+            return DarknetModel(self.darknet.cfg)
         return yolov4(len(c.classes), backbone=c.backbone, width=c.width, depth=c.depth, anchors=self.anchors)
 
     def train(
@@ -213,6 +239,9 @@ class RecipeRun:
         After every epoch the whole training state (model, optimizer, schedule, ``stateful`` objects such as the
         sparsity regularizer, RNGs, the loader's generator) is saved to ``out_dir/<stage>.epoch.pt``; a run
         killed mid-stage resumes from it exactly. :meth:`run_stage` removes the file when the stage is done.
+        The state records a fingerprint of the options that affect ``stage`` and the stages before it, and of
+        ``epochs`` (:func:`~grouppruner.detection.config.stage_fingerprint`): a state made with other options,
+        or one that cannot be read, is discarded with a warning and the stage starts from its first epoch.
 
         ``loss_fn`` (default :meth:`detection_loss`) gets this process's outputs and targets and must return the
         whole batch's loss (see :class:`~grouppruner.detection.distributed.Distributed`); ``forward_fn``, when
@@ -227,17 +256,27 @@ class RecipeRun:
         stateful = {**(stateful or {}), "scaler": scaler}
         autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
         state_path = self.out / f"{_file_stem(stage)}.epoch.pt"
+        fingerprint = stage_fingerprint(self.config, f"{stage} x{epochs}")
         start = 0
         if state_path.is_file():
-            start = load_training_state(
-                state_path,
-                model=model,
-                optimizer=optimizer,
-                scheduler=schedule,
-                generator=self.generator,
-                extra=stateful,
-            )
-            logger.info("%s: resuming after epoch %d/%d", stage, start, epochs)
+            try:
+                start = load_training_state(
+                    state_path,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=schedule,
+                    generator=self.generator,
+                    extra=stateful,
+                    fingerprint=fingerprint,
+                )
+                logger.info("%s: resuming after epoch %d/%d", stage, start, epochs)
+            except CheckpointError as error:
+                # load_training_state leaves every object untouched when it refuses a file
+                logger.warning(
+                    "%s: epoch state discarded, not resumed: %s; the stage starts from epoch 1", stage, error
+                )
+                if self.ranks.is_main:
+                    state_path.unlink(missing_ok=True)
         self._state_files.append(state_path)
         target = model if forward_fn is None else forward_fn
         if not isinstance(target, nn.Module) and self.ranks.active:
@@ -269,17 +308,34 @@ class RecipeRun:
                         scheduler=schedule,
                         generator=self.generator,
                         extra=stateful,
+                        fingerprint=fingerprint,
                     )
                 self.ranks.barrier()
         return loss
 
-    def result(self, stage: str, model: YOLOv4, extra: dict[str, Any]) -> StageResult:
-        """Save ``model`` as ``out_dir/<stage>.pt`` and measure it (validation mAP@0.5, params, MACs)."""
+    def record_file(self, path: str | Path) -> None:
+        """Register a file the running stage wrote into the run folder (e.g. an exported model).
+
+        Its path (relative to the run folder), size and SHA-256 go into the stage's ``files`` in ``results.json``
+        (:func:`~grouppruner.detection.run_folder.file_record`); a later run skips the stage as done only if
+        every registered file is still intact, and runs it again otherwise. Call it from the main process after
+        the file is complete (e.g. after :func:`~grouppruner.checkpoint.atomic_write`).
+        """
+        self._files.append(Path(path))
+
+    def result(self, stage: str, model: Detector, extra: dict[str, Any]) -> StageResult:
+        """Save ``model`` as ``out_dir/<stage>.pt`` (a darknet model after pruning also as ``<stage>.cfg`` /
+        ``<stage>.weights``, registered with :meth:`record_file`) and measure it (validation mAP@0.5, params,
+        MACs)."""
         path = self.out / f"{stage}.pt"
         model.cpu()
         if self.ranks.is_main:
             save_pruned(model, path)
+            if isinstance(model, DarknetModel) and stage in ("pruned", "recovered"):
+                for exported in export_stage(model, path):
+                    self.record_file(exported)
         self.ranks.barrier()
+        files = [file_record(self.out, f) for f in (path, *self._files)] if self.ranks.is_main else []
         metrics = evaluate(model.to(self.device), self.val_loader, device=self.device, progress=self.progress)
         model.cpu()
         return StageResult(
@@ -289,9 +345,10 @@ class RecipeRun:
             macs=count_macs(model.eval(), self.example),
             checkpoint=str(path),
             extra=extra,
+            files=files,
         )
 
-    def load(self, stage: str) -> YOLOv4:
+    def load(self, stage: str) -> Detector:
         """The model of a finished stage, from ``checkpoints[stage]`` or ``out_dir/<stage>.pt``."""
         model = self.new_model()
         load_pruned(model, self.checkpoints.get(stage, self.out / f"{stage}.pt"))
@@ -314,6 +371,7 @@ class RecipeRun:
         torch.manual_seed(stage_seed)
         self.generator.manual_seed(stage_seed)
         self._state_files = []
+        self._files = []
         model, extra = STAGE_FUNCTIONS[stage](self)
         result = self.result(stage, model, extra)
         if self.ranks.is_main:
@@ -321,6 +379,25 @@ class RecipeRun:
                 path.unlink(missing_ok=True)
         logger.info("%s: mAP@0.5 %.3f, %d params", stage, result.map50, result.params)
         return result
+
+
+#: The images :meth:`VOCDetection.check_images` found readable, with their sizes and times, in the run folder.
+_IMAGES_CHECKED = ".images-checked.json"
+
+
+def _check_images(cache: Path, datasets: Sequence[VOCDetection]) -> None:
+    """Decode every image once before any stage trains (a damaged one found mid-stage would cost the stages
+    before it); images unchanged since an earlier run of this folder are not decoded again."""
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    checked: dict[str, list[int]] = {}
+    for dataset in datasets:
+        checked.update(dataset.check_images(known if isinstance(known, dict) else {}))
+    if checked != known:
+        with atomic_write(cache) as file:
+            file.write(json.dumps(checked).encode())
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -340,8 +417,10 @@ def _file_stem(stage: str) -> str:
 def run_recipe(config: RecipeConfig, *, progress: bool = False) -> list[StageResult]:
     """Run (or resume) the dense -> sparse -> pruned -> recovered recipe.
 
-    Finished stages are read back from ``out_dir/results.json`` and their checkpoints are reused; a stage whose
-    checkpoint is missing runs again. ``results.json`` is rewritten atomically after every stage.
+    Finished stages are read back from ``out_dir/results.json`` and their checkpoints are reused; a stage runs
+    again when one of its files (:attr:`StageResult.files`: size and SHA-256 recorded when it was written) is
+    missing, truncated or changed, with a warning. ``results.json`` is rewritten atomically after every stage, with
+    paths relative to ``out_dir``: a moved or copied run folder resumes where it is.
 
     Args:
         config: the options; images are ``(N, 3, image_size, image_size)``.
@@ -355,42 +434,74 @@ def run_recipe(config: RecipeConfig, *, progress: bool = False) -> list[StageRes
 
     A folder written with other options is not refused: the stages that the changed options affect (and the
     ones after them) run again, the others are kept (:data:`STAGE_OF_OPTION` says which option belongs to which
-    stage); a stage interrupted mid-way resumes at its last finished epoch (:meth:`RecipeRun.train`).
+    stage; paths are compared resolved). A stage interrupted mid-way resumes at its last finished epoch
+    (:meth:`RecipeRun.train`); the epoch states of a stage that runs again, and of every stage after it, are
+    discarded. One run at a time: the run holds a :class:`~grouppruner.detection.run_folder.RunLock` on
+    ``out_dir``.
 
     Raises:
-        ValueError: ``out_dir`` is a file, or its ``results.json`` is not a recipe result.
+        InvalidOptionError: ``out_dir`` is a file.
+        DataError: its ``results.json`` is not a recipe result (the message names the file).
+        UsageError: another run is using ``out_dir`` (the message names its pid).
     """
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} is a file; give a folder (new or of an earlier run)")
-    results_path = out / "results.json"
-    done: dict[str, StageResult] = {}
-    if results_path.is_file():
-        # Read before any data is generated or loaded: a refused run should cost nothing.
-        try:
-            saved = json.loads(results_path.read_text(encoding="utf-8"))
-            records = [StageResult(**record) for record in saved["stages"]]
-            previous = saved["config"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{results_path}: not a recipe result ({type(error).__name__}: {error})") from error
-        changed = first_changed_stage(previous, config)
-        keep = len(STAGES) if changed is None else STAGES.index(changed)
-        # A stage counts as done only if it and every stage before it left their checkpoints (looked up in
-        # out_dir, so a relative out_dir resumes from any working directory).
-        for record in records:
-            if STAGES.index(record.stage) >= keep or not (out / f"{record.stage}.pt").is_file():
-                break
-            done[record.stage] = record
+        raise InvalidOptionError(f"out_dir {out} is a file; give a folder (new or of an earlier run)")
     ranks = Distributed.from_environment(_resolve_device(config.device))
-    run = RecipeRun(config, progress, ranks=ranks)
-    for stage in STAGES:
-        if stage in done:
-            logger.info("%s: done earlier (mAP %.3f), skipped", stage, done[stage].map50)
-            continue
-        done[stage] = run.run_stage(stage)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out) if ranks.is_main else nullcontext():
+        # Read before any data is generated or loaded: a refused run should cost nothing.
+        done, changed = _finished_stages(out, config)
         if ranks.is_main:
-            _write_json_atomic(
-                results_path, {"config": asdict(config), "stages": [asdict(done[s]) for s in STAGES if s in done]}
-            )
-        ranks.barrier()
+            _discard_stale_epoch_states(out, done, changed)
+        run = RecipeRun(config, progress, ranks=ranks)
+        for stage in STAGES:
+            if stage in done:
+                logger.info("%s: done earlier (mAP %.3f), skipped", stage, done[stage].map50)
+                continue
+            done[stage] = run.run_stage(stage)
+            if ranks.is_main:
+                write_results(out, asdict(config), [asdict(done[s]) for s in STAGES if s in done])
+            ranks.barrier()
     return [done[s] for s in STAGES]
+
+
+def _finished_stages(out: Path, config: RecipeConfig) -> tuple[dict[str, StageResult], str | None]:
+    """The stages of ``out/results.json`` that this run keeps (made with the same options, files intact, and
+    every stage before them kept too), and the first stage whose options changed."""
+    if not (out / "results.json").is_file():
+        return {}, None
+    previous, records = read_results(out)
+    changed = first_changed_stage(previous, config)
+    keep = len(STAGES) if changed is None else STAGES.index(changed)
+    done: dict[str, StageResult] = {}
+    for record in (StageResult(**r) for r in records):
+        if STAGES.index(record.stage) >= keep:
+            break
+        problem = _damage(out, record)
+        if problem:
+            logger.warning("%s: %s; running the stage again", record.stage, problem)
+            break
+        done[record.stage] = record
+    return done, changed
+
+
+def _damage(out: Path, record: StageResult) -> str | None:
+    """What is wrong with the files of a finished stage, or ``None``."""
+    if not record.files:  # results.json of version 1: only the checkpoint's existence can be checked
+        return None if Path(record.checkpoint).is_file() else f"{record.checkpoint} is missing"
+    return next((problem for f in record.files if (problem := check_file_record(out, f))), None)
+
+
+def _discard_stale_epoch_states(out: Path, done: Mapping[str, StageResult], changed: str | None) -> None:
+    """Remove the epoch states that must not be resumed: those of the stages after the first one to run (they
+    were made from checkpoints that stage is about to replace), and that stage's own when its options changed
+    (an interrupted stage with the same options resumes)."""
+    first = next((s for s in STAGES if s not in done), None)
+    if first is None:
+        return
+    stale = STAGES[STAGES.index(first) + (0 if changed == first else 1) :]
+    for stage in stale:
+        for path in sorted({*out.glob(f"{stage}.epoch.pt"), *out.glob(f"{stage}-*.epoch.pt")}):
+            logger.info("%s: discarding %s (the stage runs again from its start)", stage, path.name)
+            path.unlink()

@@ -13,7 +13,6 @@ Needs the ``plot`` extra (matplotlib). The CLI runs it as ``grouppruner report R
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -24,12 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._utils.errors import DataError
 from ..checkpoint import CheckpointError, atomic_write, load_pruned
 from ..graph import ChannelGraph
 from ..profile import measure_latency
 from ..pruning import applied_plans
 from ..sparsity import BNSparsity
-from .models import YOLOv4, yolov4
+from .models import yolov4
+from .run_folder import read_results
 
 __all__ = ["StageRow", "read_run", "write_report"]
 
@@ -74,17 +75,17 @@ def write_report(
 
     Raises:
         FileNotFoundError: ``run_dir`` has no ``results.json``.
-        ValueError: ``results.json`` is not a recipe result (names the file and what is missing).
+        DataError: ``results.json`` is not a recipe result (names the file and what is wrong).
         CheckpointError: a stage checkpoint cannot be read (names the file).
     """
     run = Path(run_dir)
     config, records = read_run(run)
     if not records:
-        raise ValueError(f"{run / 'results.json'}: no finished stage to report")
+        raise DataError(f"{run / 'results.json'}: no finished stage to report")
     out = run / "report"
     out.mkdir(exist_ok=True)
     size = int(config["image_size"])
-    models = {r["stage"]: _load_stage(run / f"{r['stage']}.pt", config) for r in records}
+    models = {r["stage"]: _load_stage(Path(r["checkpoint"]), config) for r in records}
     example = torch.zeros(1, 3, size, size)
     rows = [
         StageRow(
@@ -118,29 +119,23 @@ def write_report(
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``config`` and the stage records of a run folder's ``results.json``.
+    """The ``config`` and the stage records of a run folder's ``results.json``
+    (:func:`~grouppruner.detection.run_folder.read_results`: paths made usable from the current directory).
 
     Raises:
         FileNotFoundError: the folder has no ``results.json``.
-        ValueError: ``results.json`` is not a recipe result (names the file and what is wrong).
+        DataError: ``results.json`` is not a recipe result (names the file and what is wrong).
     """
-    run = Path(run_dir)
-    results_path = run / "results.json"
-    if not results_path.is_file():
-        raise FileNotFoundError(f"{results_path}: no results.json; is {run} a grouppruner run folder?")
-    try:
-        saved = json.loads(results_path.read_text(encoding="utf-8"))
-        config, records = dict(saved["config"]), [dict(r) for r in saved["stages"]]
-        for key in ("classes", "backbone", "width", "depth", "image_size"):
-            config[key]  # every reader needs these: fail here, naming the file
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{results_path}: not a recipe result ({type(error).__name__}: {error})") from error
-    return config, records
+    return read_results(run_dir)
 
 
-def _load_stage(path: Path, config: Mapping[str, Any]) -> YOLOv4:
+def _load_stage(path: Path, config: Mapping[str, Any]) -> nn.Module:
     if not path.is_file():
         raise CheckpointError(f"{path}: stage checkpoint missing; run the recipe again to recreate it")
+    if config.get("cfg"):  # a run on a darknet cfg
+        from .darknet.recipe import load_darknet
+
+        return load_darknet(config["cfg"], path)[0].eval()
     model = yolov4(
         len(config["classes"]), backbone=config["backbone"], width=float(config["width"]), depth=float(config["depth"])
     )
@@ -179,7 +174,15 @@ def _layer_group_gammas(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
 
 
 def _small_gamma_table(snapshots: Mapping[str, Mapping[str, Tensor]]) -> list[str]:
-    lines = ["| layer group | channels | " + " | ".join(f"{s}: |gamma| < 1e-2" for s in snapshots) + " |"]
+    # "|" inside a cell ends it: the header's |gamma| is escaped, or the table does not render.
+    lines = [
+        "Fraction of |gamma| < 1e-2 (the dashed line in the histograms) per layer group. The channels here are "
+        "BatchNorm channels: each BatchNorm the layer group regularizes counts its own, so channels that a "
+        "residual add couples are counted once per BatchNorm. The pruning plan below counts channel-group "
+        "channels, each coupled set once, hence its smaller numbers.",
+        "",
+        "| layer group | BatchNorm channels | " + " | ".join(f"{s}: \\|gamma\\| < 1e-2" for s in snapshots) + " |",
+    ]
     lines.append("|---|---|" + "---|" * len(snapshots))
     first = next(iter(snapshots.values()))
     for group, values in first.items():

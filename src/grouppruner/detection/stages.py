@@ -17,24 +17,28 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_pruned, load_tensor_file
+from ..checkpoint import CheckpointError, StateMismatch, load_pruned, load_tensor_file
 from ..distill import AttentionDistiller
 from ..graph import ChannelGraph
 from ..pruning import GroupPruner
 from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
 from .config import CHOICES, GAMMA_THRESHOLD
+from .darknet import DarknetModel, read_weights
 from .distill import YoloOutputDistill
 from .models import YOLOv4
 
 if TYPE_CHECKING:
     from .recipe import RecipeRun
 
-__all__ = ["STAGE_FUNCTIONS", "load_weights", "sparse_optimizer", "weights_digest"]
+__all__ = ["STAGE_FUNCTIONS", "Detector", "load_weights", "sparse_optimizer", "weights_digest"]
 
 logger = logging.getLogger(__name__)
 
+#: What the recipe trains: the built-in YOLOv4 or a model built from a darknet cfg.
+Detector = YOLOv4 | DarknetModel
 
-def _dense(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+
+def _dense(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     model = run.new_model()
     if run.config.weights is not None:
         load_weights(model, run.config.weights)
@@ -45,7 +49,7 @@ def _dense(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     return model, {"train_loss": loss.get("loss")}
 
 
-def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+def _sparse(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     c = run.config
     model = run.load("dense")
     graph = ChannelGraph(model, run.example)
@@ -61,7 +65,9 @@ def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
         if c.sparsity_schedule == "dynamic"
         else Constant(c.sparsity)
     )
-    sparsity = BNSparsity(graph, schedule=schedule)
+    # Under fp16 an overflow is the GradScaler's to handle (it skips the step); the regularizer, which runs after
+    # unscale_, must not stop the run on the inf gradients of that step.
+    sparsity = BNSparsity(graph, schedule=schedule, check_finite=c.amp != "fp16")
     optimizer = sparse_optimizer(model, c.sparse_optimizer, c.sparse_lr)
     constant_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     loss = run.train(
@@ -84,7 +90,7 @@ def _sparse(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     }
 
 
-def _pruned(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+def _pruned(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     c = run.config
     model = run.load("sparse")
     graph = ChannelGraph(model, run.example)
@@ -103,7 +109,7 @@ def _pruned(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     return model, {"plan": plan.summary(), "kept_channels": kept}
 
 
-def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
+def _recovered(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
     c = run.config
     teacher = run.load(c.teacher)
     student = run.load("pruned")
@@ -163,38 +169,45 @@ def _recovered(run: RecipeRun) -> tuple[YOLOv4, dict[str, Any]]:
     return student, extra
 
 
-def load_weights(model: YOLOv4, path: str | Path) -> None:
-    """Load a user's trained detector into ``model``: a ``state_dict`` file or a ``save_pruned`` file.
+def load_weights(model: Detector, path: str | Path) -> None:
+    """Load a user's trained detector into ``model``: a ``state_dict`` file or a ``save_pruned`` file, or for a
+    darknet model its darknet ``.weights`` file.
 
     Args:
-        model: a freshly built :func:`~grouppruner.detection.yolov4` of the intended variant.
+        model: a freshly built :func:`~grouppruner.detection.yolov4` of the intended variant, or a
+            :class:`~grouppruner.detection.darknet.DarknetModel`.
         path: ``torch.save(model.state_dict(), path)`` of that variant, or a
-            :func:`~grouppruner.checkpoint.save_pruned` file of it.
+            :func:`~grouppruner.checkpoint.save_pruned` file of it; a ``.weights`` file for a darknet model.
 
     Raises:
         CheckpointError: the file cannot be read, or does not fit the model (the message names the file, the
             mismatching keys and, for the heads, the class count the file was trained for).
     """
     path = Path(path)
+    if isinstance(model, DarknetModel):
+        read_weights(model, path)
+        return
     state = load_tensor_file(path, what="a state_dict or a grouppruner checkpoint")
     if isinstance(state, dict) and "grouppruner/meta" in state:
         load_pruned(model, path)
         return
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: neither a state_dict (a dict of tensors) nor a grouppruner checkpoint")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [
-        (k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        problems = [f"missing keys {missing[:3]}"] if missing else []
-        problems += [f"unexpected keys {unexpected[:3]}"] if unexpected else []
-        problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in wrong[:3]]
-        head = next((got for k, got, _ in wrong if k.startswith("head.")), None)
-        if head is not None:
-            problems.append(f"its heads predict {head[0] // 3 - 5} classes, the model {model.num_classes}")
+    mismatch = StateMismatch.between(model, state)
+    if not mismatch.fits():
+        problems = [f"missing keys {mismatch.missing[:3]}"] if mismatch.missing else []
+        problems += [f"unexpected keys {mismatch.unexpected[:3]}"] if mismatch.unexpected else []
+        problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in mismatch.wrong[:3]]
+        head = next(((got, want) for k, got, want in mismatch.wrong if k.startswith("head.")), None)
+        if head is not None and head[0][0] != head[1][0]:
+            classes = head[0][0] // 3 - 5
+            plural = "es" if classes != 1 else ""
+            problems.append(f"its heads predict {classes} class{plural}, the model {model.num_classes}")
+        elif head is not None:  # same outputs, other inputs: the layers before the heads have another width
+            problems.append(
+                f"its heads read {head[0][1]} channels, the model's {head[1][1]}: a model of another width "
+                "(check width / depth / backbone)"
+            )
         raise CheckpointError(f"{path}: does not fit the configured YOLOv4: " + "; ".join(problems))
     model.load_state_dict(state)
 
@@ -230,7 +243,7 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in values.items()}
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[RecipeRun], tuple[YOLOv4, dict[str, Any]]]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[RecipeRun], tuple[Detector, dict[str, Any]]]] = {
     "dense": _dense,
     "sparse": _sparse,
     "pruned": _pruned,

@@ -298,6 +298,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
         file.write(data)
 
 
+def split_sizes(num_images: int, split_fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The numbers of ``train``, ``val`` and ``test`` images :func:`make_synthetic_voc` writes for these arguments
+    (the fractions normalized, the cumulative counts rounded half to even)."""
+    fractions = np.asarray(split_fractions, dtype=np.float64)
+    bounds = np.rint(np.cumsum(fractions / fractions.sum()) * num_images).astype(int)
+    return int(bounds[0]), int(bounds[1] - bounds[0]), int(num_images - bounds[1])
+
+
 def make_synthetic_voc(
     root: str | os.PathLike[str],
     num_images: int,
@@ -391,7 +399,7 @@ def make_synthetic_voc(
 
     ids = list(objects)
     order = np.random.default_rng([seed, num_images, 1]).permutation(num_images)
-    bounds = np.rint(np.cumsum(fractions / fractions.sum()) * num_images).astype(int)
+    bounds = np.cumsum(split_sizes(num_images, split_fractions))
     chosen = {
         "train": sorted(ids[i] for i in order[: bounds[0]]),
         "val": sorted(ids[i] for i in order[bounds[0] : bounds[1]]),

@@ -11,17 +11,15 @@ import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
-import torch
 from torch import nn
 
-from .._utils.calls import call_model, eval_mode
-from .._utils.modules import ModuleSnapshot
+from .._utils.errors import InvalidOptionError
 from .._utils.names import did_you_mean, select_modules
 from .._utils.wrappers import inner_name, unwrap
-from . import coupling, removal, repair, tracing
-from .groups import ChannelGroup, LayerRef, layer_role
+from . import coupling, probe, removal, repair, shuffle, tracing
+from .groups import ChannelGroup, LayerRef, layer_role, min_units
 from .layer_groups import LayerGroupSpec, partition
 
 __all__ = ["ChannelGraph"]
@@ -98,8 +96,12 @@ class ChannelGraph:
         ignored = self._resolve_ignore(given, ignore)
         tr = tracing.trace(model, example_inputs, forward_fn, output_transform)
         products, own_ops = tracing.check_unsupported(tr.dg)
-        tr.unmapped_ops = {**repair.cut_channel_mismatches(tr.dg, own_ops), **products}
-        tr.unmapped_concats = repair.fix_index_mappings(tr.dg, tr.unmapped_ops)
+        shuffles = shuffle.find_shuffles(tr.dg)
+        tr.shuffle_nodes = {node for s in shuffles for node in s.nodes}
+        tr.shuffle_parts = {s.first: (s.groups * s.part, s.part) for s in shuffles}
+        tr.unmapped_ops = {**repair.cut_channel_mismatches(tr.dg, own_ops | tr.shuffle_nodes), **products}
+        tr.unmapped_concats = repair.fix_index_mappings(tr.dg, tr.unmapped_ops, tr.shuffle_nodes)
+        shuffle.map_shuffles(shuffles)
         raws = coupling.extract_groups(model, tr, ignored)
         if not raws:
             raise ValueError(
@@ -135,9 +137,7 @@ class ChannelGraph:
         for gi, g in enumerate(self.channel_groups):
             for ref in g.layers:
                 self._index.setdefault((ref.name, ref.dim), set()).add(gi)
-        constrained = {i: r.constrained_by for i, r in enumerate(raws) if r.constrained_by and r.reason is None}
-        if constrained:
-            self._probe(constrained, example_inputs, forward_fn, output_transform, tr.output_shapes)
+        self._probe({i: r.constrained_by for i, r in enumerate(raws)}, tr.output_shapes)
         logger.info(
             "ChannelGraph: %d channel groups, %d prunable",
             len(self.channel_groups),
@@ -154,48 +154,38 @@ class ChannelGraph:
             out.update(self._modules[name].modules())
         return out
 
-    def _probe(
-        self,
-        constrained: dict[int, list[str]],
-        example_inputs: Any,
-        forward_fn: Callable[[nn.Module, Any], Any] | None,
-        output_transform: Callable[[Any], Any] | None,
-        output_shapes: list[tuple[int, ...]],
-    ) -> None:
-        """Remove one channel of each split-constrained group on a copy of the model and run it.
+    def _probe(self, constrained: dict[int, list[str]], output_shapes: list[tuple[int, ...]]) -> None:
+        """Fix exactly the prunable groups whose shrinking breaks the forward (see :mod:`.probe`).
 
-        A split whose sizes are written as constants in ``forward()`` cannot follow a removal; the trial finds
-        exactly those groups (first all together, then one by one if that fails) and marks them not prunable.
-        Each trial removes the channels from the model itself and puts every module back afterwards.
+        ``constrained``: the split / slice ops each group's equal parts depend on, named in the reason.
         """
 
-        def trial(ids: Sequence[int]) -> str | None:
-            # On the model itself, undone afterwards: a deep copy per trial cost more than the whole trace.
-            snapshot = ModuleSnapshot(self.model)
-            groups = list(self.channel_groups)
-            try:
-                for gi in ids:
-                    removal.remove_units(self._modules, self._pruners, groups, self._index, gi, [groups[gi].size - 1])
-                with eval_mode(self.model), torch.no_grad():
-                    out = call_model(self.model, example_inputs, forward_fn)
-                    if output_transform is not None:
-                        out = output_transform(out)
-            except Exception as err:
-                return str(err.__cause__ or err)
-            finally:
-                snapshot.restore()
-            shapes = [tuple(t.shape) for t in tracing.flat_tensors(out)]
-            return None if shapes == output_shapes else f"output shapes change from {output_shapes} to {shapes}"
+        def remove_one(ids: Sequence[int]) -> None:
+            # The last channel of each group, all layers at once: the groups partition each layer's channels, so
+            # the original indices are distinct and no group's indices need shifting (the modules are restored
+            # after the trial, the graph's records are never touched).
+            removed: dict[tuple[str, Literal["out", "in"]], set[int]] = {}
+            for gi in ids:
+                group = self.channel_groups[gi]
+                for ref in group.layers:
+                    removed.setdefault((ref.name, ref.dim), set()).add(ref.indices[group.size - 1])
+            removal.prune_layers(self._modules, self._pruners, {key: sorted(v) for key, v in removed.items()})
 
-        ids = sorted(constrained)
-        if trial(ids) is None:
-            return
-        for gi in ids:
-            err = trial([gi])
-            if err is not None:
-                ops_text = ", ".join(constrained[gi])
-                reason = f"removing a channel breaks the forward (split / slice {ops_text} has fixed sizes): {err}"
-                self.channel_groups[gi] = replace(self.channel_groups[gi], prunable=False, reason=reason)
+        trial = probe.make_trial(
+            self.model, remove_one, self.example_inputs, self.forward_fn, self.output_transform, output_shapes
+        )
+        ids = [i for i, g in enumerate(self.channel_groups) if g.prunable]
+        suspects = [i for i in ids if constrained.get(i)]
+        for gi, err in probe.find_breaking(trial, ids, suspects).items():
+            first = err.strip().splitlines()[0] if err.strip() else "no message"
+            first = first if len(first) <= 300 else first[:297] + "..."
+            if constrained.get(gi):
+                what = f"split / slice {', '.join(constrained[gi])} has fixed sizes"
+                reason = f"removing a channel breaks the forward ({what}): {first}"
+            else:
+                reason = f"removing a channel breaks the forward: {first}"
+            logger.info("channel group %s is fixed: %s", self.channel_groups[gi].name, reason)
+            self.channel_groups[gi] = replace(self.channel_groups[gi], prunable=False, reason=reason)
 
     def group(self, name: str) -> ChannelGroup:
         """The current channel group whose root layer is ``name``.
@@ -260,6 +250,48 @@ class ChannelGraph:
                 self._modules, self._pruners, self.channel_groups, self._index, self._position[name], units
             )
         return self.channel_groups[self._position[name]]
+
+    def fixed_convs(self, min_channels: int = 1) -> dict[str, str]:
+        """Every convolution whose output channels cannot shrink, with the reason, in model order.
+
+        A conv can shrink when one of the channel groups holding its output channels is prunable and larger than
+        what ``min_channels`` keeps (:class:`~grouppruner.pruning.GroupPruner`'s rule, counted per member layer).
+        Otherwise the reason names each group and why it is fixed, or that it is already at the minimum; a conv
+        that the traced forward never reached (or whose output does not reach a model output) says so.
+
+        Args:
+            min_channels: the pruner's ``min_channels`` (``GroupPruner`` uses 8 by default); 1 lists only what
+                the graph itself fixes.
+
+        Returns:
+            ``{conv name: reason}``; convs that can shrink are absent.
+
+        Raises:
+            InvalidOptionError: ``min_channels`` is not an int >= 1.
+        """
+        if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+            raise InvalidOptionError(f"fixed_convs: min_channels must be an int >= 1, got {min_channels!r}")
+        fixed: dict[str, str] = {}
+        for name, module in self._modules.items():
+            if not isinstance(module, nn.modules.conv._ConvNd):
+                continue
+            groups = [self.channel_groups[i] for i in sorted(self._index.get((name, "out"), ()))]
+            if not groups:
+                fixed[name] = "not in any channel group: the traced forward does not reach it or its output"
+                continue
+            if any(g.prunable and g.size > min_units(g, min_channels) for g in groups):
+                continue
+            reasons = []
+            for g in groups:
+                where = "" if g.name == name else f"in channel group '{g.name}': "
+                if not g.prunable:
+                    reasons.append(f"{where}{g.reason}")
+                else:
+                    reasons.append(
+                        f"{where}{g.size} group channels, no more than min_channels={min_channels} keeps"
+                    )
+            fixed[name] = "; ".join(dict.fromkeys(reasons))
+        return fixed
 
     def summary(self) -> str:
         """A table: group, size, stride, layer group (automatic partition), status (prunable / the reason)."""

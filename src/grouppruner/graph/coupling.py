@@ -173,8 +173,14 @@ def build_group(
                 reasons.append(f"channels index the bare nn.Parameter '{pname}' {tuple(target.shape)}")
         elif kind in _UNMAPPED_TYPES:
             reasons.append(f"channels pass through {_UNMAPPED_TYPES[kind]} (op {op}), which is not mapped")
+        elif kind == ops.OPTYPE.RESHAPE and node in tr.shuffle_parts:
+            # A channel shuffle: position k of every shuffle group is one unit (see .shuffle).
+            width, positions = tr.shuffle_parts[node]
+            src = _out_item(items, dg, node.inputs[0]) if node.inputs else None
+            if src is None or not _couple(uf, src, width, positions):
+                reasons.append(f"channel shuffle at op {op} {module_near(dg, node)} takes channels from several groups")
         elif kind == ops.OPTYPE.RESHAPE:
-            has_reshape = True
+            has_reshape = has_reshape or node not in tr.shuffle_nodes
         elif kind == ops.OPTYPE.SPLIT:
             info = split_sizes(node.grad_fn)
             if info is None:

@@ -8,13 +8,14 @@ the pruner consume them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["ChannelGroup", "LayerRef", "LayerRole", "layer_role"]
+__all__ = ["ChannelGroup", "LayerRef", "LayerRole", "layer_role", "min_units"]
 
 LayerRole: TypeAlias = Literal["batchnorm", "norm", "conv", "linear", "parameter", "other"]
 """What a member layer is to the pruner, decided by type (subclasses included), never by class name."""
@@ -93,3 +94,18 @@ class ChannelGroup:
     def bn_names(self) -> tuple[str, ...]:
         """Qualified names of the BatchNorm members, each once, in order."""
         return tuple(dict.fromkeys(ref.name for ref in self.bns))
+
+
+def min_units(group: ChannelGroup, min_channels: int) -> int:
+    """``min_channels`` in group channels: the fewest group channels that leave every member layer that wide.
+
+    A group channel may stand for several layer channels: in a grouped conv (ResNeXt, RegNet) it is the same
+    position in each of the conv's groups, so a layer listed ``m`` times in the group keeps ``m`` layer channels
+    per group channel. The minimum applies to the width of every member layer: ``ceil(min_channels / m)`` group
+    channels for the member listed the fewest times (after ``a, b = x.chunk(2); a + b`` the sum has one channel
+    per group channel).
+    """
+    per_layer: dict[tuple[str, str], int] = {}
+    for ref in group.layers:
+        per_layer[(ref.name, ref.dim)] = per_layer.get((ref.name, ref.dim), 0) + 1
+    return math.ceil(min_channels / min(per_layer.values(), default=1))

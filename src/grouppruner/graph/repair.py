@@ -85,7 +85,9 @@ def _concat_ranges(dg: tp.DependencyGraph, node: Node) -> list[tuple[int, int]] 
     ]
 
 
-def fix_index_mappings(dg: tp.DependencyGraph, unmapped_ops: dict[Node, str]) -> set[Node]:
+def fix_index_mappings(
+    dg: tp.DependencyGraph, unmapped_ops: dict[Node, str], shuffle_nodes: set[Node] = frozenset()  # type: ignore[assignment]
+) -> set[Node]:
     """Recompute split and concat index mappings from autograd metadata; return concats that cannot be mapped.
 
     Torch-Pruning 1.6.1 misreads ``chunk`` / ``split(int)`` sizes on current PyTorch (it finds no
@@ -95,6 +97,7 @@ def fix_index_mappings(dg: tp.DependencyGraph, unmapped_ops: dict[Node, str]) ->
     autograd edge (``output_nr``), concat sizes from the recorded shapes of the tensors fed in. An op whose
     mapping Torch-Pruning cannot infer (its shape inference divides by zero on a channel shuffle) is added to
     ``unmapped_ops`` with the error, so the groups reaching it are fixed instead of the model being refused.
+    The views of a recognised channel shuffle (``shuffle_nodes``) are left to :func:`.shuffle.map_shuffles`.
     """
     for node in dg.module2node.values():
         if node.type == ops.OPTYPE.SPLIT:
@@ -120,6 +123,8 @@ def fix_index_mappings(dg: tp.DependencyGraph, unmapped_ops: dict[Node, str]) ->
     }
     layout = channels_last(dg)
     for node in dg.module2node.values():
+        if node in shuffle_nodes:
+            continue
         if node.type == ops.OPTYPE.RESHAPE and _regroups_channels(node.grad_fn, _first_parent(node.grad_fn, layout)):
             # (N, C, H, W) -> (N, heads, C / heads, H * W) or (N, g, C / g, H, W): Torch-Pruning would model it as a
             # flatten and its index mapping grows without bound; the channels cannot follow a removal here.

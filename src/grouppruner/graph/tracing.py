@@ -49,6 +49,8 @@ class Trace:
     output_nodes: set[Node] = field(default_factory=set)
     unmapped_concats: set[Node] = field(default_factory=set)
     unmapped_ops: dict[Node, str] = field(default_factory=dict)
+    shuffle_nodes: set[Node] = field(default_factory=set)  # the ops of channel shuffles (see .shuffle)
+    shuffle_parts: dict[Node, tuple[int, int]] = field(default_factory=dict)  # first view -> (channels, P)
 
 
 def trace(

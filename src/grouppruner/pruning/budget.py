@@ -49,7 +49,6 @@ __all__ = [
     "ScoredGroup",
     "kept_count",
     "latency_weights",
-    "min_units",
     "predict_cost",
     "quantile_cut",
     "removal_order",
@@ -119,7 +118,7 @@ class ScoredGroup:
         layer_group: the layer group it belongs to (which threshold applies).
         group: the channel group.
         score: ``(group.size,)`` its channel scores (higher is more important).
-        minimum: the fewest group channels it keeps (:func:`min_units` of ``min_channels``).
+        minimum: the fewest group channels it keeps (:func:`~grouppruner.graph.groups.min_units` of ``min_channels``).
         new_biases: consumers that gain a bias when any of its channels goes (beta folding).
     """
 
@@ -134,20 +133,6 @@ class ScoredGroup:
         """Entries of bare channel-indexed parameters (layer scales) per group channel: the module cost model
         does not see them."""
         return sum(ref.role == "parameter" for ref in self.group.layers)
-
-
-def min_units(group: ChannelGroup, min_channels: int) -> int:
-    """``min_channels`` in group channels: a group channel may stand for several layer channels.
-
-    In a grouped conv (ResNeXt, RegNet) one group channel is the same position in each of the conv's groups,
-    so a layer listed ``m`` times in the group keeps ``m`` layer channels per group channel. The minimum
-    applies to the width of every member layer: ``ceil(min_channels / m)`` group channels for the member
-    listed the fewest times (after ``a, b = x.chunk(2); a + b`` the sum has one channel per group channel).
-    """
-    per_layer: dict[tuple[str, str], int] = {}
-    for ref in group.layers:
-        per_layer[(ref.name, ref.dim)] = per_layer.get((ref.name, ref.dim), 0) + 1
-    return math.ceil(min_channels / min(per_layer.values(), default=1))
 
 
 def removed_channels(members: Sequence[ScoredGroup], gone: Sequence[int]) -> Removed:
@@ -297,13 +282,14 @@ def solve_budget(
         round_to: kept counts are multiples of it (``None``: any count).
         request: the request, for messages (e.g. ``"target_params=0.35"``).
         rules: the rules the cut obeys, for messages (e.g. ``"min_channels=8, round_to=8"``).
-        strict: refuse a plan more than :data:`TOLERANCE` away from the target; otherwise the closest reachable
-            plan is returned and a warning logged with the value it reaches.
+        strict: refuse a plan more than :data:`TOLERANCE` away from the target because the channel steps are too
+            coarse; otherwise the closest plan is returned and a warning logged with the value it reaches. A target
+            below what the minimum widths allow is refused either way.
         weights: per member a divisor of its normalised scores (:func:`latency_weights`), or ``None``.
 
     Raises:
-        InvalidOptionError: ``strict`` and no plan lands within :data:`TOLERANCE` (the message gives the
-            closest, or the smallest, reachable value).
+        InvalidOptionError: a target below the smallest reachable value (named in the message), or ``strict`` and
+            no plan within :data:`TOLERANCE` (the message names the closest value).
     """
     maxima = dict.fromkeys(layer_groups, -np.inf)
     for m in members:
@@ -332,7 +318,10 @@ def solve_budget(
     if abs(reached - goal) > TOLERANCE * goal:
         smallest = cost_of(gone_at(channels))
         if smallest > (1 + TOLERANCE) * goal:
-            message = f"{request} is not reachable with {rules}: the smallest reachable value is {smallest / total:.4f}"
+            # below what the minimum widths allow: no plan is near what was asked, so none is made
+            raise InvalidOptionError(
+                f"{request} is not reachable with {rules}: the smallest reachable value is {smallest / total:.4f}"
+            )
         else:
             message = (
                 f"{request} cannot be met within {TOLERANCE:.0%} with {rules}: the closest reachable value is "

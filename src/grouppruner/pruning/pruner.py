@@ -17,6 +17,7 @@ from torch import nn
 from .._utils.calls import split_inputs, tensors_in
 from .._utils.errors import InternalError, InvalidOptionError, LayerNotFoundError, OptionTypeError
 from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
+from ..graph.groups import min_units
 from ..latency import LatencyModel
 from ..profile import record_positions
 from .apply import apply_structure, check_plan
@@ -28,7 +29,6 @@ from .budget import (
     added_biases,
     kept_count,
     latency_weights,
-    min_units,
     predict_cost,
     quantile_cut,
     removed_channels,
@@ -288,8 +288,9 @@ class GroupPruner:
     def _check_group_values(self, mode: str, values: Any) -> dict[str, float]:
         if not isinstance(values, Mapping):
             raise OptionTypeError(
-                f"GroupPruner.plan({mode}=...) takes a mapping layer group -> value, e.g. "
-                f"{mode}=dict.fromkeys(pruner.layer_groups, 0.5), got {type(values).__name__} {values!r:.40}"
+                f"GroupPruner.plan({mode}=...) takes a mapping of layer group -> value, got "
+                f"{type(values).__name__} {values!r:.40}; for every layer group: {mode}="
+                f"dict.fromkeys(pruner.layer_groups, {values!r:.20}) (layer groups: {list(self.layer_groups)})"
             )
         checked: dict[str, float] = {}
         for name, value in values.items():

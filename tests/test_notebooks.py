@@ -12,11 +12,26 @@ nbclient = pytest.importorskip("nbclient")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
+# needs the extra grouppruner[ultralytics], which lives in CI's second environment (test_ultralytics_notebook)
+ULTRALYTICS = EXAMPLES / "03_ultralytics.ipynb"
+CORE_NOTEBOOKS = [p for p in NOTEBOOKS if p != ULTRALYTICS]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", CORE_NOTEBOOKS, ids=[p.name for p in CORE_NOTEBOOKS])
 def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _execute(path, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.libraries
+def test_ultralytics_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ultralytics")
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    _execute(ULTRALYTICS, tmp_path, monkeypatch)
+
+
+def _execute(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     notebook = nbformat.read(path, as_version=4)
     # The kernel imports grouppruner the way this test process does (an editable install or PYTHONPATH=src).
     src = str(Path(__file__).resolve().parents[1] / "src")

@@ -9,6 +9,9 @@
   (fields of :class:`~grouppruner.detection.RecipeConfig`; flags override it), resume after a crash, and show
   progress per stage and epoch.
 - ``grouppruner report RUN_DIR`` writes a Markdown report with figures for a run folder.
+- ``grouppruner yolo --model best.pt --data data.yaml --target-macs 0.5 --out runs/yolo`` compresses an Ultralytics
+  YOLO inside the Ultralytics trainer (extra ``grouppruner[ultralytics]``, see
+  :mod:`grouppruner.integrations.ultralytics.cli`).
 
 Errors are one line on stderr with exit status 2; Ctrl-C exits with 130 after saving what finished.
 """
@@ -100,7 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--latency", action="store_true", help="also measure each stage model's batch-1 latency")
     report.add_argument("--threads", type=int, default=None, help="torch threads for --latency")
     report.set_defaults(handler=_report)
+
+    from .integrations.ultralytics.cli import add_command  # parser only: Ultralytics is imported when run
+
+    add_command(commands, common).set_defaults(handler=_yolo)
     return parser
+
+
+def _yolo(args: argparse.Namespace) -> int:
+    from .integrations.ultralytics.cli import run_command
+
+    print(run_command(args))
+    return 0
 
 
 def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | None) -> None:
@@ -341,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = logging.WARNING
     elif args.verbose >= 2:
         level = logging.DEBUG
-    elif args.verbose or args.command in ("demo", "compress"):
+    elif args.verbose or args.command in ("demo", "compress", "yolo"):
         level = logging.INFO
     else:
         level = logging.WARNING

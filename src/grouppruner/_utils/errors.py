@@ -80,3 +80,8 @@ class LayerOutputError(GroupPrunerError, TypeError):
 
 class DistillerStateError(GroupPrunerError, RuntimeError):
     """The distiller was used out of order (``loss()`` before a forward, use after ``remove()``)."""
+
+
+class MissingExtraError(GroupPrunerError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it
+    (``pip install "grouppruner[ultralytics]"``)."""

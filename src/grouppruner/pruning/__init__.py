@@ -37,7 +37,16 @@ from .importance import (
     ScoreFn,
 )
 from .optimizer import rebuild_optimizer
-from .plan import ChannelGroupPlan, LayerGroupPlan, PruningPlan, applied_plans, model_fingerprint, scored_weights_digest
+from .plan import (
+    ChannelGroupPlan,
+    LayerGroupPlan,
+    PruningPlan,
+    applied_plans,
+    model_fingerprint,
+    pop_plans,
+    record_plan,
+    scored_weights_digest,
+)
 from .pruner import GroupPruner
 
 __all__ = [
@@ -56,6 +65,8 @@ __all__ = [
     "applied_plans",
     "apply_structure",
     "model_fingerprint",
+    "pop_plans",
     "rebuild_optimizer",
+    "record_plan",
     "scored_weights_digest",
 ]

@@ -33,6 +33,8 @@ __all__ = [
     "PruningPlan",
     "applied_plans",
     "model_fingerprint",
+    "pop_plans",
+    "record_plan",
     "scored_weights_digest",
 ]
 
@@ -345,3 +347,14 @@ def record_plan(model: nn.Module, plan: PruningPlan) -> None:
     """Append ``plan`` to the plans kept on ``model`` (:data:`PLANS_ATTRIBUTE`; used by ``apply`` and
     ``load_pruned``)."""
     unwrap(model).__dict__.setdefault(PLANS_ATTRIBUTE, []).append(plan)
+
+
+def pop_plans(model: nn.Module) -> list[PruningPlan]:
+    """Remove the plans kept on ``model`` (:data:`PLANS_ATTRIBUTE`) and return them, oldest first.
+
+    For frameworks that pickle the whole module (Ultralytics checkpoints): a module without grouppruner objects
+    in its ``__dict__`` unpickles where grouppruner is not installed; keep the plans elsewhere (as
+    :meth:`PruningPlan.to_dict` JSON) and put them back with :func:`record_plan`.
+    """
+    plans: list[PruningPlan] = unwrap(model).__dict__.pop(PLANS_ATTRIBUTE, [])
+    return plans

@@ -1,0 +1,188 @@
+"""The sparse and the distillation stage as callback objects on an Ultralytics trainer.
+
+Ultralytics' DDP launcher pickles the trainer's class, arguments, model and *callbacks* and rebuilds the trainer
+in each worker, so a stage whose settings live in a callback object reaches every rank. Both objects are light
+until training starts: at ``on_pretrain_routine_end`` (the model is on its device, wrapped in DDP, the optimizer,
+scaler and EMA exist) each builds what it needs in the process that trains.
+
+- :class:`SparseTraining`: :class:`~grouppruner.sparsity.BNSparsity` with the :class:`~grouppruner.sparsity.Dynamic`
+  schedule on the channel graph's prunable BatchNorms, as a gradient hook of the trainers of :mod:`.trainer`
+  (after ``unscale_``, before clipping); its schedule state is saved beside ``last.pt`` so that ``resume=``
+  continues it.
+- :class:`Distillation`: a :class:`~grouppruner.integrations.ultralytics.distill.DistillCriterion` (the stock
+  loss plus the attention and output terms against the frozen dense model) as the student's criterion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..._utils.errors import UsageError
+from ...checkpoint import atomic_write, load_tensor_file
+from ...sparsity import BNSparsity, Dynamic
+from .distill import DistillCriterion, HeadDistillLoss
+from .model import channel_graph, head
+
+__all__ = ["GAMMA_THRESHOLD", "Distillation", "SparseTraining"]
+
+logger = logging.getLogger(__name__)
+
+#: ``|gamma|`` below this counts as sparsified in the logged statistics.
+GAMMA_THRESHOLD = 1e-2
+
+_STATE_FILE = "grouppruner_sparsity.pt"
+
+
+def _inner(trainer: Any) -> Any:
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    return unwrap_model(trainer.model)
+
+
+def _require_hooks(trainer: Any, what: str) -> None:
+    if not hasattr(trainer, "gradient_hooks"):
+        raise UsageError(
+            f"{what} needs a grouppruner trainer (gradient hooks after unscale_): train with "
+            "trainer=grouppruner.integrations.ultralytics.trainer_class(task), not "
+            f"{type(trainer).__name__}"
+        )
+
+
+class SparseTraining:
+    """Dynamic sparse training of the BatchNorm scales inside an Ultralytics trainer.
+
+    Args:
+        s: the L1 rate; each optimizer step adds ``s * sign(gamma)`` (or ``decay * s`` for the kept channels
+            after warmup) to the unscaled gamma gradients.
+        warmup: fraction of the run with the constant rate.
+        keep: fraction of channels (the largest |gamma|) that get the decayed rate after warmup.
+        decay: the kept channels' rate multiplier.
+        scope: ``"global"`` or ``"group"`` quantile (see :class:`~grouppruner.sparsity.Dynamic`).
+
+    Attributes:
+        sparsity: the :class:`~grouppruner.sparsity.BNSparsity` while a trainer runs (``None`` before).
+        stats: per layer group, the fraction of ``|gamma| <`` :data:`GAMMA_THRESHOLD` after the last epoch.
+    """
+
+    def __init__(
+        self, s: float = 5e-3, *, warmup: float = 0.4, keep: float = 0.35, decay: float = 0.01, scope: str = "global"
+    ) -> None:
+        Dynamic(s, warmup=warmup, keep=keep, decay=decay, scope=scope, total_steps=1)  # type: ignore[arg-type]
+        self.s, self.warmup, self.keep, self.decay, self.scope = s, warmup, keep, decay, scope
+        self.sparsity: BNSparsity | None = None
+        self.stats: dict[str, float] = {}
+
+    def attach(self, target: Any) -> None:
+        """Register on a ``YOLO`` object or a trainer (``add_callback``)."""
+        target.add_callback("on_pretrain_routine_end", self.on_pretrain_routine_end)
+        target.add_callback("on_model_save", self.on_model_save)
+        target.add_callback("on_train_epoch_end", self.on_train_epoch_end)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DDP pickles the callbacks before training starts; a live regularizer never travels.
+        return {**self.__dict__, "sparsity": None}
+
+    def on_pretrain_routine_end(self, trainer: Any) -> None:
+        """Build the regularizer on the trained module and register its step as a gradient hook."""
+        _require_hooks(trainer, "SparseTraining")
+        graph = channel_graph(_inner(trainer), imgsz=int(trainer.args.imgsz))
+        steps = max(trainer.epochs * math.ceil(len(trainer.train_loader) / max(trainer.accumulate, 1)), 1)
+        schedule = Dynamic(
+            self.s,
+            warmup=self.warmup,
+            keep=self.keep,
+            decay=self.decay,
+            scope=self.scope,  # type: ignore[arg-type]
+            total_steps=steps,
+        )
+        self.sparsity = BNSparsity(graph, schedule=schedule, scaler=trainer.scaler)
+        if trainer.start_epoch > 0:
+            self._resume(trainer, steps)
+        trainer.gradient_hooks.append(self.step)
+        logger.info("sparse training: %r, %d optimizer steps", self.sparsity, steps)
+
+    def _resume(self, trainer: Any, steps: int) -> None:
+        assert self.sparsity is not None
+        path = Path(trainer.wdir) / _STATE_FILE
+        saved = load_tensor_file(path, what="a sparsity state") if path.is_file() else None
+        if saved is not None and saved["epoch"] == trainer.start_epoch - 1:
+            self.sparsity.load_state_dict(saved["sparsity"])
+            return
+        # Killed between last.pt and this file: the schedule position is the one of the epoch boundary.
+        at = round(steps * trainer.start_epoch / trainer.epochs)
+        self.sparsity.schedule.load_state_dict({**self.sparsity.schedule.state_dict(), "last_step": at})
+        logger.warning("%s is not from epoch %d: sparsity schedule set to step %d", path, trainer.start_epoch, at)
+
+    def step(self, trainer: Any) -> None:
+        """The gradient hook: ``BNSparsity.step()`` on the unscaled gradients."""
+        assert self.sparsity is not None
+        self.sparsity.step()
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        if self.sparsity is not None:
+            stats = self.sparsity.stats(threshold=GAMMA_THRESHOLD)
+            self.stats = {name: round(s.below, 4) for name, s in stats.items()}
+            logger.info("sparse epoch %d: fraction of |gamma| < %g: %s", trainer.epoch + 1, GAMMA_THRESHOLD, self.stats)
+
+    def on_model_save(self, trainer: Any) -> None:
+        """Save the schedule beside ``last.pt`` (``resume=`` reads it back)."""
+        if self.sparsity is not None:
+            with atomic_write(Path(trainer.wdir) / _STATE_FILE) as file:
+                torch.save({"epoch": int(trainer.epoch), "sparsity": self.sparsity.state_dict()}, file)
+
+
+class Distillation:
+    """Distil from a frozen dense model inside an Ultralytics trainer.
+
+    Args:
+        teacher: the dense model's Ultralytics checkpoint (a file, so that every DDP worker loads it).
+        attention: weight of the attention term on the neck outputs feeding the head.
+        output: weight of the output term (class logits and DFL distributions).
+        temperature: softening temperature of the output term.
+    """
+
+    def __init__(
+        self, teacher: str | os.PathLike[str], *, attention: float = 1.0, output: float = 1.0, temperature: float = 3.0
+    ) -> None:
+        self.teacher = str(teacher)
+        if not Path(self.teacher).is_file():
+            raise FileNotFoundError(f"{self.teacher}: no such teacher checkpoint")
+        HeadDistillLoss(16, attention=attention, output=output, temperature=temperature)  # checks the values
+        self.attention, self.output, self.temperature = attention, output, temperature
+
+    def attach(self, target: Any) -> None:
+        """Register on a ``YOLO`` object or a trainer (``add_callback``)."""
+        target.add_callback("on_pretrain_routine_end", self.on_pretrain_routine_end)
+        target.add_callback("on_train_end", self.on_train_end)
+
+    def on_pretrain_routine_end(self, trainer: Any) -> None:
+        """Load the teacher on the trainer's device and make the student's criterion a distilling one."""
+        from ultralytics.nn.tasks import load_checkpoint
+
+        student = _inner(trainer)
+        teacher, _ = load_checkpoint(self.teacher, device=trainer.device)
+        teacher = teacher.float().eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        if head(teacher).nc != head(student).nc or head(teacher).reg_max != head(student).reg_max:
+            raise UsageError(f"{self.teacher}: the teacher's head differs from the student's (classes or DFL bins)")
+        terms = HeadDistillLoss(
+            head(student).reg_max, attention=self.attention, output=self.output, temperature=self.temperature
+        )
+        base = student.criterion if getattr(student, "criterion", None) is not None else student.init_criterion()
+        student.criterion = DistillCriterion(base, teacher, terms)
+        logger.info("distilling from %s (attention %g, output %g)", self.teacher, self.attention, self.output)
+
+    def on_train_end(self, trainer: Any) -> None:
+        """Give the student back its own criterion (the teacher is released)."""
+        student: nn.Module = _inner(trainer)
+        criterion = getattr(student, "criterion", None)
+        if isinstance(criterion, DistillCriterion):
+            student.criterion = criterion.base

@@ -1,0 +1,117 @@
+"""``grouppruner yolo``: :func:`~grouppruner.integrations.ultralytics.compress` from the command line.
+
+``grouppruner yolo --model best.pt --data data.yaml --target-macs 0.5 --out runs/yolo`` runs the five stages
+in the run folder (rerunning resumes); ``--train KEY=VALUE`` passes any other keyword to the Ultralytics trainer
+(``--train lr0=0.005 --train mosaic=0``). The parser is built without importing Ultralytics, so that
+``grouppruner --help`` works without the extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from typing import Any
+
+__all__ = ["add_command", "parse_train_options", "run_command"]
+
+
+def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``yolo`` subcommand to the ``grouppruner`` parser's subcommands; returns its parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "yolo",
+        parents=[common],
+        help="compress an Ultralytics YOLO inside the Ultralytics trainer (extra grouppruner[ultralytics])",
+    )
+    parser.add_argument("--model", required=True, help="the trained model: an Ultralytics .pt (or a model .yaml)")
+    parser.add_argument("--data", required=True, help="its data.yaml")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--target-macs", type=float, help="fraction of the MACs to keep, e.g. 0.5")
+    budget.add_argument("--target-params", type=float, help="fraction of the parameters to keep")
+    budget.add_argument("--target-latency", type=float, help="fraction of the CPU latency to keep")
+    parser.add_argument("--out", required=True, help="run folder; rerunning resumes")
+    parser.add_argument("--sparse-epochs", type=int, default=30)
+    parser.add_argument("--recover-epochs", type=int, default=60)
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="default: half of --recover-epochs")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--sparsity", type=float, default=5e-3, help="L1 rate s on the BatchNorm scales")
+    parser.add_argument("--distill-attention", type=float, default=1.0, help="weight of the attention term")
+    parser.add_argument("--distill-output", type=float, default=1.0, help="weight of the output-level term")
+    parser.add_argument("--batch", type=int, default=None, help="Ultralytics batch size")
+    parser.add_argument("--device", default=None, help="Ultralytics device: cpu, 0, 0,1 (DDP), ...")
+    parser.add_argument("--workers", type=int, default=None, help="data loader workers")
+    parser.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another Ultralytics trainer keyword (repeatable), e.g. --train lr0=0.005",
+    )
+    return parser
+
+
+def parse_train_options(items: list[str]) -> dict[str, Any]:
+    """``["lr0=0.005", "amp=False", "optimizer=SGD"]`` -> ``{"lr0": 0.005, "amp": False, "optimizer": "SGD"}``.
+
+    Values are Python literals where they parse as one (numbers, ``True``/``False``/``None``, lists), else text.
+
+    Raises:
+        ValueError: an item without ``=``, naming it.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--train {item!r}: expected KEY=VALUE (e.g. --train lr0=0.005)")
+        try:
+            value: Any = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        options[key.strip()] = value
+    return options
+
+
+def run_command(args: argparse.Namespace) -> str:
+    """Run the ``yolo`` subcommand; returns the per-stage summary to print.
+
+    Raises:
+        MissingExtraError: Ultralytics is not installed.
+        FileNotFoundError: ``--model`` does not exist.
+        and every error of :func:`~grouppruner.integrations.ultralytics.compress`.
+    """
+    from pathlib import Path
+
+    from ._require import require_ultralytics
+
+    require_ultralytics()
+    from ultralytics import YOLO
+
+    from .checkpoint import load
+    from .flow import compress
+
+    model_path = Path(args.model)
+    if model_path.suffix == ".pt":
+        model = load(model_path)
+    elif model_path.suffix in (".yaml", ".yml"):
+        model = YOLO(str(model_path))
+    else:
+        raise ValueError(f"--model {model_path}: expected an Ultralytics .pt checkpoint or a model .yaml")
+    given = {"batch": args.batch, "device": args.device, "workers": args.workers}
+    trainer = {k: v for k, v in given.items() if v is not None}
+    result = compress(
+        model,
+        data=args.data,
+        target_macs=args.target_macs,
+        target_params=args.target_params,
+        target_latency=args.target_latency,
+        sparse_epochs=args.sparse_epochs,
+        recover_epochs=args.recover_epochs,
+        finetune_epochs=args.finetune_epochs,
+        out=args.out,
+        imgsz=args.imgsz,
+        sparsity=args.sparsity,
+        distill_attention=args.distill_attention,
+        distill_output=args.distill_output,
+        **trainer,
+        **parse_train_options(args.train),
+    )
+    return f"{result.summary()}\ncompressed model: {result.checkpoint}"

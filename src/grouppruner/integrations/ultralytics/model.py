@@ -1,0 +1,227 @@
+"""Which module of an Ultralytics YOLO is pruned, its channel graph, and :func:`prune`.
+
+An Ultralytics ``YOLO`` object wraps a ``DetectionModel`` (``SegmentationModel``, ``PoseModel`` and ``OBBModel``
+derive from it): an ``nn.Sequential``-like stack ``model.model`` whose last entry is the head (``Detect`` and its
+subclasses). The graph traces it in eval mode, where it returns ``(predictions, raw outputs)``; only the decoded
+predictions count as model outputs, so the neck features that the raw dict also carries stay prunable while
+every head output conv (box distributions, class logits, mask coefficients and prototypes, keypoints) keeps its
+output channels. DFL, a fixed conv that Ultralytics never trains, is ignored by the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..._utils.errors import OptionTypeError, UsageError
+from ..._utils.wrappers import unwrap
+from ...graph import ChannelGraph
+from ...pruning import GroupPruner, PruningPlan, pop_plans
+from ._require import require_ultralytics
+
+__all__ = [
+    "PLANS_ATTRIBUTE",
+    "channel_graph",
+    "detection_model",
+    "head",
+    "is_pruned",
+    "neck_layers",
+    "plan_records",
+    "prune",
+    "sync_hidden_widths",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Ultralytics tasks whose models this integration prunes (classification has no detection head).
+SUPPORTED_TASKS = ("detect", "segment", "pose", "obb")
+
+#: The module attribute holding the applied plans as JSON (``PruningPlan.to_dict`` records, oldest first). A
+#: string, not plan objects, so that Ultralytics' pickled checkpoints of a pruned model load where grouppruner is
+#: not installed, and so that it travels with every copy Ultralytics makes (EMA, checkpoints, DDP workers).
+PLANS_ATTRIBUTE = "grouppruner_plans"
+
+
+def detection_model(model: Any) -> nn.Module:
+    """The ``DetectionModel`` (or subclass) inside an Ultralytics ``YOLO`` object, or ``model`` itself.
+
+    Args:
+        model: a ``YOLO`` object or its ``.model``.
+
+    Raises:
+        OptionTypeError: not an Ultralytics YOLO model (e.g. a plain ``nn.Module`` or an exported file).
+        UsageError: a classification model (no detection head to keep).
+    """
+    require_ultralytics()
+    from ultralytics.engine.model import Model
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.nn.tasks import ClassificationModel, DetectionModel
+
+    inner = model.model if isinstance(model, Model) else unwrap(model) if isinstance(model, nn.Module) else model
+    if isinstance(inner, ClassificationModel):
+        raise UsageError(
+            f"{type(inner).__name__}: a classification model; grouppruner's Ultralytics integration compresses "
+            f"models with a detection head (tasks {', '.join(SUPPORTED_TASKS)})"
+        )
+    if isinstance(inner, (str, Path)):
+        raise OptionTypeError(f"{inner}: an exported model file, not a PyTorch YOLO model; load the .pt weights")
+    if not isinstance(inner, DetectionModel) or not isinstance(inner.model[-1], Detect):
+        raise OptionTypeError(
+            f"{type(model).__name__} is not an Ultralytics YOLO model (expected ultralytics.YOLO or its "
+            "DetectionModel / SegmentationModel / PoseModel / OBBModel)"
+        )
+    result: nn.Module = inner
+    return result
+
+
+def plan_records(model: nn.Module) -> list[dict[str, Any]]:
+    """The applied plans of a module as ``PruningPlan.to_dict`` records (empty: never pruned)."""
+    raw = getattr(model, PLANS_ATTRIBUTE, None)
+    records: list[dict[str, Any]] = json.loads(raw) if isinstance(raw, str) else []
+    return records
+
+
+def is_pruned(model: Any) -> bool:
+    """Whether ``model`` (a ``YOLO``, a module or an Ultralytics checkpoint dict) was pruned by grouppruner."""
+    if isinstance(model, dict):
+        model = model.get("ema") or model.get("model")
+    if not isinstance(model, nn.Module) and hasattr(model, "model"):
+        model = model.model
+    return isinstance(model, nn.Module) and bool(plan_records(model))
+
+
+def _keep_plans_as_json(model: nn.Module) -> None:
+    records = plan_records(model) + [plan.to_dict() for plan in pop_plans(model)]
+    setattr(model, PLANS_ATTRIBUTE, json.dumps(records, allow_nan=False))
+
+
+def head(model: Any) -> Any:
+    """The model's head (``Detect``, ``Segment``, ``Pose``, ``OBB``): the last layer of ``model.model``."""
+    inner: Any = detection_model(model)
+    return inner.model[-1]
+
+
+def neck_layers(model: Any) -> list[str]:
+    """Qualified names of the layers whose outputs feed the head (one per scale), e.g. ``["model.15", ...]``."""
+    inner: Any = detection_model(model)
+    return [f"model.{i}" for i in head(inner).f]
+
+
+def _decoded(outputs: Any) -> Any:
+    # eval mode returns (decoded predictions, raw dict); the raw dict repeats the neck features ("feats"),
+    # which must not count as outputs (they would protect every channel of the neck).
+    return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
+def example_input(model: nn.Module, imgsz: int) -> torch.Tensor:
+    """A ``(1, C, imgsz, imgsz)`` zero image on the model's device and dtype (C from the first conv)."""
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    weight = first.weight
+    return torch.zeros(1, first.in_channels, imgsz, imgsz, device=weight.device, dtype=weight.dtype)
+
+
+def channel_graph(model: Any, *, imgsz: int = 640) -> ChannelGraph:
+    """The :class:`~grouppruner.graph.ChannelGraph` of a YOLO, traced at ``imgsz`` x ``imgsz``.
+
+    The head's output convs are protected (their channels form the model outputs) and DFL is ignored.
+
+    Args:
+        model: a ``YOLO`` object or its ``DetectionModel``.
+        imgsz: the square input side the example input has (a multiple of the largest stride, 32).
+
+    Raises:
+        OptionTypeError, UsageError: see :func:`detection_model`.
+        GraphError: a module of the model uses an op the graph cannot map (the message names module and op).
+    """
+    inner: Any = detection_model(model)
+    dfl_module = getattr(head(inner), "dfl", None)
+    has_dfl = isinstance(dfl_module, nn.Module) and any(True for _ in dfl_module.parameters())
+    dfl = [f"model.{len(inner.model) - 1}.dfl"] if has_dfl else []
+    return ChannelGraph(inner, example_input(inner, imgsz), ignore=dfl, output_transform=_decoded)
+
+
+def _hidden_widths(model: nn.Module) -> dict[str, int]:
+    """Modules that split ``cv1``'s output into two halves of a stored width ``c`` (C2f and its kin)."""
+    return {
+        name: module.c
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "c", None), int)
+        and isinstance(getattr(getattr(module, "cv1", None), "conv", None), nn.Conv2d)
+        and module.cv1.conv.out_channels == 2 * module.c
+    }
+
+
+def sync_hidden_widths(model: nn.Module, before: dict[str, int]) -> None:
+    """After pruning: set ``c`` of the modules :func:`_hidden_widths` found to half their ``cv1`` width.
+
+    ``C2f.forward`` uses ``chunk(2)`` and works at any width, but ``forward_split`` (which Ultralytics' exporter
+    switches to) splits at the stored ``c``; the graph keeps the two halves equal, so the new ``c`` is exact.
+    """
+    modules = dict(model.named_modules())
+    for name in before:
+        module: Any = modules[name]
+        width = module.cv1.conv.out_channels
+        if width % 2:
+            raise RuntimeError(f"{name}: cv1 has {width} channels after pruning, which do not split in two halves")
+        module.c = width // 2
+
+
+def prune(
+    model: Any,
+    *,
+    target_params: float | None = None,
+    target_macs: float | None = None,
+    target_latency: float | None = None,
+    ratios: dict[str, float] | None = None,
+    imgsz: int = 640,
+    importance: str = "auto",
+    min_channels: int = 8,
+    round_to: int | None = None,
+    fold: bool = True,
+) -> PruningPlan:
+    """Group-prune a YOLO in place: per-layer-group thresholds on |gamma| to a budget, with beta folding.
+
+    Exactly one of ``target_params``, ``target_macs``, ``target_latency`` (fractions to keep) or ``ratios``
+    (layer group -> fraction to remove) is given. The layer groups are the graph's automatic partition by
+    feature stride and module structure (:meth:`~grouppruner.graph.ChannelGraph.layer_groups`).
+
+    Args:
+        model: a ``YOLO`` object (its module is pruned) or its ``DetectionModel``.
+        target_params: fraction of the parameters to keep (see :meth:`~grouppruner.pruning.GroupPruner.plan`).
+        target_macs: fraction of the MACs to keep.
+        target_latency: fraction of the CPU latency at ``imgsz`` to keep (measured on first need).
+        ratios: layer group -> fraction of its channels to remove.
+        imgsz: input side for the graph, the MACs and the latency model.
+        importance: the channel score (``"auto"``: |gamma| where there is a BatchNorm).
+        min_channels: every layer keeps at least this many channels.
+        round_to: kept channel counts are multiples of it (e.g. 8 for tensor cores).
+        fold: fold the constant output of removed channels into the next layers.
+
+    Returns:
+        The applied plan, also kept on the module as JSON (:data:`PLANS_ATTRIBUTE`) for
+        :func:`~grouppruner.integrations.ultralytics.save`.
+
+    Raises:
+        OptionTypeError, UsageError, GraphError: see :func:`channel_graph`.
+        ValueError: an unreachable budget (the message gives the closest reachable value).
+    """
+    inner = detection_model(model)
+    device = next(inner.parameters()).device
+    inner.float().cpu()
+    graph = channel_graph(inner, imgsz=imgsz)
+    pruner = GroupPruner(graph, importance=importance, min_channels=min_channels, round_to=round_to)
+    plan = pruner.plan(
+        target_params=target_params, target_macs=target_macs, target_latency=target_latency, ratios=ratios
+    )
+    widths = _hidden_widths(inner)
+    pruner.apply(plan, fold=fold)
+    sync_hidden_widths(inner, widths)
+    _keep_plans_as_json(inner)
+    inner.to(device)
+    logger.info("pruned %s: params x%.3f, MACs x%.3f", type(inner).__name__, plan.params_ratio, plan.macs_ratio)
+    return plan

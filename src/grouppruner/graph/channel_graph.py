@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from .._utils.errors import InvalidOptionError
+from .._utils.errors import InvalidOptionError, LayerNotFoundError, OptionTypeError
 from .._utils.names import did_you_mean, select_modules
 from .._utils.wrappers import inner_name, unwrap
 from . import coupling, probe, removal, repair, shuffle, tracing
@@ -81,10 +81,10 @@ class ChannelGraph:
         output_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise OptionTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         given, model = model, unwrap(model)
         if not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
-            raise ValueError(
+            raise InvalidOptionError(
                 f"{type(model).__name__} has no convolution layer (nn.Conv1d/2d/3d); ChannelGraph needs a CNN"
             )
         self.model = model
@@ -104,7 +104,7 @@ class ChannelGraph:
         shuffle.map_shuffles(shuffles)
         raws = coupling.extract_groups(model, tr, ignored)
         if not raws:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"tracing {type(model).__name__} found no Conv/Linear layer on the path to its outputs "
                 f"{tr.output_shapes}: they are not computed from its parameters "
                 "(pass output_transform to select the tensor outputs)"
@@ -194,7 +194,7 @@ class ChannelGraph:
             KeyError: no group has that root (close matches are listed).
         """
         if name not in self._position:
-            raise KeyError(f"no channel group rooted at {name!r}{did_you_mean(name, self._position)}")
+            raise LayerNotFoundError(f"no channel group rooted at {name!r}{did_you_mean(name, self._position)}")
         return self.channel_groups[self._position[name]]
 
     def layer_groups(self, by: LayerGroupSpec = None) -> dict[str, list[ChannelGroup]]:
@@ -228,23 +228,25 @@ class ChannelGraph:
         name = group.name if isinstance(group, ChannelGroup) else group
         current = self.group(name)
         if not current.prunable:
-            raise ValueError(f"channel group '{name}' is not prunable: {current.reason}")
+            raise InvalidOptionError(f"channel group '{name}' is not prunable: {current.reason}")
         units: list[int] = []
         for i in indices:
             if isinstance(i, bool):
-                raise TypeError(f"channel indices must be integers, got {i!r}")
+                raise OptionTypeError(f"channel indices must be integers, got {i!r}")
             try:
                 units.append(operator.index(i))
             except TypeError as err:
-                raise TypeError(f"channel indices must be integers, got {type(i).__name__}") from err
+                raise OptionTypeError(f"channel indices must be integers, got {type(i).__name__}") from err
         bad = sorted({u for u in units if not 0 <= u < current.size})
         if bad:
-            raise ValueError(f"indices {bad} out of range for channel group '{name}' with {current.size} channels")
+            raise InvalidOptionError(
+                f"indices {bad} out of range for channel group '{name}' with {current.size} channels"
+            )
         dups = sorted({u for u in units if units.count(u) > 1}) if len(set(units)) != len(units) else []
         if dups:
-            raise ValueError(f"duplicate indices {dups} for channel group '{name}'")
+            raise InvalidOptionError(f"duplicate indices {dups} for channel group '{name}'")
         if len(units) >= current.size:
-            raise ValueError(f"cannot remove all {current.size} channels of group '{name}'; keep at least one")
+            raise InvalidOptionError(f"cannot remove all {current.size} channels of group '{name}'; keep at least one")
         if units:
             removal.remove_units(
                 self._modules, self._pruners, self.channel_groups, self._index, self._position[name], units

@@ -110,7 +110,7 @@ def _batch_norm_shape(module: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
         mean = module.running_mean
         width = int(mean.shape[0]) if isinstance(mean, torch.Tensor) else -1
         if x.dim() < 2 or x.shape[1] != width:
-            raise RuntimeError(
+            raise RuntimeError(  # torch's own kernel error, imitated inside the probe's forward
                 f"running_mean should contain {x.shape[1] if x.dim() > 1 else '?'} elements not {width}"
             )
         return x

@@ -20,7 +20,7 @@ from torch_pruning import ops
 from torch_pruning.dependency.node import Node
 
 from .._utils.calls import call_model, eval_mode
-from .._utils.errors import GraphError
+from .._utils.errors import GraphError, InvalidOptionError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def trace(
     every module are restored afterwards.
     """
     if torch.is_inference_mode_enabled():
-        raise ValueError("ChannelGraph traces autograd links and cannot be built inside torch.inference_mode()")
+        raise InvalidOptionError("ChannelGraph traces autograd links and cannot be built inside torch.inference_mode()")
     flags = [(p, p.requires_grad) for p in model.parameters()]
     out_shapes: dict[nn.Module, list[tuple[int, ...]]] = {}
     output_shapes: list[tuple[int, ...]] = []
@@ -82,7 +82,8 @@ def trace(
             try:
                 out = output_transform(out)
             except Exception as err:
-                raise ValueError(f"output_transform failed on the outputs of {type(m).__name__}: {err}") from err
+                message = f"output_transform failed on the outputs of {type(m).__name__}: {err}"
+                raise InvalidOptionError(message) from err
         tensors = flat_tensors(out)
         output_shapes.extend(tuple(t.shape) for t in tensors)
         output_fns.extend(t.grad_fn for t in tensors if t.grad_fn is not None)

@@ -43,3 +43,13 @@ def measure_reach(model: nn.Module, x: torch.Tensor, target_params: float = 0.5,
     after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
     whole = {n: fixed.get(n) for n in before if after[n] == before[n]}
     return Reach(len(before) - len(whole), len(before), whole, plan.params_ratio)
+
+
+def assert_reach(reach: Reach, least: int, convs: int) -> None:
+    """At least ``least`` of the model's ``convs`` convs shrink, the plan is at half the parameters, and every conv
+    left whole has a reason from ``ChannelGraph.fixed_convs``."""
+    assert reach.convs == convs
+    assert reach.shrunk >= least, reach.whole
+    assert abs(reach.params_ratio - 0.5) <= 0.005
+    unexplained = [name for name, reason in reach.whole.items() if reason is None]
+    assert not unexplained, f"convs the graph allows to shrink but the plan left whole: {unexplained}"

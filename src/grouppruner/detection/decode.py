@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["DEFAULT_ANCHORS", "BoxCoding", "batched_nms", "box_cells", "box_iou", "decode", "split_head_map"]
+from .._utils.calls import eval_mode
+
+__all__ = ["DEFAULT_ANCHORS", "BoxCoding", "batched_nms", "box_cells", "box_iou", "decode", "detect", "split_head_map"]
 
 #: Anchors of ``yolov4.cfg`` in input pixels, (3 scales, 3 anchors, (w, h)) for strides 8, 16, 32.
 DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
@@ -234,3 +236,40 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, *, bl
         members = order[sorted_labels == label]  # this label's boxes, by decreasing score
         keep[members[_greedy_nms(boxes[members].float(), iou, block)]] = True
     return order[keep[order]]
+
+
+def detect(
+    model: nn.Module,
+    images: Tensor,
+    anchors: Tensor,
+    strides: Sequence[int],
+    *,
+    conf: float,
+    iou: float,
+    max_det: int,
+    coding: Sequence[BoxCoding] | None = None,
+) -> list[dict[str, Tensor]]:
+    """The detections of a detector whose forward returns raw head maps: eval-mode forward, decoding, class-aware
+    NMS (the one implementation behind ``YOLOv4.predict`` and ``DarknetModel.predict``).
+
+    Args:
+        model: the detector; it runs in eval mode and gets its own train / eval flags back.
+        images: (N, 3, H, W) float in [0, 1].
+        anchors: (num_scales, A, 2) anchor (w, h) in input pixels.
+        strides: the stride of each head map.
+        conf: minimum score (objectness x class probability).
+        iou: NMS IoU threshold (boxes of different classes never suppress each other).
+        max_det: at most this many detections per image, highest scores first.
+        coding: :class:`BoxCoding` per head map (``None``: YOLOv4's).
+
+    Returns:
+        N dicts with ``"boxes"`` (K, 4) xyxy in input pixels, ``"scores"`` (K,) and ``"labels"`` (K,) int64,
+        sorted by decreasing score.
+    """
+    with eval_mode(model):
+        outputs = model(images)
+    results = []
+    for det in decode(outputs, anchors, strides, conf=conf, coding=coding):
+        keep = batched_nms(det["boxes"], det["scores"], det["labels"], iou)[:max_det]
+        results.append({key: value[keep] for key, value in det.items()})
+    return results

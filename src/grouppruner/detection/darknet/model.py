@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..._utils.errors import DataError
-from ..decode import BoxCoding, batched_nms, decode
+from ..decode import BoxCoding, detect
 from ..models.features import FeatureInfo
 from .cfg import Section
 
@@ -443,17 +443,9 @@ class DarknetModel(nn.Module):
         Returns:
             N dicts with ``"boxes"`` (K, 4) xyxy in input pixels, ``"scores"`` (K,), ``"labels"`` (K,) int64.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = self(images)
-        finally:
-            self.train(was_training)
-        results = []
-        for det in decode(outputs, self.anchors, self.strides, conf=conf, coding=self.coding):
-            keep = batched_nms(det["boxes"], det["scores"], det["labels"], iou)[:max_det]
-            results.append({key: value[keep] for key, value in det.items()})
-        return results
+        return detect(
+            self, images, self.anchors, self.strides, conf=conf, iou=iou, max_det=max_det, coding=self.coding
+        )
 
 
 def _sources(layer: nn.Module) -> tuple[int, ...]:

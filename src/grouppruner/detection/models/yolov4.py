@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..decode import DEFAULT_ANCHORS, batched_nms, decode
+from ..decode import DEFAULT_ANCHORS, detect
 from .backbones import CSPDarknet53, MobileNetV2
 from .features import FeatureInfo, output_strides
 from .neck import PANet
@@ -176,17 +176,7 @@ class YOLOv4(nn.Module):
             N dicts with ``"boxes"`` (K, 4) xyxy in input pixels, ``"scores"`` (K,) and ``"labels"``
             (K,) int64, sorted by decreasing score.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = self(images)
-        finally:
-            self.train(was_training)
-        results = []
-        for det in decode(outputs, self.anchors, self.strides, conf=conf):
-            keep = batched_nms(det["boxes"], det["scores"], det["labels"], iou)[:max_det]
-            results.append({key: value[keep] for key, value in det.items()})
-        return results
+        return detect(self, images, self.anchors, self.strides, conf=conf, iou=iou, max_det=max_det)
 
 
 def yolov4(

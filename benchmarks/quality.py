@@ -1,60 +1,65 @@
-"""Does the method keep the detector's accuracy? The recipe against Torch-Pruning, with ablations, at one budget.
+"""Does the method keep the detector's accuracy where pruning is hard? Ours against Torch-Pruning's recipes.
 
 On generated VOC-format data with a reduced YOLOv4 (the ``grouppruner demo`` model), every student arm starts
-from the same dense teacher and trains for the same number of epochs (``sparse_epochs + recover_epochs``):
+from one dense teacher and trains for the same number of epochs (``sparse_epochs + recover_epochs``), at two
+budgets (35 % and 15 % of the teacher's params):
 
-- ``teacher``: the dense model (``dense_epochs``), and ``teacher + fine-tune``: the teacher trained for the
-  students' epochs more (AdamW at the recovery learning rate), so that "mAP kept" is not extra training; if
-  it gains more than 0.01 mAP, the teacher was not converged and the script says so;
-- ``Torch-Pruning``: the library as its users use it: ``BNScalePruner.regularize`` (constant L1 on every BN,
-  the recipe's sparse optimizer, learning rate and epochs; rate ``--tp-reg``, default 0.008 (``--quick``: the same
-  pull over its shorter run): the warmup pull of the recipe's spared channels under its former defaults
-  (0.4 x ``s`` 0.02), kept fixed so that the baseline does not move with our defaults; a constant rate as large
-  as the recipe's ``s`` drives every gamma to zero in a short run), global BN-scale ranking
-  (``BNScaleImportance(normalizer=None)``, ``global_pruning=True``, heads ignored, ``pruning_ratio`` bisected to
-  the parameter budget), fine-tune without distillation;
-- ``ours``: :func:`~grouppruner.detection.recipe.run_recipe`'s stages with the recipe defaults, and ablations
-  that change one choice each: constant instead of dynamic sparsity, one global threshold instead of
-  per-layer-group ones, fine-tune only / attention only instead of attention + output-level distillation.
+- ``teacher + fine-tune``: the teacher trained for the students' epochs more (AdamW at the recovery rate), the
+  reference of "mAP kept", so that a student's score is not credited with extra training;
+- Torch-Pruning's standard recipes (seed 0), every one pruned to the budget (``pruning_ratio`` bisected, heads
+  ignored) and fine-tuned for the rest of the epochs:
+  ``GroupMagnitudeImportance(p=2)`` with a uniform ratio and no sparse stage (its README usage); global
+  ``BNScaleImportance`` with no sparse stage; network slimming (``BNScalePruner.regularize`` for
+  ``sparse_epochs``, with the recipe's SGD, then global BN-scale pruning) at three rates; and DepGraph's group
+  sparsity (``GroupNormPruner.regularize``, uniform ratio);
+- ``ours``: the recipe's stages with its defaults, except the dynamic rule's ``sparsity_keep``, set by its
+  documented rule (a little below the square root of the budget: 0.55 at 35 %, 0.35 at 15 %);
+- then ours and the best Torch-Pruning arm of each budget at seeds 1 and 2 as well;
+- at the tight budget, ablations of the recovery from ours' pruned model (seed 0): no distillation, each
+  distillation term alone, the attention weight (1, 3, 10, 30), the distilled layers (backbone, neck, both), and
+  of the method (constant L1, one global threshold).
 
-The two headline arms (``ours`` and ``Torch-Pruning``) run with every seed of ``--seeds`` (the seed of
-shuffling and augmentation in the student stages; data and teacher are shared); the table gives
-``mean ± half the spread`` (half of max - min) over the seeds. Columns: params and MACs in % of the teacher,
-mAP@0.5 after sparse training, after pruning (before any recovery: the measure of whether sparse training did
-its job), after recovery, and the final mAP in % of the teacher's.
+Every arm runs in its own folder under ``--out`` and writes ``arm.json`` when it ends; a rerun skips finished arms
+and resumes a killed one at its last epoch. ``--jobs N`` runs N worker processes (each takes the next arm that no
+other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``, ``ablations``); ``--report`` only
+writes the tables and the figure from the finished arms.
 
 Usage::
 
-    python benchmarks/quality.py --quick                  # smoke run, a few minutes on 2 cores
-    python benchmarks/quality.py --write-docs             # the full run; rewrites the table in docs/benchmarks.md
+    python benchmarks/quality.py --quick --jobs 2         # smoke run, a few minutes on 2 cores
+    python benchmarks/quality.py --jobs 2 --write-docs    # the full run; rewrites docs/benchmarks.md's tables
 
-The table goes to stdout and to ``<out>/quality.md``; ``--write-docs`` also replaces the part of
-``docs/benchmarks.md`` between the ``quality:begin`` / ``quality:end`` markers (``quality-quick`` for ``--quick``;
-numbers are never edited by hand).
+The tables go to stdout and ``<out>/quality.md``, the figure to ``<out>/quality.png``; ``--write-docs`` also
+replaces the part of ``docs/benchmarks.md`` between the ``quality:begin`` / ``quality:end`` markers
+(``quality-quick`` for ``--quick``) and writes ``docs/img/quality.png`` (numbers are never edited by hand).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
+import hashlib
 import json
+import math
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch_pruning as tp
+from quality_arms import ArmResult, ArmSpec, Context, read_result, run_arm, write_result
 
-from grouppruner.checkpoint import save_pruned
-from grouppruner.detection import YOLOv4
-from grouppruner.detection.recipe import STAGES, RecipeConfig, RecipeRun, StageResult, sparse_optimizer
+from grouppruner import CheckpointError, UsageError
+from grouppruner.detection.recipe import RecipeConfig, RecipeRun, load_weights
+from grouppruner.detection.run_folder import RunLock
 from grouppruner.detection.train import evaluate
 from grouppruner.profile import count_macs, count_params
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+FIGURE = DOCS.parent / "img" / "quality.png"
 MARKERS = {False: "quality", True: "quality-quick"}  # --quick writes its own table, never the full run's
 
 # The full run uses the demo's settings with a 300-image validation split; --quick shrinks data and epochs.
@@ -63,135 +68,262 @@ QUICK: dict[str, Any] = {
     "num_images": 240,
     "val_fraction": 0.5,
     "dense_epochs": 24,
-    "sparse_epochs": 12,
-    "recover_epochs": 12,
-    "finetune_epochs": 3,
-    # the L1 pull lr * s * steps / (1 - momentum) of the full run, over 12 epochs of 8 steps instead of 16 x 19
-    "sparsity": 0.095,
+    "sparse_epochs": 6,
+    "recover_epochs": 6,
+    "finetune_epochs": 2,
+    # the L1 pull lr * s * steps / (1 - momentum) of the full run, over 6 epochs of 8 steps instead of 16 x 19
+    "sparsity": 0.19,
 }
+BUDGETS = (0.35, 0.15)
+TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2)
+TP_GROUP_NORM_RATE = 5e-4
+OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
+PARTS = ("teacher", "family", "seeds", "ablations")
 
-# Torch-Pruning's constant L1 rate: 0.4 x the recipe's former s (0.02 full, 0.063 --quick), the warmup pull that
-# the recipe's spared channels got; fixed so that the baseline does not move with the recipe's defaults.
-TP_RATE = {False: 0.008, True: 0.0252}
-
-# (arm, RecipeConfig changes, stages reused from the headline arm of the same seed)
+# (label, RecipeConfig changes, stages reused from ours at seed 0) at the tight budget
 ABLATIONS: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
-    ("ours, constant L1 (not dynamic)", {"sparsity_schedule": "constant"}, ()),
-    ("ours, one global threshold (not per group)", {"prune_scope": "global"}, ("sparse",)),
     (
         "ours, fine-tune only (no distillation)",
         {"distill_weight": 0.0, "output_distill_weight": 0.0},
         ("sparse", "pruned"),
     ),
-    ("ours, attention distillation only (no output term)", {"output_distill_weight": 0.0}, ("sparse", "pruned")),
+    ("ours, output term only (no attention)", {"distill_weight": 0.0}, ("sparse", "pruned")),
+    ("ours, attention only (weight 10, no output term)", {"output_distill_weight": 0.0}, ("sparse", "pruned")),
+    (
+        "ours, attention only (weight 30, no output term)",
+        {"output_distill_weight": 0.0, "distill_weight": 30.0},
+        ("sparse", "pruned"),
+    ),
+    ("ours, attention weight 1", {"distill_weight": 1.0}, ("sparse", "pruned")),
+    ("ours, attention weight 3", {"distill_weight": 3.0}, ("sparse", "pruned")),
+    ("ours, attention weight 30", {"distill_weight": 30.0}, ("sparse", "pruned")),
+    ("ours, attention on the backbone only", {"distill_layers": "backbone"}, ("sparse", "pruned")),
+    ("ours, attention on the neck only", {"distill_layers": "neck"}, ("sparse", "pruned")),
+    ("ours, one global threshold (not per group)", {"prune_scope": "global"}, ("sparse",)),
+    ("ours, constant L1 (not dynamic)", {"sparsity_schedule": "constant"}, ()),
 ]
-OURS = "ours: dynamic L1, per-group thresholds, attention + output distillation"
-TORCH_PRUNING = "Torch-Pruning: constant L1, global BN-scale threshold, fine-tune"
 
 
-@dataclasses.dataclass
-class Arm:
-    """The measurements of one arm and seed (mAP ``None`` where the arm has no such stage)."""
-
-    name: str
-    seed: int
-    params: int
-    macs: int
-    final: float
-    sparse: float | None = None
-    pruned: float | None = None
-    seconds: float = 0.0
+def keep_for(budget: float) -> float:
+    """The dynamic rule's ``sparsity_keep`` for a parameter budget: a little below ``sqrt(budget)``."""
+    return round(math.sqrt(budget) - 0.04, 2)
 
 
-def _ours(config: RecipeConfig, teacher: Path, reuse: Mapping[str, Path]) -> tuple[dict[str, StageResult], Arm]:
-    run = RecipeRun(config, checkpoints={"dense": teacher, **reuse})
-    start = time.perf_counter()
-    results = {stage: run.run_stage(stage) for stage in STAGES[1:] if stage not in reuse}
-    arm = Arm(
-        name="",
-        seed=config.seed,
-        params=results["recovered"].params,
-        macs=results["recovered"].macs,
-        final=results["recovered"].map50,
-        sparse=results["sparse"].map50 if "sparse" in results else None,
-        pruned=results["pruned"].map50 if "pruned" in results else None,
-        seconds=time.perf_counter() - start,
-    )
-    return results, arm
+def _tag(budget: float) -> str:
+    return f"p{round(budget * 100)}"
 
 
-def _tp_prune(model: YOLOv4, example: torch.Tensor, target: float, reg: float) -> tp.pruner.BNScalePruner:
-    """A global BN-scale pruner whose ``pruning_ratio`` is bisected so that ``target`` of the params remain."""
-    params = count_params(model)
+def _tp_family(budget: float, seed: int) -> list[ArmSpec]:
+    tag = _tag(budget)
 
-    def pruner_at(ratio: float, net: YOLOv4) -> tp.pruner.BNScalePruner:
-        return tp.pruner.BNScalePruner(
-            net,
-            example,
-            importance=tp.importance.BNScaleImportance(normalizer=None),
-            reg=reg,
-            global_pruning=True,
-            pruning_ratio=ratio,
-            ignored_layers=[net.head.p3, net.head.p4, net.head.p5],
+    def arm(name: str, label: str, sparse: ArmSpec | None = None, **options: Any) -> list[ArmSpec]:
+        if sparse is not None:
+            options["sparse"] = sparse.key
+        main = ArmSpec(
+            f"{tag}/tp-{name}_seed{seed}",
+            f"Torch-Pruning: {label}",
+            "tp",
+            "torch-pruning",
+            budget,
+            seed,
+            options,
+            needs=(sparse.key,) if sparse else (),
         )
+        return [sparse, main] if sparse else [main]
 
-    low, high = 0.0, 0.95
-    for _ in range(14):
-        middle = (low + high) / 2
-        trial = copy.deepcopy(model)
-        pruner_at(middle, trial).step()
-        if count_params(trial) / params > target:
-            low = middle
+    def sparse(method: str, rate: float) -> ArmSpec:
+        options = {"method": method, "rate": rate}
+        return ArmSpec(f"tp-sparse/{method}-{rate:g}_seed{seed}", "", "tp-sparse", "stage", None, seed, options)
+
+    arms = arm(
+        "magnitude-uniform", "magnitude (L2), uniform ratio, fine-tune", importance="magnitude", **{"global": False}
+    )
+    arms += arm("bn-global", "global BN-scale, no sparse stage, fine-tune", importance="bn", **{"global": True})
+    for rate in TP_SLIMMING_RATES:
+        arms += arm(
+            f"slimming-{rate:g}",
+            f"BN-scale slimming at {rate:g}, global BN-scale, fine-tune",
+            sparse("bn", rate),
+            importance="bn",
+            **{"global": True},
+        )
+    arms += arm(
+        f"groupnorm-{TP_GROUP_NORM_RATE:g}",
+        f"GroupNormPruner at {TP_GROUP_NORM_RATE:g}, uniform ratio, fine-tune",
+        sparse("groupnorm", TP_GROUP_NORM_RATE),
+        importance="magnitude",
+        **{"global": False},
+    )
+    return arms
+
+
+def _ours(budget: float, seed: int, label: str = OURS, **changes: Any) -> ArmSpec:
+    slug = label.split("(")[0] if label == OURS else label
+    slug = "-".join("".join(c if c.isalnum() else " " for c in slug).split())
+    return ArmSpec(
+        f"{_tag(budget)}/{slug}_seed{seed}",
+        label,
+        "ours",
+        "ours" if label == OURS else "ablation",
+        budget,
+        seed,
+        {"sparsity_keep": keep_for(budget), **changes},
+    )
+
+
+def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSpec]:
+    """Every arm in the order of priority; the best Torch-Pruning arm's extra seeds once its family is done."""
+    first, *more = args.seeds
+    parts = set(args.only or PARTS)
+    arms: list[ArmSpec] = []
+    if "teacher" in parts:
+        arms.append(ArmSpec("teacher_finetuned", "teacher + fine-tune", "teacher-ft", "teacher", None, first))
+    families = {budget: _tp_family(budget, first) for budget in args.budgets}
+    if "family" in parts:
+        for budget in args.budgets:
+            arms += [_ours(budget, first), *families[budget]]
+    if "seeds" in parts:
+        for budget in args.budgets:
+            arms += [_ours(budget, seed) for seed in more]
+            family = [a for a in families[budget] if a.family == "torch-pruning"]
+            if all(a.key in done for a in family):
+                best = max(family, key=lambda a: done[a.key].final)
+                for seed in more:
+                    arms += _tp_family_member(best, seed)
+    if "ablations" in parts and not args.no_ablations:
+        budget = min(args.budgets)
+        source = _ours(budget, first)
+        for label, changes, reused in ABLATIONS:
+            spec = _ours(budget, first, label, **changes)
+            arms.append(
+                dataclasses.replace(
+                    spec, needs=(source.key,) if reused else (), reuse=dict.fromkeys(reused, source.key)
+                )
+            )
+    return arms
+
+
+def _tp_family_member(best: ArmSpec, seed: int) -> list[ArmSpec]:
+    """The arm ``best`` at another seed (with its own sparse stage, if it has one)."""
+    same = next(a for a in _tp_family(best.budget or 0.0, seed) if a.label == best.label)
+    if "sparse" not in same.options:
+        return [same]
+    sparse = next(a for a in _tp_family(best.budget or 0.0, seed) if a.key == same.options["sparse"])
+    return [sparse, same]
+
+
+def run_queue(args: argparse.Namespace, context: Context) -> None:
+    """Run every unfinished arm this process can take, in priority order, until none is left.
+
+    An arm held by another worker (its folder's lock) is left to it; an arm whose ``needs`` are unfinished waits.
+    """
+    while True:
+        done = finished(args, context)
+        pending = [a for a in arm_list(args, done) if a.key not in done]
+        if not pending:
+            return
+        busy = False
+        for spec in pending:
+            if not all(need in done for need in spec.needs):
+                continue
+            folder = context.folder(spec.key)
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                with RunLock(folder):
+                    if read_result(folder, spec.digest(context.settings)) is None:
+                        _run_one(spec, context, done)
+                break  # the list may have grown (the best Torch-Pruning arm): start again from the top
+            except UsageError:
+                busy = True  # another worker holds it
         else:
-            high = middle
-    pruner = pruner_at(high, model)
-    pruner.step()
-    return pruner
+            if not busy and not any(all(n in done for n in a.needs) for a in pending):
+                waiting = ", ".join(f"{a.key} (needs {', '.join(a.needs)})" for a in pending)
+                raise SystemExit(f"quality.py: these arms wait for arms that are not run: {waiting}")
+            time.sleep(10)
 
 
-def _torch_pruning(config: RecipeConfig, teacher: Path, out: Path, reg: float) -> Arm:
-    run = RecipeRun(config, checkpoints={"dense": teacher})
-    start = time.perf_counter()
-    model = run.load("dense")
-    regularizer = tp.pruner.BNScalePruner(
-        model, run.example, importance=tp.importance.BNScaleImportance(normalizer=None), reg=reg
+def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult]) -> None:
+    started = time.strftime("%H:%M:%S")
+    print(f"[{started}] {spec.key}: {spec.label or spec.kind} ...", flush=True)
+    result = run_arm(spec, context, done)
+    result.digest = spec.digest(context.settings)
+    write_result(context.folder(spec.key), result)
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {spec.key}: final mAP@0.5 {result.final:.3f} ({result.seconds / 60:.1f} min)",
+        flush=True,
     )
-    optimizer = sparse_optimizer(model, config.sparse_optimizer, config.sparse_lr)
-    run.train(model, optimizer, config.sparse_epochs, "tp sparse", step_hooks=[regularizer.regularize])
-    sparse = float(evaluate(model, run.val_loader)["map"])
-    _tp_prune(model, run.example, config.target_params, reg)
-    pruned = float(evaluate(model, run.val_loader)["map"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.recover_lr, weight_decay=5e-4)
-    run.train(model, optimizer, config.recover_epochs, "tp fine-tune")
-    final = float(evaluate(model, run.val_loader)["map"])
-    torch.save(model.state_dict(), out / f"torch_pruning_seed{config.seed}.pt")
-    return Arm(
-        name=TORCH_PRUNING,
-        seed=config.seed,
+
+
+def finished(args: argparse.Namespace, context: Context) -> dict[str, ArmResult]:
+    """The arms of :func:`arm_list` that have finished with the current settings, by key."""
+    done: dict[str, ArmResult] = {}
+    for _ in range(3):  # the list grows as the best Torch-Pruning arms become known
+        for spec in arm_list(args, done):
+            result = read_result(context.folder(spec.key), spec.digest(context.settings))
+            if result is not None:
+                done[spec.key] = result
+    return done
+
+
+def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path, ArmResult]:
+    """The dense teacher: ``--teacher-checkpoint`` checked against these settings, or trained in ``<out>/teacher``.
+
+    Raises:
+        SystemExit: (one line) the work folder holds a run with other settings, the checkpoint is missing, does
+            not fit the configured model, or was trained on other data (its anchors are not this data's).
+    """
+    recorded = args.out / "settings.json"
+    options = json.loads(json.dumps(dataclasses.asdict(base)))
+    if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) != options:
+        raise SystemExit(
+            f"quality.py: {args.out} holds a run with other settings ({recorded}); use another --out or delete it"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(options, indent=2), encoding="utf-8")
+    run = RecipeRun(base)  # generates the data set in <out>/teacher/data the first time
+    if args.teacher_checkpoint is not None:
+        path = args.teacher_checkpoint
+        if not path.is_file():
+            raise SystemExit(f"quality.py: teacher checkpoint {path}: no such file")
+    else:
+        path = Path(base.out_dir) / "dense.pt"
+        with RunLock(run.out):
+            if not path.is_file():
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] training the teacher ({base.dense_epochs} epochs) ...", flush=True
+                )
+                run.run_stage("dense")
+    model = run.new_model()
+    try:
+        load_weights(model, path)
+    except CheckpointError as error:
+        raise SystemExit(f"quality.py: teacher checkpoint {error}") from None
+    if not torch.allclose(model.anchors, run.anchors, atol=1e-3):
+        raise SystemExit(
+            f"quality.py: teacher checkpoint {path}: its anchors are not those fitted to this data set (a model "
+            "trained on other data or at another image size); omit --teacher-checkpoint to train one with these "
+            "settings"
+        )
+    metrics = evaluate(model, run.val_loader)
+    teacher = ArmResult(
+        key="teacher",
+        label="teacher (dense)",
+        family="teacher",
+        budget=None,
+        seed=base.seed,
         params=count_params(model),
         macs=count_macs(model.eval(), run.example),
-        final=final,
-        sparse=sparse,
-        pruned=pruned,
-        seconds=time.perf_counter() - start,
+        final=float(metrics["map"]),
     )
+    return path, teacher
 
 
-def _teacher_finetuned(config: RecipeConfig, teacher: Path) -> Arm:
-    run = RecipeRun(config, checkpoints={"dense": teacher})
-    start = time.perf_counter()
-    model = run.load("dense")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.recover_lr, weight_decay=5e-4)
-    run.train(model, optimizer, config.sparse_epochs + config.recover_epochs, "teacher fine-tune")
-    save_pruned(model, Path(config.out_dir) / "dense_finetuned.pt")
-    return Arm(
-        name=f"teacher + {config.sparse_epochs + config.recover_epochs} epochs fine-tune",
-        seed=config.seed,
-        params=count_params(model),
-        macs=count_macs(model.eval(), run.example),
-        final=float(evaluate(model, run.val_loader)["map"]),
-        seconds=time.perf_counter() - start,
-    )
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _cell(values: Sequence[float | None], percent_of: float | None = None) -> str:
@@ -207,119 +339,214 @@ def _cell(values: Sequence[float | None], percent_of: float | None = None) -> st
     return f"{mean:.{digits}f} ± {spread / 2:.{digits}f}"
 
 
-def table(arms: Sequence[Arm], teacher: Arm) -> str:
-    """The Markdown table: one row per arm name, seeds pooled (mean ± half the spread)."""
-    rows = [
-        "| arm | seeds | params % | MACs % | mAP@0.5 after sparse | pruned, before recovery | final mAP@0.5 | "
-        "mAP kept % |",
+def _rows(arms: Sequence[ArmResult]) -> dict[str, list[ArmResult]]:
+    rows: dict[str, list[ArmResult]] = {}
+    for arm in arms:
+        rows.setdefault(arm.label, []).append(arm)
+    return rows
+
+
+def budget_table(arms: Sequence[ArmResult], teacher: ArmResult, reference: ArmResult | None) -> str:
+    """One budget's Markdown table: one row per arm label, seeds pooled (mean ± half the spread)."""
+    lines = [
+        "| arm | seeds | params % | MACs % | mAP@0.5 after sparse | after pruning | final mAP@0.5 | "
+        "% of the fine-tuned teacher |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    names = list(dict.fromkeys(a.name for a in arms))
-    for name in names:
-        group = [a for a in arms if a.name == name]
-        rows.append(
-            f"| {name} | {', '.join(str(a.seed) for a in group)} | {_cell([a.params for a in group], teacher.params)} "
+    for label, group in _rows(arms).items():
+        finals = [a.final for a in group]
+        kept = _cell(finals, reference.final) if reference is not None and reference.final > 0 else "-"
+        lines.append(
+            f"| {label} | {', '.join(str(a.seed) for a in group)} | {_cell([a.params for a in group], teacher.params)} "
             f"| {_cell([a.macs for a in group], teacher.macs)} | {_cell([a.sparse for a in group])} "
-            f"| {_cell([a.pruned for a in group])} | {_cell([a.final for a in group])} "
-            f"| {_cell([a.final for a in group], teacher.final) if teacher.final > 0 else '-'} |"
+            f"| {_cell([a.pruned for a in group])} | {_cell(finals)} | {kept} |"
         )
-    return "\n".join(rows)
+    return "\n".join(lines)
+
+
+def headline(budget: float, arms: Sequence[ArmResult], reference: ArmResult | None) -> str:
+    """Ours against the best Torch-Pruning arm at one budget, with the issue's goals checked."""
+    ours = [a.final for a in arms if a.family == "ours"]
+    family = _rows([a for a in arms if a.family == "torch-pruning"])
+    if not ours or not family:
+        return f"At {budget:.0%}: not every headline arm has finished."
+    best_label, best = max(family.items(), key=lambda item: item[1][0].final if item[1][0].seed == 0 else 0.0)
+    tp = [a.final for a in best]
+    lead = (statistics.fmean(ours) - statistics.fmean(tp)) * 100
+    separate = min(ours) > max(tp)
+    kept = statistics.fmean(ours) / reference.final * 100 if reference is not None and reference.final else math.nan
+    need_lead, need_kept = (2.0, 95.0) if budget < 0.25 else (0.0, 99.0)
+    met = lead >= need_lead and lead > 0 and separate and kept >= need_kept
+    return (
+        f"At {budget:.0%} of the params: ours {statistics.fmean(ours):.3f} (seeds: "
+        f"{', '.join(f'{v:.3f}' for v in ours)}) against the best Torch-Pruning arm, {best_label.split(': ', 1)[-1]}, "
+        f"{statistics.fmean(tp):.3f} ({', '.join(f'{v:.3f}' for v in tp)}): a lead of {lead:+.1f} points, the seeds "
+        f"{'do not overlap' if separate else 'overlap'}; ours keeps {kept:.1f} % of the fine-tuned teacher. Goal "
+        f"(lead >= {need_lead:g} points over seeds that do not overlap, >= {need_kept:g} % kept): "
+        f"{'met' if met else 'missed'}."
+    )
+
+
+def draw(arms: Sequence[ArmResult], teacher: ArmResult, reference: ArmResult | None, path: Path) -> None:
+    """mAP@0.5 against params (% of the teacher): ours and the best Torch-Pruning arm per budget, seeds as dots."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots()
+    budgets = sorted({a.budget for a in arms if a.budget is not None})
+    series: dict[str, list[tuple[float, list[float]]]] = {"ours": [], "best Torch-Pruning arm": []}
+    for budget in budgets:
+        here = [a for a in arms if a.budget == budget]
+        ours = [a for a in here if a.family == "ours"]
+        family = _rows([a for a in here if a.family == "torch-pruning"])
+        for arm in (a for group in family.values() for a in group if a.seed == 0):
+            axes.plot(arm.params / teacher.params * 100, arm.final, "x", color="0.6")
+        if ours:
+            series["ours"].append((budget * 100, [a.final for a in ours]))
+        if family:
+            best = max(family.values(), key=lambda group: group[0].final)
+            series["best Torch-Pruning arm"].append((budget * 100, [a.final for a in best]))
+    for (name, points), color in zip(series.items(), ("tab:red", "tab:blue"), strict=True):
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        axes.plot(xs, [statistics.fmean(v) for _, v in points], "-o", color=color, label=f"{name} (mean of seeds)")
+        for x, values in points:
+            axes.plot([x] * len(values), values, ".", color=color, alpha=0.6)
+    axes.plot([], [], "x", color="0.6", label="every Torch-Pruning arm (seed 0)")
+    axes.axhline(teacher.final, color="0.3", linestyle=":", label=f"dense teacher ({teacher.final:.3f})")
+    if reference is not None:
+        axes.axhline(reference.final, color="0.3", linestyle="--", label=f"teacher + fine-tune ({reference.final:.3f})")
+    axes.set(xlabel="params kept (% of the teacher)", ylabel="mAP@0.5 (validation)", title="quality.py")
+    axes.legend(fontsize="small", loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def report(args: argparse.Namespace, base: RecipeConfig, context: Context, teacher: ArmResult, minutes: float) -> str:
+    """Tables per budget, headlines and settings (Markdown); writes ``quality.md`` / ``.json`` / ``.png``."""
+    done = finished(args, context)
+    arms = [done[a.key] for a in arm_list(args, done) if a.key in done and a.family != "stage"]
+    reference = next((a for a in arms if a.family == "teacher"), None)
+    parts = [
+        f"Teacher (dense): mAP@0.5 {teacher.final:.3f}, {teacher.params:,} params"
+        + (f"; teacher + {context.student_epochs} epochs fine-tune: {reference.final:.3f}." if reference else ".")
+    ]
+    for budget in args.budgets:
+        here = [a for a in arms if a.budget == budget]
+        parts += [
+            f"**{budget:.0%} of the params**",
+            budget_table(here, teacher, reference),
+            headline(budget, here, reference),
+        ]
+    parts.append(
+        f"{'--quick' if args.quick else 'full'} run; {minutes:.0f} min in this call on {args.threads} threads "
+        f"({args.jobs} worker(s)); {sum(a.seconds for a in done.values()) / 60:.0f} worker-minutes in all arms; "
+        f"{base.num_images} generated images at {base.image_size} px "
+        f"({round(base.num_images * base.val_fraction)} validation), YOLOv4 width {base.width} / depth {base.depth}; "
+        f"teacher {base.dense_epochs} epochs; every student {context.student_epochs} epochs "
+        f"(ours: {base.sparse_epochs} sparse + {base.recover_epochs} recovery, {base.finetune_epochs} of them "
+        "fine-tuning before distillation); "
+        f"Torch-Pruning slimming rates {', '.join(f'{r:g}' for r in TP_SLIMMING_RATES)}, GroupNormPruner "
+        f"{TP_GROUP_NORM_RATE:g}; seeds {list(args.seeds)}."
+    )
+    markdown = "\n\n".join(parts) + "\n"
+    (args.out / "quality.md").write_text(markdown, encoding="utf-8")
+    (args.out / "quality.json").write_text(
+        json.dumps(
+            {
+                "settings": context.settings,
+                "teacher": dataclasses.asdict(teacher),
+                "arms": [dataclasses.asdict(a) for a in arms],
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    draw(arms, teacher, reference, args.out / "quality.png")
+    return markdown
+
+
+def write_docs(markdown: str, quick: bool, figure: Path) -> None:
+    marker = MARKERS[quick]
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    text = DOCS.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise SystemExit(f"quality.py: {DOCS} has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    DOCS.write_text(f"{head}{begin}\n{markdown}{end}{tail}", encoding="utf-8")
+    if not quick:
+        FIGURE.write_bytes(figure.read_bytes())
+    print(f"wrote the tables into {DOCS}" + ("" if quick else f" and the figure to {FIGURE}"))
+
+
+def _workers(args: argparse.Namespace) -> None:
+    """Run ``args.jobs`` copies of this script as workers (each ``threads // jobs`` threads) and wait for them."""
+    threads = max(1, args.threads // args.jobs)
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--out",
+        str(args.out),
+        "--threads",
+        str(threads),
+        "--budgets",
+        *map(str, args.budgets),
+        "--seeds",
+        *map(str, args.seeds),
+    ]
+    command += ["--quick"] * args.quick + ["--no-ablations"] * args.no_ablations
+    command += ["--only", *args.only] if args.only else []
+    command += ["--teacher-checkpoint", str(args.teacher_checkpoint)] if args.teacher_checkpoint else []
+    workers = [subprocess.Popen(command) for _ in range(args.jobs)]
+    failed = [w.args for w in workers if w.wait() != 0]
+    if failed:
+        raise SystemExit(f"quality.py: {len(failed)} of {args.jobs} workers failed (see their output above)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (smoke run)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the headline arms (0 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="work folder (recreated data)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tp-reg", type=float, default=None, help="Torch-Pruning's L1 rate (0.008; --quick 0.0252)")
-    parser.add_argument("--no-ablations", action="store_true", help="only teacher and the two headline arms")
-    parser.add_argument(
-        "--teacher-checkpoint",
-        type=Path,
-        help="a dense checkpoint trained with the same settings (e.g. by an earlier run) instead of training one",
-    )
-    parser.add_argument(
-        "--teacher-epochs", type=int, default=None, help="epochs of the teacher's training (default: the demo's 50)"
-    )
-    parser.add_argument("--write-docs", action="store_true", help=f"replace the table in {DOCS}")
+    parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS), help="params kept (0.35 0.15)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the headline arms")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="work folder (one per settings)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in all (split between workers)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes running arms side by side")
+    parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts (default: all)")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ablations")
+    parser.add_argument("--report", action="store_true", help="write the tables from the finished arms only")
+    parser.add_argument("--teacher-checkpoint", type=Path, help="a dense checkpoint trained with these settings")
+    parser.add_argument("--write-docs", action="store_true", help=f"replace the tables in {DOCS}")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.jobs < 1 or args.threads < 1 or not all(0 < b < 1 for b in args.budgets):
+        parser.error("--jobs and --threads take positive integers, --budgets fractions in (0, 1)")
     torch.set_num_threads(args.threads)
-    seeds = args.seeds or ([0] if args.quick else [0, 1])
-    settings = QUICK if args.quick else FULL
-    if args.teacher_epochs is not None:
-        settings = {**settings, "dense_epochs": args.teacher_epochs}
-    started = time.perf_counter()
-
+    settings = {**(QUICK if args.quick else FULL)}
     base = RecipeConfig(out_dir=str(args.out / "teacher"), **settings)
-    data = args.out / "teacher" / "data"
-    if args.teacher_checkpoint is None:
-        dense = RecipeRun(base).run_stage("dense")  # generates the data set first
-    else:
-        run = RecipeRun(base, checkpoints={"dense": args.teacher_checkpoint})
-        dense = run.result("dense", run.load("dense"), {"from": str(args.teacher_checkpoint)})
-    teacher_path = Path(dense.checkpoint)
-    teacher = Arm("teacher (dense)", base.seed, dense.params, dense.macs, dense.map50)
-    arms = [teacher, _teacher_finetuned(dataclasses.replace(base), teacher_path)]
-
-    def config(name: str, seed: int, **changes: Any) -> RecipeConfig:
-        folder = name.split(":")[0].replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-        return dataclasses.replace(
-            base, out_dir=str(args.out / f"{folder}_seed{seed}"), data_root=str(data), seed=seed, **changes
+    started = time.perf_counter()
+    if not args.worker:
+        print(
+            f"quality.py: {'--quick' if args.quick else 'full'} run in {args.out}; budgets {args.budgets}, seeds "
+            f"{args.seeds}, {args.jobs} worker(s) on {args.threads} threads; parts {args.only or list(PARTS)}"
         )
-
-    headline: dict[int, dict[str, StageResult]] = {}
-    tp_reg = args.tp_reg if args.tp_reg is not None else TP_RATE[args.quick]
-    for seed in seeds:
-        results, arm = _ours(config("ours", seed), teacher_path, {})
-        arm.name = OURS
-        headline[seed] = results
-        arms.append(arm)
-        arms.append(_torch_pruning(config("torch pruning", seed), teacher_path, args.out, tp_reg))
-    if not args.no_ablations:
-        seed = seeds[0]
-        for name, changes, reused in ABLATIONS:
-            reuse = {stage: Path(headline[seed][stage].checkpoint) for stage in reused}
-            _, arm = _ours(config(name, seed, **changes), teacher_path, reuse)
-            arm.name = name
-            if "sparse" in reused:
-                arm.sparse = headline[seed]["sparse"].map50
-            if "pruned" in reused:
-                arm.pruned = headline[seed]["pruned"].map50
-            arms.append(arm)
-
-    minutes = (time.perf_counter() - started) / 60
-    gain = arms[1].final - teacher.final
-    settings_line = (
-        f"{'--quick' if args.quick else 'full'} run, {minutes:.0f} min on {args.threads} threads; "
-        f"{base.num_images} generated images at {base.image_size} px "
-        f"({round(base.num_images * base.val_fraction)} validation), YOLOv4 width {base.width} / depth {base.depth} "
-        f"({teacher.params:,} params); teacher {base.dense_epochs} epochs, students "
-        f"{base.sparse_epochs} sparse + {base.recover_epochs} recovery epochs "
-        f"({base.finetune_epochs} of them fine-tuning before distillation); budget {base.target_params:.0%} of "
-        f"the params; Torch-Pruning rate {tp_reg:g}; seeds {seeds}."
-    )
-    converged = f"The teacher gains {gain:+.3f} mAP from {base.sparse_epochs + base.recover_epochs} more epochs" + (
-        " (converged: <= 0.01)." if gain <= 0.01 else " (NOT converged: > 0.01)."
-    )
-    markdown = f"{table(arms, teacher)}\n\n{settings_line} {converged}\n"
+    teacher_path, teacher = prepare_teacher(args, base)
+    context = Context(base, teacher_path, args.out, {**dataclasses.asdict(base), "teacher": _sha256(teacher_path)})
+    if not args.report:
+        if args.worker or args.jobs == 1:
+            run_queue(args, context)
+        else:
+            _workers(args)
+    if args.worker:
+        return
+    markdown = report(args, base, context, teacher, (time.perf_counter() - started) / 60)
     print(markdown)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.md").write_text(markdown, encoding="utf-8")
-    (args.out / "quality.json").write_text(
-        json.dumps({"settings": settings, "seeds": seeds, "arms": [dataclasses.asdict(a) for a in arms]}, indent=2),
-        encoding="utf-8",
-    )
     if args.write_docs:
-        marker = MARKERS[args.quick]
-        begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-        text = DOCS.read_text(encoding="utf-8")
-        if begin not in text or end not in text:
-            raise SystemExit(f"{DOCS} has no {begin} ... {end} markers")
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        DOCS.write_text(f"{head}{begin}\n{markdown}{end}{tail}", encoding="utf-8")
-        print(f"wrote the table into {DOCS}")
+        write_docs(markdown, args.quick, args.out / "quality.png")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prune_by": ("params", "gamma"),
     "teacher": ("dense", "sparse"),
     "amp": ("off", "bf16", "fp16"),
+    "distill_layers": ("all", "backbone", "neck"),
 }
 
 
@@ -137,6 +138,9 @@ class RecipeConfig:
         teacher: ``"dense"`` (the original model, as in the paper) or ``"sparse"`` (the model that was pruned).
         distill_weight: weight of the spatial-attention distillation loss
             (:class:`~grouppruner.distill.AttentionDistiller` on ``YOLOv4.distill_layers``); 0 disables it.
+        distill_layers: which of ``YOLOv4.distill_layers`` the attention term reads: ``"all"`` (the paper's nine
+            maps), ``"backbone"`` (the five stage outputs) or ``"neck"`` (SPP and the three head inputs). A darknet
+            model (``cfg``) has only its head inputs and takes ``"all"``.
         output_distill_weight: weight of the output-level term
             (:class:`~grouppruner.detection.YoloOutputDistill`); 0 disables it. Its raw value on a freshly
             pruned demo student is about 25 times the detection loss (class KL times ``T^2 = 9``, box L2 in grid
@@ -191,6 +195,7 @@ class RecipeConfig:
     finetune_epochs: int = 6
     teacher: str = "dense"
     distill_weight: float = 10.0
+    distill_layers: str = "all"
     output_distill_weight: float = 0.05
     distill_temperature: float = 3.0
     seed: int = 0
@@ -337,6 +342,7 @@ STAGE_OF_OPTION: dict[str, str] = {
             "finetune_epochs",
             "teacher",
             "distill_weight",
+            "distill_layers",
             "output_distill_weight",
             "distill_temperature",
         ),

@@ -134,6 +134,11 @@ class RecipeRun:
             raise ValueError(f"RecipeConfig.amp='fp16' needs CUDA (device {self.device}); use amp='bf16' on a CPU")
         # A darknet cfg is checked against the classes before any data is generated.
         self.darknet = check_recipe_cfg(config.cfg, config.classes) if config.cfg else None
+        if self.darknet is not None and config.distill_layers != "all":
+            raise InvalidOptionError(
+                f"RecipeConfig.distill_layers={config.distill_layers!r}: the darknet model of {config.cfg} exposes "
+                "only its head inputs for distillation; use 'all'"
+            )
         self.checkpoints = {stage: Path(path) for stage, path in (checkpoints or {}).items()}
         self.out = Path(config.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)

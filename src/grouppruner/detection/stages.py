@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .._utils.errors import InvalidOptionError
 from ..checkpoint import CheckpointError, StateMismatch, load_pruned, load_tensor_file
 from ..distill import AttentionDistiller
 from ..graph import ChannelGraph
@@ -30,7 +31,7 @@ from .models import YOLOv4
 if TYPE_CHECKING:
     from .recipe import RecipeRun
 
-__all__ = ["STAGE_FUNCTIONS", "Detector", "load_weights", "sparse_optimizer", "weights_digest"]
+__all__ = ["STAGE_FUNCTIONS", "Detector", "distilled_layers", "load_weights", "sparse_optimizer", "weights_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _recovered(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
         loss = run.train(student, optimizer, finetune, "recovered (fine-tune)", schedule=schedule)
         extra["finetune_loss"] = loss.get("loss")
     if c.recover_epochs > finetune:
-        distiller = AttentionDistiller(teacher, student, student.distill_layers)
+        distiller = AttentionDistiller(teacher, student, distilled_layers(student, c.distill_layers))
         output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature).to(run.device)
 
         def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -167,6 +168,27 @@ def _recovered(run: RecipeRun) -> tuple[Detector, dict[str, Any]]:
         raise RuntimeError("recovery changed the teacher's weights")  # a frozen teacher is the contract
     extra["train_loss"] = loss.get("loss")
     return student, extra
+
+
+def distilled_layers(model: Detector, which: str) -> list[str]:
+    """The names of ``model.distill_layers`` that :attr:`RecipeConfig.distill_layers` selects, in order.
+
+    Args:
+        model: a YOLOv4 (``distill_layers`` under ``backbone.`` and ``neck.``) or a darknet model.
+        which: ``"all"``, ``"backbone"`` or ``"neck"``.
+
+    Raises:
+        InvalidOptionError: no layer of ``model`` is under ``which`` (e.g. ``"backbone"`` for a darknet model).
+    """
+    if which == "all":
+        return list(model.distill_layers)
+    chosen = [name for name in model.distill_layers if name.startswith(f"{which}.")]
+    if not chosen:
+        raise InvalidOptionError(
+            f"RecipeConfig.distill_layers={which!r}: none of the model's distill_layers {model.distill_layers} is "
+            f"under {which!r}; use 'all'"
+        )
+    return chosen
 
 
 def load_weights(model: Detector, path: str | Path) -> None:

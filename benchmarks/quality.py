@@ -10,7 +10,7 @@ budgets (35 % and 15 % of the teacher's params):
   ignored) and fine-tuned for the rest of the epochs:
   ``GroupMagnitudeImportance(p=2)`` with a uniform ratio and no sparse stage (its README usage); global
   ``BNScaleImportance`` with no sparse stage; network slimming (``BNScalePruner.regularize`` for
-  ``sparse_epochs``, with the recipe's SGD, then global BN-scale pruning) at three rates; and DepGraph's group
+  ``sparse_epochs``, with the recipe's SGD, then global BN-scale pruning) at four rates; and DepGraph's group
   sparsity (``GroupNormPruner.regularize``, uniform ratio);
 - ``ours``: the recipe's stages with its defaults, except the dynamic rule's ``sparsity_keep``, set by its
   documented rule (a little below the square root of the budget: 0.55 at 35 %, 0.35 at 15 %);
@@ -26,12 +26,12 @@ writes the tables and the figure from the finished arms.
 
 Usage::
 
-    python benchmarks/quality.py --quick --jobs 2         # smoke run, a few minutes on 2 cores
+    python benchmarks/quality.py --quick --jobs 2         # smoke run (not for quoting), a few minutes on 2 cores
     python benchmarks/quality.py --jobs 2 --write-docs    # the full run; rewrites docs/benchmarks.md's tables
 
-The tables go to stdout and ``<out>/quality.md``, the figure to ``<out>/quality.png``; ``--write-docs`` also
-replaces the part of ``docs/benchmarks.md`` between the ``quality:begin`` / ``quality:end`` markers
-(``quality-quick`` for ``--quick``) and writes ``docs/img/quality.png`` (numbers are never edited by hand).
+The tables go to stdout and ``<out>/quality.md``, the figure to ``<out>/quality.png``; ``--write-docs`` (full run
+only) also replaces the part of ``docs/benchmarks.md`` between the ``quality:begin`` / ``quality:end`` markers and
+writes ``docs/img/quality.png`` (numbers are never edited by hand).
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from grouppruner.profile import count_macs, count_params
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 FIGURE = DOCS.parent / "img" / "quality.png"
-MARKERS = {False: "quality", True: "quality-quick"}  # --quick writes its own table, never the full run's
 
 # The full run uses the demo's settings with a 300-image validation split; --quick shrinks data and epochs.
 FULL: dict[str, Any] = {"num_images": 600, "val_fraction": 0.5}
@@ -75,32 +74,30 @@ QUICK: dict[str, Any] = {
     "sparsity": 0.19,
 }
 BUDGETS = (0.35, 0.15)
-TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2)
+TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2)
 TP_GROUP_NORM_RATE = 5e-4
 OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
 PARTS = ("teacher", "family", "seeds", "ablations")
 
-# (label, RecipeConfig changes, stages reused from ours at seed 0) at the tight budget
-ABLATIONS: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
-    (
-        "ours, fine-tune only (no distillation)",
-        {"distill_weight": 0.0, "output_distill_weight": 0.0},
-        ("sparse", "pruned"),
-    ),
-    ("ours, output term only (no attention)", {"distill_weight": 0.0}, ("sparse", "pruned")),
-    ("ours, attention only (weight 10, no output term)", {"output_distill_weight": 0.0}, ("sparse", "pruned")),
+# (label, RecipeConfig changes, stages reused from ours at the same seed, run at every seed) at the tight budget
+RECOVERY = ("sparse", "pruned")
+ABLATIONS: list[tuple[str, dict[str, Any], tuple[str, ...], bool]] = [
+    ("ours, fine-tune only (no distillation)", {"distill_weight": 0.0, "output_distill_weight": 0.0}, RECOVERY, True),
+    ("ours, output term only (no attention)", {"distill_weight": 0.0}, RECOVERY, True),
+    ("ours, attention only (weight 10, no output term)", {"output_distill_weight": 0.0}, RECOVERY, False),
     (
         "ours, attention only (weight 30, no output term)",
         {"output_distill_weight": 0.0, "distill_weight": 30.0},
-        ("sparse", "pruned"),
+        RECOVERY,
+        False,
     ),
-    ("ours, attention weight 1", {"distill_weight": 1.0}, ("sparse", "pruned")),
-    ("ours, attention weight 3", {"distill_weight": 3.0}, ("sparse", "pruned")),
-    ("ours, attention weight 30", {"distill_weight": 30.0}, ("sparse", "pruned")),
-    ("ours, attention on the backbone only", {"distill_layers": "backbone"}, ("sparse", "pruned")),
-    ("ours, attention on the neck only", {"distill_layers": "neck"}, ("sparse", "pruned")),
-    ("ours, one global threshold (not per group)", {"prune_scope": "global"}, ("sparse",)),
-    ("ours, constant L1 (not dynamic)", {"sparsity_schedule": "constant"}, ()),
+    ("ours, attention weight 1", {"distill_weight": 1.0}, RECOVERY, False),
+    ("ours, attention weight 3", {"distill_weight": 3.0}, RECOVERY, False),
+    ("ours, attention weight 30", {"distill_weight": 30.0}, RECOVERY, False),
+    ("ours, attention on the backbone only", {"distill_layers": "backbone"}, RECOVERY, False),
+    ("ours, attention on the neck only", {"distill_layers": "neck"}, RECOVERY, False),
+    ("ours, one global threshold (not per group)", {"prune_scope": "global"}, ("sparse",), False),
+    ("ours, constant L1 (not dynamic)", {"sparsity_schedule": "constant"}, (), False),
 ]
 
 
@@ -192,14 +189,15 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
                     arms += _tp_family_member(best, seed)
     if "ablations" in parts and not args.no_ablations:
         budget = min(args.budgets)
-        source = _ours(budget, first)
-        for label, changes, reused in ABLATIONS:
-            spec = _ours(budget, first, label, **changes)
-            arms.append(
-                dataclasses.replace(
-                    spec, needs=(source.key,) if reused else (), reuse=dict.fromkeys(reused, source.key)
+        for label, changes, reused, every_seed in ABLATIONS:
+            for seed in args.seeds if every_seed else [first]:
+                source = _ours(budget, seed)
+                spec = _ours(budget, seed, label, **changes)
+                arms.append(
+                    dataclasses.replace(
+                        spec, needs=(source.key,) if reused else (), reuse=dict.fromkeys(reused, source.key)
+                    )
                 )
-            )
     return arms
 
 
@@ -255,10 +253,11 @@ def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult]) -> Non
 
 
 def finished(args: argparse.Namespace, context: Context) -> dict[str, ArmResult]:
-    """The arms of :func:`arm_list` that have finished with the current settings, by key."""
+    """The arms of :func:`arm_list` (every part) that have finished with the current settings, by key."""
     done: dict[str, ArmResult] = {}
+    every_part = argparse.Namespace(**{**vars(args), "only": None})  # a part's arms may need another part's
     for _ in range(3):  # the list grows as the best Torch-Pruning arms become known
-        for spec in arm_list(args, done):
+        for spec in arm_list(every_part, done):
             result = read_result(context.folder(spec.key), spec.digest(context.settings))
             if result is not None:
                 done[spec.key] = result
@@ -469,18 +468,16 @@ def report(args: argparse.Namespace, base: RecipeConfig, context: Context, teach
     return markdown
 
 
-def write_docs(markdown: str, quick: bool, figure: Path) -> None:
-    marker = MARKERS[quick]
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+def write_docs(markdown: str, figure: Path) -> None:
+    begin, end = "<!-- quality:begin -->", "<!-- quality:end -->"
     text = DOCS.read_text(encoding="utf-8")
     if begin not in text or end not in text:
         raise SystemExit(f"quality.py: {DOCS} has no {begin} ... {end} markers")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     DOCS.write_text(f"{head}{begin}\n{markdown}{end}{tail}", encoding="utf-8")
-    if not quick:
-        FIGURE.write_bytes(figure.read_bytes())
-    print(f"wrote the tables into {DOCS}" + ("" if quick else f" and the figure to {FIGURE}"))
+    FIGURE.write_bytes(figure.read_bytes())
+    print(f"wrote the tables into {DOCS} and the figure to {FIGURE}")
 
 
 def _workers(args: argparse.Namespace) -> None:
@@ -525,6 +522,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1 or args.threads < 1 or not all(0 < b < 1 for b in args.budgets):
         parser.error("--jobs and --threads take positive integers, --budgets fractions in (0, 1)")
+    if args.write_docs and args.quick:
+        parser.error("--write-docs writes the full run's numbers; --quick is a smoke run, not for quoting")
     torch.set_num_threads(args.threads)
     settings = {**(QUICK if args.quick else FULL)}
     base = RecipeConfig(out_dir=str(args.out / "teacher"), **settings)
@@ -546,7 +545,7 @@ def main() -> None:
     markdown = report(args, base, context, teacher, (time.perf_counter() - started) / 60)
     print(markdown)
     if args.write_docs:
-        write_docs(markdown, args.quick, args.out / "quality.png")
+        write_docs(markdown, args.out / "quality.png")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from quality_arms import ArmResult, ArmSpec, Context, read_result, run_arm, write_result
+from _quality_arms import ArmResult, ArmSpec, Context, read_result, run_arm, write_result
 
 from grouppruner import CheckpointError, UsageError
 from grouppruner.detection.recipe import RecipeConfig, RecipeRun, load_weights

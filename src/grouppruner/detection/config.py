@@ -118,7 +118,8 @@ class RecipeConfig:
             training zeroes channels the budget could have kept (``keep=0.35``: 0.30 mAP after sparse training).
             The defaults (``s`` 0.03, warmup 0.2, keep 0.55) gave 0.404 after pruning and 0.609 after recovery
             on the demo's teacher (0.594), against 0.344 and 0.594 with the former ones (``s`` 0.02, warmup 0.4,
-            keep 0.5).
+            keep 0.5). For a tighter budget lower it by the same rule: ``benchmarks/quality.py`` runs
+            ``target_params=0.15`` with ``sparsity_keep=0.35``.
         sparsity_scope: where the dynamic rule's quantile is taken: ``"global"`` (paper) or ``"group"`` (every
             layer group spares its own strongest ``sparsity_keep``).
         target_params: fraction of the parameters the pruned model keeps (``prune_by="params"``).

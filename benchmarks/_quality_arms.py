@@ -1,6 +1,5 @@
 """The arms of ``benchmarks/quality.py``, one run folder each, from one dense teacher (a helper module).
 
-
 Every arm is an :class:`ArmSpec` (what to run) and ends with an :class:`ArmResult` (what it measured), written
 atomically to ``<out>/<key>/arm.json`` with a digest of the spec and the shared settings: a finished arm is
 skipped when the benchmark runs again with the same settings, and run again when they changed. Training inside an

@@ -10,14 +10,14 @@ budgets (35 % and 15 % of the teacher's params):
   ignored) and fine-tuned for the rest of the epochs:
   ``GroupMagnitudeImportance(p=2)`` with a uniform ratio and no sparse stage (its README usage); global
   ``BNScaleImportance`` with no sparse stage; network slimming (``BNScalePruner.regularize`` for
-  ``sparse_epochs``, with the recipe's SGD, then global BN-scale pruning) at four rates; and DepGraph's group
+  ``sparse_epochs``, with the recipe's SGD, then global BN-scale pruning) at five rates; and DepGraph's group
   sparsity (``GroupNormPruner.regularize``, uniform ratio);
 - ``ours``: the recipe's stages with its defaults, except the dynamic rule's ``sparsity_keep``, set by its
   documented rule (a little below the square root of the budget: 0.55 at 35 %, 0.35 at 15 %);
 - then ours and the best Torch-Pruning arm of each budget at seeds 1 and 2 as well;
 - at the tight budget, ablations of the recovery from ours' pruned model (seed 0): no distillation, each
   distillation term alone, the attention weight (1, 3, 10, 30), the distilled layers (backbone, neck, both), and
-  of the method (constant L1, one global threshold).
+  of the method (constant L1, one global threshold, the dynamic rule's ``keep`` and ``warmup``).
 
 Every arm runs in its own folder under ``--out`` and writes ``arm.json`` when it ends; a rerun skips finished arms
 and resumes a killed one at its last epoch. ``--jobs N`` runs N worker processes (each takes the next arm that no
@@ -74,7 +74,7 @@ QUICK: dict[str, Any] = {
     "sparsity": 0.19,
 }
 BUDGETS = (0.35, 0.15)
-TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2)
+TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 TP_GROUP_NORM_RATE = 5e-4
 OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
 PARTS = ("teacher", "family", "seeds", "ablations")
@@ -98,6 +98,8 @@ ABLATIONS: list[tuple[str, dict[str, Any], tuple[str, ...], bool]] = [
     ("ours, attention on the neck only", {"distill_layers": "neck"}, RECOVERY, False),
     ("ours, one global threshold (not per group)", {"prune_scope": "global"}, ("sparse",), False),
     ("ours, constant L1 (not dynamic)", {"sparsity_schedule": "constant"}, (), False),
+    ("ours, dynamic rule keep 0.3 (not 0.35)", {"sparsity_keep": 0.3}, (), False),
+    ("ours, dynamic rule warmup 0.1 (not 0.2)", {"sparsity_warmup": 0.1}, (), False),
 ]
 
 

@@ -374,7 +374,7 @@ def headline(budget: float, arms: Sequence[ArmResult], reference: ArmResult | No
     best_label, best = max(family.items(), key=lambda item: item[1][0].final if item[1][0].seed == 0 else 0.0)
     tp = [a.final for a in best]
     lead = (statistics.fmean(ours) - statistics.fmean(tp)) * 100
-    separate = min(ours) > max(tp)
+    separate = min(ours) > max(tp) or max(ours) < min(tp)
     kept = statistics.fmean(ours) / reference.final * 100 if reference is not None and reference.final else math.nan
     need_lead, need_kept = (2.0, 95.0) if budget < 0.25 else (0.0, 99.0)
     met = lead >= need_lead and lead > 0 and separate and kept >= need_kept
@@ -382,7 +382,8 @@ def headline(budget: float, arms: Sequence[ArmResult], reference: ArmResult | No
         f"At {budget:.0%} of the params: ours {statistics.fmean(ours):.3f} (seeds: "
         f"{', '.join(f'{v:.3f}' for v in ours)}) against the best Torch-Pruning arm, {best_label.split(': ', 1)[-1]}, "
         f"{statistics.fmean(tp):.3f} ({', '.join(f'{v:.3f}' for v in tp)}): a lead of {lead:+.1f} points, the seeds "
-        f"{'do not overlap' if separate else 'overlap'}; ours keeps {kept:.1f} % of the fine-tuned teacher. Goal "
+        f"{'overlap' if not separate else 'do not overlap' if lead > 0 else 'do not overlap (Torch-Pruning ahead)'}; "
+        f"ours keeps {kept:.1f} % of the fine-tuned teacher. Goal "
         f"(lead >= {need_lead:g} points over seeds that do not overlap, >= {need_kept:g} % kept): "
         f"{'met' if met else 'missed'}."
     )
@@ -443,8 +444,9 @@ def report(args: argparse.Namespace, base: RecipeConfig, context: Context, teach
             headline(budget, here, reference),
         ]
     parts.append(
-        f"{'--quick' if args.quick else 'full'} run; {minutes:.0f} min in this call on {args.threads} threads "
-        f"({args.jobs} worker(s)); {sum(a.seconds for a in done.values()) / 60:.0f} worker-minutes in all arms; "
+        f"{'--quick' if args.quick else 'full'} run; "
+        + ("" if args.report else f"{minutes:.0f} min in this call on {args.threads} threads ({args.jobs} worker(s)); ")
+        + f"{sum(a.seconds for a in done.values()) / 60:.0f} worker-minutes in all arms; "
         f"{base.num_images} generated images at {base.image_size} px "
         f"({round(base.num_images * base.val_fraction)} validation), YOLOv4 width {base.width} / depth {base.depth}; "
         f"teacher {base.dense_epochs} epochs; every student {context.student_epochs} epochs "

@@ -74,3 +74,16 @@ def test_quality_refuses_a_work_folder_of_other_settings(tmp_path: Path) -> None
         f"quality.py: {tmp_path / 'work'} holds a run with other settings ({tmp_path / 'work' / 'settings.json'}); "
         "use another --out or delete it"
     ]
+
+
+def test_recipe_refuses_a_layer_choice_for_a_darknet_model_before_generating_data(tmp_path: Path) -> None:
+    from grouppruner.detection.recipe import RecipeConfig, RecipeRun
+
+    text = TINY_CFG.read_text(encoding="utf-8").replace("classes=80", "classes=2").replace("filters=255", "filters=21")
+    cfg = tmp_path / "two-classes.cfg"
+    cfg.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    config = RecipeConfig(out_dir=str(out), cfg=str(cfg), classes=("circle", "square"), distill_layers="backbone")
+    with pytest.raises(InvalidOptionError, match=r"distill_layers='backbone'.*only its head inputs"):
+        RecipeRun(config)
+    assert not (out / "data").exists()

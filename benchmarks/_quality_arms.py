@@ -153,11 +153,6 @@ def _seed(run: RecipeRun, seed: int, stage: int) -> None:
     run.generator.manual_seed(seed * 10 + stage)
 
 
-def _finish(run: RecipeRun) -> None:
-    for path in run._state_files:  # the epoch states of a finished arm are no longer needed
-        path.unlink(missing_ok=True)
-
-
 def _result(spec: ArmSpec, model: nn.Module, run: RecipeRun, final: float, **fields: Any) -> ArmResult:
     return ArmResult(
         key=spec.key,
@@ -179,7 +174,7 @@ def _teacher_finetuned(spec: ArmSpec, context: Context, done: Mapping[str, ArmRe
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.recover_lr, weight_decay=5e-4)
     run.train(model, optimizer, context.student_epochs, "teacher fine-tune")
     final = float(evaluate(model, run.val_loader)["map"])
-    _finish(run)
+    run.discard_epoch_states()
     return _result(spec, model, run, final)
 
 
@@ -240,7 +235,7 @@ def _tp_sparse(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult]) -
     run.train(model, optimizer, run.config.sparse_epochs, "tp sparse", step_hooks=[regularizer.regularize])
     sparse = float(evaluate(model, run.val_loader)["map"])
     save_pruned(model, run.out / "sparse.pt")
-    _finish(run)
+    run.discard_epoch_states()
     return _result(spec, model, run, sparse, sparse=sparse)
 
 
@@ -301,7 +296,7 @@ def _torch_pruning(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.recover_lr, weight_decay=5e-4)
     run.train(model, optimizer, epochs, "tp fine-tune")
     final = float(evaluate(model, run.val_loader)["map"])
-    _finish(run)
+    run.discard_epoch_states()
     return _result(
         spec,
         model,

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import statistics
@@ -54,7 +53,7 @@ from _quality_arms import ArmResult, ArmSpec, Context, read_result, run_arm, wri
 
 from grouppruner import CheckpointError, UsageError
 from grouppruner.detection.recipe import RecipeConfig, RecipeRun, load_weights
-from grouppruner.detection.run_folder import RunLock
+from grouppruner.detection.run_folder import RunLock, file_record
 from grouppruner.detection.train import evaluate
 from grouppruner.profile import count_macs, count_params
 
@@ -319,14 +318,6 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
     return path, teacher
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def _cell(values: Sequence[float | None], percent_of: float | None = None) -> str:
     present = [v for v in values if v is not None]
     if not present:
@@ -538,7 +529,12 @@ def main() -> None:
             f"{args.seeds}, {args.jobs} worker(s) on {args.threads} threads; parts {args.only or list(PARTS)}"
         )
     teacher_path, teacher = prepare_teacher(args, base)
-    context = Context(base, teacher_path, args.out, {**dataclasses.asdict(base), "teacher": _sha256(teacher_path)})
+    context = Context(
+        base,
+        teacher_path,
+        args.out,
+        {**dataclasses.asdict(base), "teacher": file_record(teacher_path.parent, teacher_path)["sha256"][:16]},
+    )
     if not args.report:
         if args.worker or args.jobs == 1:
             run_queue(args, context)

@@ -363,6 +363,23 @@ def test_an_epoch_state_of_other_options_or_epochs_is_discarded_not_resumed(tiny
     assert "resuming after epoch 1/1" in caplog.text
 
 
+@pytest.mark.slow
+def test_discard_epoch_states_removes_what_train_left_and_nothing_else(tiny_run, tmp_path):
+    config, _ = tiny_run
+    run = RecipeRun(_beside(config, tmp_path))
+    other = tmp_path / "r" / "dense.epoch.pt"  # not written by this run's train(): stays
+    other.write_bytes(b"state")
+    _train(run, 1, "sparse")
+    _train(run, 1, "tp fine-tune")
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.epoch.pt")) == [
+        "dense.epoch.pt",
+        "sparse.epoch.pt",
+        "tp-fine-tune.epoch.pt",
+    ]
+    run.discard_epoch_states()
+    assert [p.name for p in (tmp_path / "r").glob("*.epoch.pt")] == ["dense.epoch.pt"]
+
+
 def test_a_rerun_stage_discards_its_epoch_states_and_those_of_later_stages(tmp_path):
     from grouppruner.detection.recipe import _discard_stale_epoch_states
 

@@ -318,6 +318,15 @@ class RecipeRun:
                 self.ranks.barrier()
         return loss
 
+    def discard_epoch_states(self) -> None:
+        """Remove the ``<stage>.epoch.pt`` files that :meth:`train` wrote since the stage began: once its model is
+        saved, a finished stage is not resumed. :meth:`run_stage` calls it; code that drives :meth:`train` itself
+        (e.g. a benchmark's baseline) calls it when its own stage is done."""
+        if self.ranks.is_main:
+            for path in self._state_files:
+                path.unlink(missing_ok=True)
+        self._state_files = []
+
     def record_file(self, path: str | Path) -> None:
         """Register a file the running stage wrote into the run folder (e.g. an exported model).
 
@@ -379,9 +388,7 @@ class RecipeRun:
         self._files = []
         model, extra = STAGE_FUNCTIONS[stage](self)
         result = self.result(stage, model, extra)
-        if self.ranks.is_main:
-            for path in self._state_files:
-                path.unlink(missing_ok=True)
+        self.discard_epoch_states()
         logger.info("%s: mAP@0.5 %.3f, %d params", stage, result.map50, result.params)
         return result
 

@@ -76,7 +76,11 @@ BUDGETS = (0.35, 0.15)
 TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 TP_GROUP_NORM_RATE = 5e-4
 OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
-PARTS = ("teacher", "family", "seeds", "ablations")
+PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis")
+SEARCH_CANDIDATES = 16
+DIAGNOSIS_SLIMMING = "slimming-0.03"  # the best Torch-Pruning arm at 15 % in the last full run
+# Finished arms' records, committed with the code: work folders do not outlive a session, these do.
+RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 
 # (label, RecipeConfig changes, stages reused from ours at the same seed, run at every seed) at the tight budget
 RECOVERY = ("sparse", "pruned")
@@ -169,6 +173,55 @@ def _ours(budget: float, seed: int, label: str = OURS, **changes: Any) -> ArmSpe
     )
 
 
+def _ablation(budget: float, seed: int, label: str, changes: dict[str, Any], reused: tuple[str, ...]) -> ArmSpec:
+    source = _ours(budget, seed)
+    spec = _ours(budget, seed, label, **changes)
+    return dataclasses.replace(spec, needs=(source.key,) if reused else (), reuse=dict.fromkeys(reused, source.key))
+
+
+def _search(budget: float, seed: int) -> list[ArmSpec]:
+    """Ours with the plan chosen by PlanSearch on ours' sparse model (after it), then ours' recovery."""
+    source = _ours(budget, seed)
+    spec = ArmSpec(
+        f"{_tag(budget)}/ours-search-{SEARCH_CANDIDATES}_seed{seed}",
+        f"ours, plan searched ({SEARCH_CANDIDATES} candidates, adaptive BatchNorm)",
+        "ours-search",
+        "ours-search",
+        budget,
+        seed,
+        {"sparsity_keep": keep_for(budget), "search_candidates": SEARCH_CANDIDATES},
+        needs=(source.key,),
+        reuse={"sparse": source.key},
+    )
+    return [source, spec]
+
+
+def _diagnosis(budget: float, seed: int) -> list[ArmSpec]:
+    """Each method's widths from the other's weights and from a fresh initialisation, plain fine-tuning; with the
+    two arms they are compared to (ours fine-tune only, and the slimming arm) and what those need."""
+    ours = _ours(budget, seed)
+    finetune_only = _ablation(budget, seed, *next((a[0], a[1], a[2]) for a in ABLATIONS if "fine-tune only" in a[0]))
+    family = _tp_family(budget, seed)
+    slimming = next(a for a in family if a.key.endswith(f"tp-{DIAGNOSIS_SLIMMING}_seed{seed}"))
+    slimming_sparse = next(a for a in family if a.key == slimming.options["sparse"])
+    arms = [ours, finetune_only, slimming_sparse, slimming]
+    names = {"ours": "ours'", "slimming": "slimming's", "reinit": "fresh"}
+    for widths, weights in (("ours", "slimming"), ("slimming", "ours"), ("ours", "reinit"), ("slimming", "reinit")):
+        arms.append(
+            ArmSpec(
+                f"{_tag(budget)}/diagnosis-{widths}-widths-{weights}-weights_seed{seed}",
+                f"diagnosis: {names[widths]} widths, {names[weights]} weights, fine-tune",
+                "transfer",
+                "diagnosis",
+                budget,
+                seed,
+                {"widths": widths, "weights": weights, "ours": ours.key, "slimming_sparse": slimming_sparse.key},
+                needs=(ours.key, slimming_sparse.key),
+            )
+        )
+    return arms
+
+
 def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSpec]:
     """Every arm in the order of priority; the best Torch-Pruning arm's extra seeds once its family is done."""
     first, *more = args.seeds
@@ -192,14 +245,19 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
         budget = min(args.budgets)
         for label, changes, reused, every_seed in ABLATIONS:
             for seed in args.seeds if every_seed else [first]:
-                source = _ours(budget, seed)
-                spec = _ours(budget, seed, label, **changes)
-                arms.append(
-                    dataclasses.replace(
-                        spec, needs=(source.key,) if reused else (), reuse=dict.fromkeys(reused, source.key)
-                    )
-                )
-    return arms
+                arms.append(_ablation(budget, seed, label, changes, reused))
+    # the search and the diagnosis at the tight budget: seed 0 of both first, the search's other seeds after
+    tight = min(args.budgets)
+    if "search" in parts:
+        arms += _search(tight, first)
+    if "diagnosis" in parts:
+        arms += _diagnosis(tight, first)
+    if "search" in parts:
+        arms += [a for seed in more for a in _search(tight, seed)]
+    unique: dict[str, ArmSpec] = {}
+    for arm in arms:
+        unique.setdefault(arm.key, arm)
+    return list(unique.values())
 
 
 def _tp_family_member(best: ArmSpec, seed: int) -> list[ArmSpec]:
@@ -218,35 +276,47 @@ def run_queue(args: argparse.Namespace, context: Context) -> None:
     """
     while True:
         done = finished(args, context)
-        pending = [a for a in arm_list(args, done) if a.key not in done]
+        every = {a.key: a for a in arm_list(argparse.Namespace(**{**vars(args), "only": None}), done)}
+        local = {key for key in done if read_result(context.folder(key), every[key].digest(context.settings))}
+        wanted = {a.key for a in arm_list(args, done) if a.key not in done}
+        grown = True
+        while grown:  # an arm finished in an earlier session left its record, not its checkpoints
+            extra = {n for key in wanted for n in every[key].needs if n not in local} - wanted
+            wanted |= extra
+            grown = bool(extra)
+        pending = [a for a in every.values() if a.key in wanted]
         if not pending:
             return
         busy = False
         for spec in pending:
-            if not all(need in done for need in spec.needs):
+            if not all(need in local for need in spec.needs):
                 continue
             folder = context.folder(spec.key)
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 with RunLock(folder):
                     if read_result(folder, spec.digest(context.settings)) is None:
-                        _run_one(spec, context, done)
+                        _run_one(spec, context, done, commit=not args.quick)
                 break  # the list may have grown (the best Torch-Pruning arm): start again from the top
             except UsageError:
                 busy = True  # another worker holds it
         else:
-            if not busy and not any(all(n in done for n in a.needs) for a in pending):
+            if not busy and not any(all(n in local for n in a.needs) for a in pending):
                 waiting = ", ".join(f"{a.key} (needs {', '.join(a.needs)})" for a in pending)
                 raise SystemExit(f"quality.py: these arms wait for arms that are not run: {waiting}")
             time.sleep(10)
 
 
-def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult]) -> None:
+def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult], commit: bool) -> None:
     started = time.strftime("%H:%M:%S")
     print(f"[{started}] {spec.key}: {spec.label or spec.kind} ...", flush=True)
     result = run_arm(spec, context, done)
     result.digest = spec.digest(context.settings)
     write_result(context.folder(spec.key), result)
+    if commit:
+        committed = RESULTS / f"{spec.key}.json"
+        committed.parent.mkdir(parents=True, exist_ok=True)
+        write_result(committed.parent, result, name=committed.name)
     print(
         f"[{time.strftime('%H:%M:%S')}] {spec.key}: final mAP@0.5 {result.final:.3f} ({result.seconds / 60:.1f} min)",
         flush=True,
@@ -259,7 +329,10 @@ def finished(args: argparse.Namespace, context: Context) -> dict[str, ArmResult]
     every_part = argparse.Namespace(**{**vars(args), "only": None})  # a part's arms may need another part's
     for _ in range(3):  # the list grows as the best Torch-Pruning arms become known
         for spec in arm_list(every_part, done):
-            result = read_result(context.folder(spec.key), spec.digest(context.settings))
+            digest = spec.digest(context.settings)
+            result = read_result(context.folder(spec.key), digest)
+            if result is None and not args.quick:
+                result = read_result(RESULTS, digest, name=f"{spec.key}.json")
             if result is not None:
                 done[spec.key] = result
     return done

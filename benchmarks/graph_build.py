@@ -48,10 +48,8 @@ def main() -> None:
     model = detection.yolov4(num_classes=20)
     x = torch.randn(1, 3, args.size, args.size)
     params = sum(p.numel() for p in model.parameters())
-    print(
-        f"YOLOv4 (CSPDarknet53, 20 classes): {params / 1e6:.2f} M params, input {tuple(x.shape)}, "
-        f"{args.threads} threads, {args.repeats} repeats"
-    )
+    print(f"YOLOv4 (CSPDarknet53, 20 classes): {params / 1e6:.2f} M params, input {tuple(x.shape)}, "
+          f"{args.threads} threads, {args.repeats} repeats")
 
     def dependency_graph() -> None:
         # forward_fn as ChannelGraph calls the model: tp's default `model(*x)` would unpack the batch dimension
@@ -74,10 +72,8 @@ def main() -> None:
         fwd.append(timed(forward))
     graph = ChannelGraph(model, x)
     n_prunable = sum(g.prunable for g in graph.channel_groups)
-    print(
-        f"channel groups: {len(graph.channel_groups)} ({n_prunable} prunable), "
-        f"layer groups: {len(graph.layer_groups())}"
-    )
+    print(f"channel groups: {len(graph.channel_groups)} ({n_prunable} prunable), "
+          f"layer groups: {len(graph.layer_groups())}")
     for k, clock in enumerate(("wall", "cpu")):
         t_base = statistics.median(t[k] for t in base)
         t_ours = statistics.median(t[k] for t in ours)
@@ -85,12 +81,10 @@ def main() -> None:
         best = min(t[k] for t in ours) / min(t[k] for t in base)
         # each ChannelGraph build against the DependencyGraph build run just before it: steadier under load
         paired = statistics.median(o[k] / b[k] for o, b in zip(ours, base, strict=True))
-        print(
-            f"[{clock}] torch-pruning DependencyGraph build: {t_base:.3f} s, "
-            f"grouppruner ChannelGraph build: {t_ours:.3f} s, "
-            f"ratio {paired:.2f} (median of {args.repeats} paired runs; target <= 1.3; ratio of medians "
-            f"{t_ours / t_base:.2f}, of minima {best:.2f}); the traced forward alone: {t_fwd:.3f} s (medians)"
-        )
+        print(f"[{clock}] torch-pruning DependencyGraph build: {t_base:.3f} s, "
+              f"grouppruner ChannelGraph build: {t_ours:.3f} s, "
+              f"ratio {paired:.2f} (median of {args.repeats} paired runs; target <= 1.3; ratio of medians "
+              f"{t_ours / t_base:.2f}, of minima {best:.2f}); the traced forward alone: {t_fwd:.3f} s (medians)")
 
     # The probe on its own: one channel fewer in every prunable group, the model run once on the meta device.
     probe_cpu = []
@@ -130,11 +124,9 @@ def main() -> None:
                 graph.remove_channels(name, list(range(0, graph.group(name).size, 3)))
 
         removal.append(timed(remove_all))
-    print(
-        f"remove_channels on all {n_prunable} prunable groups (a third of each): "
-        f"{statistics.median(t[0] for t in removal):.3f} s wall, "
-        f"{statistics.median(t[1] for t in removal):.3f} s cpu (medians)"
-    )
+    print(f"remove_channels on all {n_prunable} prunable groups (a third of each): "
+          f"{statistics.median(t[0] for t in removal):.3f} s wall, "
+          f"{statistics.median(t[1] for t in removal):.3f} s cpu (medians)")
 
     if not args.yolov4_only:
         zoo_ratios(args.repeats)
@@ -164,10 +156,8 @@ def zoo_ratios(repeats: int) -> None:
         except Exception as err:  # what a user of Torch-Pruning alone meets on this model
             print(f"[cpu] zoo {name}: ChannelGraph {ours * 1e3:.1f} ms; torch-pruning fails ({type(err).__name__})")
             continue
-        print(
-            f"[cpu] zoo {name}: ChannelGraph {ours * 1e3:.1f} ms, DependencyGraph {base * 1e3:.1f} ms, "
-            f"ratio {ours / base:.2f}"
-        )
+        print(f"[cpu] zoo {name}: ChannelGraph {ours * 1e3:.1f} ms, DependencyGraph {base * 1e3:.1f} ms, "
+              f"ratio {ours / base:.2f}")
 
 
 def retinanet_ratio(repeats: int) -> None:
@@ -188,10 +178,8 @@ def retinanet_ratio(repeats: int) -> None:
     base = [timed(lambda: tp.DependencyGraph().build_dependency(model, x)) for _ in range(repeats)]
     wall, cpu = (statistics.median(t[i] for t in ours) for i in (0, 1))
     base_wall = statistics.median(t[0] for t in base)
-    print(
-        f"[wall] RetinaNet (ResNet-50-FPN) 320x320: ChannelGraph {wall:.2f} s (cpu {cpu:.2f} s), "
-        f"DependencyGraph {base_wall:.2f} s, ratio {wall / base_wall:.2f} (target: under 30 s)"
-    )
+    print(f"[wall] RetinaNet (ResNet-50-FPN) 320x320: ChannelGraph {wall:.2f} s (cpu {cpu:.2f} s), "
+          f"DependencyGraph {base_wall:.2f} s, ratio {wall / base_wall:.2f} (target: under 30 s)")
 
 
 if __name__ == "__main__":

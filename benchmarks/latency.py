@@ -127,8 +127,8 @@ def main() -> None:
     runners: dict[tuple[str, str, int], Callable[[], float]] = {}
     for threads in args.threads:
         for name, model in fused.items():
-            runners[(name, "eager", threads)] = lambda m=model, t=threads: measure_latency(
-                m, x, repeats=repeats, warmup=1, threads=t
+            runners[(name, "eager", threads)] = (
+                lambda m=model, t=threads: measure_latency(m, x, repeats=repeats, warmup=1, threads=t)
             )
             ort_run = _ort_runner(model, x, threads)
             runners[(name, "onnxruntime", threads)] = lambda r=ort_run: _time(r, repeats)
@@ -172,7 +172,9 @@ def main() -> None:
     lines += ["", "Prediction error of the latency model (predicted / measured eager - 1, pruned arms):"]
     for threads in args.threads:
         errors = [r["predicted"] / r["eager"] - 1 for (n, t), r in results.items() if t == threads and n != "dense"]
-        lines.append(f"- {threads} threads: median {np.median(errors):+.1%}, worst {max(errors, key=abs):+.1%}")
+        lines.append(
+            f"- {threads} threads: median {np.median(errors):+.1%}, worst {max(errors, key=abs):+.1%}"
+        )
     lines += ["", "Goals (issue 13), eager, per thread count:"]
     for threads in args.threads:
         dense_eager = measured[("dense", "eager", threads)]

@@ -21,12 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reach import measure_reach
 
 MODELS = [
-    ("timm", "cspdarknet53"),
-    ("timm", "hrnet_w18_small"),
-    ("torchvision", "resnext50_32x4d"),
-    ("torchvision", "regnet_y_400mf"),
-    ("torchvision", "shufflenet_v2_x0_5"),
-    ("timm", "mobilevitv2_050"),
+    ("timm", "cspdarknet53"), ("timm", "hrnet_w18_small"), ("torchvision", "resnext50_32x4d"),
+    ("torchvision", "regnet_y_400mf"), ("torchvision", "shufflenet_v2_x0_5"), ("timm", "mobilevitv2_050"),
 ]
 
 
@@ -57,14 +53,9 @@ def _kind(reason: str | None) -> str:
     if reason is None:
         return "solver"
     for key, label in (
-        ("breaks the forward", "probe"),
-        ("shuffle", "shuffle"),
-        ("min_channels", "min_channels"),
+        ("breaks the forward", "probe"), ("shuffle", "shuffle"), ("min_channels", "min_channels"),
         ("single channel unit", "one unit"),
-        ("model output", "output"),
-        ("split", "split"),
-        ("reshape", "reshape"),
-        ("regroups", "reshape"),
+        ("model output", "output"), ("split", "split"), ("reshape", "reshape"), ("regroups", "reshape"),
     ):
         if key in reason:
             return label

@@ -39,10 +39,8 @@ def main() -> None:
         )
         start = time.perf_counter()
         result = RecipeRun(config, checkpoints=checkpoints).run_stage("recovered")
-        print(
-            f"recover_lr {lr:g}: recovered mAP@0.5 {result.map50:.4f} ({result.map50 / dense:.1%} of dense), "
-            f"{time.perf_counter() - start:.0f} s"
-        )
+        print(f"recover_lr {lr:g}: recovered mAP@0.5 {result.map50:.4f} ({result.map50 / dense:.1%} of dense), "
+              f"{time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps of each kind per policy")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    busy = [multiprocessing.Process(target=_spin, args=(time.time() + 3600,), daemon=True) for _ in range(args.busy)]
+    busy = [
+        multiprocessing.Process(target=_spin, args=(time.time() + 3600,), daemon=True) for _ in range(args.busy)
+    ]
     for process in busy:
         process.start()
     results = {}

@@ -145,7 +145,9 @@ class PlanSearch:
             ``torch.no_grad()``: a held-out mAP, accuracy or loss.
         calibration: model inputs for :func:`~grouppruner.pruning.recalibrate_batchnorm`, iterated once per
             candidate (a list or a ``DataLoader``; fixed batches make the candidates comparable).
-        target_params, target_macs, target_latency: the budget, exactly one, as for :meth:`GroupPruner.plan`.
+        target_params: the budget (exactly one of the three), as for :meth:`GroupPruner.plan`.
+        target_macs: the budget as a fraction of the MACs.
+        target_latency: the budget as a fraction of the predicted latency.
         latency_model: for ``target_latency`` / ``latency_weight``, as for :meth:`GroupPruner.plan`.
         latency_weight: as for :meth:`GroupPruner.plan`; applies to every candidate.
         candidates: how many candidates to score in all (the solver's plan included), >= 1.

@@ -296,7 +296,7 @@ def run_queue(args: argparse.Namespace, context: Context) -> None:
             try:
                 with RunLock(folder):
                     if read_result(folder, spec.digest(context.settings)) is None:
-                        _run_one(spec, context, done, commit=not args.quick)
+                        _run_one(spec, context, done, args.results)
                 break  # the list may have grown (the best Torch-Pruning arm): start again from the top
             except UsageError:
                 busy = True  # another worker holds it
@@ -307,14 +307,14 @@ def run_queue(args: argparse.Namespace, context: Context) -> None:
             time.sleep(10)
 
 
-def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult], commit: bool) -> None:
+def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult], results: Path | None) -> None:
     started = time.strftime("%H:%M:%S")
     print(f"[{started}] {spec.key}: {spec.label or spec.kind} ...", flush=True)
     result = run_arm(spec, context, done)
     result.digest = spec.digest(context.settings)
     write_result(context.folder(spec.key), result)
-    if commit:
-        committed = RESULTS / f"{spec.key}.json"
+    if results is not None:
+        committed = results / f"{spec.key}.json"
         committed.parent.mkdir(parents=True, exist_ok=True)
         write_result(committed.parent, result, name=committed.name)
     print(
@@ -331,8 +331,8 @@ def finished(args: argparse.Namespace, context: Context) -> dict[str, ArmResult]
         for spec in arm_list(every_part, done):
             digest = spec.digest(context.settings)
             result = read_result(context.folder(spec.key), digest)
-            if result is None and not args.quick:
-                result = read_result(RESULTS, digest, name=f"{spec.key}.json")
+            if result is None and args.results is not None:
+                result = read_result(args.results, digest, name=f"{spec.key}.json")
             if result is not None:
                 done[spec.key] = result
     return done
@@ -453,6 +453,54 @@ def headline(budget: float, arms: Sequence[ArmResult], reference: ArmResult | No
     )
 
 
+def diagnosis_table(arms: Sequence[ArmResult]) -> str:
+    """Widths (rows) against weights (columns), all fine-tuned alike, seed 0; empty before any diagnosis arm ends."""
+    found = {(a.extra["widths_of"], a.extra["weights_of"]): a.final for a in arms if a.family == "diagnosis"}
+    if not found:
+        return ""
+    own = {
+        "ours": next((a.final for a in arms if a.label.startswith("ours, fine-tune only") and a.seed == 0), None),
+        "slimming": next((a.final for a in arms if DIAGNOSIS_SLIMMING in a.key and a.family == "torch-pruning"), None),
+    }
+    other = {"ours": "slimming", "slimming": "ours"}
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [
+        "Diagnosis (seed 0, every cell fine-tuned alike): final mAP@0.5 of each architecture by where its weights "
+        "came from.",
+        "",
+        "| widths of | its own sparse model | the other method's sparse model | fresh initialisation |",
+        "|---|---|---|---|",
+    ]
+    for widths in ("ours", "slimming"):
+        lines.append(
+            f"| {widths} | {cell(own[widths])} | {cell(found.get((widths, other[widths])))} "
+            f"| {cell(found.get((widths, 'reinit')))} |"
+        )
+    return "\n".join(lines)
+
+
+def search_lines(arms: Sequence[ArmResult]) -> str:
+    """Per search arm: the chosen candidate, its score against the solver's, and the cost in training epochs."""
+    lines = []
+    for arm in (a for a in arms if a.family == "ours-search"):
+        extra = arm.extra
+        best, scores = extra["search_best"], extra["search_scores"]
+        solver = scores.get("0:solver")
+        ratio = extra.get("candidate_per_epoch")
+        lines.append(
+            f"- search, seed {arm.seed}: candidate {best['index']} ({best['kind']}) chosen, mAP@0.5 on the search "
+            f"split {best['score']:.3f} against the solver's plan {solver if solver is None else f'{solver:.3f}'}; "
+            f"{len(scores)} candidates scored in {extra['search_seconds'] / 60:.1f} min, "
+            f"{extra['seconds_per_candidate']:.0f} s each"
+            + (f" = {ratio:.2f} recovery epochs" if ratio else "")
+            + "."
+        )
+    return "\n".join(lines)
+
+
 def draw(arms: Sequence[ArmResult], teacher: ArmResult, reference: ArmResult | None, path: Path) -> None:
     """mAP@0.5 against params (% of the teacher): ours and the best Torch-Pruning arm per budget, seeds as dots."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -507,6 +555,7 @@ def report(args: argparse.Namespace, base: RecipeConfig, context: Context, teach
             budget_table(here, teacher, reference),
             headline(budget, here, reference),
         ]
+        parts += [text for text in (diagnosis_table(here), search_lines(here)) if text]
     parts.append(
         f"{'--quick' if args.quick else 'full'} run; "
         + ("" if args.report else f"{minutes:.0f} min in this call on {args.threads} threads ({args.jobs} worker(s)); ")
@@ -567,6 +616,7 @@ def _workers(args: argparse.Namespace) -> None:
     command += ["--quick"] * args.quick + ["--no-ablations"] * args.no_ablations
     command += ["--only", *args.only] if args.only else []
     command += ["--teacher-checkpoint", str(args.teacher_checkpoint)] if args.teacher_checkpoint else []
+    command += ["--results", str(args.results)] if args.results else []
     workers = [subprocess.Popen(command) for _ in range(args.jobs)]
     failed = [w.args for w in workers if w.wait() != 0]
     if failed:
@@ -586,8 +636,13 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="write the tables from the finished arms only")
     parser.add_argument("--teacher-checkpoint", type=Path, help="a dense checkpoint trained with these settings")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the tables in {DOCS}")
+    parser.add_argument(
+        "--results", type=Path, help=f"the finished arms' records to read and write (full runs: {RESULTS})"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.results is None and not args.quick:
+        args.results = RESULTS  # a smoke run's records are not for keeping
     if args.jobs < 1 or args.threads < 1 or not all(0 < b < 1 for b in args.budgets):
         parser.error("--jobs and --threads take positive integers, --budgets fractions in (0, 1)")
     if args.write_docs and args.quick:
@@ -606,7 +661,11 @@ def main() -> None:
         base,
         teacher_path,
         args.out,
-        {**dataclasses.asdict(base), "teacher": file_record(teacher_path.parent, teacher_path)["sha256"][:16]},
+        # what every arm computes from: the work folder's path is not part of it, the teacher's bytes are
+        {
+            **{k: v for k, v in dataclasses.asdict(base).items() if k != "out_dir"},
+            "teacher": file_record(teacher_path.parent, teacher_path)["sha256"][:16],
+        },
     )
     if not args.report:
         if args.worker or args.jobs == 1:

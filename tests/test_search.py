@@ -141,7 +141,8 @@ def test_every_scored_candidate_meets_the_budget_on_the_pruned_model(mode: str) 
         pruner, evaluate=evaluate, calibration=CALIBRATION, candidates=8, latency_model=latency, **{mode: 0.5}
     ).run()
     scored = [r for r in result.records if r.score is not None]
-    assert len(scored) >= 3 and {r.kind for r in scored} == {"solver", "perturb", "random"}
+    assert len(scored) >= 3 and {"solver", "perturb", "random"} <= {r.kind for r in scored}
+    assert [r.kind for r in result.records[:2]] == ["solver", "uniform"]
     assert len({json.dumps(r.widths, sort_keys=True) for r in scored}) == len(scored)  # distinct width vectors
     for record, value in zip(scored, measured, strict=True):
         assert abs(value - 0.5) <= 0.01 * 0.5, (record.kind, value)

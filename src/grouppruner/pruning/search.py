@@ -8,6 +8,9 @@ is applied to a copy of the model, has its BatchNorm statistics recomputed on a 
 (:func:`~grouppruner.pruning.recalibrate_batchnorm`), and is scored by the user's ``evaluate(model)``. Candidates:
 
 - index 0, ``"solver"``: the plan :meth:`GroupPruner.plan` makes for the budget;
+- index 1, ``"uniform"``: every layer group loses the same share of its channels (``normalise="rank"``), the
+  uniform ratio of Torch-Pruning's usual recipe, at the same cost;
+- then, in turn, ``"random"`` and ``"perturb"`` (``perturb_share`` of them), from index 2 on:
 - ``"perturb"``: the solver's ranking with every layer group's pressure scaled by ``exp(sigma * z)``, ``z`` drawn
   from a standard normal (``layer_group_bias``): widths near the solver's;
 - ``"random"``: every layer group loses a share of its channels proportional to a factor drawn uniformly from
@@ -49,7 +52,7 @@ __all__ = ["CANDIDATE_KINDS", "Candidate", "CandidateRecord", "PlanSearch", "Sea
 
 logger = logging.getLogger(__name__)
 
-CANDIDATE_KINDS: tuple[str, ...] = ("solver", "perturb", "random")
+CANDIDATE_KINDS: tuple[str, ...] = ("solver", "uniform", "perturb", "random")
 """The kinds of candidate :class:`PlanSearch` proposes (see the module doc)."""
 
 _STATE_VERSION = 1
@@ -150,8 +153,9 @@ class PlanSearch:
         target_latency: the budget as a fraction of the predicted latency.
         latency_model: for ``target_latency`` / ``latency_weight``, as for :meth:`GroupPruner.plan`.
         latency_weight: as for :meth:`GroupPruner.plan`; applies to every candidate.
-        candidates: how many candidates to score in all (the solver's plan included), >= 1.
-        perturb_share: the share of the other candidates that perturb the solver's plan; the rest are random.
+        candidates: how many candidates to score in all (the solver's plan and the uniform one included), >= 1.
+        perturb_share: the share of the drawn candidates (index 2 on) that perturb the solver's plan; the rest
+            are random.
         sigma: the spread of the perturbations (the standard deviation of the log pressure factors), > 0.
         calibration_batches: batches used per candidate to recompute BatchNorm statistics, >= 1.
         mode: ``"max"`` when a higher score is better (mAP), ``"min"`` when lower is (a loss).
@@ -227,8 +231,10 @@ class PlanSearch:
         """Candidate ``index`` (a function of ``seed`` and ``index`` only)."""
         if index == 0:
             return Candidate(0, "solver", {}, "max")
-        previous = index - 1
-        perturb = math.floor(index * self.perturb_share) > math.floor(previous * self.perturb_share)
+        if index == 1:
+            return Candidate(1, "uniform", {}, "rank")
+        drawn = index - 1  # 1, 2, ...: the share of perturbations is kept over every prefix
+        perturb = math.floor(drawn * self.perturb_share) > math.floor((drawn - 1) * self.perturb_share)
         rng = np.random.default_rng([self.seed, index])
         groups = list(self.pruner.layer_groups)
         if perturb:

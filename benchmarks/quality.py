@@ -19,15 +19,28 @@ budgets (35 % and 15 % of the teacher's params):
   distillation term alone, the attention weight (1, 3, 10, 30), the distilled layers (backbone, neck, both), and
   of the method (constant L1, one global threshold, the dynamic rule's ``keep`` and ``warmup``).
 
+At the tight budget two more parts study why ours loses there (issue 27):
+
+- ``search``: ours with the plan chosen by ``PlanSearch`` on ours' sparse model (scored on a generated split of
+  its own), then ours' recovery; seed 0 first, seeds 1 and 2 last;
+- ``diagnosis`` (seed 0): ours' and slimming's (rate 0.03) widths, each cut from the other's sparse model and from
+  a fresh initialisation, fine-tuned like the Torch-Pruning arms, next to ours fine-tune only and slimming.
+
 Every arm runs in its own folder under ``--out`` and writes ``arm.json`` when it ends; a rerun skips finished arms
-and resumes a killed one at its last epoch. ``--jobs N`` runs N worker processes (each takes the next arm that no
-other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``, ``ablations``); ``--report`` only
-writes the tables and the figure from the finished arms.
+and resumes a killed one at its last epoch. A full run also writes each finished arm's record to ``--results``
+(default ``benchmarks/results/quality/<arm>.json``, committed with the code): a later run in a fresh work folder
+skips those arms and reruns only finished arms whose checkpoints a pending arm needs. Digests cover the arm's spec,
+the settings (not the work folder's path) and the teacher's bytes; the teacher trains deterministically on one
+thread, so a later session that retrains it gets the same digests. ``--jobs N`` runs N worker processes (each
+takes the next arm that no other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``,
+``ablations``, ``search``, ``diagnosis``); ``--report`` only writes the tables and the figure from the finished
+arms.
 
 Usage::
 
     python benchmarks/quality.py --quick --jobs 2         # smoke run (not for quoting), a few minutes on 2 cores
     python benchmarks/quality.py --jobs 2 --write-docs    # the full run; rewrites docs/benchmarks.md's tables
+    nice -n 15 python benchmarks/quality.py --budgets 0.15 --only search diagnosis --threads 1   # issue 27's parts
 
 The tables go to stdout and ``<out>/quality.md``, the figure to ``<out>/quality.png``; ``--write-docs`` (full run
 only) also replaces the part of ``docs/benchmarks.md`` between the ``quality:begin`` / ``quality:end`` markers and

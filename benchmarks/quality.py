@@ -404,6 +404,24 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
     return path, teacher
 
 
+def check_teacher(results: Path, sha256: str, map50: float, threads: int) -> None:
+    """Record the teacher of the committed arm records, or warn when this one differs (then none of them match)."""
+    record = results / "teacher.json"
+    mine = {"sha256": sha256, "map50": round(map50, 4), "threads": threads}
+    if not record.is_file():
+        results.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+        return
+    theirs = json.loads(record.read_text(encoding="utf-8"))
+    if theirs.get("sha256") != sha256:
+        print(
+            f"quality.py: warning: the records in {results} come from teacher {theirs.get('sha256')} (mAP@0.5 "
+            f"{theirs.get('map50')}, trained on {theirs.get('threads')} thread(s)); this teacher is {sha256} "
+            f"({map50:.4f}, {threads} thread(s)): no record matches, every arm runs again",
+            flush=True,
+        )
+
+
 def _cell(values: Sequence[float | None], percent_of: float | None = None) -> str:
     present = [v for v in values if v is not None]
     if not present:
@@ -680,6 +698,8 @@ def main() -> None:
             "teacher": file_record(teacher_path.parent, teacher_path)["sha256"][:16],
         },
     )
+    if args.results is not None and not args.worker:
+        check_teacher(args.results, context.settings["teacher"], teacher.final, args.threads)
     if not args.report:
         if args.worker or args.jobs == 1:
             run_queue(args, context)

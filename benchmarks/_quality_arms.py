@@ -42,12 +42,12 @@ from torch import nn
 from grouppruner.checkpoint import atomic_write, load_pruned, save_pruned
 from grouppruner.detection import YOLOv4
 from grouppruner.detection.data import VOCDetection, collate
-from grouppruner.detection.recipe import RecipeConfig, RecipeRun, sparse_optimizer
 from grouppruner.detection.synthetic import make_synthetic_voc
 from grouppruner.detection.train import evaluate
 from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
-from grouppruner.pruning import GroupPruner
+from grouppruner.pruning import GroupPruner, PlanSearch
+from grouppruner.recipe import RecipeConfig, RecipeRun, sparse_optimizer
 
 DONE = "arm.json"
 
@@ -370,7 +370,8 @@ def _ours_search(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult])
         )
         loader = _search_loader(context)
         started = time.perf_counter()
-        result = pruner.search(
+        result = PlanSearch(
+            pruner,
             target_params=spec.budget,
             evaluate=lambda m: float(evaluate(m, loader)["map"]),
             calibration=_calibration(context, run),
@@ -378,7 +379,7 @@ def _ours_search(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult])
             candidates=candidates,
             seed=spec.seed,
             state_path=run.out / "search.json",
-        )
+        ).run()
         pruner.apply(result.plan)
         kept = {lg.name: lg.channels_after / max(lg.channels_before, 1) for lg in result.plan.layer_groups}
         search = {

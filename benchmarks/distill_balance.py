@@ -28,11 +28,11 @@ from quality import FULL
 
 from grouppruner.checkpoint import load_pruned
 from grouppruner.detection.distill import YoloOutputDistill
-from grouppruner.detection.recipe import RecipeConfig, RecipeRun, load_weights
-from grouppruner.detection.stages import distilled_layers
 from grouppruner.distill import AttentionDistiller, gradient_norms
 from grouppruner.graph import ChannelGraph
 from grouppruner.pruning import GroupPruner
+from grouppruner.recipe import RecipeConfig, RecipeRun, load_weights
+from grouppruner.recipe.stages import distilled_layers
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ import torch
 from _quality_arms import CALIBRATION_BATCHES, Context, _calibration, _search_loader
 from quality import FULL
 
-from grouppruner.detection.recipe import RecipeConfig, RecipeRun, load_weights
 from grouppruner.detection.train import evaluate
 from grouppruner.graph import ChannelGraph
 from grouppruner.pruning import GroupPruner, PlanSearch
+from grouppruner.recipe import RecipeConfig, RecipeRun, load_weights
 
 
 def main() -> None:

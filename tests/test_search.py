@@ -188,13 +188,14 @@ def test_search_is_deterministic_by_seed() -> None:
     def run(seed: int) -> list[tuple[object, ...]]:
         pruner = make_pruner()
         return records(
-            pruner.search(
+            PlanSearch(
+                pruner,
                 evaluate=output_match(copy.deepcopy(pruner.model)),
                 calibration=CALIBRATION,
                 target_macs=0.5,
                 candidates=5,
                 seed=seed,
-            )
+            ).run()
         )
 
     first = run(3)

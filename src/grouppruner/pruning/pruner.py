@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -49,9 +49,6 @@ from .plan import (
     scored_weights_digest,
 )
 
-if TYPE_CHECKING:
-    from .search import SearchResult
-
 __all__ = ["GroupPruner"]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +73,7 @@ class GroupPruner:
             ``importance(model, group)`` returning (size,) or (L, size) scores. Default ``"auto"``
             (:class:`~grouppruner.pruning.AutoImportance`): |gamma| where the group has a BatchNorm, else its
             GroupNorm / LayerNorm scale, else the per-layer-normalised L2 norm of its producers' filters; the plan
-            records per group which score was used. ``"bn_l1"`` (:class:`~grouppruner.pruning.BNScale`) leaves
+            records per group which score was used. ``"bn_l1"`` (:class:`~grouppruner.pruning.BNScaleImportance`) leaves
             groups without a BatchNorm alone; ``"norm_l1"``, ``"filter_l1"``, ``"filter_l2"`` name the others.
         min_channels: every layer keeps at least this many channels (or all of them if it has fewer); in a
             grouped conv, where one group channel is one channel per conv group, the minimum counts layer
@@ -483,20 +480,6 @@ class GroupPruner:
             input_shapes=_input_shapes(self.example_inputs),
             weights_digest=scored_weights_digest(self.model, [m.group for m in members]),
         )
-
-    def search(self, **options: Any) -> SearchResult:
-        """Choose the plan for a budget by measured accuracy: ``PlanSearch(self, **options).run()``.
-
-        Args:
-            options: the keyword arguments of :class:`~grouppruner.pruning.PlanSearch` (``evaluate``,
-                ``calibration``, one budget, ``candidates``, ``seed``, ``state_path``, ...).
-
-        Returns:
-            The :class:`~grouppruner.pruning.SearchResult`; apply ``result.plan`` with :meth:`apply`.
-        """
-        from .search import PlanSearch  # search.py builds on this module
-
-        return PlanSearch(self, **options).run()
 
     # ------------------------------------------------------------------ applying
 

@@ -41,6 +41,7 @@ from torch import nn
 
 from .._utils.calls import ForwardFn
 from .._utils.errors import CheckpointError, InvalidOptionError, NonFiniteError, UsageError
+from .._utils.io import atomic_write
 from ..latency import LatencyModel
 from .calibrate import recalibrate_batchnorm
 from .plan import TARGET_MODES, PruningPlan, model_fingerprint, scored_weights_digest
@@ -337,8 +338,6 @@ class PlanSearch:
         Raises:
             InvalidOptionError: no candidate met the budget, or ``state_path`` holds another search.
         """
-        from ..checkpoint import atomic_write  # checkpoint.py imports this package
-
         if self.state_path is not None and self.state_path.is_file():
             self.load_state_dict(_read_state(self.state_path))
             logger.info("PlanSearch: resumed %d scored candidates from %s", len(self.records), self.state_path)

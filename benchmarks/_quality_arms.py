@@ -388,7 +388,8 @@ def _ours_search(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult])
             "seconds": result.seconds,
             "wall_seconds_this_call": time.perf_counter() - started,
         }
-        stage = run.result("pruned", model, {"plan": result.plan.summary(), "kept_channels": kept, "search": search})
+        extra = {"plan": result.plan.summary(), "kept_channels": kept, "search": search}
+        stage = run.measure("pruned", model, run.save("pruned", model), extra)
         with atomic_write(run.out / "pruned.json") as file:
             file.write(json.dumps(dataclasses.asdict(stage), indent=2).encode())
     pruned = _stage_record(run.out, "pruned")

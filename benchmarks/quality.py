@@ -366,19 +366,19 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
         )
     args.out.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps(options, indent=2), encoding="utf-8")
-    run = RecipeRun(base)  # generates the data set in <out>/teacher/data the first time
+    run = RecipeRun(base)
     if args.teacher_checkpoint is not None:
         path = args.teacher_checkpoint
         if not path.is_file():
             raise SystemExit(f"quality.py: teacher checkpoint {path}: no such file")
     else:
         path = Path(base.out_dir) / "dense.pt"
-        with RunLock(run.out):
-            if not path.is_file():
-                print(
-                    f"[{time.strftime('%H:%M:%S')}] training the teacher ({base.dense_epochs} epochs) ...", flush=True
-                )
-                run.run_stage("dense")
+    run.out.mkdir(parents=True, exist_ok=True)
+    with RunLock(run.out):
+        run.prepare()  # generates the data set in <out>/teacher/data the first time: every arm reads it
+        if args.teacher_checkpoint is None and not path.is_file():
+            print(f"[{time.strftime('%H:%M:%S')}] training the teacher ({base.dense_epochs} epochs) ...", flush=True)
+            run.run_stage("dense")
     model = run.new_model()
     try:
         load_weights(model, path)

@@ -131,26 +131,21 @@ class RecipeConfig:
         prune_scope: ``"group"``: one threshold per layer group (the paper's grouping by feature stride and
             module structure, ``ChannelGraph.layer_groups()``); ``"global"``: one threshold over all channels.
         min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
-        search_candidates: with ``prune_by="params"``, choose the plan by measured accuracy: a
-            :class:`~grouppruner.pruning.PlanSearch` of this many candidates of the same parameter count (the
-            solver's plan first), each with its BatchNorm statistics recomputed on the first 8 batches of the
-            training split (no augmentation) and scored by mAP@0.5 on the next 8 (EagleEye scores on training
-            images too; the validation split the stages report stays out of the choice); resumable from
-            ``search.json`` in the run folder. 0 (default): the solver's plan, no search. The default stays 0
-            until ``benchmarks/quality.py`` has measured whether the search helps; one candidate costs about a
-            quarter of a training epoch on the demo (``benchmarks/search_cost.py``).
+        search_candidates: with ``prune_by="params"``, a :class:`~grouppruner.pruning.PlanSearch` of this many
+            plans of the same size chooses the plan: BatchNorm statistics recomputed on the first 8 batches of the
+            training split (no augmentation), mAP@0.5 on the next 8 (training images, as EagleEye; the validation
+            split stays out of the choice); resumable (``search.json``). 0 (default, until ``quality.py`` has
+            measured it): the solver's plan. A candidate costs about a quarter of a training epoch on the demo.
         recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``); the
             dense stage's rate: from the demo's pruned model, 24 recovery epochs reached mAP 0.573 / 0.580 / 0.592 /
             0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594; ``benchmarks/recover_lr.py``).
         finetune_epochs: the first this many recovery epochs fine-tune on the detection loss alone; the
             remaining ``recover_epochs - finetune_epochs`` add the distillation terms (the paper fine-tunes
             the pruned model before distilling).
-        distill_off_epochs: the last this many recovery epochs train on the detection loss alone again, with
-            the distillation terms off (RTMDet switches its strong augmentation off for the last epochs the same
-            way); ``finetune_epochs + distill_off_epochs`` must not exceed ``recover_epochs``. 0 (default):
-            distil to the end. Not yet chosen by measurement. The recovery logs how strongly each distillation
-            term pulls on the student against the detection loss (gradient norms,
-            :class:`~grouppruner.distill.GradientBalance`) and records the means in ``gradient_ratio``.
+        distill_off_epochs: the last this many recovery epochs train on the detection loss alone (as RTMDet
+            ends without its strong augmentation); at most ``recover_epochs - finetune_epochs``. 0 (default, not
+            yet measured): distil to the end. The recovery logs each distillation term's gradient norm against
+            the detection loss's (:class:`~grouppruner.distill.GradientBalance`), means in ``gradient_ratio``.
         teacher: ``"dense"`` (the original model, as in the paper) or ``"sparse"`` (the model that was pruned).
         distill_weight: weight of the spatial-attention distillation loss
             (:class:`~grouppruner.distill.AttentionDistiller` on ``YOLOv4.distill_layers``); 0 disables it.

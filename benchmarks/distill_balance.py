@@ -5,8 +5,8 @@ output-level loss to the detection loss. This script measures, on ``--steps`` tr
 ``quality.py``'s data, the L2 norm of each weighted term's gradient with respect to the student's parameters
 (``gp.distill.gradient_norms``: ``torch.autograd.grad``, no optimizer step) and prints the median ratio of each to
 the detection term's, at the recipe's default weights. The student is ``--student`` (a ``save_pruned`` file,
-e.g. the ``pruned.pt`` of a recipe run, the moment its distillation starts after fine-tuning) or the teacher
-pruned to ``--target`` of its params by the budget solver.
+e.g. the ``pruned.pt`` of a recipe run, where its recovery starts) or the teacher pruned to ``--target`` of its
+params by the budget solver.
 
 Usage::
 

@@ -385,6 +385,7 @@ def test_an_epoch_state_of_other_options_or_epochs_is_discarded_not_resumed(tiny
 def test_discard_epoch_states_removes_what_train_left_and_nothing_else(tiny_run, tmp_path):
     config, _ = tiny_run
     run = RecipeRun(_beside(config, tmp_path))
+    run.prepare()
     other = tmp_path / "r" / "dense.epoch.pt"  # not written by this run's train(): stays
     other.write_bytes(b"state")
     _train(run, 1, "sparse")

@@ -434,12 +434,12 @@ class RecipeRun:
         """
         if stage not in STAGE_FUNCTIONS:
             raise InvalidOptionError(f"unknown stage {stage!r}; stages: {STAGES}")
+        self.prepare()  # before the seeding: whichever stage runs first, the stages draw the same numbers
         # Each stage draws its randomness from its own seed, so a stage gives the same result whether the
         # stages before it ran in this process or were read back from their checkpoints.
         stage_seed = self.config.seed * len(STAGES) + STAGES.index(stage)
         torch.manual_seed(stage_seed)
         self.generator.manual_seed(stage_seed)
-        self.prepare()
         self._state_files = []
         self._files = []
         model, extra = STAGE_FUNCTIONS[stage](self)

@@ -103,6 +103,9 @@ def test_every_option_belongs_to_a_stage():
     assert first_changed_stage(saved, dataclasses.replace(base, out_dir="elsewhere")) is None
     assert first_changed_stage(saved, dataclasses.replace(base, target_params=0.5, recover_epochs=3)) == "pruned"
     assert first_changed_stage({**saved, "unknown": 1}, base) == "dense"
+    older = {k: v for k, v in saved.items() if k != "target_params"}  # written before the option existed
+    assert first_changed_stage(older, dataclasses.replace(base, target_params=RecipeConfig.target_params)) is None
+    assert first_changed_stage(older, base) == "pruned"  # the option was set away from its default
     assert first_changed_stage(saved, dataclasses.replace(base, device="auto")) is None  # resumes elsewhere
 
 

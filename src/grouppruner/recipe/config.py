@@ -405,7 +405,15 @@ def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> st
     keys = (set(before) | set(current)) - set(_NOT_STAGE_OPTIONS)
     if "cfg_sha256" not in before:  # results.json of an earlier version: the cfg was recorded by path only
         keys.discard("cfg_sha256")
-    changed = [k for k in keys if before.get(k) != current.get(k)]
+    # An option added since the folder was written changes nothing while it keeps its default (the old behaviour).
+    defaults = _comparable(
+        {
+            f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(RecipeConfig)
+            if f.name not in before and (f.default, f.default_factory) != (dataclasses.MISSING, dataclasses.MISSING)
+        }
+    )
+    changed = [k for k in keys if before.get(k, defaults.get(k)) != current.get(k)]
     stages = [STAGE_OF_OPTION.get(k, "dense") for k in changed]
     if changed:
         first = min(stages, key=STAGES.index)

@@ -75,7 +75,7 @@ def test_building_a_recipe_run_reads_and_writes_nothing(tmp_path):
         ("grouppruner.detection:RecipeConfig", "grouppruner.recipe:RecipeConfig"),
         ("grouppruner.detection:run_recipe", "grouppruner.recipe:run_recipe"),
         ("grouppruner.detection.recipe:RecipeRun", "grouppruner.recipe:RecipeRun"),
-        ("grouppruner.detection.config:load_recipe_config", "grouppruner.recipe.config:load_recipe_config"),
+        ("grouppruner.detection.config:load_recipe_config", "grouppruner.recipe.config_file:load_recipe_config"),
         ("grouppruner.detection.run_folder:RunLock", "grouppruner.run_folder:RunLock"),
         ("grouppruner.detection.distributed:Distributed", "grouppruner.recipe.distributed:Distributed"),
         ("grouppruner.detection.report:write_report", "grouppruner.recipe.report:write_report"),

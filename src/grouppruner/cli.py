@@ -251,7 +251,7 @@ def _omp_threads() -> int | None:
 def _recipe(args: argparse.Namespace) -> int:
     from .detection.data import VOC_CLASSES
     from .recipe import run_recipe
-    from .recipe.config import load_recipe_config
+    from .recipe.config_file import load_recipe_config
 
     overrides: dict[str, Any] = {
         "out_dir": args.out,

@@ -368,7 +368,7 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
         """Draw the random numbers that loading item ``index`` would, without loading it.
 
         Lets several processes walk one augmentation stream and each load only its share of a batch
-        (:class:`~grouppruner.detection.distributed.RankShard`).
+        (as the recipe's :class:`~grouppruner.recipe.distributed.RankShard` does).
         """
         if self.augment:
             self._draw_augmentation()

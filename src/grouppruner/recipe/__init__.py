@@ -13,7 +13,8 @@ Needs the ``detection`` extra. The run folder itself (lock, results, file record
 
 from __future__ import annotations
 
-from .config import STAGE_OF_OPTION, STAGES, RecipeConfig, first_changed_stage, load_recipe_config
+from .config import STAGE_OF_OPTION, STAGES, RecipeConfig, first_changed_stage
+from .config_file import load_recipe_config
 from .run import RecipeRun, StageResult, run_recipe
 from .stages import StageRun, distilled_layers, load_weights, sparse_optimizer
 

@@ -378,7 +378,7 @@ class RecipeRun:
         Its path (relative to the run folder), size and SHA-256 go into the stage's ``files`` in ``results.json``
         (:func:`~grouppruner.run_folder.file_record`); a later run skips the stage as done only if
         every registered file is still intact, and runs it again otherwise. Call it from the main process after
-        the file is complete (e.g. after :func:`~grouppruner.checkpoint.atomic_write`).
+        the file is complete (e.g. after :func:`~grouppruner._utils.io.atomic_write`).
         """
         self._files.append(Path(path))
 

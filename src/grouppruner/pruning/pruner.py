@@ -6,6 +6,7 @@ Scores come from an importance (:mod:`.importance`); budgets are solved by :mod:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
 from ..graph.groups import min_units
 from ..latency import LatencyModel
 from ..profile import record_positions
+from ..runtime import Runtime, resolve_runtime
 from .apply import apply_structure, check_plan
 from .budget import (
     BudgetSolution,
@@ -37,6 +39,7 @@ from .budget import (
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .importance import Coupling, Importance, ScoreFn, as_importance
 from .optimizer import remember_parameter_names
+from .verify import land_latency
 from .plan import (
     PLAN_MODES,
     TARGET_MODES,
@@ -76,11 +79,16 @@ class GroupPruner:
         min_channels: every layer keeps at least this many channels (or all of them if it has fewer); in a
             grouped conv, where one group channel is one channel per conv group, the minimum counts layer
             channels. Never violated.
-        round_to: if given, kept channel counts are multiples of it (a group smaller than that keeps all).
+        round_to: if given, kept channel counts are multiples of it (a group smaller than that keeps all);
+            default: the runtime's channel block (``None`` for a block of 1).
         coupling: how the per-layer scores of a channel group combine: ``"mean"`` (default), ``"max"`` or
             ``"vote"``; for an :class:`~grouppruner.pruning.Importance` object, set it on the object instead.
         example_inputs: inputs for the cost model and the folding probe; defaults to ``graph.example_inputs``.
         forward_fn: ``forward_fn(model, example_inputs)``; defaults to ``graph.forward_fn`` if set.
+        runtime: the runtime the pruned model ships on (:mod:`grouppruner.runtime`): ``"onnxruntime"`` (default,
+            :data:`~grouppruner.runtime.DEFAULT_RUNTIME`: kept widths on the CPU's vector block, latency measured
+            in onnxruntime's CPU execution provider), ``"torch"`` (eager PyTorch, any width), or a
+            :class:`~grouppruner.runtime.Runtime` naming threads or a block.
 
     Raises:
         ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice
@@ -99,6 +107,7 @@ class GroupPruner:
         coupling: Coupling | None = None,
         example_inputs: Any = None,
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+        runtime: str | Runtime | None = None,
     ) -> None:
         self.importance = as_importance(importance, coupling)
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
@@ -108,6 +117,9 @@ class GroupPruner:
         self.graph = graph
         self.model: nn.Module = graph.model
         self.min_channels = min_channels
+        self.runtime = resolve_runtime(runtime)
+        if round_to is None and self.runtime.channel_block > 1:
+            round_to = self.runtime.channel_block
         self.round_to = round_to
         self.example_inputs = example_inputs if example_inputs is not None else getattr(graph, "example_inputs", None)
         if self.example_inputs is None:
@@ -164,6 +176,7 @@ class GroupPruner:
         latency_model: LatencyModel | None = None,
         latency_weight: float = 0.0,
         strict: bool = False,
+        verify_steps: int = 3,
     ) -> PruningPlan:
         """Decide which channels to remove. Exactly one mode must be given.
 
@@ -177,8 +190,10 @@ class GroupPruner:
                 the predicted count lands within 1 % of the target; tied scores are split one channel at a time,
                 deterministically, so a model whose gammas all tie can be cut to any reachable target.
             target_macs: fraction of the current conv + linear MACs to keep, in (0, 1].
-            target_latency: fraction of the current latency to keep, in (0, 1], as predicted by ``latency_model``
-                (see :mod:`grouppruner.latency`); the plan lands within 1 % of the target *prediction*.
+            target_latency: fraction of the current latency to keep, in (0, 1], measured in the pruner's runtime
+                against the dense model (interleaved, see :mod:`grouppruner.pruning.verify`): the solver plans on
+                ``latency_model``'s prediction, then the pruned model is measured and the plan corrected up to
+                ``verify_steps`` times; ``plan.latency`` records the measurements.
             latency_model: the :class:`~grouppruner.latency.LatencyModel` for ``target_latency`` and
                 ``latency_weight``; measured on first need (and kept on the pruner) when not given.
             latency_weight: the latency / accuracy trade-off of the budget modes, >= 0. With 0 (default)
@@ -187,6 +202,8 @@ class GroupPruner:
                 removed from it, so that at equal scores the channels that cost more time go first (the
                 thresholds reported are then on this weighted score). Works with every target mode, e.g.
                 ``plan(target_params=0.35, latency_weight=1.0)``.
+            verify_steps: ``target_latency``: correction steps after the first plan (0: the first plan, measured
+                and recorded; ``None`` is not accepted: to skip measuring, plan ``target_macs``).
             strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
                 ``round_to`` allow, or between two channel steps) gives the closest reachable plan and a logged
                 warning with the value reached; ``strict=True`` raises instead.
@@ -216,6 +233,8 @@ class GroupPruner:
             raise InvalidOptionError(f"latency_weight must be >= 0, got {latency_weight}")
         if latency_weight > 0 and mode not in TARGET_MODES:
             raise InvalidOptionError(f"latency_weight applies to the target modes, not to {mode}")
+        if isinstance(verify_steps, bool) or not isinstance(verify_steps, int) or verify_steps < 0:
+            raise InvalidOptionError(f"verify_steps must be an int >= 0, got {verify_steps!r}")
         members = self._scored()
         cost = CostModel(self.model, self._positions)
         latency = None
@@ -223,28 +242,62 @@ class GroupPruner:
             latency = self._latency_predictor(latency_model)
 
         target: float | None = None
+        if mode == "target_latency":
+            target = _fraction(mode, given[mode])
+            assert latency is not None
+            predictor = latency
+
+            def plan_for(asked: float) -> tuple[PruningPlan, float]:
+                return self._budget_plan(members, cost, mode, asked, predictor, latency_weight, strict)
+
+            found = land_latency(
+                target,
+                plan_for,
+                self._pruned_copy,
+                self.runtime.runner(self.model, self.example_inputs, self.forward_fn),
+                lambda pruned: self.runtime.runner(pruned, self.example_inputs, self.forward_fn),
+                self.runtime,
+                steps=verify_steps,
+            )
+            found.target = target
+            return found
         if mode in TARGET_MODES:
             target = _fraction(mode, given[mode])
-            solution = self._solve(members, cost, mode, target, latency, latency_weight, strict)
-            group_thresholds, gone = solution.thresholds, solution.gone
+            return self._budget_plan(members, cost, mode, target, latency, latency_weight, strict)[0]
+        group_thresholds, raw = self._cut_per_layer_group(mode, given[mode], members)
+        gone = [
+            m.group.size - kept_count(m.group.size - r, m.group.size, m.minimum, self.round_to)
+            for m, r in zip(members, raw, strict=True)
+        ]
+        return self._make_plan(mode, target, members, group_thresholds, gone, cost)
+
+    def _budget_plan(
+        self,
+        members: list[ScoredGroup],
+        cost: CostModel,
+        mode: str,
+        target: float,
+        latency: LatencyFn | None,
+        latency_weight: float,
+        strict: bool,
+    ) -> tuple[PruningPlan, float]:
+        """The plan of a budget mode and the predicted fraction it reaches."""
+        solution = self._solve(members, cost, mode, target, latency, latency_weight, strict)
+        plan = self._make_plan(mode, target, members, solution.thresholds, solution.gone, cost)
+        # A guard on the numbers the plan reports against the solver's: never a silent disagreement.
+        if latency is not None and mode == "target_latency":
+            reported = latency(removed_channels(members, solution.gone)) / latency({})
         else:
-            group_thresholds, raw = self._cut_per_layer_group(mode, given[mode], members)
-            gone = [
-                m.group.size - kept_count(m.group.size - r, m.group.size, m.minimum, self.round_to)
-                for m, r in zip(members, raw, strict=True)
-            ]
-        plan = self._make_plan(mode, target, members, group_thresholds, gone, cost)
-        if target is not None:
-            # A guard on the numbers the plan reports against the solver's: never a silent disagreement.
-            if latency is not None and mode == "target_latency":
-                reported = latency(removed_channels(members, gone)) / latency({})
-            else:
-                reported = plan.params_ratio if mode == "target_params" else plan.macs_ratio
-            if not math.isclose(reported, solution.reached, rel_tol=1e-9, abs_tol=1e-12):
-                raise InternalError(
-                    f"{mode}: the plan reports {reported:.6f}, the solver predicted {solution.reached:.6f}"
-                )
-        return plan
+            reported = plan.params_ratio if mode == "target_params" else plan.macs_ratio
+        if not math.isclose(reported, solution.reached, rel_tol=1e-9, abs_tol=1e-12):
+            raise InternalError(f"{mode}: the plan reports {reported:.6f}, the solver predicted {solution.reached:.6f}")
+        return plan, solution.reached
+
+    def _pruned_copy(self, plan: PruningPlan) -> nn.Module:
+        """A pruned deep copy of the model (the model and its graph are not touched)."""
+        graph = copy.deepcopy(self.graph)
+        _apply_plan(graph, plan, self.example_inputs, self._successor_bn, self.forward_fn, fold=True, check=True)
+        return graph.model
 
     def _scored(self) -> list[ScoredGroup]:
         """Every channel group of a layer group that the importance scores, in layer-group order."""
@@ -354,7 +407,9 @@ class GroupPruner:
         if latency_model is None:
             if self._latency_model is None:
                 logger.info("GroupPruner: measuring a latency model for this device (pass latency_model= to reuse one)")
-                self._latency_model = LatencyModel.measure(self.model, self.example_inputs, forward_fn=self.forward_fn)
+                self._latency_model = LatencyModel.measure(
+                    self.model, self.example_inputs, forward_fn=self.forward_fn, runtime=self.runtime
+                )
             latency_model = self._latency_model
         return latency_model.predictor(self.model)
 
@@ -419,6 +474,7 @@ class GroupPruner:
             add_bias=added_biases(members, gone),
             input_shapes=_input_shapes(self.example_inputs),
             weights_digest=scored_weights_digest(self.model, [m.group for m in members]),
+            runtime=self.runtime.name,
         )
 
     # ------------------------------------------------------------------ applying
@@ -444,20 +500,15 @@ class GroupPruner:
             ValueError: the plan was made for another architecture (or for this model before it was pruned), or
                 from other weights and ``allow_other_weights`` is False.
         """
-        removals = check_plan(self.graph, plan, check_weights=not allow_other_weights)
-        if fold:
-            added = fold_removed_channels(
-                self.model,
-                removals,
-                self.example_inputs,
-                successor_bn=self._successor_bn,
-                forward_fn=self.forward_fn,
-                max_stride=max((g.stride for g in self.graph.channel_groups if g.stride), default=None),
-            )
-            if sorted(added) != sorted(plan.add_bias):
-                raise InternalError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
-        remember_parameter_names(self.model)
-        apply_structure(self.graph, plan, removals=removals, add_bias=not fold)
+        removals = _apply_plan(
+            self.graph,
+            plan,
+            self.example_inputs,
+            self._successor_bn,
+            self.forward_fn,
+            fold=fold,
+            check=not allow_other_weights,
+        )
         logger.info(
             "pruned %d channel groups: params %d -> %d, MACs %d -> %d",
             sum(1 for _, r in removals if r),
@@ -467,6 +518,35 @@ class GroupPruner:
             plan.macs_after,
         )
         return self.model
+
+
+def _apply_plan(
+    graph: ChannelGraph,
+    plan: PruningPlan,
+    example_inputs: Any,
+    successor_bn: Mapping[str, str],
+    forward_fn: Callable[[nn.Module, Any], Any] | None,
+    *,
+    fold: bool,
+    check: bool,
+) -> list[tuple[ChannelGroup, list[int]]]:
+    """Fold (optionally) and remove the planned channels of ``graph.model`` in place; returns the removals."""
+    model = graph.model
+    removals = check_plan(graph, plan, check_weights=check)
+    if fold:
+        added = fold_removed_channels(
+            model,
+            removals,
+            example_inputs,
+            successor_bn=dict(successor_bn),
+            forward_fn=forward_fn,
+            max_stride=max((g.stride for g in graph.channel_groups if g.stride), default=None),
+        )
+        if sorted(added) != sorted(plan.add_bias):
+            raise InternalError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
+    remember_parameter_names(model)
+    apply_structure(graph, plan, removals=removals, add_bias=not fold)
+    return removals
 
 
 def _fraction(mode: str, value: Any) -> float:

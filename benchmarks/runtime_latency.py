@@ -1,25 +1,30 @@
 """Half the latency, not half the MACs: pruning for the runtime the model ships on (issue 25).
 
-Setup: detectors with BatchNorm scales drawn to look sparse-trained (fixed seed, :func:`prune_yolov4.sparse_like_gammas`),
-batch 1, onnxruntime's CPU execution provider (the exported ONNX of :func:`grouppruner.export.export_onnx`), 1 and 2
-threads. Models: yolov8n and yolo11n (Ultralytics, from their yaml), yolov4-tiny (its darknet cfg from tests/data),
-YOLOv4 with CSPDarknet53 and with MobileNetV2. Arms, all at ``target_macs=0.5`` unless named otherwise:
+Setup: detectors with BatchNorm scales drawn to look sparse-trained (fixed seed,
+:func:`prune_yolov4.sparse_like_gammas`), batch 1, onnxruntime's CPU execution provider (the exported ONNX of
+:func:`grouppruner.export.export_onnx`), 1 and 2 threads. Models: yolov8n and yolo11n (Ultralytics, from their
+yaml), yolov4-tiny (its darknet cfg from tests/data), YOLOv4 with CSPDarknet53 and with MobileNetV2. Arms, all at
+``target_macs=0.5`` unless named otherwise:
 
 - ``ours torch``: ``runtime="torch"`` (any width: the behaviour before runtimes);
-- ``ours onnxruntime``: ``runtime="onnxruntime"``, which is also the default (kept widths on the CPU's vector block);
+- ``ours onnxruntime (default)``: ``runtime="onnxruntime"``, the default (kept widths on the CPU's vector block);
+- ``ours onnxruntime, block 2x``: the same with twice the vector block (wider blocks);
 - ``TP r8`` / ``TP r16``: Torch-Pruning's MetaPruner (BN-scale importance, global ranking) with ``round_to`` 8 / 16,
   its ratio bisected to the MACs of ``ours onnxruntime`` (the fair baseline);
-- ``ours target_latency=0.5``: planned in onnxruntime at the thread count of the row, measured and corrected.
+- ``ours target_latency=0.5``: planned in onnxruntime at the thread count of the row, measured and corrected
+  (the value measured while planning is shown too).
 
-Every row times the dense model and all arms interleaved (:func:`grouppruner.runtime.compare_latency`: the models
-take turns, per round the fastest of 3 calls, medians of per-round ratios). Printed per arm: params and MACs
-kept, latency kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0 means latency falls as much as MACs).
-``--busy`` starts one busy process (a Python spin loop) beside the measurement. ``--write-docs`` replaces the
-section between the ``<!-- runtime-latency[ busy] -->`` markers of docs/benchmarks.md with the printed table.
+Each (model, threads) row times the dense model and all arms interleaved in onnxruntime
+(:func:`grouppruner.runtime.compare_latency`: the models take turns, per round the fastest of 3 calls, medians of
+per-round ratios); one more comparison times the dense model, ``ours torch`` and the default in eager PyTorch at
+1 thread (what the default costs a model that stays in PyTorch). Printed per arm: params and MACs kept, latency
+kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0: latency falls as much as MACs), the load
+average. ``--busy`` starts one busy process (a Python spin loop) beside the measurement. ``--write-docs``
+replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of docs/benchmarks.md with the table.
 
 Run: ``nice -n 10 python benchmarks/runtime_latency.py [--quick] [--busy] [--write-docs]`` (``--quick``: yolov8n and
-yolo11n at 320 only; the full run adds 640 and the YOLOv4 family at 416, and takes about 20 minutes on a 2-core
-machine). Needs ultralytics, torch-pruning and onnxruntime (the real-library environment).
+yolo11n at 320 only, about 20 minutes on a busy 2-core machine; the full run adds 640 and the YOLOv4 family at 416
+and takes several times that). Needs ultralytics, torch-pruning and onnxruntime (the real-library environment).
 """
 
 from __future__ import annotations
@@ -78,8 +83,9 @@ def build(name: str) -> tuple[nn.Module, Callable[[nn.Module, int], ChannelGraph
     return model.eval(), graph_of
 
 
-def ours(dense: nn.Module, graph_of: Callable[[nn.Module, int], ChannelGraph], size: int, runtime: Runtime,
-         **plan: float) -> tuple[nn.Module, Any]:
+def ours(
+    dense: nn.Module, graph_of: Callable[[nn.Module, int], ChannelGraph], size: int, runtime: Runtime, **plan: float
+) -> tuple[nn.Module, Any]:
     model = copy.deepcopy(dense)
     pruner = GroupPruner(graph_of(model, size), min_channels=8, runtime=runtime)
     found = pruner.plan(**plan)
@@ -144,14 +150,30 @@ def torch_pruning(dense: nn.Module, x: torch.Tensor, macs_goal: float, round_to:
     return best[1]
 
 
-def _row(name: str, size: int, threads: int, arm: str, model: nn.Module | None, dense: nn.Module,
-         x: torch.Tensor, latency: float | None) -> dict[str, Any]:
+def _row(
+    name: str,
+    size: int,
+    threads: int,
+    arm: str,
+    model: nn.Module | None,
+    dense: nn.Module,
+    x: torch.Tensor,
+    latency: float | None,
+) -> dict[str, Any]:
     if model is None:
         return {"model": name, "size": size, "threads": threads, "arm": arm, "failed": True}
     macs = count_macs(model, x) / count_macs(dense, x)
     params = count_params(model) / count_params(dense)
-    return {"model": name, "size": size, "threads": threads, "arm": arm, "params": params, "macs": macs,
-            "latency": latency, "cut": None if latency is None else (1 - latency) / max(1 - macs, 1e-9)}
+    return {
+        "model": name,
+        "size": size,
+        "threads": threads,
+        "arm": arm,
+        "params": params,
+        "macs": macs,
+        "latency": latency,
+        "cut": None if latency is None else (1 - latency) / max(1 - macs, 1e-9),
+    }
 
 
 def run_model(name: str, size: int, threads_list: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -160,15 +182,15 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
     start = time.perf_counter()
     arms: dict[str, nn.Module | None] = {}
     arms["ours torch"], _ = ours(dense, graph_of, size, Runtime("torch"), target_macs=TARGET_MACS)
-    arms["ours onnxruntime (default)"], _ = ours(dense, graph_of, size, Runtime("onnxruntime"),
-                                                 target_macs=TARGET_MACS)
+    arms["ours onnxruntime (default)"], _ = ours(dense, graph_of, size, Runtime("onnxruntime"), target_macs=TARGET_MACS)
     goal = count_macs(arms["ours onnxruntime (default)"], x)  # type: ignore[arg-type]
     for round_to in (8, 16):
         try:
             arms[f"TP r{round_to}"] = torch_pruning(dense, x, goal, round_to)
-        except Exception as error:  # noqa: BLE001  # a baseline that fails on a model is a result, reported as such
-            logger.warning("Torch-Pruning round_to=%d failed on %s: %s: %s", round_to, name, type(error).__name__,
-                           str(error)[:200])
+        except Exception as error:  # a baseline that fails on a model is a result, reported as such
+            logger.warning(
+                "Torch-Pruning round_to=%d failed on %s: %s: %s", round_to, name, type(error).__name__, str(error)[:200]
+            )
             arms[f"TP r{round_to}"] = None
     logger.info("%s %d: target_macs arms built in %.0f s", name, size, time.perf_counter() - start)
     rows = []
@@ -178,37 +200,65 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
         planned = None
         if name in ("yolov8n", "yolo11n") or not args.quick:
             start = time.perf_counter()
-            timed["ours target_latency=0.5"], planned = ours(dense, graph_of, size, runtime,
-                                                              target_latency=TARGET_LATENCY)
-            logger.info("%s %d, %d threads: target_latency planned in %.0f s, measured in planning %.3f",
-                        name, size, threads, time.perf_counter() - start, planned.latency["ratio"])
-        present = {arm: model for arm, model in timed.items() if model is not None}
-        runners = [runtime.runner(dense, x)] + [runtime.runner(model, x) for model in present.values()]
-        heavy = count_macs(dense, x) > 5e9
-        result = compare_latency(runners, runtime=runtime, rounds=5 if heavy else args.rounds,
-                                 calls=1 if heavy else 3)
-        ratios = dict(zip(present, result.ratios[1:], strict=True))
-        for arm, model in timed.items():
-            row = _row(name, size, threads, arm, model, dense, x, ratios.get(arm))
-            row["load"] = result.load_average[1]
-            row["dense_ms"] = result.seconds[0] * 1e3
-            if planned is not None and arm.startswith("ours target_latency"):
-                row["planned"] = planned.latency["ratio"]
-            rows.append(row)
-            print(format_row(row), flush=True)
+            timed["ours target_latency=0.5"], planned = ours(
+                dense, graph_of, size, runtime, target_latency=TARGET_LATENCY
+            )
+            logger.info(
+                "%s %d, %d threads: target_latency planned in %.0f s, measured in planning %.3f",
+                name,
+                size,
+                threads,
+                time.perf_counter() - start,
+                planned.latency["ratio"],
+            )
+        rows += _timed_rows(name, size, runtime, dense, x, timed, planned, args.rounds)
+    eager = {arm: arms[arm] for arm in ("ours torch", "ours onnxruntime (default)")}
+    rows += _timed_rows(name, size, Runtime("torch", threads=1), dense, x, eager, None, args.rounds)
     return rows
 
 
-HEADER = ("| model | input | threads | dense ms | arm | params kept | MACs kept | latency kept | latency cut / MACs cut "
-          "| load |\n|---|---|---|---|---|---|---|---|---|---|")
+def _timed_rows(
+    name: str,
+    size: int,
+    runtime: Runtime,
+    dense: nn.Module,
+    x: torch.Tensor,
+    timed: dict[str, nn.Module | None],
+    planned: Any,
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """One interleaved comparison of the dense model and the arms in ``runtime``, as table rows."""
+    present = {arm: model for arm, model in timed.items() if model is not None}
+    runners = [runtime.runner(dense, x)] + [runtime.runner(model, x) for model in present.values()]
+    heavy = count_macs(dense, x) > 5e9  # YOLOv4 at 416: fewer, single calls
+    result = compare_latency(runners, runtime=runtime, rounds=5 if heavy else rounds, calls=1 if heavy else 3)
+    ratios = dict(zip(present, result.ratios[1:], strict=True))
+    rows = []
+    for arm, model in timed.items():
+        row = _row(name, size, runtime.thread_count(), arm, model, dense, x, ratios.get(arm))
+        row.update(runtime=runtime.name, load=result.load_average[1], dense_ms=result.seconds[0] * 1e3)
+        if planned is not None and arm.startswith("ours target_latency"):
+            row["planned"] = planned.latency["ratio"]
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+HEADER = (
+    "| model | input | runtime | threads | dense ms | arm | params kept | MACs kept | latency kept "
+    "| latency cut / MACs cut | load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def format_row(row: dict[str, Any]) -> str:
+    where = f"| {row['model']} | {row['size']} | {row['runtime']} | {row['threads']} |"
     if row.get("failed"):
-        return f"| {row['model']} | {row['size']} | {row['threads']} | | {row['arm']} | failed | | | | |"
+        return f"{where} | {row['arm']} | failed | | | | |"
     latency = f"x{row['latency']:.3f}" + (f" (x{row['planned']:.3f} in planning)" if "planned" in row else "")
-    return (f"| {row['model']} | {row['size']} | {row['threads']} | {row['dense_ms']:.1f} | {row['arm']} | "
-            f"{row['params']:.3f} | {row['macs']:.3f} | {latency} | {row['cut']:.2f} | {row['load']:.2f} |")
+    return (
+        f"{where} {row['dense_ms']:.1f} | {row['arm']} | {row['params']:.3f} | {row['macs']:.3f} | {latency} | "
+        f"{row['cut']:.2f} | {row['load']:.2f} |"
+    )
 
 
 def main() -> None:
@@ -226,20 +276,23 @@ def main() -> None:
     torch.manual_seed(0)
     plan = [("yolov8n", 320), ("yolo11n", 320)]
     if not args.quick:
-        plan += [("yolov8n", 640), ("yolo11n", 640), ("yolov4-tiny", 416), ("yolov4-mobilenetv2", 416),
-                 ("yolov4", 416)]
+        plan += [("yolov8n", 640), ("yolo11n", 640), ("yolov4-tiny", 416), ("yolov4-mobilenetv2", 416), ("yolov4", 416)]
     if args.models:
         plan = [item for item in plan if item[0] in args.models]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
-    lines = [f"onnxruntime CPU, block {cpu_vector_block()}, {os.cpu_count()} cores, "
-             f"{'one busy process beside it' if busy else 'no extra load'}; load average at start "
-             f"{os.getloadavg()[0]:.2f}", "", HEADER]
+    lines = [
+        f"onnxruntime CPU, block {cpu_vector_block()}, {os.cpu_count()} cores, "
+        f"{'one busy process beside it' if busy else 'no extra load'}; load average at start "
+        f"{os.getloadavg()[0]:.2f}",
+        "",
+        HEADER,
+    ]
     print("\n".join(lines), flush=True)
     try:
         for name, size in plan:
             try:
                 rows = run_model(name, size, [1, 2], args)
-            except Exception as error:  # noqa: BLE001  # one model failing must not hide the others' numbers
+            except Exception as error:  # one model failing must not hide the others' numbers
                 logger.warning("%s %d failed: %s: %s", name, size, type(error).__name__, str(error)[:300])
                 continue
             lines += [format_row(row) for row in rows]

@@ -30,8 +30,6 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 def make_pruner(model: nn.Module, **options: object) -> GroupPruner:
     options.setdefault("runtime", "torch")  # exact widths: no runtime channel block
     return GroupPruner(ChannelGraph(model, X), example_inputs=X, **options)  # type: ignore[arg-type]

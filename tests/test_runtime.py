@@ -73,7 +73,9 @@ def test_default_runtime_puts_kept_widths_on_the_block(block: int) -> None:
         assert len(group.kept) % block == 0 or len(group.kept) == group.size, group.name
     assert any(len(g.kept) < g.size for g in plan.channel_groups)
     # an explicit round_to wins over the runtime's block; the torch runtime keeps any width
-    assert GroupPruner(pruner.graph, example_inputs=X, round_to=4, runtime=Runtime("onnxruntime", block=16)).round_to == 4
+    assert (
+        GroupPruner(pruner.graph, example_inputs=X, round_to=4, runtime=Runtime("onnxruntime", block=16)).round_to == 4
+    )
     assert GroupPruner(pruner.graph, example_inputs=X, runtime="torch").round_to is None
 
 
@@ -142,7 +144,7 @@ def test_land_latency_corrects_a_biased_prediction(monkeypatch: pytest.MonkeyPat
         plan_for,
         lambda p: p,  # type: ignore[arg-type,return-value]
         lambda: 1.0,
-        lambda p: (lambda: measured_fraction(p.target)),  # type: ignore[attr-defined]
+        lambda p: lambda: measured_fraction(p.target),  # type: ignore[attr-defined]
         Runtime("onnxruntime", threads=2, block=8),
         steps=3,
     )
@@ -164,7 +166,7 @@ def test_land_latency_keeps_the_closest_plan_when_steps_run_out(monkeypatch: pyt
         lambda asked: (_plan(asked), asked),
         lambda p: p,  # type: ignore[arg-type,return-value]
         lambda: 1.0,
-        lambda p: (lambda: 0.9),  # the runtime never gets faster: no plan can land
+        lambda p: lambda: 0.9,  # the runtime never gets faster: no plan can land
         Runtime("torch", threads=1),
         steps=1,
     )

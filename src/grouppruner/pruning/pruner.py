@@ -39,7 +39,6 @@ from .budget import (
 from .folding import fold_removed_channels, fold_target, is_fold_consumer
 from .importance import Coupling, Importance, ScoreFn, as_importance
 from .optimizer import remember_parameter_names
-from .verify import land_latency
 from .plan import (
     PLAN_MODES,
     TARGET_MODES,
@@ -49,6 +48,7 @@ from .plan import (
     model_fingerprint,
     scored_weights_digest,
 )
+from .verify import land_latency
 
 __all__ = ["GroupPruner"]
 

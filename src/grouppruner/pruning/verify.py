@@ -68,7 +68,9 @@ def land_latency(
         except InvalidOptionError:
             if step == 0:
                 raise
-            logger.info("target_latency=%g: a correction asked for %.3f, which no plan reaches; stopping", target, asked)
+            logger.info(
+                "target_latency=%g: a correction asked for %.3f, which no plan reaches; stopping", target, asked
+            )
             break
         comparison = compare_latency([dense, runner_for(pruned_copy(plan))], runtime=runtime, rounds=rounds)
         measured = comparison.ratios[1]

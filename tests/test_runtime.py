@@ -235,3 +235,24 @@ def test_target_latency_lands_on_the_measured_latency_in_torch() -> None:
     assert plan.latency["dense_s"] > plan.latency["pruned_s"] > 0
     assert plan.latency["ratio"] == pytest.approx(0.6, abs=0.1)
     assert PruningPlan.from_json(plan.to_json()).latency == plan.latency
+
+
+@pytest.mark.parametrize(
+    "tail", [(nn.BatchNorm2d(24), nn.SiLU()), (nn.BatchNorm2d(24), nn.LeakyReLU(0.1)), (nn.ReLU(),), ()]
+)
+def test_unit_graphs_are_what_the_deployment_export_writes(tail: tuple[nn.Module, ...]) -> None:
+    """The directly written unit graph has the deployment export's ops and shapes (BatchNorm folded)."""
+    onnx = pytest.importorskip("onnx")
+    from grouppruner._utils.onnx_units import unit_onnx
+    from grouppruner.export import export_onnx
+
+    conv = nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=not tail or not isinstance(tail[0], nn.BatchNorm2d))
+    block = nn.Sequential(conv, *tail).eval()
+    x = torch.randn(1, 16, 20, 20)
+    data = unit_onnx(conv, tail, tuple(x.shape))
+    assert data is not None
+    ours, exported = onnx.load_from_string(data), onnx.load_from_string(export_onnx(block, x, check=False))
+    assert [n.op_type for n in ours.graph.node] == [n.op_type for n in exported.graph.node]
+    out = runtime_module.onnx_session(data, 1).run(None, {"x": x.numpy()})[0]
+    assert out.shape == tuple(block(x).shape)
+    assert unit_onnx(conv, (nn.GELU(),), tuple(x.shape)) is None  # no direct form: the caller exports instead

@@ -52,6 +52,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ._utils.calls import ForwardFn, call_model, eval_mode, model_device, synchronize, tensors_in
 from ._utils.errors import GroupPrunerError, InvalidOptionError
 from ._utils.modules import is_depthwise
+from ._utils.onnx_units import unit_onnx
 from .profile import measure_latency
 from .runtime import Runtime, onnx_session, resolve_runtime
 
@@ -564,9 +565,14 @@ def _time_unit(unit: _Unit, cin: int, cout: int, repeats: int, runtime: Runtime)
     if runtime.name == "torch":
         with torch.inference_mode():
             return _time_call(partial(block, x), repeats, x.device)
-    from .export import export_onnx  # export imports profile, which this module's import order puts first
+    conv = block[0]
+    assert isinstance(conv, nn.modules.conv._ConvNd)
+    data = unit_onnx(conv, tuple(block)[1:], tuple(x.shape))
+    if data is None:  # a part without a direct ONNX form here: the deployment export, slower to make
+        from .export import export_onnx  # export imports profile, which this module's import order puts first
 
-    session = onnx_session(export_onnx(block, x, check=False), runtime.thread_count())
+        data = export_onnx(block, x, check=False)
+    session = onnx_session(data, runtime.thread_count())
     feeds = {session.get_inputs()[0].name: x.numpy()}
     return _time_call(partial(session.run, None, feeds), repeats, x.device)
 

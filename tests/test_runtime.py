@@ -256,3 +256,17 @@ def test_unit_graphs_are_what_the_deployment_export_writes(tail: tuple[nn.Module
     out = runtime_module.onnx_session(data, 1).run(None, {"x": x.numpy()})[0]
     assert out.shape == tuple(block(x).shape)
     assert unit_onnx(conv, (nn.GELU(),), tuple(x.shape)) is None  # no direct form: the caller exports instead
+
+
+def test_plans_record_runtime_and_measured_latency_as_json() -> None:
+    plan = _plan(0.5)
+    plan.runtime = "onnxruntime"
+    plan.latency = {"runtime": "onnxruntime", "threads": 2, "block": 8, "ratio": 0.51, "load_average": [1.0, 1.2]}
+    again = PruningPlan.from_json(plan.to_json())
+    assert again.runtime == "onnxruntime" and again.latency == plan.latency
+    assert "latency x0.510 measured in onnxruntime (2 threads, block 8" in plan.summary()
+    old = plan.to_dict()
+    del old["runtime"], old["latency"]  # a plan saved before runtimes existed
+    assert PruningPlan.from_dict(old).runtime is None
+    with pytest.raises(ValueError, match="latency must be null or an object"):
+        PruningPlan.from_dict({**plan.to_dict(), "latency": 0.5})

@@ -270,3 +270,11 @@ def test_plans_record_runtime_and_measured_latency_as_json() -> None:
     assert PruningPlan.from_dict(old).runtime is None
     with pytest.raises(ValueError, match="latency must be null or an object"):
         PruningPlan.from_dict({**plan.to_dict(), "latency": 0.5})
+
+
+def test_a_latency_model_of_another_runtime_is_refused() -> None:
+    model = random_detector()
+    latency = LatencyModel.measure(model, X, repeats=1)  # eager PyTorch
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, runtime=Runtime("onnxruntime", block=8))
+    with pytest.raises(ValueError, match="measured in 'torch', the pruner plans for 'onnxruntime'"):
+        pruner.plan(target_latency=0.9, latency_model=latency)

@@ -19,7 +19,7 @@ from .._utils.calls import split_inputs, tensors_in
 from .._utils.errors import InternalError, InvalidOptionError, LayerNotFoundError, OptionTypeError
 from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
 from ..graph.groups import min_units
-from ..latency import LatencyModel
+from ..latency import LatencyCacheError, LatencyModel
 from ..profile import record_positions
 from ..runtime import Runtime, resolve_runtime
 from .apply import apply_structure, check_plan
@@ -202,8 +202,8 @@ class GroupPruner:
                 removed from it, so that at equal scores the channels that cost more time go first (the
                 thresholds reported are then on this weighted score). Works with every target mode, e.g.
                 ``plan(target_params=0.35, latency_weight=1.0)``.
-            verify_steps: ``target_latency``: correction steps after the first plan (0: the first plan, measured
-                and recorded; ``None`` is not accepted: to skip measuring, plan ``target_macs``).
+            verify_steps: ``target_latency`` only: correction steps after the first plan, >= 0 (with 0 the first
+                plan is still measured and recorded).
             strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
                 ``round_to`` allow, or between two channel steps) gives the closest reachable plan and a logged
                 warning with the value reached; ``strict=True`` raises instead.
@@ -217,6 +217,8 @@ class GroupPruner:
                 meets within 1 % (the message gives the closest or the smallest reachable value).
             OptionTypeError: ``ratios`` / ``thresholds`` is not a mapping (e.g. ``ratios=0.5``).
             LayerNotFoundError: an unknown layer-group name (the message lists the valid ones).
+            LatencyCacheError: ``latency_model`` was measured in another runtime than the pruner's.
+            MissingExtraError: ``target_latency`` / ``latency_weight`` in onnxruntime without onnxruntime installed.
         """
         given = {
             "ratios": ratios,
@@ -411,6 +413,11 @@ class GroupPruner:
                     self.model, self.example_inputs, forward_fn=self.forward_fn, runtime=self.runtime
                 )
             latency_model = self._latency_model
+        elif latency_model.key.runtime != self.runtime.name:
+            raise LatencyCacheError(
+                f"GroupPruner: the latency model was measured in {latency_model.key.runtime!r}, the pruner plans for "
+                f"{self.runtime.name!r}; measure it with LatencyModel.measure(..., runtime={self.runtime.name!r})"
+            )
         return latency_model.predictor(self.model)
 
     def _new_biases(self, group: ChannelGroup) -> tuple[str, ...]:

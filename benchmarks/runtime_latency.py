@@ -183,6 +183,10 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
     arms: dict[str, nn.Module | None] = {}
     arms["ours torch"], _ = ours(dense, graph_of, size, Runtime("torch"), target_macs=TARGET_MACS)
     arms["ours onnxruntime (default)"], _ = ours(dense, graph_of, size, Runtime("onnxruntime"), target_macs=TARGET_MACS)
+    wide = 2 * cpu_vector_block()
+    arms[f"ours onnxruntime, block {wide}"], _ = ours(
+        dense, graph_of, size, Runtime("onnxruntime", block=wide), target_macs=TARGET_MACS
+    )
     goal = count_macs(arms["ours onnxruntime (default)"], x)  # type: ignore[arg-type]
     for round_to in (8, 16):
         try:

@@ -22,7 +22,6 @@ Everything that can be refused (the model, the data, the budget) is checked befo
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -35,8 +34,9 @@ from typing import Any
 import torch
 
 from ..._utils.errors import DataError, InvalidOptionError
-from ...checkpoint import atomic_write
+from ..._utils.io import atomic_write
 from ...profile import count_macs, count_params
+from ...pruning import weights_digest
 from .callbacks import Distillation, SparseTraining
 from .checkpoint import load, save
 from .model import detection_model, example_input, head, prune
@@ -169,14 +169,6 @@ def check_data(data: str | os.PathLike[str], num_classes: int | None = None) -> 
             "data (the dense model is the distillation teacher)"
         )
     return path
-
-
-def _digest(model: torch.nn.Module) -> str:
-    sha = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        sha.update(name.encode())
-        sha.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return sha.hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> Any:
@@ -364,7 +356,7 @@ def compress(
 
     options = _jsonable(
         {
-            "model": _digest(inner),
+            "model": weights_digest(inner),
             "data": str(data_path.resolve()),
             "imgsz": imgsz,
             "sparse_epochs": sparse_epochs,

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import __version__
 from ._utils.errors import GroupPrunerError
+from .runtime import RUNTIMES
 
 __all__ = ["build_parser", "ensure_passive_openmp", "main", "run"]
 
@@ -140,6 +141,11 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
     parser.add_argument("--sparse-optimizer", choices=("sgd", "adamw"), help="optimizer of the sparse stage (sgd)")
     parser.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
     parser.add_argument("--teacher", choices=("dense", "sparse"), help="teacher of the recovery (dense)")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="runtime the pruned detector ships on: its channel block and latency (default onnxruntime)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision (fp16: CUDA only)")
@@ -259,6 +265,7 @@ def _recipe(args: argparse.Namespace) -> int:
         "sparse_optimizer": args.sparse_optimizer,
         "target_params": args.target_params,
         "teacher": args.teacher,
+        "runtime": args.runtime,
         "seed": args.seed,
         "device": args.device,
         "amp": args.amp,

@@ -565,9 +565,9 @@ def _time_unit(unit: _Unit, cin: int, cout: int, repeats: int, runtime: Runtime)
     if runtime.name == "torch":
         with torch.inference_mode():
             return _time_call(partial(block, x), repeats, x.device)
-    conv = block[0]
+    conv, *tail = block.children()
     assert isinstance(conv, nn.modules.conv._ConvNd)
-    data = unit_onnx(conv, tuple(block)[1:], tuple(x.shape))
+    data = unit_onnx(conv, tuple(tail), tuple(x.shape))
     if data is None:  # a part without a direct ONNX form here: the deployment export, slower to make
         from .export import export_onnx  # export imports profile, which this module's import order puts first
 

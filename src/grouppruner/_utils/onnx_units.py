@@ -4,6 +4,8 @@ milliseconds instead of the second a TorchScript export of a tiny graph takes.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -14,7 +16,7 @@ OPSET = 17
 """The opset of :func:`grouppruner.export.export_onnx`'s default, so that units run as the deployed model does."""
 
 
-def _activation(module: nn.Module, name: str, source: str) -> tuple[list[object], str] | None:
+def _activation(module: nn.Module, name: str, source: str) -> tuple[list[Any], str] | None:
     """Nodes for a parameter-free activation and the name of its output, or ``None`` if it has no direct form."""
     from onnx import helper
 
@@ -27,7 +29,7 @@ def _activation(module: nn.Module, name: str, source: str) -> tuple[list[object]
         ], out
     if kind is nn.ReLU:
         return [helper.make_node("Relu", [source], [out])], out
-    if kind is nn.LeakyReLU:
+    if isinstance(module, nn.LeakyReLU) and kind is nn.LeakyReLU:
         return [helper.make_node("LeakyRelu", [source], [out], alpha=float(module.negative_slope))], out
     if kind is nn.Sigmoid:
         return [helper.make_node("Sigmoid", [source], [out])], out
@@ -45,11 +47,11 @@ def unit_onnx(conv: nn.modules.conv._ConvNd, tail: tuple[nn.Module, ...], input_
     as :func:`grouppruner.export.fuse_for_inference` does for deployment. Returns ``None`` where a part has no
     direct form here (string padding, non-zero padding modes, other tail modules): export the unit instead.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import NodeProto, TensorProto, helper, numpy_helper
 
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros" or conv.transposed:
         return None
-    nodes: list[object] = []
+    nodes: list[NodeProto] = []
     source = "conv_out"
     has_bias = conv.bias is not None
     for index, module in enumerate(tail):

@@ -36,6 +36,7 @@ from .._utils.errors import DataError, InvalidOptionError
 from .._utils.names import did_you_mean
 from ..detection.synthetic import SYNTHETIC_CLASSES, split_sizes
 from ..run_folder import file_sha256
+from ..runtime import DEFAULT_RUNTIME, RUNTIMES
 
 __all__ = [
     "GAMMA_THRESHOLD",
@@ -68,6 +69,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher": ("dense", "sparse"),
     "amp": ("off", "bf16", "fp16"),
     "distill_layers": ("all", "backbone", "neck"),
+    "runtime": RUNTIMES,
 }
 
 
@@ -131,6 +133,8 @@ class RecipeConfig:
         prune_scope: ``"group"``: one threshold per layer group (the paper's grouping by feature stride and
             module structure, ``ChannelGraph.layer_groups()``); ``"global"``: one threshold over all channels.
         min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
+        runtime: the runtime the pruned detector ships on (:mod:`grouppruner.runtime`): ``"onnxruntime"``
+            (default: kept widths on the CPU's vector block, unless ``round_to`` is given) or ``"torch"``.
         recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``); the
             dense stage's rate: from the demo's pruned model, 24 recovery epochs reached mAP 0.573 / 0.580 / 0.592 /
             0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594; ``benchmarks/recover_lr.py``).
@@ -193,6 +197,7 @@ class RecipeConfig:
     prune_scope: str = "group"
     min_channels: int = 8
     round_to: int | None = None
+    runtime: str = DEFAULT_RUNTIME
     recover_lr: float = 5e-3
     finetune_epochs: int = 6
     teacher: str = "dense"
@@ -335,7 +340,7 @@ STAGE_OF_OPTION: dict[str, str] = {
         "sparse",
     ),
     **dict.fromkeys(
-        ("target_params", "prune_by", "gamma_threshold", "prune_scope", "min_channels", "round_to"), "pruned"
+        ("target_params", "prune_by", "gamma_threshold", "prune_scope", "min_channels", "round_to", "runtime"), "pruned"
     ),
     **dict.fromkeys(
         (

@@ -150,7 +150,9 @@ def _pruned(run: StageRun) -> tuple[Detector, dict[str, Any]]:
     layer_groups = None
     if c.prune_scope == "global":
         layer_groups = {"all": [group for members in graph.layer_groups().values() for group in members]}
-    pruner = GroupPruner(graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to)
+    pruner = GroupPruner(
+        graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to, runtime=c.runtime
+    )
     if c.prune_by == "params":
         plan = pruner.plan(target_params=c.target_params)
     else:

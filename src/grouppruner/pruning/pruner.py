@@ -7,6 +7,7 @@ Scores come from an importance (:mod:`.importance`); budgets are solved by :mod:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from .budget import (
     latency_weights,
     predict_cost,
     quantile_cut,
+    removal_order,
     removed_channels,
     solve_budget,
 )
@@ -175,6 +177,8 @@ class GroupPruner:
         target_latency: float | None = None,
         latency_model: LatencyModel | None = None,
         latency_weight: float = 0.0,
+        layer_group_bias: Mapping[str, float] | None = None,
+        normalise: str = "max",
         strict: bool = False,
         verify_steps: int = 3,
     ) -> PruningPlan:
@@ -190,10 +194,8 @@ class GroupPruner:
                 the predicted count lands within 1 % of the target; tied scores are split one channel at a time,
                 deterministically, so a model whose gammas all tie can be cut to any reachable target.
             target_macs: fraction of the current conv + linear MACs to keep, in (0, 1].
-            target_latency: fraction of the current latency to keep, in (0, 1], measured in the pruner's runtime
-                against the dense model (interleaved, see :mod:`grouppruner.pruning.verify`): the solver plans on
-                ``latency_model``'s prediction, then the pruned model is measured and the plan corrected up to
-                ``verify_steps`` times; ``plan.latency`` records the measurements.
+            target_latency: fraction of the current latency to keep, in (0, 1], as predicted by ``latency_model``
+                (see :mod:`grouppruner.latency`); the plan lands within 1 % of the target *prediction*.
             latency_model: the :class:`~grouppruner.latency.LatencyModel` for ``target_latency`` and
                 ``latency_weight``; measured on first need (and kept on the pruner) when not given.
             latency_weight: the latency / accuracy trade-off of the budget modes, >= 0. With 0 (default)
@@ -202,6 +204,16 @@ class GroupPruner:
                 removed from it, so that at equal scores the channels that cost more time go first (the
                 thresholds reported are then on this weighted score). Works with every target mode, e.g.
                 ``plan(target_params=0.35, latency_weight=1.0)``.
+            layer_group_bias: budget modes only: layer group -> factor > 0 on its pruning pressure (default 1 for
+                groups not listed): the group's normalised scores are divided by it, so a factor above 1 makes the
+                group lose more of the budget, below 1 less; the budget is still met. Thresholds reported are then
+                the scores at each layer group's removed fraction. :class:`~grouppruner.pruning.PlanSearch` draws
+                these factors to propose other plans of the same cost.
+            normalise: budget modes only: how scores are made comparable across layer groups. ``"max"``
+                (default): divided by the layer group's largest score (see :mod:`grouppruner.pruning.budget`);
+                ``"rank"``: replaced by the channel's quantile within its layer group (``(k + 0.5) / n`` for the
+                ``k``-th lowest of ``n``), so every layer group loses the same fraction of its channels (times its
+                ``layer_group_bias``), whatever its score scale; the channels kept are still the highest-scoring.
             verify_steps: ``target_latency`` only: correction steps after the first plan, >= 0 (with 0 the first
                 plan is still measured and recorded).
             strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
@@ -213,7 +225,8 @@ class GroupPruner:
 
         Raises:
             InvalidOptionError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1], NaN
-                values, ``latency_weight`` with a ratio / threshold mode, and with ``strict`` a target no plan
+                values, ``latency_weight`` / ``layer_group_bias`` / ``normalise`` with a ratio / threshold mode,
+                a bias that is not > 0, an unknown ``normalise``, and with ``strict`` a target no plan
                 meets within 1 % (the message gives the closest or the smallest reachable value).
             OptionTypeError: ``ratios`` / ``thresholds`` is not a mapping (e.g. ``ratios=0.5``).
             LayerNotFoundError: an unknown layer-group name (the message lists the valid ones).
@@ -233,8 +246,17 @@ class GroupPruner:
         mode = modes[0]
         if math.isnan(latency_weight) or latency_weight < 0:
             raise InvalidOptionError(f"latency_weight must be >= 0, got {latency_weight}")
-        if latency_weight > 0 and mode not in TARGET_MODES:
-            raise InvalidOptionError(f"latency_weight applies to the target modes, not to {mode}")
+        if mode not in TARGET_MODES:
+            for option, value, default in (
+                ("latency_weight", latency_weight, 0.0),
+                ("layer_group_bias", layer_group_bias, None),
+                ("normalise", normalise, "max"),
+            ):
+                if value != default:
+                    raise InvalidOptionError(f"{option} applies to the target modes, not to {mode}")
+        if normalise not in ("max", "rank"):
+            raise InvalidOptionError(f"normalise must be 'max' or 'rank', got {normalise!r}")
+        bias = self._check_bias(layer_group_bias)
         if isinstance(verify_steps, bool) or not isinstance(verify_steps, int) or verify_steps < 0:
             raise InvalidOptionError(f"verify_steps must be an int >= 0, got {verify_steps!r}")
         members = self._scored()
@@ -244,13 +266,15 @@ class GroupPruner:
             latency = self._latency_predictor(latency_model)
 
         target: float | None = None
-        if mode == "target_latency":
+        searched = normalise != "max" or layer_group_bias is not None
+        if mode in TARGET_MODES:
             target = _fraction(mode, given[mode])
-            assert latency is not None
-            predictor = latency
+            options = (latency, latency_weight, strict, normalise, bias, searched)
+            if mode != "target_latency":
+                return self._budget_plan(members, cost, mode, target, *options)[0]
 
             def plan_for(asked: float) -> tuple[PruningPlan, float]:
-                return self._budget_plan(members, cost, mode, asked, predictor, latency_weight, strict)
+                return self._budget_plan(members, cost, mode, asked, *options)
 
             found = land_latency(
                 target,
@@ -263,9 +287,6 @@ class GroupPruner:
             )
             found.target = target
             return found
-        if mode in TARGET_MODES:
-            target = _fraction(mode, given[mode])
-            return self._budget_plan(members, cost, mode, target, latency, latency_weight, strict)[0]
         group_thresholds, raw = self._cut_per_layer_group(mode, given[mode], members)
         gone = [
             m.group.size - kept_count(m.group.size - r, m.group.size, m.minimum, self.round_to)
@@ -282,13 +303,19 @@ class GroupPruner:
         latency: LatencyFn | None,
         latency_weight: float,
         strict: bool,
+        normalise: str,
+        bias: Mapping[str, float],
+        searched: bool,
     ) -> tuple[PruningPlan, float]:
         """The plan of a budget mode and the predicted fraction it reaches."""
-        solution = self._solve(members, cost, mode, target, latency, latency_weight, strict)
-        plan = self._make_plan(mode, target, members, solution.thresholds, solution.gone, cost)
+        ordered = _rank_scores(members) if normalise == "rank" else members
+        solution = self._solve(ordered, cost, mode, target, latency, latency_weight, strict, bias)
+        gone = solution.gone
+        group_thresholds = self._removed_quantiles(members, gone) if searched else solution.thresholds
+        plan = self._make_plan(mode, target, members, group_thresholds, gone, cost)
         # A guard on the numbers the plan reports against the solver's: never a silent disagreement.
         if latency is not None and mode == "target_latency":
-            reported = latency(removed_channels(members, solution.gone)) / latency({})
+            reported = latency(removed_channels(members, gone)) / latency({})
         else:
             reported = plan.params_ratio if mode == "target_params" else plan.macs_ratio
         if not math.isclose(reported, solution.reached, rel_tol=1e-9, abs_tol=1e-12):
@@ -370,12 +397,16 @@ class GroupPruner:
         latency: LatencyFn | None,
         latency_weight: float,
         strict: bool,
+        bias: Mapping[str, float],
     ) -> BudgetSolution:
         """The budget modes, solved by :func:`~grouppruner.pruning.budget.solve_budget` on this pruner's rules."""
         weights = None
         if latency_weight > 0:
             assert latency is not None
             weights = latency_weights(members, latency, latency_weight)
+        if bias:
+            factors = [bias.get(m.layer_group, 1.0) for m in members]
+            weights = [w * f for w, f in zip(weights or [1.0] * len(members), factors, strict=True)]
         if mode == "target_latency":
             assert latency is not None
             predictor = latency
@@ -404,6 +435,35 @@ class GroupPruner:
             strict=strict,
             weights=weights,
         )
+
+    def _check_bias(self, bias: Mapping[str, float] | None) -> dict[str, float]:
+        if bias is None:
+            return {}
+        if not isinstance(bias, Mapping):
+            raise OptionTypeError(
+                f"layer_group_bias takes a mapping of layer group -> factor, got {type(bias).__name__}"
+            )
+        checked = {}
+        for name, value in bias.items():
+            if name not in self.layer_groups:
+                raise LayerNotFoundError(
+                    f"layer_group_bias: unknown layer group {name!r}; valid layer groups: {sorted(self.layer_groups)}"
+                )
+            factor = float(value)
+            if not (factor > 0 and math.isfinite(factor)):
+                raise InvalidOptionError(f"layer_group_bias[{name!r}] must be a finite number > 0, got {value!r}")
+            checked[name] = factor
+        return checked
+
+    def _removed_quantiles(self, members: list[ScoredGroup], gone: list[int]) -> dict[str, float]:
+        """Per layer group the score at its removed fraction (as the ``ratios`` mode reports its threshold)."""
+        thresholds = {}
+        for lg in self.layer_groups:
+            here = [(m, g) for m, g in zip(members, gone, strict=True) if m.layer_group == lg and len(m.score)]
+            pooled = np.sort(np.concatenate([m.score for m, _ in here])) if here else np.zeros(0)
+            removed = sum(g for _, g in here)
+            thresholds[lg] = float(pooled[min(removed, len(pooled) - 1)]) if len(pooled) else 0.0
+        return thresholds
 
     def _latency_predictor(self, latency_model: LatencyModel | None) -> LatencyFn:
         if latency_model is None:
@@ -554,6 +614,22 @@ def _apply_plan(
     remember_parameter_names(model)
     apply_structure(graph, plan, removals=removals, add_bias=not fold)
     return removals
+
+
+def _rank_scores(members: list[ScoredGroup]) -> list[ScoredGroup]:
+    """``members`` with each score replaced by the channel's quantile ``(k + 0.5) / n`` within its layer group
+    (same order within every channel group; ties ranked as :func:`~grouppruner.pruning.budget.removal_order` does)."""
+    ranked = list(members)
+    for lg in dict.fromkeys(m.layer_group for m in members):
+        index = [i for i, m in enumerate(members) if m.layer_group == lg]
+        scores = [members[i].score for i in index]
+        order = removal_order(scores)
+        quantile = np.empty(len(order))
+        quantile[order] = (np.arange(len(order)) + 0.5) / max(len(order), 1)
+        starts = np.cumsum([0] + [len(s) for s in scores])
+        for j, i in enumerate(index):
+            ranked[i] = dataclasses.replace(members[i], score=quantile[starts[j] : starts[j + 1]])
+    return ranked
 
 
 def _fraction(mode: str, value: Any) -> float:

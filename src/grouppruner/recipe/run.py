@@ -203,6 +203,13 @@ class RecipeRun:
         )
 
     @cached_property
+    def plain_train_loader(self) -> DataLoader[Any]:
+        """The ``train`` split without augmentation, in order (the plan search calibrates and scores on it)."""
+        train = self._datasets[0]
+        plain = VOCDetection(train.root, "train", self.config.image_size, classes=self.config.classes)
+        return DataLoader(plain, batch_size=self.config.batch_size, collate_fn=collate)
+
+    @cached_property
     def val_loader(self) -> DataLoader[Any]:
         """The ``val`` split, in order."""
         return DataLoader(self._datasets[1], batch_size=self.config.batch_size, collate_fn=collate)
@@ -427,12 +434,12 @@ class RecipeRun:
         """
         if stage not in STAGE_FUNCTIONS:
             raise InvalidOptionError(f"unknown stage {stage!r}; stages: {STAGES}")
+        self.prepare()  # before the seeding: whichever stage runs first, the stages draw the same numbers
         # Each stage draws its randomness from its own seed, so a stage gives the same result whether the
         # stages before it ran in this process or were read back from their checkpoints.
         stage_seed = self.config.seed * len(STAGES) + STAGES.index(stage)
         torch.manual_seed(stage_seed)
         self.generator.manual_seed(stage_seed)
-        self.prepare()
         self._state_files = []
         self._files = []
         model, extra = STAGE_FUNCTIONS[stage](self)

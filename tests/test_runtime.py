@@ -278,3 +278,15 @@ def test_a_latency_model_of_another_runtime_is_refused() -> None:
     pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, runtime=Runtime("onnxruntime", block=8))
     with pytest.raises(ValueError, match="measured in 'torch', the pruner plans for 'onnxruntime'"):
         pruner.plan(target_latency=0.9, latency_model=latency)
+
+
+def test_verify_steps_none_plans_on_the_prediction_alone() -> None:
+    from nets import fixed_latency_model
+
+    model = random_detector()
+    latency = fixed_latency_model(model, X)
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, runtime="torch")
+    plan = pruner.plan(target_latency=0.85, latency_model=latency, verify_steps=None)
+    assert plan.latency is None and plan.target == 0.85  # nothing measured
+    with pytest.raises(ValueError, match="verify_steps must be None or an int >= 0"):
+        pruner.plan(target_latency=0.85, latency_model=latency, verify_steps=-1)

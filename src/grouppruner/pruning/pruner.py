@@ -180,7 +180,7 @@ class GroupPruner:
         layer_group_bias: Mapping[str, float] | None = None,
         normalise: str = "max",
         strict: bool = False,
-        verify_steps: int = 3,
+        verify_steps: int | None = 3,
     ) -> PruningPlan:
         """Decide which channels to remove. Exactly one mode must be given.
 
@@ -215,7 +215,8 @@ class GroupPruner:
                 ``k``-th lowest of ``n``), so every layer group loses the same fraction of its channels (times its
                 ``layer_group_bias``), whatever its score scale; the channels kept are still the highest-scoring.
             verify_steps: ``target_latency`` only: correction steps after the first plan, >= 0 (with 0 the first
-                plan is still measured and recorded).
+                plan is still measured and recorded); ``None``: no measurement, the plan lands within 1 % of the
+                latency model's *prediction* (what :class:`~grouppruner.pruning.PlanSearch` compares candidates on).
             strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
                 ``round_to`` allow, or between two channel steps) gives the closest reachable plan and a logged
                 warning with the value reached; ``strict=True`` raises instead.
@@ -257,8 +258,10 @@ class GroupPruner:
         if normalise not in ("max", "rank"):
             raise InvalidOptionError(f"normalise must be 'max' or 'rank', got {normalise!r}")
         bias = self._check_bias(layer_group_bias)
-        if isinstance(verify_steps, bool) or not isinstance(verify_steps, int) or verify_steps < 0:
-            raise InvalidOptionError(f"verify_steps must be an int >= 0, got {verify_steps!r}")
+        if verify_steps is not None and (
+            isinstance(verify_steps, bool) or not isinstance(verify_steps, int) or verify_steps < 0
+        ):
+            raise InvalidOptionError(f"verify_steps must be None or an int >= 0, got {verify_steps!r}")
         members = self._scored()
         cost = CostModel(self.model, self._positions)
         latency = None
@@ -270,7 +273,7 @@ class GroupPruner:
         if mode in TARGET_MODES:
             target = _fraction(mode, given[mode])
             options = (latency, latency_weight, strict, normalise, bias, searched)
-            if mode != "target_latency":
+            if mode != "target_latency" or verify_steps is None:
                 return self._budget_plan(members, cost, mode, target, *options)[0]
 
             def plan_for(asked: float) -> tuple[PruningPlan, float]:

@@ -213,7 +213,7 @@ def test_latency_options_are_checked(detector_latency: tuple[nn.Module, LatencyM
 
 def test_nonnegative_fit_meets_the_optimality_conditions() -> None:
     """KKT: x >= 0; the gradient of ||a x - b||^2 vanishes where x > 0 and is >= 0 where x = 0."""
-    from grouppruner.latency import _nonnegative_lstsq
+    from grouppruner._utils.fitting import nonnegative_lstsq as _nonnegative_lstsq
 
     rng = np.random.default_rng(0)
     active_at_zero = 0

@@ -40,7 +40,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as dataclass_replace
 from functools import partial
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._utils.calls import ForwardFn, call_model, eval_mode, model_device, synchronize, tensors_in
 from ._utils.errors import GroupPrunerError, InvalidOptionError
+from ._utils.fitting import nonnegative_lstsq, unit_points
 from ._utils.modules import is_depthwise
 from ._utils.onnx_units import unit_onnx
 from .profile import measure_latency
@@ -507,59 +507,6 @@ def _time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> flo
     return statistics.median(samples)
 
 
-def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``argmin ||a x - b||`` over ``x >= 0``, a: (M, K) with small K, b: (M,) -> x: (K,).
-
-    Exact for the 2-4 features used here: the optimum is the unconstrained least-squares solution on some subset
-    of the features (its active set), so every subset is tried and the best feasible one kept.
-    """
-    best, best_residual = np.zeros(a.shape[1]), float(np.sum(b**2))
-    for size in range(1, a.shape[1] + 1):
-        for subset in combinations(range(a.shape[1]), size):
-            columns = list(subset)
-            x_subset, *_ = np.linalg.lstsq(a[:, columns], b, rcond=None)
-            if np.any(x_subset < 0):
-                continue
-            residual = float(np.sum((a[:, columns] @ x_subset - b) ** 2))
-            if residual < best_residual:
-                best = np.zeros(a.shape[1])
-                best[columns] = x_subset
-                best_residual = residual
-    return best
-
-
-def _snap(width: float, full: int, step: int) -> int:
-    """``width`` rounded to a multiple of ``step`` in ``[step, full]`` (``full`` itself when below ``step``)."""
-    if full <= step:
-        return full
-    return min(full, max(step, round(width / step) * step))
-
-
-def _unit_points(conv: nn.modules.conv._ConvNd, block: int) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
-    """The ``(C_in, C_out)`` widths a unit is timed at: on the block (the fit) and off it (the off-block factor)."""
-    depthwise = is_depthwise(conv)
-    groups = 1 if depthwise else conv.groups  # grouped convs need widths divisible by their groups
-    step = math.lcm(groups, block)
-    on: set[tuple[int, int]] = set()
-    for fin, fout in _WIDTHS:
-        if depthwise and fin != fout:
-            continue
-        cin = _snap(conv.in_channels * fin, conv.in_channels, step)
-        cout = cin if depthwise else _snap(conv.out_channels * fout, conv.out_channels, step)
-        on.add((cin, cout))
-    off: set[tuple[int, int]] = set()
-    if block > 1 and groups == 1:
-        for fraction in (1.0, 0.75, 0.5):
-            # half a block below a width on the block: what an unrounded plan keeps
-            cin = _snap(conv.in_channels * fraction, conv.in_channels, step)
-            cout = _snap(conv.out_channels * fraction, conv.out_channels, step)
-            cin = cin - block // 2 if cin > block else cin
-            cout = cin if depthwise else (cout - block // 2 if cout > block else cout)
-            if (cin, cout) not in on:
-                off.add((cin, cout))
-    return on, off
-
-
 def _time_unit(unit: _Unit, cin: int, cout: int, repeats: int, runtime: Runtime) -> float:
     block, x = _resized_unit(unit, cin, cout)
     if runtime.name == "torch":
@@ -598,7 +545,7 @@ def _fit_unit(
     if signature in timed:
         return dataclass_replace(timed[signature], name=name)
     block = runtime.channel_block
-    on, off = _unit_points(conv, block)
+    on, off = unit_points(conv, block, _WIDTHS)
     samples = [(cin, cout, _time_unit(unit, cin, cout, repeats, runtime)) for cin, cout in sorted(on, reverse=True)]
     ci = np.array([s[0] for s in samples], dtype=np.float64)
     co = np.array([s[1] for s in samples], dtype=np.float64)
@@ -610,7 +557,7 @@ def _fit_unit(
     # Non-negative least squares on relative errors (rows scaled by 1/t): every term >= 0 keeps the prediction
     # monotone in width, and relative weighting stops the widest point from dominating the fit.
     weights = 1.0 / np.maximum(t, 1e-9)
-    solution = _nonnegative_lstsq(features * weights[:, None], t * weights)
+    solution = nonnegative_lstsq(features * weights[:, None], t * weights)
     coef = (float(solution[0]), 0.0, float(solution[1]), 0.0) if depthwise else tuple(float(c) for c in solution)
     layer = LayerLatency(
         name=name,

@@ -7,7 +7,6 @@ Scores come from an importance (:mod:`.importance`); budgets are solved by :mod:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -23,24 +22,23 @@ from ..graph.groups import min_units
 from ..latency import LatencyCacheError, LatencyModel
 from ..profile import record_positions
 from ..runtime import Runtime, resolve_runtime
-from .apply import apply_structure, check_plan
+from .apply import _apply_plan
 from .budget import (
     BudgetSolution,
     CostModel,
     LatencyFn,
     ScoredGroup,
+    _rank_scores,
     added_biases,
     kept_count,
     latency_weights,
     predict_cost,
     quantile_cut,
-    removal_order,
     removed_channels,
     solve_budget,
 )
-from .folding import fold_removed_channels, fold_target, is_fold_consumer
+from .folding import fold_target, is_fold_consumer
 from .importance import Coupling, Importance, ScoreFn, as_importance
-from .optimizer import remember_parameter_names
 from .plan import (
     PLAN_MODES,
     TARGET_MODES,
@@ -588,51 +586,6 @@ class GroupPruner:
             plan.macs_after,
         )
         return self.model
-
-
-def _apply_plan(
-    graph: ChannelGraph,
-    plan: PruningPlan,
-    example_inputs: Any,
-    successor_bn: Mapping[str, str],
-    forward_fn: Callable[[nn.Module, Any], Any] | None,
-    *,
-    fold: bool,
-    check: bool,
-) -> list[tuple[ChannelGroup, list[int]]]:
-    """Fold (optionally) and remove the planned channels of ``graph.model`` in place; returns the removals."""
-    model = graph.model
-    removals = check_plan(graph, plan, check_weights=check)
-    if fold:
-        added = fold_removed_channels(
-            model,
-            removals,
-            example_inputs,
-            successor_bn=dict(successor_bn),
-            forward_fn=forward_fn,
-            max_stride=max((g.stride for g in graph.channel_groups if g.stride), default=None),
-        )
-        if sorted(added) != sorted(plan.add_bias):
-            raise InternalError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
-    remember_parameter_names(model)
-    apply_structure(graph, plan, removals=removals, add_bias=not fold)
-    return removals
-
-
-def _rank_scores(members: list[ScoredGroup]) -> list[ScoredGroup]:
-    """``members`` with each score replaced by the channel's quantile ``(k + 0.5) / n`` within its layer group
-    (same order within every channel group; ties ranked as :func:`~grouppruner.pruning.budget.removal_order` does)."""
-    ranked = list(members)
-    for lg in dict.fromkeys(m.layer_group for m in members):
-        index = [i for i, m in enumerate(members) if m.layer_group == lg]
-        scores = [members[i].score for i in index]
-        order = removal_order(scores)
-        quantile = np.empty(len(order))
-        quantile[order] = (np.arange(len(order)) + 0.5) / max(len(order), 1)
-        starts = np.cumsum([0] + [len(s) for s in scores])
-        for j, i in enumerate(index):
-            ranked[i] = dataclasses.replace(members[i], score=quantile[starts[j] : starts[j + 1]])
-    return ranked
 
 
 def _fraction(mode: str, value: Any) -> float:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def prune(model: nn.Module, ratio: float, **options: object) -> nn.Module:
-    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, **options)  # type: ignore[arg-type]
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, runtime="torch", **options)  # type: ignore[arg-type]
     return pruner.apply(pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, ratio)))
 
 
@@ -63,7 +63,7 @@ PLAN_MODES = [
 def test_every_plan_mode_saves_and_loads_into_a_fresh_model(tmp_path: Path, options: dict[str, float]) -> None:
     model = random_detector()
     randomize_bn(model, torch.Generator().manual_seed(3))
-    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2)
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, runtime="torch")
     per_group = {"ratios", "thresholds"} & set(options)
     kwargs: dict[str, object] = dict(options)
     for mode in per_group:
@@ -138,7 +138,7 @@ def test_added_bias_round_trips(tmp_path: Path) -> None:
         return model
 
     model = build()
-    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=1)
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=1, runtime="torch")
     plan = pruner.plan(ratios={"stem/s1": 0.5})
     assert plan.add_bias == ["bare"]
     pruner.apply(plan)

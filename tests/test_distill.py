@@ -280,7 +280,7 @@ def test_student_pruned_by_group_pruner() -> None:
     student = copy.deepcopy(teacher)
     example = torch.randn(1, 3, 32, 32)
     graph = gp.ChannelGraph(student, example)
-    pruner = gp.GroupPruner(graph, min_channels=2, example_inputs=example)
+    pruner = gp.GroupPruner(graph, min_channels=2, example_inputs=example, runtime="torch")
     pruner.apply(pruner.plan(ratios=dict.fromkeys(graph.layer_groups(), 0.5)))
     widths = [student.stem.conv.out_channels, student.stage1.conv.out_channels, student.stage2.conv.out_channels]
     assert 4 <= widths[0] < 8 and 8 <= widths[1] < 16 and 16 <= widths[2] < 32

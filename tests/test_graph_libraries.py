@@ -145,7 +145,7 @@ def test_grouped_conv_min_channels_counts_layer_width() -> None:
     model, graph = build("regnet")
     group = graph.group("backbone.2.a.0")  # feeds a 4-group conv: 8 group channels = 32 layer channels
     assert group.prunable and group.size == 8
-    pruner = GroupPruner(graph, min_channels=8)
+    pruner = GroupPruner(graph, min_channels=8, runtime="torch")
     plan = pruner.plan(ratios={name: 0.95 for name in pruner.layer_groups})
     entry = next(g for g in plan.channel_groups if g.name == "backbone.2.a.0")
     assert len(entry.kept) == 2  # 2 group channels x 4 conv groups = 8 layer channels
@@ -193,7 +193,7 @@ def test_every_prunable_group_is_scored_and_named() -> None:
             if group.prunable:
                 assert auto(model, group) is not None, (name, group.name)
     model, graph = build("gn_tower")
-    plan = GroupPruner(graph, min_channels=2).plan(target_params=0.6)
+    plan = GroupPruner(graph, min_channels=2, runtime="torch").plan(target_params=0.6)
     score = {g.name: g.score for g in plan.channel_groups}
     assert score["c8.0.0"] == "bn_l1" and score["tower.0"] == "norm_l1" and score["fpn_out.0"] == "filter_l2"
     assert "scored by norm_l1: tower.0" in plan.summary()
@@ -224,7 +224,7 @@ def test_norm_scale_reads_group_norm() -> None:
 
 def test_importance_wrong_length_names_group() -> None:
     _, graph = build("squeezenet")
-    pruner = GroupPruner(graph, importance=lambda m, g: torch.ones(g.size + 1))
+    pruner = GroupPruner(graph, importance=lambda m, g: torch.ones(g.size + 1), runtime="torch")
     with pytest.raises(ValueError, match=r"features\.0"):
         pruner.plan(target_params=0.6)
 
@@ -239,7 +239,7 @@ def test_prune_to_0_6_keeps_output_shapes(name: str) -> None:
     shapes = [o.shape for o in outputs(model, x)]
     # tiny models have coarse channel steps: the first min_channels whose plan lands within 1 % of 0.6
     for min_channels in (2, 1, 4, 8):
-        pruner = GroupPruner(graph, min_channels=min_channels)
+        pruner = GroupPruner(graph, min_channels=min_channels, runtime="torch")
         try:
             plan = pruner.plan(target_params=0.6, strict=True)
             break
@@ -325,7 +325,7 @@ def test_torchvision_style_retinanet_maps_and_prunes() -> None:
     fixed = {g.name: g.reason for g in graph.channel_groups if not g.prunable}
     assert set(fixed) == {"cls_head.out", "box_head.out"}  # the outputs only; FPN, towers and backbone prunable
     shapes = [tuple(t.shape) for t in model(x)]
-    pruner = GroupPruner(graph, min_channels=8)
+    pruner = GroupPruner(graph, min_channels=8, runtime="torch")
     plan = pruner.plan(target_params=0.6)
     pruner.apply(plan)
     assert plan.params_ratio == pytest.approx(0.6, rel=0.01)

@@ -77,7 +77,7 @@ def test_psa_pruned_to_a_budget_runs() -> None:
     x = x_in()
     shape = model(x).shape
     graph = ChannelGraph(model, x)
-    pruner = GroupPruner(graph, min_channels=1)
+    pruner = GroupPruner(graph, min_channels=1, runtime="torch")
     plan = pruner.plan(target_params=0.9)
     pruner.apply(plan)
     assert model.stem[0].out_channels < 16 and model.neck[0].out_channels < 24

@@ -116,7 +116,7 @@ def test_shuffle_model_prunes_to_a_budget() -> None:
     model = ShuffleNetLike().eval()
     x = x_in()
     shape = model(x).shape
-    pruner = GroupPruner(ChannelGraph(model, x), min_channels=1)
+    pruner = GroupPruner(ChannelGraph(model, x), min_channels=1, runtime="torch")
     plan = pruner.plan(target_params=0.7)
     pruner.apply(plan)
     assert model.head.in_channels < 16
@@ -130,7 +130,7 @@ def test_shuffle_with_constant_sizes_is_fixed_by_the_probe() -> None:
     graph = ChannelGraph(model, x)
     stream = graph.group("stage.0.branch1.2")
     assert not stream.prunable and "breaks the forward" in str(stream.reason)
-    pruner = GroupPruner(graph, min_channels=1)
+    pruner = GroupPruner(graph, min_channels=1, runtime="torch")
     pruner.apply(pruner.plan(target_params=0.8))
     assert model(x).shape == (2, 10, 8, 8)
 
@@ -157,6 +157,6 @@ def test_shuffle_of_one_conv_output(groups: int) -> None:
     assert group.prunable and group.size == 16 // groups
     zero_and_remove(model, graph, "a.0", [0, group.size - 1])
     assert model.b[0].in_channels == 16 - 2 * groups
-    pruner = GroupPruner(graph, min_channels=1)
+    pruner = GroupPruner(graph, min_channels=1, runtime="torch")
     pruner.apply(pruner.plan(target_params=0.6))
     assert model(x).shape == (2, 4, 32, 32)

@@ -47,15 +47,20 @@ def test_bn_scale_is_abs_gamma_and_couples_by_mean_max_vote() -> None:
 
 def test_pruner_takes_importance_objects_and_names_them_in_the_plan() -> None:
     graph = _graph()
-    plan = gp.GroupPruner(graph, importance=BNScaleImportance(coupling="max"), min_channels=1).plan(ratios={})
+    plan = gp.GroupPruner(graph, importance=BNScaleImportance(coupling="max"), min_channels=1, runtime="torch").plan(
+        ratios={}
+    )
     assert (plan.importance, plan.coupling) == ("bn_l1", "max")
 
     def by_index(model: nn.Module, group: gp.ChannelGroup) -> torch.Tensor:
         return torch.arange(group.size, dtype=torch.float32)
 
-    assert gp.GroupPruner(graph, importance=CustomImportance(by_index)).plan(ratios={}).importance == "by_index"
+    assert (
+        gp.GroupPruner(graph, importance=CustomImportance(by_index), runtime="torch").plan(ratios={}).importance
+        == "by_index"
+    )
     with pytest.raises(ValueError, match="set coupling on the importance"):
-        gp.GroupPruner(graph, importance=BNScaleImportance(coupling="max"), coupling="mean")
+        gp.GroupPruner(graph, importance=BNScaleImportance(coupling="max"), coupling="mean", runtime="torch")
     with pytest.raises(ValueError, match="coupling must be one of"):
         BNScaleImportance(coupling="median")  # type: ignore[arg-type]
 
@@ -65,7 +70,7 @@ def test_nan_scores_raise_non_finite_error_naming_the_group() -> None:
     group = next(g for g in graph.channel_groups if g.prunable)
     bad = CustomImportance(lambda m, g: torch.full((g.size,), float("nan")))
     with pytest.raises(gp.NonFiniteError, match=f"channel group {group.name!r}"):
-        gp.GroupPruner(graph, importance=bad).scores(group)
+        gp.GroupPruner(graph, importance=bad, runtime="torch").scores(group)
 
 
 def test_bn_sparsity_does_not_write_into_the_callers_schedule() -> None:
@@ -104,7 +109,7 @@ def test_batchnorm_subclass_is_scored_by_its_gamma_and_regularized() -> None:
     graph = gp.ChannelGraph(model, torch.randn(1, 3, 8, 8))
     group = graph.group("conv1")
     assert group.bn_names == ("norm1",) and all(r.role == "batchnorm" for r in group.bns)
-    pruner = gp.GroupPruner(graph, min_channels=1)
+    pruner = gp.GroupPruner(graph, min_channels=1, runtime="torch")
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.25))
     assert plan.channel_groups[0].score == "bn_l1"
     assert sorted(set(range(16)) - set(plan.channel_groups[0].kept)) == [1, 5, 9, 13]

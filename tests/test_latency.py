@@ -88,7 +88,7 @@ def test_predictor_of_a_removal_shrinks_and_matches_predict_of_the_pruned_model(
 ) -> None:
     model, latency = detector_latency
     model = copy.deepcopy(model)
-    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2)
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, runtime="torch")
     predict = latency.predictor(model)
     dense = predict({})
     assert dense == pytest.approx(latency.predict(model))
@@ -173,10 +173,13 @@ def test_target_latency_lands_on_the_models_prediction(
 ) -> None:
     model, latency = detector_latency
     model = copy.deepcopy(model)
-    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2)
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, runtime="torch")
     dense = latency.predict(model)
-    plan = pruner.plan(target_latency=target, latency_model=latency)
-    assert plan.mode == "target_latency" and plan.target == target
+    plan = pruner.plan(target_latency=target, latency_model=latency, verify_steps=0)
+    assert plan.mode == "target_latency" and plan.target == target and plan.runtime == "torch"
+    # the first plan is measured and recorded even without a correction step
+    assert plan.latency is not None and len(plan.latency["steps"]) == 1 and plan.latency["runtime"] == "torch"
+    assert plan.latency["steps"][0]["predicted"] == pytest.approx(target, rel=0.01)
     pruner.apply(plan)
     # against the model's own prediction (1 % solver tolerance), never against a wall-clock time
     assert latency.predict(model) / dense == pytest.approx(target, rel=0.01)
@@ -187,7 +190,7 @@ def test_latency_weight_trades_parameters_for_latency(detector_latency: tuple[nn
     predicted = {}
     for weight in (0.0, 2.0):
         pruned = copy.deepcopy(model)
-        pruner = GroupPruner(ChannelGraph(pruned, X), example_inputs=X, min_channels=2)
+        pruner = GroupPruner(ChannelGraph(pruned, X), example_inputs=X, min_channels=2, runtime="torch")
         plan = pruner.plan(target_params=0.5, latency_model=latency, latency_weight=weight)
         assert plan.params_ratio == pytest.approx(0.5, rel=0.01)
         pruner.apply(plan)
@@ -197,7 +200,7 @@ def test_latency_weight_trades_parameters_for_latency(detector_latency: tuple[nn
 
 def test_latency_options_are_checked(detector_latency: tuple[nn.Module, LatencyModel]) -> None:
     model, latency = detector_latency
-    pruner = GroupPruner(ChannelGraph(copy.deepcopy(model), X), example_inputs=X, min_channels=2)
+    pruner = GroupPruner(ChannelGraph(copy.deepcopy(model), X), example_inputs=X, min_channels=2, runtime="torch")
     with pytest.raises(ValueError, match="latency_weight must be >= 0"):
         pruner.plan(target_params=0.5, latency_model=latency, latency_weight=-1.0)
     with pytest.raises(ValueError, match="target modes"):
@@ -210,7 +213,7 @@ def test_latency_options_are_checked(detector_latency: tuple[nn.Module, LatencyM
 
 def test_nonnegative_fit_meets_the_optimality_conditions() -> None:
     """KKT: x >= 0; the gradient of ||a x - b||^2 vanishes where x > 0 and is >= 0 where x = 0."""
-    from grouppruner.latency import _nonnegative_lstsq
+    from grouppruner._utils.fitting import nonnegative_lstsq as _nonnegative_lstsq
 
     rng = np.random.default_rng(0)
     active_at_zero = 0

@@ -11,6 +11,7 @@ from grouppruner.profile import (
     measure_latency,
     model_size_bytes,
     profile_model,
+    record_positions,
 )
 
 
@@ -90,3 +91,34 @@ def test_profile_ratio():
     prof = profile_model(_net(), torch.randn(1, 3, 32, 32))
     assert prof.latency_s is None
     assert prof.params == count_params(_net())
+
+
+class _CachingHead(nn.Module):
+    """Caches tensors made from its input in plain attributes and a buffer, as Ultralytics' Detect does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.shape: tuple[int, ...] | None = None
+        self.anchors = torch.empty(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shape != tuple(x.shape):
+            self.anchors = torch.arange(x.shape[-1], device=x.device, dtype=x.dtype)
+            self.register_buffer("grid", torch.zeros(x.shape[-1], device=x.device), persistent=False)
+            self.shape = tuple(x.shape)
+        return self.conv(x) + self.anchors
+
+
+def test_meta_passes_leave_cached_attributes_as_they_were() -> None:
+    """count_macs / record_positions run on the meta device; a cache filled there would break the next forward."""
+    head = _CachingHead().eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert count_macs(head, x) == 8 * 8 * 4 * 3 * 9
+    record_positions(head, x)
+    assert head.shape is None and head.anchors.numel() == 0 and "grid" not in head._buffers
+    out = head(x)  # fills the cache on the CPU
+    anchors = head.anchors
+    count_macs(head, torch.randn(1, 3, 16, 16))  # another size: the meta pass refills the cache, then undoes it
+    assert head.anchors is anchors and head.shape == (1, 3, 8, 8) and head.grid.device.type == "cpu"
+    assert torch.equal(head(x), out)

@@ -30,9 +30,8 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 def make_pruner(model: nn.Module, **options: object) -> GroupPruner:
+    options.setdefault("runtime", "torch")  # exact widths: no runtime channel block
     return GroupPruner(ChannelGraph(model, X), example_inputs=X, **options)  # type: ignore[arg-type]
 
 
@@ -184,9 +183,9 @@ def test_coupling_mean_max_vote() -> None:
     rows = torch.stack([model.get_submodule(r.name).weight.detach().abs()[list(r.indices)] for r in group.bns])
     rows = rows.double().numpy()
     np.testing.assert_allclose(pruner_mean.scores(group), rows.mean(0))
-    pruner_max = GroupPruner(pruner_mean.graph, coupling="max", example_inputs=X)
+    pruner_max = GroupPruner(pruner_mean.graph, coupling="max", example_inputs=X, runtime="torch")
     np.testing.assert_allclose(pruner_max.scores(group), rows.max(0))
-    pruner_vote = GroupPruner(pruner_mean.graph, coupling="vote", example_inputs=X)
+    pruner_vote = GroupPruner(pruner_mean.graph, coupling="vote", example_inputs=X, runtime="torch")
     majority = math.ceil(rows.shape[0] / 2)
     vote = pruner_vote.scores(group)
     assert vote is not None
@@ -504,7 +503,7 @@ def test_zoo_models_prune_and_cost_model_is_exact(name: str) -> None:
     model = ZOO[name]().eval()
     randomize_bn(model, torch.Generator().manual_seed(6))
     graph = ChannelGraph(model, X)
-    pruner = GroupPruner(graph, example_inputs=X, min_channels=2)
+    pruner = GroupPruner(graph, example_inputs=X, min_channels=2, runtime="torch")
     if not pruner.layer_groups:
         pytest.skip(f"{name}: nothing prunable")
     plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
@@ -521,7 +520,7 @@ def test_zoo_models_prune_and_cost_model_is_exact(name: str) -> None:
 @pytest.mark.parametrize("mode", ["ratios", "thresholds"])
 def test_one_float_instead_of_a_mapping_is_an_option_type_error(mode: str) -> None:
     model = nn.Sequential(CBA(3, 8), CBA(8, 8), nn.Conv2d(8, 2, 1))
-    pruner = GroupPruner(ChannelGraph(model, torch.randn(1, 3, 8, 8)))
+    pruner = GroupPruner(ChannelGraph(model, torch.randn(1, 3, 8, 8)), runtime="torch")
     expected = rf"plan\({mode}=\.\.\.\) takes a mapping of layer group -> value, got"
     with pytest.raises(gp.OptionTypeError, match=expected):
         pruner.plan(**{mode: 0.5})

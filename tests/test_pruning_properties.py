@@ -40,7 +40,9 @@ def check_random_net(spec: tuple, data: st.DataObject) -> None:
     min_channels = data.draw(st.integers(1, 4), label="min_channels")
     round_to = data.draw(st.sampled_from([None, 2, 4]), label="round_to")
     coupling = data.draw(st.sampled_from(["mean", "max", "vote"]), label="coupling")
-    pruner = GroupPruner(graph, min_channels=min_channels, round_to=round_to, coupling=coupling, example_inputs=x)
+    pruner = GroupPruner(
+        graph, min_channels=min_channels, round_to=round_to, coupling=coupling, example_inputs=x, runtime="torch"
+    )
     ratios = {name: data.draw(st.floats(0.0, 0.95), label=f"ratio[{name}]") for name in pruner.layer_groups}
     plan = pruner.plan(ratios=ratios)
     reference = gamma_zero_reference(model, graph, plan)
@@ -94,7 +96,7 @@ def test_unfolded_removal_moves_outputs() -> None:
     for fold in (True, False):
         candidate = copy.deepcopy(model)
         graph = ChannelGraph(candidate, x)
-        pruner = GroupPruner(graph, min_channels=1, example_inputs=x)
+        pruner = GroupPruner(graph, min_channels=1, example_inputs=x, runtime="torch")
         plan = pruner.plan(ratios=dict.fromkeys(pruner.layer_groups, 0.5))
         reference = gamma_zero_reference(candidate, graph, plan)
         expected = reference(x)

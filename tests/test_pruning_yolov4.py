@@ -40,7 +40,7 @@ def pruner() -> GroupPruner:
     torch.manual_seed(0)
     model = detection.yolov4(num_classes=20).eval()
     sparse_like_gammas(model)
-    return GroupPruner(ChannelGraph(model, INPUT), example_inputs=INPUT, min_channels=8)
+    return GroupPruner(ChannelGraph(model, INPUT), example_inputs=INPUT, min_channels=8, runtime="torch")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def tied() -> GroupPruner:
     model = detection.yolov4(num_classes=20, width=0.25).eval()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(bool((m.weight == 1).all()) for m in bns)  # fresh: every score ties
-    return GroupPruner(ChannelGraph(model, INPUT), example_inputs=INPUT, min_channels=8)
+    return GroupPruner(ChannelGraph(model, INPUT), example_inputs=INPUT, min_channels=8, runtime="torch")
 
 
 @pytest.mark.parametrize("mode", ["target_params", "target_macs"])
@@ -68,7 +68,7 @@ def test_tied_gammas_target_within_one_percent(tied: GroupPruner, mode: str, tar
 
 
 def test_tied_gammas_round_to_and_unreachable_target(tied: GroupPruner) -> None:
-    rounded = GroupPruner(tied.graph, example_inputs=INPUT, min_channels=8, round_to=8)
+    rounded = GroupPruner(tied.graph, example_inputs=INPUT, min_channels=8, round_to=8, runtime="torch")
     plan = rounded.plan(target_macs=0.35)
     assert abs(plan.macs_ratio - 0.35) <= 0.01 * 0.35
     assert all(len(e.kept) % 8 == 0 or len(e.kept) == e.size for e in plan.channel_groups)
@@ -92,7 +92,7 @@ def test_target_within_one_percent(pruner: GroupPruner, mode: str, target: float
 
 
 def test_round_to_target_within_one_percent(pruner: GroupPruner) -> None:
-    rounded = GroupPruner(pruner.graph, example_inputs=INPUT, min_channels=8, round_to=8)
+    rounded = GroupPruner(pruner.graph, example_inputs=INPUT, min_channels=8, round_to=8, runtime="torch")
     plan = rounded.plan(target_params=0.35)
     assert abs(plan.params_ratio - 0.35) <= 0.01 * 0.35
     for entry in plan.channel_groups:

@@ -24,6 +24,13 @@ def test_file_values_then_overrides(tmp_path: Path) -> None:
     assert load_recipe_config(overrides={"out_dir": "x"}) == RecipeConfig(out_dir="x")
 
 
+def test_runtime_option_defaults_to_onnxruntime_and_is_checked() -> None:
+    assert RecipeConfig(out_dir="x").runtime == "onnxruntime"
+    assert load_recipe_config(overrides={"out_dir": "x", "runtime": "torch"}).runtime == "torch"
+    with pytest.raises(ValueError, match=r"RecipeConfig.runtime must be one of \('onnxruntime', 'torch'\)"):
+        load_recipe_config(overrides={"out_dir": "x", "runtime": "tensorrt"})
+
+
 def test_unknown_key_names_file_key_and_close_fields(tmp_path: Path) -> None:
     path = _write(tmp_path, 'out_dir = "x"\nimage_sise = 96\n')
     with pytest.raises(ValueError, match=r"recipe\.toml: unknown option 'image_sise'; close matches: 'image_size'"):

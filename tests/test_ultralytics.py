@@ -286,3 +286,17 @@ def test_unrestorable_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(gp.CheckpointError, match=r"junk\.pt"):
         gpu.load(tmp_path / "junk.pt")
+
+
+def test_prune_puts_kept_widths_on_the_runtimes_block() -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    from grouppruner.runtime import Runtime
+
+    model = DetectionModel("yolov8n.yaml", verbose=False)
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    plan = gpu.prune(model, target_macs=0.6, imgsz=64, runtime=Runtime("onnxruntime", block=16))
+    assert plan.runtime == "onnxruntime" and plan.round_to == 16
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert any(after[n] < before[n] for n in before)
+    assert all(after[n] % 16 == 0 or after[n] == before[n] for n in before), after

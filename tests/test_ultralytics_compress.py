@@ -168,7 +168,7 @@ def test_cli_yolo(detect: tuple[Path, Path], tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "run"
     argv = ["yolo", "--model", str(weights), "--data", str(data), "--target-params", "0.6", "--out", str(out)]
     argv += ["--sparse-epochs", "0", "--recover-epochs", "1", "--distill-attention", "0", "--distill-output", "0"]
-    argv += ["--imgsz", str(IMGSZ), "--batch", "8", "--workers", "0", "--device", "cpu"]
+    argv += ["--imgsz", str(IMGSZ), "--batch", "8", "--workers", "0", "--device", "cpu", "--runtime", "torch"]
     argv += ["--train", "amp=False", "--train", "plots=False", "--train", "mosaic=0.0"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -179,6 +179,7 @@ def test_cli_yolo(detect: tuple[Path, Path], tmp_path: Path, capsys: pytest.Capt
     assert f"compressed model: {out / 'recovered.pt'}" in printed
     options = json.loads((out / "results.json").read_text())["options"]
     assert options["mosaic"] == 0.0 and options["amp"] is False and options["target_params"] == 0.6
+    assert options["runtime"] == "torch"
     pruned = json.loads((out / "results.json").read_text())["stages"][2]
     assert pruned["extra"]["params_ratio"] == pytest.approx(0.6, abs=0.01)
     assert main([*argv[:-2], "--train", "mosaic"]) == 2  # a --train item without a value

@@ -9,9 +9,10 @@ The method's four steps, one package each, in the order the data flows:
   with :mod:`grouppruner.checkpoint` (``save_pruned``, ``load_pruned``);
 - :mod:`grouppruner.distill` -- spatial-attention distillation (``spatial_attention``, ``AttentionDistiller``).
 
-:mod:`grouppruner.profile` measures parameters, MACs, size and latency; :mod:`grouppruner.latency` is the
-measured latency model behind ``plan(target_latency=...)``; :mod:`grouppruner.export` gives the deployment form
-(BatchNorm folded, ONNX); :mod:`grouppruner.plot` (extra ``plot``)
+:mod:`grouppruner.runtime` names the runtime a pruned model ships on (onnxruntime by default: its channel
+block and where latency is measured); :mod:`grouppruner.profile` measures parameters, MACs, size and latency;
+:mod:`grouppruner.latency` is the measured latency model behind ``plan(target_latency=...)``;
+:mod:`grouppruner.export` gives the deployment form (BatchNorm folded, ONNX); :mod:`grouppruner.plot` (extra ``plot``)
 draws gamma histograms; :mod:`grouppruner.detection` (extra ``detection``) is the reference YOLOv4. Every error
 raised on purpose derives from :class:`GroupPrunerError`.
 """
@@ -22,7 +23,7 @@ from ._utils.moved import moved_names
 
 __version__ = "0.1.0"
 
-from . import checkpoint, distill, export, graph, latency, profile, pruning, sparsity
+from . import checkpoint, distill, export, graph, latency, profile, pruning, runtime, sparsity
 from ._utils.errors import (
     DataError,
     GroupPrunerError,
@@ -79,6 +80,7 @@ __all__ = [
     "profile",
     "pruning",
     "rebuild_optimizer",
+    "runtime",
     "save_pruned",
     "sparsity",
     "spatial_attention",

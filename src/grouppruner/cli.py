@@ -32,6 +32,7 @@ from torch import nn
 
 from . import __version__
 from ._utils.errors import GroupPrunerError
+from .runtime import RUNTIMES
 
 __all__ = ["build_parser", "ensure_passive_openmp", "main", "run"]
 
@@ -148,6 +149,11 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
         "--distill-off-epochs", type=int, help="the last recovery epochs without distillation (default 0)"
     )
     parser.add_argument("--teacher", choices=("dense", "sparse"), help="teacher of the recovery (dense)")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="runtime the pruned detector ships on: its channel block and latency (default onnxruntime)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision (fp16: CUDA only)")
@@ -269,6 +275,7 @@ def _recipe(args: argparse.Namespace) -> int:
         "search_candidates": args.search_candidates,
         "distill_off_epochs": args.distill_off_epochs,
         "teacher": args.teacher,
+        "runtime": args.runtime,
         "seed": args.seed,
         "device": args.device,
         "amp": args.amp,

@@ -12,6 +12,14 @@ residual adds do not appear in them, and a convolution's speed per MAC depends o
   ``forward()``, concatenations, upsampling, Python overhead) is kept and scaled with the number of conv output
   elements, the memory those ops move.
 
+The units are timed in the runtime the model will ship on (:class:`~grouppruner.runtime.Runtime`): eager PyTorch,
+or onnxruntime's CPU execution provider, where every unit is exported to a small ONNX graph (BatchNorm folded, as
+the deployment export does) and run in an ``InferenceSession``. A runtime with a channel block (onnxruntime: 8 with
+AVX2, 16 with AVX-512) has its fast kernels only at widths on the block, so there the fit uses widths on the block,
+and a few widths off it give the unit's *off-block factor*: the measured time off the block over the fit's
+prediction. A prediction at a width off the block is multiplied by it, so the budget solver sees what rounding
+buys.
+
 The model is plain data (:meth:`LatencyModel.state_dict`) and is cached to a JSON file (:meth:`save` /
 :meth:`load`) whose :class:`LatencyKey` must match where it is used: a cache measured for another device, thread
 count, dtype or input shape raises :class:`LatencyCacheError` instead of predicting nonsense.
@@ -30,8 +38,8 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as dataclass_replace
 from functools import partial
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +50,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._utils.calls import ForwardFn, call_model, eval_mode, model_device, synchronize, tensors_in
 from ._utils.errors import GroupPrunerError, InvalidOptionError
+from ._utils.fitting import nonnegative_lstsq, unit_points
 from ._utils.modules import is_depthwise
+from ._utils.onnx_units import unit_onnx
 from .profile import measure_latency
+from .runtime import Runtime, onnx_session, resolve_runtime
 
 __all__ = ["LatencyCacheError", "LatencyKey", "LatencyModel", "LayerLatency", "device_name"]
 
@@ -88,18 +99,22 @@ class LatencyKey:
         threads: ``torch.get_num_threads()`` during the measurement.
         dtype: dtype of the model's parameters, e.g. ``"torch.float32"``.
         input_shapes: shapes of the example inputs, e.g. ``[[1, 3, 416, 416]]``.
+        runtime: the runtime the units were timed in (``"torch"`` or ``"onnxruntime"``).
+        block: the runtime's channel block (1: any width is as fast).
     """
 
     device: str
     threads: int
     dtype: str
     input_shapes: list[list[int]]
+    runtime: str = "torch"
+    block: int = 1
 
     def mismatch(self, other: LatencyKey) -> list[str]:
         """Human-readable differences ``'field: self vs other'`` (empty when the keys match)."""
         return [
             f"{name}: {getattr(self, name)!r} vs {getattr(other, name)!r}"
-            for name in ("device", "threads", "dtype", "input_shapes")
+            for name in ("device", "threads", "dtype", "input_shapes", "runtime", "block")
             if getattr(self, name) != getattr(other, name)
         ]
 
@@ -115,6 +130,8 @@ class LayerLatency:
         depthwise: one filter per channel (C_in and C_out shrink together; only the diagonal is timed).
         coef: ``(a, b, c, d)`` in seconds, all >= 0: ``t = a + b * C_in + c * C_out + d * C_in * C_out``.
         samples: the timed points ``[C_in, C_out, seconds]``, kept so that the fit can be checked.
+        block: the runtime's channel block; widths off it are predicted ``off_block`` times slower.
+        off_block: measured time off the block over the fit's prediction (1.0 when not measured).
     """
 
     name: str
@@ -123,11 +140,18 @@ class LayerLatency:
     depthwise: bool
     coef: tuple[float, float, float, float]
     samples: list[tuple[int, int, float]] = field(default_factory=list)
+    block: int = 1
+    off_block: float = 1.0
+
+    def on_block(self, in_channels: int, out_channels: int) -> bool:
+        """Both widths on the block (a width below the block cannot be blocked and counts as on it)."""
+        return all(c % self.block == 0 or c < self.block for c in (in_channels, out_channels))
 
     def predict(self, in_channels: int, out_channels: int) -> float:
-        """Seconds for this unit at the given widths (non-decreasing in both)."""
+        """Seconds for this unit at the given widths (non-decreasing in both among widths on the block)."""
         a, b, c, d = self.coef
-        return a + b * in_channels + c * out_channels + d * in_channels * out_channels
+        seconds = a + b * in_channels + c * out_channels + d * in_channels * out_channels
+        return seconds if self.on_block(in_channels, out_channels) else seconds * self.off_block
 
 
 @dataclass(frozen=True)
@@ -186,8 +210,9 @@ class LatencyModel:
         repeats: int = 5,
         forward_fn: ForwardFn | None = None,
         cache: str | Path | None = None,
+        runtime: str | Runtime = "torch",
     ) -> LatencyModel:
-        """Time every conv unit of ``model`` at a few widths and the whole model once.
+        """Time every conv unit of ``model`` at a few widths and the whole model once, in ``runtime``.
 
         Args:
             model: the model (eval mode is used; its train/eval flags are restored).
@@ -197,7 +222,10 @@ class LatencyModel:
             repeats: timing samples per point (the median is used).
             forward_fn: ``forward_fn(model, example_inputs)`` instead of calling the model.
             cache: a JSON file. If it exists it is loaded (and must match this device, threads, dtype, input
-                shape and model, else :class:`LatencyCacheError`); otherwise the measurement is written to it.
+                shape, runtime and model, else :class:`LatencyCacheError`); otherwise the measurement is written to
+                it.
+            runtime: where the units and the whole model are timed (a name or a
+                :class:`~grouppruner.runtime.Runtime`; its ``threads``, when set, override ``threads``).
 
         Returns:
             The fitted model.
@@ -206,11 +234,16 @@ class LatencyModel:
             LatencyCacheError: the cache file is for another setting or model.
             ValueError: the model has no convolution.
         """
+        runtime = resolve_runtime(runtime)
+        if runtime.name == "onnxruntime" and forward_fn is not None:
+            raise InvalidOptionError("LatencyModel.measure: runtime 'onnxruntime' exports the model; drop forward_fn")
         previous = torch.get_num_threads()
+        threads = runtime.threads if runtime.threads is not None else threads
         if threads is not None:
             torch.set_num_threads(threads)
+        runtime = Runtime(runtime.name, torch.get_num_threads(), runtime.block)
         try:
-            key = _key_for(model, example_inputs)
+            key = _key_for(model, example_inputs, runtime)
             if cache is not None and Path(cache).exists():
                 loaded = cls.load(cache, expect=key)
                 loaded.check_model(model)
@@ -220,8 +253,11 @@ class LatencyModel:
             if not units:
                 raise InvalidOptionError(f"LatencyModel.measure: {type(model).__name__} has no convolution to time")
             start = time.perf_counter()
-            layers = {name: _fit_unit(name, unit, repeats) for name, unit in units.items()}
-            if forward_fn is None:
+            timed: dict[tuple[Any, ...], LayerLatency] = {}  # units of one shape are timed once
+            layers = {name: _fit_unit(name, unit, repeats, runtime, timed) for name, unit in units.items()}
+            if runtime.name == "onnxruntime":
+                dense_s = _time_call(runtime.runner(model, example_inputs), max(repeats, 3), torch.device("cpu"))
+            elif forward_fn is None:
                 dense_s = measure_latency(model, example_inputs, repeats=max(repeats, 3), warmup=1)
             else:
                 dense_s = _time_call(
@@ -318,10 +354,19 @@ class LatencyModel:
                 depthwise=bool(item["depthwise"]),
                 coef=tuple(float(c) for c in item["coef"]),  # type: ignore[arg-type]  # 4 floats by format
                 samples=[(int(ci), int(co), float(t)) for ci, co, t in item["samples"]],
+                block=int(item.get("block", 1)),
+                off_block=float(item.get("off_block", 1.0)),
             )
         key = state["key"]
         return cls(
-            key=LatencyKey(key["device"], int(key["threads"]), key["dtype"], [list(s) for s in key["input_shapes"]]),
+            key=LatencyKey(
+                key["device"],
+                int(key["threads"]),
+                key["dtype"],
+                [list(s) for s in key["input_shapes"]],
+                str(key.get("runtime", "torch")),  # caches written before runtimes existed were eager PyTorch
+                int(key.get("block", 1)),
+            ),
             layers=layers,
             dense_s=float(state["dense_s"]),
             residual_s=float(state["residual_s"]),
@@ -358,18 +403,20 @@ class LatencyModel:
         return model
 
     @staticmethod
-    def key_for(model: nn.Module, example_inputs: Any) -> LatencyKey:
-        """The :class:`LatencyKey` of a measurement of ``model`` on ``example_inputs`` with the current threads."""
-        return _key_for(model, example_inputs)
+    def key_for(model: nn.Module, example_inputs: Any, runtime: str | Runtime = "torch") -> LatencyKey:
+        """The :class:`LatencyKey` of a measurement of ``model`` on ``example_inputs`` in ``runtime`` with the
+        current threads (or the runtime's)."""
+        return _key_for(model, example_inputs, resolve_runtime(runtime))
 
 
 # ---------------------------------------------------------------------- measurement helpers
-def _key_for(model: nn.Module, example_inputs: Any) -> LatencyKey:
+def _key_for(model: nn.Module, example_inputs: Any, runtime: Runtime) -> LatencyKey:
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = str(param.dtype) if param is not None else str(torch.get_default_dtype())
     shapes = [list(t.shape) for t in tensors_in(example_inputs)]
-    return LatencyKey(device_name(device), torch.get_num_threads(), dtype, shapes)
+    threads = runtime.threads if runtime.threads is not None else torch.get_num_threads()
+    return LatencyKey(device_name(device), threads, dtype, shapes, runtime.name, runtime.channel_block)
 
 
 def _find_units(model: nn.Module, example_inputs: Any, forward_fn: ForwardFn | None) -> dict[str, _Unit]:
@@ -460,43 +507,46 @@ def _time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> flo
     return statistics.median(samples)
 
 
-def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``argmin ||a x - b||`` over ``x >= 0``, a: (M, K) with small K, b: (M,) -> x: (K,).
+def _time_unit(unit: _Unit, cin: int, cout: int, repeats: int, runtime: Runtime) -> float:
+    block, x = _resized_unit(unit, cin, cout)
+    if runtime.name == "torch":
+        with torch.inference_mode():
+            return _time_call(partial(block, x), repeats, x.device)
+    conv, *tail = block.children()
+    assert isinstance(conv, nn.modules.conv._ConvNd)
+    data = unit_onnx(conv, tuple(tail), tuple(x.shape))
+    if data is None:  # a part without a direct ONNX form here: the deployment export, slower to make
+        from .export import export_onnx  # export imports profile, which this module's import order puts first
 
-    Exact for the 2-4 features used here: the optimum is the unconstrained least-squares solution on some subset
-    of the features (its active set), so every subset is tried and the best feasible one kept.
-    """
-    best, best_residual = np.zeros(a.shape[1]), float(np.sum(b**2))
-    for size in range(1, a.shape[1] + 1):
-        for subset in combinations(range(a.shape[1]), size):
-            columns = list(subset)
-            x_subset, *_ = np.linalg.lstsq(a[:, columns], b, rcond=None)
-            if np.any(x_subset < 0):
-                continue
-            residual = float(np.sum((a[:, columns] @ x_subset - b) ** 2))
-            if residual < best_residual:
-                best = np.zeros(a.shape[1])
-                best[columns] = x_subset
-                best_residual = residual
-    return best
+        data = export_onnx(block, x, check=False)
+    session = onnx_session(data, runtime.thread_count())
+    feeds = {session.get_inputs()[0].name: x.numpy()}
+    return _time_call(partial(session.run, None, feeds), repeats, x.device)
 
 
-def _fit_unit(name: str, unit: _Unit, repeats: int) -> LayerLatency:
+def _fit_unit(
+    name: str, unit: _Unit, repeats: int, runtime: Runtime, timed: dict[tuple[Any, ...], LayerLatency]
+) -> LayerLatency:
     conv = unit.conv
     depthwise = is_depthwise(conv)
-    points: set[tuple[int, int]] = set()
-    for fin, fout in _WIDTHS:
-        if depthwise and fin != fout:
-            continue
-        step = 1 if depthwise else conv.groups  # grouped convs need widths divisible by their groups
-        cin = max(step, round(conv.in_channels * fin / step) * step)
-        cout = max(step, round(conv.out_channels * fout / step) * step)
-        points.add((cin, cout) if not depthwise else (cin, cin))
-    samples = []
-    with torch.inference_mode():
-        for cin, cout in sorted(points, reverse=True):
-            block, x = _resized_unit(unit, cin, cout)
-            samples.append((cin, cout, _time_call(partial(block, x), repeats, x.device)))
+    signature = (
+        type(conv).__name__,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        unit.input_shape,
+        tuple(type(m).__name__ for m in unit.tail),
+    )
+    if signature in timed:
+        return dataclass_replace(timed[signature], name=name)
+    block = runtime.channel_block
+    on, off = unit_points(conv, block, _WIDTHS)
+    samples = [(cin, cout, _time_unit(unit, cin, cout, repeats, runtime)) for cin, cout in sorted(on, reverse=True)]
     ci = np.array([s[0] for s in samples], dtype=np.float64)
     co = np.array([s[1] for s in samples], dtype=np.float64)
     t = np.array([s[2] for s in samples], dtype=np.float64)
@@ -507,13 +557,21 @@ def _fit_unit(name: str, unit: _Unit, repeats: int) -> LayerLatency:
     # Non-negative least squares on relative errors (rows scaled by 1/t): every term >= 0 keeps the prediction
     # monotone in width, and relative weighting stops the widest point from dominating the fit.
     weights = 1.0 / np.maximum(t, 1e-9)
-    solution = _nonnegative_lstsq(features * weights[:, None], t * weights)
+    solution = nonnegative_lstsq(features * weights[:, None], t * weights)
     coef = (float(solution[0]), 0.0, float(solution[1]), 0.0) if depthwise else tuple(float(c) for c in solution)
-    return LayerLatency(
+    layer = LayerLatency(
         name=name,
         in_channels=conv.in_channels,
         out_channels=conv.out_channels,
         depthwise=depthwise,
         coef=coef,  # type: ignore[arg-type]  # four floats in both branches
         samples=samples,
+        block=block,
     )
+    if off:
+        extra = [(cin, cout, _time_unit(unit, cin, cout, repeats, runtime)) for cin, cout in sorted(off, reverse=True)]
+        on_block = LayerLatency(name, conv.in_channels, conv.out_channels, depthwise, layer.coef, block=1)
+        layer.off_block = float(np.median([sec / max(on_block.predict(ci_, co_), 1e-12) for ci_, co_, sec in extra]))
+        layer.samples = samples + extra
+    timed[signature] = layer
+    return layer

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidOptionError
+from .modules import ModuleSnapshot
 
 __all__ = ["ForwardFn", "call_model", "describe_inputs", "eval_mode", "meta_call", "split_inputs"]
 
@@ -87,7 +88,12 @@ def call_model(model: nn.Module, inputs: Any, forward_fn: ForwardFn | None = Non
 
 
 def meta_call(model: nn.Module, inputs: Any) -> None:
-    """Run ``model`` on the meta device: shapes only, no compute, no activation memory."""
+    """Run ``model`` on the meta device: shapes only, no compute, no activation memory.
+
+    The model is left exactly as it was: a forward that caches tensors in plain attributes (an Ultralytics
+    Detect head keeps ``anchors`` / ``strides`` / ``shape``) or registers buffers would otherwise keep meta tensors,
+    and the next real forward at that input size would fail on them.
+    """
 
     def to_meta(value: Any) -> Any:
         return value.to("meta") if isinstance(value, torch.Tensor) else value
@@ -95,9 +101,13 @@ def meta_call(model: nn.Module, inputs: Any) -> None:
     state = {n: torch.empty_like(t, device="meta") for n, t in model.named_parameters(remove_duplicate=False)}
     state.update({n: torch.empty_like(t, device="meta") for n, t in model.named_buffers(remove_duplicate=False)})
     args, kwargs = split_inputs(inputs)
-    torch.func.functional_call(
-        model, state, tuple(map(to_meta, args)), {k: to_meta(v) for k, v in kwargs.items()}, strict=False
-    )
+    snapshot = ModuleSnapshot(model)
+    try:
+        torch.func.functional_call(
+            model, state, tuple(map(to_meta, args)), {k: to_meta(v) for k, v in kwargs.items()}, strict=False
+        )
+    finally:
+        snapshot.restore()
 
 
 @contextmanager

@@ -7,13 +7,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._utils.errors import ModelChangedError
+from .._utils.errors import InternalError, ModelChangedError
 from ..graph import ChannelGraph, ChannelGroup
+from .folding import fold_removed_channels
+from .optimizer import remember_parameter_names
 from .plan import PruningPlan, model_fingerprint, record_plan, scored_weights_digest
 
 __all__ = ["apply_structure", "check_plan"]
@@ -92,3 +95,32 @@ def apply_structure(
         if removed:
             graph.remove_channels(group.name, list(removed))
     record_plan(graph.model, plan)
+
+
+def _apply_plan(
+    graph: ChannelGraph,
+    plan: PruningPlan,
+    example_inputs: Any,
+    successor_bn: Mapping[str, str],
+    forward_fn: Callable[[nn.Module, Any], Any] | None,
+    *,
+    fold: bool,
+    check: bool,
+) -> list[tuple[ChannelGroup, list[int]]]:
+    """Fold (optionally) and remove the planned channels of ``graph.model`` in place; returns the removals."""
+    model = graph.model
+    removals = check_plan(graph, plan, check_weights=check)
+    if fold:
+        added = fold_removed_channels(
+            model,
+            removals,
+            example_inputs,
+            successor_bn=dict(successor_bn),
+            forward_fn=forward_fn,
+            max_stride=max((g.stride for g in graph.channel_groups if g.stride), default=None),
+        )
+        if sorted(added) != sorted(plan.add_bias):
+            raise InternalError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
+    remember_parameter_names(model)
+    apply_structure(graph, plan, removals=removals, add_bias=not fold)
+    return removals

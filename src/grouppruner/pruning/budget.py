@@ -28,6 +28,7 @@ per group of any target; the ``ratios`` mode ranks ties the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -373,3 +374,19 @@ def latency_weights(members: Sequence[ScoredGroup], latency: LatencyFn, weight: 
     floor = min(positive) if positive else 1.0  # a group whose removal saves nothing measurable ranks as the cheapest
     mean = float(np.mean([max(s, floor) for s in savings])) if savings else 1.0
     return [(max(s, floor) / mean) ** weight for s in savings]
+
+
+def _rank_scores(members: list[ScoredGroup]) -> list[ScoredGroup]:
+    """``members`` with each score replaced by the channel's quantile ``(k + 0.5) / n`` within its layer group
+    (same order within every channel group; ties ranked as :func:`~grouppruner.pruning.budget.removal_order` does)."""
+    ranked = list(members)
+    for lg in dict.fromkeys(m.layer_group for m in members):
+        index = [i for i, m in enumerate(members) if m.layer_group == lg]
+        scores = [members[i].score for i in index]
+        order = removal_order(scores)
+        quantile = np.empty(len(order))
+        quantile[order] = (np.arange(len(order)) + 0.5) / max(len(order), 1)
+        starts = np.cumsum([0] + [len(s) for s in scores])
+        for j, i in enumerate(index):
+            ranked[i] = dataclasses.replace(members[i], score=quantile[starts[j] : starts[j + 1]])
+    return ranked

@@ -141,6 +141,11 @@ class PruningPlan:
         weights_digest: :func:`scored_weights_digest` of the model's scored weights when the plan was made;
             :meth:`~grouppruner.pruning.GroupPruner.apply` refuses a model whose weights differ, unless
             ``allow_other_weights=True``. ``None`` in plans written before this field existed (not checked).
+        runtime: the runtime the plan was made for (``"onnxruntime"``, ``"torch"``; see
+            :mod:`grouppruner.runtime`), ``None`` in plans written before runtimes existed.
+        latency: ``target_latency`` plans: what was measured in the runtime (``runtime``, ``threads``, ``block``,
+            ``dense_s``, ``pruned_s``, ``ratio``, ``target``, ``load_average`` and the correction ``steps``, see
+            :func:`grouppruner.pruning.verify.land_latency`); else ``None``.
     """
 
     fingerprint: str
@@ -159,6 +164,8 @@ class PruningPlan:
     add_bias: list[str] = field(default_factory=list)
     input_shapes: list[list[int]] = field(default_factory=list)
     weights_digest: str | None = None
+    runtime: str | None = None
+    latency: dict[str, Any] | None = None
 
     @property
     def params_ratio(self) -> float:
@@ -230,6 +237,12 @@ class PruningPlan:
             f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.1%}); "
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.1%})"
         )
+        if self.latency is not None:
+            lines.append(
+                f"latency x{self.latency['ratio']:.3f} measured in {self.latency['runtime']} "
+                f"({self.latency['threads']} threads, block {self.latency['block']}, load "
+                f"{self.latency['load_average'][0]:.2f})"
+            )
         return "\n".join(lines)
 
 
@@ -267,6 +280,8 @@ def _check_plan_fields(data: dict[str, Any]) -> None:
             "a list of lists of integers >= 1",
         ),
         "weights_digest": (lambda v: v is None or isinstance(v, str), "null or a string"),
+        "runtime": (lambda v: v is None or isinstance(v, str), "null or a string"),
+        "latency": (lambda v: v is None or isinstance(v, dict), "null or an object"),
     }
     _check_fields("PruningPlan", data, checks)
     for index, group in enumerate(data["layer_groups"]):

@@ -6,7 +6,7 @@ Scores come from an importance (:mod:`.importance`); budgets are solved by :mod:
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -19,26 +19,26 @@ from .._utils.calls import split_inputs, tensors_in
 from .._utils.errors import InternalError, InvalidOptionError, LayerNotFoundError, OptionTypeError
 from ..graph import ChannelGraph, ChannelGroup, LayerGroupSpec
 from ..graph.groups import min_units
-from ..latency import LatencyModel
+from ..latency import LatencyCacheError, LatencyModel
 from ..profile import record_positions
-from .apply import apply_structure, check_plan
+from ..runtime import Runtime, resolve_runtime
+from .apply import _apply_plan
 from .budget import (
     BudgetSolution,
     CostModel,
     LatencyFn,
     ScoredGroup,
+    _rank_scores,
     added_biases,
     kept_count,
     latency_weights,
     predict_cost,
     quantile_cut,
-    removal_order,
     removed_channels,
     solve_budget,
 )
-from .folding import fold_removed_channels, fold_target, is_fold_consumer
+from .folding import fold_target, is_fold_consumer
 from .importance import Coupling, Importance, ScoreFn, as_importance
-from .optimizer import remember_parameter_names
 from .plan import (
     PLAN_MODES,
     TARGET_MODES,
@@ -48,6 +48,7 @@ from .plan import (
     model_fingerprint,
     scored_weights_digest,
 )
+from .verify import land_latency
 
 __all__ = ["GroupPruner"]
 
@@ -78,11 +79,16 @@ class GroupPruner:
         min_channels: every layer keeps at least this many channels (or all of them if it has fewer); in a
             grouped conv, where one group channel is one channel per conv group, the minimum counts layer
             channels. Never violated.
-        round_to: if given, kept channel counts are multiples of it (a group smaller than that keeps all).
+        round_to: if given, kept channel counts are multiples of it (a group smaller than that keeps all);
+            default: the runtime's channel block (``None`` for a block of 1).
         coupling: how the per-layer scores of a channel group combine: ``"mean"`` (default), ``"max"`` or
             ``"vote"``; for an :class:`~grouppruner.pruning.Importance` object, set it on the object instead.
         example_inputs: inputs for the cost model and the folding probe; defaults to ``graph.example_inputs``.
         forward_fn: ``forward_fn(model, example_inputs)``; defaults to ``graph.forward_fn`` if set.
+        runtime: the runtime the pruned model ships on (:mod:`grouppruner.runtime`): ``"onnxruntime"`` (default,
+            :data:`~grouppruner.runtime.DEFAULT_RUNTIME`: kept widths on the CPU's vector block, latency measured
+            in onnxruntime's CPU execution provider), ``"torch"`` (eager PyTorch, any width), or a
+            :class:`~grouppruner.runtime.Runtime` naming threads or a block.
 
     Raises:
         ValueError: bad option values, unknown or non-prunable channel groups, a channel group listed twice
@@ -101,6 +107,7 @@ class GroupPruner:
         coupling: Coupling | None = None,
         example_inputs: Any = None,
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+        runtime: str | Runtime | None = None,
     ) -> None:
         self.importance = as_importance(importance, coupling)
         if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
@@ -110,6 +117,9 @@ class GroupPruner:
         self.graph = graph
         self.model: nn.Module = graph.model
         self.min_channels = min_channels
+        self.runtime = resolve_runtime(runtime)
+        if round_to is None and self.runtime.channel_block > 1:
+            round_to = self.runtime.channel_block
         self.round_to = round_to
         self.example_inputs = example_inputs if example_inputs is not None else getattr(graph, "example_inputs", None)
         if self.example_inputs is None:
@@ -168,6 +178,7 @@ class GroupPruner:
         layer_group_bias: Mapping[str, float] | None = None,
         normalise: str = "max",
         strict: bool = False,
+        verify_steps: int | None = 3,
     ) -> PruningPlan:
         """Decide which channels to remove. Exactly one mode must be given.
 
@@ -201,6 +212,9 @@ class GroupPruner:
                 ``"rank"``: replaced by the channel's quantile within its layer group (``(k + 0.5) / n`` for the
                 ``k``-th lowest of ``n``), so every layer group loses the same fraction of its channels (times its
                 ``layer_group_bias``), whatever its score scale; the channels kept are still the highest-scoring.
+            verify_steps: ``target_latency`` only: correction steps after the first plan, >= 0 (with 0 the first
+                plan is still measured and recorded); ``None``: no measurement, the plan lands within 1 % of the
+                latency model's *prediction* (what :class:`~grouppruner.pruning.PlanSearch` compares candidates on).
             strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
                 ``round_to`` allow, or between two channel steps) gives the closest reachable plan and a logged
                 warning with the value reached; ``strict=True`` raises instead.
@@ -215,6 +229,8 @@ class GroupPruner:
                 meets within 1 % (the message gives the closest or the smallest reachable value).
             OptionTypeError: ``ratios`` / ``thresholds`` is not a mapping (e.g. ``ratios=0.5``).
             LayerNotFoundError: an unknown layer-group name (the message lists the valid ones).
+            LatencyCacheError: ``latency_model`` was measured in another runtime than the pruner's.
+            MissingExtraError: ``target_latency`` / ``latency_weight`` in onnxruntime without onnxruntime installed.
         """
         given = {
             "ratios": ratios,
@@ -240,6 +256,10 @@ class GroupPruner:
         if normalise not in ("max", "rank"):
             raise InvalidOptionError(f"normalise must be 'max' or 'rank', got {normalise!r}")
         bias = self._check_bias(layer_group_bias)
+        if verify_steps is not None and (
+            isinstance(verify_steps, bool) or not isinstance(verify_steps, int) or verify_steps < 0
+        ):
+            raise InvalidOptionError(f"verify_steps must be None or an int >= 0, got {verify_steps!r}")
         members = self._scored()
         cost = CostModel(self.model, self._positions)
         latency = None
@@ -247,31 +267,67 @@ class GroupPruner:
             latency = self._latency_predictor(latency_model)
 
         target: float | None = None
+        searched = normalise != "max" or layer_group_bias is not None
         if mode in TARGET_MODES:
             target = _fraction(mode, given[mode])
-            ordered = _rank_scores(members) if normalise == "rank" else members
-            solution = self._solve(ordered, cost, mode, target, latency, latency_weight, strict, bias)
-            gone = solution.gone
-            searched = normalise != "max" or layer_group_bias is not None
-            group_thresholds = self._removed_quantiles(members, gone) if searched else solution.thresholds
-        else:
-            group_thresholds, raw = self._cut_per_layer_group(mode, given[mode], members)
-            gone = [
-                m.group.size - kept_count(m.group.size - r, m.group.size, m.minimum, self.round_to)
-                for m, r in zip(members, raw, strict=True)
-            ]
+            options = (latency, latency_weight, strict, normalise, bias, searched)
+            if mode != "target_latency" or verify_steps is None:
+                return self._budget_plan(members, cost, mode, target, *options)[0]
+
+            def plan_for(asked: float) -> tuple[PruningPlan, float]:
+                return self._budget_plan(members, cost, mode, asked, *options)
+
+            found = land_latency(
+                target,
+                plan_for,
+                self._pruned_copy,
+                self.runtime.runner(self.model, self.example_inputs, self.forward_fn),
+                lambda pruned: self.runtime.runner(pruned, self.example_inputs, self.forward_fn),
+                self.runtime,
+                steps=verify_steps,
+            )
+            found.target = target
+            return found
+        group_thresholds, raw = self._cut_per_layer_group(mode, given[mode], members)
+        gone = [
+            m.group.size - kept_count(m.group.size - r, m.group.size, m.minimum, self.round_to)
+            for m, r in zip(members, raw, strict=True)
+        ]
+        return self._make_plan(mode, target, members, group_thresholds, gone, cost)
+
+    def _budget_plan(
+        self,
+        members: list[ScoredGroup],
+        cost: CostModel,
+        mode: str,
+        target: float,
+        latency: LatencyFn | None,
+        latency_weight: float,
+        strict: bool,
+        normalise: str,
+        bias: Mapping[str, float],
+        searched: bool,
+    ) -> tuple[PruningPlan, float]:
+        """The plan of a budget mode and the predicted fraction it reaches."""
+        ordered = _rank_scores(members) if normalise == "rank" else members
+        solution = self._solve(ordered, cost, mode, target, latency, latency_weight, strict, bias)
+        gone = solution.gone
+        group_thresholds = self._removed_quantiles(members, gone) if searched else solution.thresholds
         plan = self._make_plan(mode, target, members, group_thresholds, gone, cost)
-        if target is not None:
-            # A guard on the numbers the plan reports against the solver's: never a silent disagreement.
-            if latency is not None and mode == "target_latency":
-                reported = latency(removed_channels(members, gone)) / latency({})
-            else:
-                reported = plan.params_ratio if mode == "target_params" else plan.macs_ratio
-            if not math.isclose(reported, solution.reached, rel_tol=1e-9, abs_tol=1e-12):
-                raise InternalError(
-                    f"{mode}: the plan reports {reported:.6f}, the solver predicted {solution.reached:.6f}"
-                )
-        return plan
+        # A guard on the numbers the plan reports against the solver's: never a silent disagreement.
+        if latency is not None and mode == "target_latency":
+            reported = latency(removed_channels(members, gone)) / latency({})
+        else:
+            reported = plan.params_ratio if mode == "target_params" else plan.macs_ratio
+        if not math.isclose(reported, solution.reached, rel_tol=1e-9, abs_tol=1e-12):
+            raise InternalError(f"{mode}: the plan reports {reported:.6f}, the solver predicted {solution.reached:.6f}")
+        return plan, solution.reached
+
+    def _pruned_copy(self, plan: PruningPlan) -> nn.Module:
+        """A pruned deep copy of the model (the model and its graph are not touched)."""
+        graph = copy.deepcopy(self.graph)
+        _apply_plan(graph, plan, self.example_inputs, self._successor_bn, self.forward_fn, fold=True, check=True)
+        return graph.model
 
     def _scored(self) -> list[ScoredGroup]:
         """Every channel group of a layer group that the importance scores, in layer-group order."""
@@ -414,8 +470,15 @@ class GroupPruner:
         if latency_model is None:
             if self._latency_model is None:
                 logger.info("GroupPruner: measuring a latency model for this device (pass latency_model= to reuse one)")
-                self._latency_model = LatencyModel.measure(self.model, self.example_inputs, forward_fn=self.forward_fn)
+                self._latency_model = LatencyModel.measure(
+                    self.model, self.example_inputs, forward_fn=self.forward_fn, runtime=self.runtime
+                )
             latency_model = self._latency_model
+        elif latency_model.key.runtime != self.runtime.name:
+            raise LatencyCacheError(
+                f"GroupPruner: the latency model was measured in {latency_model.key.runtime!r}, the pruner plans for "
+                f"{self.runtime.name!r}; measure it with LatencyModel.measure(..., runtime={self.runtime.name!r})"
+            )
         return latency_model.predictor(self.model)
 
     def _new_biases(self, group: ChannelGroup) -> tuple[str, ...]:
@@ -479,6 +542,7 @@ class GroupPruner:
             add_bias=added_biases(members, gone),
             input_shapes=_input_shapes(self.example_inputs),
             weights_digest=scored_weights_digest(self.model, [m.group for m in members]),
+            runtime=self.runtime.name,
         )
 
     # ------------------------------------------------------------------ applying
@@ -504,20 +568,15 @@ class GroupPruner:
             ValueError: the plan was made for another architecture (or for this model before it was pruned), or
                 from other weights and ``allow_other_weights`` is False.
         """
-        removals = check_plan(self.graph, plan, check_weights=not allow_other_weights)
-        if fold:
-            added = fold_removed_channels(
-                self.model,
-                removals,
-                self.example_inputs,
-                successor_bn=self._successor_bn,
-                forward_fn=self.forward_fn,
-                max_stride=max((g.stride for g in self.graph.channel_groups if g.stride), default=None),
-            )
-            if sorted(added) != sorted(plan.add_bias):
-                raise InternalError(f"beta folding added biases to {added}, the plan expected {plan.add_bias}")
-        remember_parameter_names(self.model)
-        apply_structure(self.graph, plan, removals=removals, add_bias=not fold)
+        removals = _apply_plan(
+            self.graph,
+            plan,
+            self.example_inputs,
+            self._successor_bn,
+            self.forward_fn,
+            fold=fold,
+            check=not allow_other_weights,
+        )
         logger.info(
             "pruned %d channel groups: params %d -> %d, MACs %d -> %d",
             sum(1 for _, r in removals if r),
@@ -527,22 +586,6 @@ class GroupPruner:
             plan.macs_after,
         )
         return self.model
-
-
-def _rank_scores(members: list[ScoredGroup]) -> list[ScoredGroup]:
-    """``members`` with each score replaced by the channel's quantile ``(k + 0.5) / n`` within its layer group
-    (same order within every channel group; ties ranked as :func:`~grouppruner.pruning.budget.removal_order` does)."""
-    ranked = list(members)
-    for lg in dict.fromkeys(m.layer_group for m in members):
-        index = [i for i, m in enumerate(members) if m.layer_group == lg]
-        scores = [members[i].score for i in index]
-        order = removal_order(scores)
-        quantile = np.empty(len(order))
-        quantile[order] = (np.arange(len(order)) + 0.5) / max(len(order), 1)
-        starts = np.cumsum([0] + [len(s) for s in scores])
-        for j, i in enumerate(index):
-            ranked[i] = dataclasses.replace(members[i], score=quantile[starts[j] : starts[j + 1]])
-    return ranked
 
 
 def _fraction(mode: str, value: Any) -> float:

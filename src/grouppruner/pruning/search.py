@@ -255,6 +255,7 @@ class PlanSearch:
             layer_group_bias=candidate.layer_group_bias or None,
             normalise=candidate.normalise,
             strict=True,
+            verify_steps=None,  # candidates share the predicted budget; measuring each would move it
         )
 
     # ------------------------------------------------------------------ scoring

@@ -20,6 +20,7 @@ from typing import Any
 from .._utils.errors import InvalidOptionError
 from ..detection.synthetic import SYNTHETIC_CLASSES, split_sizes
 from ..run_folder import file_sha256
+from ..runtime import DEFAULT_RUNTIME, RUNTIMES
 
 __all__ = [
     "GAMMA_THRESHOLD",
@@ -49,6 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher": ("dense", "sparse"),
     "amp": ("off", "bf16", "fp16"),
     "distill_layers": ("all", "backbone", "neck"),
+    "runtime": RUNTIMES,
 }
 
 
@@ -112,6 +114,8 @@ class RecipeConfig:
         prune_scope: ``"group"``: one threshold per layer group (the paper's grouping by feature stride and
             module structure, ``ChannelGraph.layer_groups()``); ``"global"``: one threshold over all channels.
         min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
+        runtime: the runtime the pruned detector ships on (:mod:`grouppruner.runtime`): ``"onnxruntime"``
+            (default: kept widths on the CPU's vector block, unless ``round_to`` is given) or ``"torch"``.
         search_candidates: with ``prune_by="params"``, a :class:`~grouppruner.pruning.PlanSearch` of this many
             plans of the same size chooses the plan: BatchNorm statistics recomputed on the first 8 batches of the
             training split (no augmentation), mAP@0.5 on the next 8 (training images, as EagleEye; the validation
@@ -183,6 +187,7 @@ class RecipeConfig:
     prune_scope: str = "group"
     min_channels: int = 8
     round_to: int | None = None
+    runtime: str = DEFAULT_RUNTIME
     search_candidates: int = 0
     recover_lr: float = 5e-3
     finetune_epochs: int = 6
@@ -347,6 +352,7 @@ STAGE_OF_OPTION: dict[str, str] = {
             "min_channels",
             "round_to",
             "search_candidates",
+            "runtime",
         ),
         "pruned"
     ),

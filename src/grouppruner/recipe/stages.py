@@ -161,7 +161,9 @@ def _pruned(run: StageRun) -> tuple[Detector, dict[str, Any]]:
     layer_groups = None
     if c.prune_scope == "global":
         layer_groups = {"all": [group for members in graph.layer_groups().values() for group in members]}
-    pruner = GroupPruner(graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to)
+    pruner = GroupPruner(
+        graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to, runtime=c.runtime
+    )
     extra: dict[str, Any] = {}
     if c.search_candidates:
         plan, extra["search"] = _searched_plan(run, pruner)

@@ -12,6 +12,8 @@ import argparse
 import ast
 from typing import Any
 
+from ...runtime import DEFAULT_RUNTIME, RUNTIMES
+
 __all__ = ["add_command", "parse_train_options", "run_command"]
 
 
@@ -27,7 +29,13 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.Argu
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--target-macs", type=float, help="fraction of the MACs to keep, e.g. 0.5")
     budget.add_argument("--target-params", type=float, help="fraction of the parameters to keep")
-    budget.add_argument("--target-latency", type=float, help="fraction of the CPU latency to keep")
+    budget.add_argument("--target-latency", type=float, help="fraction of the latency to keep, measured in --runtime")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=DEFAULT_RUNTIME,
+        help="runtime the model ships on: its channel block and where latency is measured (default onnxruntime)",
+    )
     parser.add_argument("--out", required=True, help="run folder; rerunning resumes")
     parser.add_argument("--sparse-epochs", type=int, default=30)
     parser.add_argument("--recover-epochs", type=int, default=60)
@@ -111,6 +119,7 @@ def run_command(args: argparse.Namespace) -> str:
         sparsity=args.sparsity,
         distill_attention=args.distill_attention,
         distill_output=args.distill_output,
+        runtime=args.runtime,
         **trainer,
         **parse_train_options(args.train),
     )

@@ -64,6 +64,7 @@ STAGE_OF_OPTION: dict[str, str] = {
     "target_latency": "pruned",
     "min_channels": "pruned",
     "round_to": "pruned",
+    "runtime": "pruned",
     "finetune_epochs": "finetuned",
     "recover_epochs": "recovered",
     "distill_attention": "recovered",
@@ -282,6 +283,7 @@ def compress(
     distill_temperature: float = 3.0,
     min_channels: int = 8,
     round_to: int | None = None,
+    runtime: str | None = None,
     **trainer_kwargs: Any,
 ) -> CompressResult:
     """Sparse-train, prune, fine-tune and distil an Ultralytics YOLO with its own trainer; resumable.
@@ -292,7 +294,7 @@ def compress(
         target_params: the budget, the fraction of the dense model's parameters to keep (exactly one of the
             three targets).
         target_macs: the fraction of its MACs at ``imgsz`` to keep.
-        target_latency: the fraction of its CPU latency at ``imgsz`` to keep.
+        target_latency: the fraction of its latency at ``imgsz`` to keep, measured in ``runtime``.
         sparse_epochs: epochs of sparse training (0: prune the dense model directly).
         recover_epochs: epochs after pruning: ``finetune_epochs`` of fine-tuning, then distillation.
         finetune_epochs: default half of ``recover_epochs`` (all of them when both distillation weights are 0).
@@ -306,6 +308,7 @@ def compress(
         distill_temperature: its temperature.
         min_channels: passed to :func:`~.model.prune`.
         round_to: passed to :func:`~.model.prune`.
+        runtime: passed to :func:`~.model.prune`: the runtime the model ships on (default ``"onnxruntime"``).
         **trainer_kwargs: passed to the Ultralytics trainer as they are (``batch``, ``device``, ``workers``,
             ``amp``, ``lr0``, ``optimizer``, augmentation, ...), except those compress() sets itself
             (``epochs``, ``project``, ``name``, ``resume``).
@@ -348,7 +351,7 @@ def compress(
         raise InvalidOptionError(f"out={out_dir} is a file; give a folder (new or of an earlier run)")
     # A dry run on a copy: the graph maps the model and the budget is reachable, or nothing is written.
     try:
-        prune(copy.deepcopy(inner), imgsz=imgsz, min_channels=min_channels, round_to=round_to, **given)
+        prune(copy.deepcopy(inner), imgsz=imgsz, min_channels=min_channels, round_to=round_to, runtime=runtime, **given)
     except ValueError as error:
         if type(error) is ValueError:
             raise InvalidOptionError(f"{type(inner).__name__}: {error}") from error
@@ -366,6 +369,7 @@ def compress(
             **budgets,
             "min_channels": min_channels,
             "round_to": round_to,
+            "runtime": runtime,
             "finetune_epochs": finetune_epochs,
             "recover_epochs": recover_epochs,
             "distill_attention": distill_attention,
@@ -400,7 +404,7 @@ def compress(
                 extra["gamma_below_1e-2"] = sparse.stats
         elif stage == "pruned":
             pruned = load(run.path("sparse"))
-            plan = prune(pruned, imgsz=imgsz, min_channels=min_channels, round_to=round_to, **given)
+            plan = prune(pruned, imgsz=imgsz, min_channels=min_channels, round_to=round_to, runtime=runtime, **given)
             save(pruned, target)
             extra.update(params_ratio=plan.params_ratio, macs_ratio=plan.macs_ratio)
         else:

@@ -22,6 +22,7 @@ from ..._utils.errors import OptionTypeError, UsageError
 from ..._utils.wrappers import unwrap
 from ...graph import ChannelGraph
 from ...pruning import GroupPruner, PruningPlan, pop_plans
+from ...runtime import Runtime
 from ._require import require_ultralytics
 
 __all__ = [
@@ -183,6 +184,7 @@ def prune(
     min_channels: int = 8,
     round_to: int | None = None,
     fold: bool = True,
+    runtime: str | Runtime | None = None,
 ) -> PruningPlan:
     """Group-prune a YOLO in place: per-layer-group thresholds on |gamma| to a budget, with beta folding.
 
@@ -194,13 +196,16 @@ def prune(
         model: a ``YOLO`` object (its module is pruned) or its ``DetectionModel``.
         target_params: fraction of the parameters to keep (see :meth:`~grouppruner.pruning.GroupPruner.plan`).
         target_macs: fraction of the MACs to keep.
-        target_latency: fraction of the CPU latency at ``imgsz`` to keep (measured on first need).
+        target_latency: fraction of the latency at ``imgsz`` to keep, measured in ``runtime`` against the dense
+            model (see :meth:`~grouppruner.pruning.GroupPruner.plan`).
         ratios: layer group -> fraction of its channels to remove.
         imgsz: input side for the graph, the MACs and the latency model.
         importance: the channel score (``"auto"``: |gamma| where there is a BatchNorm).
         min_channels: every layer keeps at least this many channels.
         round_to: kept channel counts are multiples of it (e.g. 8 for tensor cores).
         fold: fold the constant output of removed channels into the next layers.
+        runtime: the runtime the model ships on (:mod:`grouppruner.runtime`; default ``"onnxruntime"``: kept widths
+            on the CPU's vector block, latency measured in onnxruntime); ``"torch"`` for eager PyTorch.
 
     Returns:
         The applied plan, also kept on the module as JSON (:data:`PLANS_ATTRIBUTE`) for
@@ -214,7 +219,7 @@ def prune(
     device = next(inner.parameters()).device
     inner.float().cpu()
     graph = channel_graph(inner, imgsz=imgsz)
-    pruner = GroupPruner(graph, importance=importance, min_channels=min_channels, round_to=round_to)
+    pruner = GroupPruner(graph, importance=importance, min_channels=min_channels, round_to=round_to, runtime=runtime)
     plan = pruner.plan(
         target_params=target_params, target_macs=target_macs, target_latency=target_latency, ratios=ratios
     )

@@ -1,0 +1,316 @@
+"""Half the latency, not half the MACs: pruning for the runtime the model ships on (issue 25).
+
+Setup: detectors with BatchNorm scales drawn to look sparse-trained (fixed seed,
+:func:`prune_yolov4.sparse_like_gammas`), batch 1, onnxruntime's CPU execution provider (the exported ONNX of
+:func:`grouppruner.export.export_onnx`), 1 and 2 threads. Models: yolov8n and yolo11n (Ultralytics, from their
+yaml), yolov4-tiny (its darknet cfg from tests/data), YOLOv4 with CSPDarknet53 and with MobileNetV2. Arms, all at
+``target_macs=0.5`` unless named otherwise:
+
+- ``ours torch``: ``runtime="torch"`` (any width: the behaviour before runtimes);
+- ``ours onnxruntime (default)``: ``runtime="onnxruntime"``, the default (kept widths on the CPU's vector block);
+- ``ours onnxruntime, block 2x``: the same with twice the vector block (wider blocks);
+- ``TP r8`` / ``TP r16``: Torch-Pruning's MetaPruner (BN-scale importance, global ranking) with ``round_to`` 8 / 16,
+  its ratio bisected to the MACs of ``ours onnxruntime`` (the fair baseline);
+- ``ours target_latency=0.5``: planned in onnxruntime at the thread count of the row, measured and corrected
+  (the value measured while planning is shown too).
+
+Each (model, threads) row times the dense model and all arms interleaved in onnxruntime
+(:func:`grouppruner.runtime.compare_latency`: the models take turns, per round the fastest of 3 calls, medians of
+per-round ratios); one more comparison times the dense model, ``ours torch`` and the default in eager PyTorch at
+1 thread (what the default costs a model that stays in PyTorch). Printed per arm: params and MACs kept, latency
+kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0: latency falls as much as MACs), the load
+average. ``--busy`` starts one busy process (a Python spin loop) beside the measurement. ``--write-docs``
+replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of docs/benchmarks.md with the table.
+
+Run: ``nice -n 10 python benchmarks/runtime_latency.py [--quick] [--busy] [--write-docs]`` (``--quick``: yolov8n and
+yolo11n at 320 only, about 20 minutes on a busy 2-core machine; the full run adds 640 and the YOLOv4 family at 416
+and takes several times that). Needs ultralytics, torch-pruning and onnxruntime (the real-library environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from prune_yolov4 import sparse_like_gammas
+from torch import nn
+from ultralytics_yolo import SplitFreeC2f
+
+from grouppruner.graph import ChannelGraph
+from grouppruner.profile import count_macs, count_params
+from grouppruner.pruning import GroupPruner
+from grouppruner.runtime import Runtime, compare_latency, cpu_vector_block
+
+logger = logging.getLogger("benchmarks.runtime_latency")
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+TARGET_MACS = 0.5
+TARGET_LATENCY = 0.5
+
+
+def build(name: str) -> tuple[nn.Module, Callable[[nn.Module, int], ChannelGraph]]:
+    """The dense model (sparse-looking gammas, eval mode) and how to build its channel graph at a size."""
+    if name in ("yolov8n", "yolo11n"):
+        from ultralytics.nn.tasks import DetectionModel
+
+        from grouppruner.integrations.ultralytics import channel_graph
+
+        model: nn.Module = DetectionModel(f"{name}.yaml", nc=80, verbose=False)
+        graph_of: Callable[[nn.Module, int], ChannelGraph] = lambda m, s: channel_graph(m, imgsz=s)  # noqa: E731
+    elif name == "yolov4-tiny":
+        from grouppruner.detection.darknet import from_darknet
+
+        model = from_darknet(ROOT / "tests" / "data" / "darknet" / "yolov4-tiny.cfg")
+        graph_of = lambda m, s: ChannelGraph(m, torch.zeros(1, 3, s, s))  # noqa: E731
+    else:
+        from grouppruner.detection import yolov4
+
+        model = yolov4(num_classes=20, backbone="mobilenetv2" if name.endswith("mobilenetv2") else "cspdarknet53")
+        graph_of = lambda m, s: ChannelGraph(m, torch.zeros(1, 3, s, s))  # noqa: E731
+    sparse_like_gammas(model, seed=0)
+    return model.eval(), graph_of
+
+
+def ours(
+    dense: nn.Module, graph_of: Callable[[nn.Module, int], ChannelGraph], size: int, runtime: Runtime, **plan: float
+) -> tuple[nn.Module, Any]:
+    model = copy.deepcopy(dense)
+    pruner = GroupPruner(graph_of(model, size), min_channels=8, runtime=runtime)
+    found = pruner.plan(**plan)
+    pruner.apply(found)
+    return model.eval(), found
+
+
+def _split_free(model: nn.Module) -> nn.Module:
+    """Torch-Pruning cannot follow C2f's ``chunk``: its own YOLOv8 example rewrites the block without it."""
+    try:
+        from ultralytics.nn.modules.block import C2f
+    except ImportError:
+        return model
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, C2f):
+                setattr(module, child_name, SplitFreeC2f(child))
+    return model
+
+
+def _tp_ignored(model: nn.Module) -> list[nn.Module]:
+    head = getattr(model, "model", [None])[-1] if hasattr(model, "model") else None
+    if head is not None and hasattr(head, "cv2"):  # Ultralytics: output convs, DFL, attention (fixed head widths)
+        ignored = [branch[-1] for attr in ("cv2", "cv3") for branch in getattr(head, attr)] + [head.dfl]
+        return ignored + [m for m in model.modules() if type(m).__name__ == "Attention"]
+    # YOLOv4 / darknet: the last conv before every output (its channels are the predictions)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    outs = [m for m in convs if m.out_channels in (75, 255) or (m.out_channels % 85 == 0 and m.out_channels <= 255)]
+    return outs
+
+
+def torch_pruning(dense: nn.Module, x: torch.Tensor, macs_goal: float, round_to: int) -> nn.Module:
+    """Torch-Pruning MetaPruner at ``round_to``, its global ratio bisected to ``macs_goal`` (our MACs count)."""
+    import torch_pruning as tp
+
+    base = _split_free(copy.deepcopy(dense))
+    for parameter in base.parameters():
+        parameter.requires_grad_(True)
+
+    def pruned(ratio: float) -> nn.Module:
+        model = copy.deepcopy(base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tp.pruner.MetaPruner(
+                model,
+                x,
+                importance=tp.importance.BNScaleImportance(),
+                global_pruning=True,
+                pruning_ratio=ratio,
+                round_to=round_to,
+                ignored_layers=_tp_ignored(model),
+            ).step()
+        return model.eval()
+
+    lo, hi, best = 0.0, 0.9, (float("inf"), base)
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        model = pruned(mid)
+        macs = count_macs(model, x)
+        best = min(best, (abs(macs - macs_goal), model), key=lambda item: item[0])
+        lo, hi = (mid, hi) if macs > macs_goal else (lo, mid)
+    return best[1]
+
+
+def _row(
+    name: str,
+    size: int,
+    threads: int,
+    arm: str,
+    model: nn.Module | None,
+    dense: nn.Module,
+    x: torch.Tensor,
+    latency: float | None,
+) -> dict[str, Any]:
+    if model is None:
+        return {"model": name, "size": size, "threads": threads, "arm": arm, "failed": True}
+    macs = count_macs(model, x) / count_macs(dense, x)
+    params = count_params(model) / count_params(dense)
+    return {
+        "model": name,
+        "size": size,
+        "threads": threads,
+        "arm": arm,
+        "params": params,
+        "macs": macs,
+        "latency": latency,
+        "cut": None if latency is None else (1 - latency) / max(1 - macs, 1e-9),
+    }
+
+
+def run_model(name: str, size: int, threads_list: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    dense, graph_of = build(name)
+    x = torch.zeros(1, 3, size, size)
+    start = time.perf_counter()
+    arms: dict[str, nn.Module | None] = {}
+    arms["ours torch"], _ = ours(dense, graph_of, size, Runtime("torch"), target_macs=TARGET_MACS)
+    arms["ours onnxruntime (default)"], _ = ours(dense, graph_of, size, Runtime("onnxruntime"), target_macs=TARGET_MACS)
+    wide = 2 * cpu_vector_block()
+    arms[f"ours onnxruntime, block {wide}"], _ = ours(
+        dense, graph_of, size, Runtime("onnxruntime", block=wide), target_macs=TARGET_MACS
+    )
+    goal = count_macs(arms["ours onnxruntime (default)"], x)  # type: ignore[arg-type]
+    for round_to in (8, 16):
+        try:
+            arms[f"TP r{round_to}"] = torch_pruning(dense, x, goal, round_to)
+        except Exception as error:  # a baseline that fails on a model is a result, reported as such
+            logger.warning(
+                "Torch-Pruning round_to=%d failed on %s: %s: %s", round_to, name, type(error).__name__, str(error)[:200]
+            )
+            arms[f"TP r{round_to}"] = None
+    logger.info("%s %d: target_macs arms built in %.0f s", name, size, time.perf_counter() - start)
+    rows = []
+    for threads in threads_list:
+        runtime = Runtime("onnxruntime", threads=threads)
+        timed = dict(arms)
+        planned = None
+        if name in ("yolov8n", "yolo11n") or not args.quick:
+            start = time.perf_counter()
+            timed["ours target_latency=0.5"], planned = ours(
+                dense, graph_of, size, runtime, target_latency=TARGET_LATENCY
+            )
+            logger.info(
+                "%s %d, %d threads: target_latency planned in %.0f s, measured in planning %.3f",
+                name,
+                size,
+                threads,
+                time.perf_counter() - start,
+                planned.latency["ratio"],
+            )
+        rows += _timed_rows(name, size, runtime, dense, x, timed, planned, args.rounds)
+    eager = {arm: arms[arm] for arm in ("ours torch", "ours onnxruntime (default)")}
+    rows += _timed_rows(name, size, Runtime("torch", threads=1), dense, x, eager, None, args.rounds)
+    return rows
+
+
+def _timed_rows(
+    name: str,
+    size: int,
+    runtime: Runtime,
+    dense: nn.Module,
+    x: torch.Tensor,
+    timed: dict[str, nn.Module | None],
+    planned: Any,
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """One interleaved comparison of the dense model and the arms in ``runtime``, as table rows."""
+    present = {arm: model for arm, model in timed.items() if model is not None}
+    runners = [runtime.runner(dense, x)] + [runtime.runner(model, x) for model in present.values()]
+    heavy = count_macs(dense, x) > 5e9  # YOLOv4 at 416: fewer, single calls
+    result = compare_latency(runners, runtime=runtime, rounds=5 if heavy else rounds, calls=1 if heavy else 3)
+    ratios = dict(zip(present, result.ratios[1:], strict=True))
+    rows = []
+    for arm, model in timed.items():
+        row = _row(name, size, runtime.thread_count(), arm, model, dense, x, ratios.get(arm))
+        row.update(runtime=runtime.name, load=result.load_average[1], dense_ms=result.seconds[0] * 1e3)
+        if planned is not None and arm.startswith("ours target_latency"):
+            row["planned"] = planned.latency["ratio"]
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+HEADER = (
+    "| model | input | runtime | threads | dense ms | arm | params kept | MACs kept | latency kept "
+    "| latency cut / MACs cut | load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    where = f"| {row['model']} | {row['size']} | {row['runtime']} | {row['threads']} |"
+    if row.get("failed"):
+        return f"{where} | {row['arm']} | failed | | | | |"
+    latency = f"x{row['latency']:.3f}" + (f" (x{row['planned']:.3f} in planning)" if "planned" in row else "")
+    return (
+        f"{where} {row['dense_ms']:.1f} | {row['arm']} | {row['params']:.3f} | {row['macs']:.3f} | {latency} | "
+        f"{row['cut']:.2f} | {row['load']:.2f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="yolov8n and yolo11n at 320 only")
+    parser.add_argument("--busy", action="store_true", help="run one busy process beside the measurement")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per comparison")
+    parser.add_argument("--models", nargs="*", help="a subset of the models")
+    parser.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("grouppruner", "torch", "ultralytics"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    plan = [("yolov8n", 320), ("yolo11n", 320)]
+    if not args.quick:
+        plan += [("yolov8n", 640), ("yolo11n", 640), ("yolov4-tiny", 416), ("yolov4-mobilenetv2", 416), ("yolov4", 416)]
+    if args.models:
+        plan = [item for item in plan if item[0] in args.models]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    lines = [
+        f"onnxruntime CPU, block {cpu_vector_block()}, {os.cpu_count()} cores, "
+        f"{'one busy process beside it' if busy else 'no extra load'}; load average at start "
+        f"{os.getloadavg()[0]:.2f}",
+        "",
+        HEADER,
+    ]
+    print("\n".join(lines), flush=True)
+    try:
+        for name, size in plan:
+            try:
+                rows = run_model(name, size, [1, 2], args)
+            except Exception as error:  # one model failing must not hide the others' numbers
+                logger.warning("%s %d failed: %s: %s", name, size, type(error).__name__, str(error)[:300])
+                continue
+            lines += [format_row(row) for row in rows]
+    finally:
+        if busy is not None:
+            busy.kill()
+    if args.write_docs:
+        marker = f"<!-- runtime-latency{' busy' if args.busy else ''} -->"
+        text = DOCS.read_text()
+        block = f"{marker}\n" + "\n".join(lines) + f"\n{marker}"
+        pattern = re.compile(re.escape(marker) + ".*?" + re.escape(marker), re.S)
+        text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        DOCS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ public ``ChannelGroup``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from torch_pruning import ops
 from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency.node import Node
 
+from .._utils.errors import GraphError
 from .removal import PARAMETER
 from .repair import split_sizes
 from .tracing import Trace, module_near
@@ -68,22 +69,46 @@ def root_modules(model: nn.Module, dg: tp.DependencyGraph) -> Iterator[tuple[str
             yield name, module
 
 
+#: The most index entries one root's propagation may map before graph building gives up on that layer (a
+#: layer with C output channels feeding a flatten into nn.Linear over an H x W map needs about C * H * W).
+MAX_PROPAGATION = 20_000_000
+
+
 def propagate(
-    dg: tp.DependencyGraph, node: Node, handler: Callable[..., Any], channels: Sequence[int]
-) -> dict[tuple[Node, Callable[..., Any]], dict[int, int]]:
+    dg: tp.DependencyGraph,
+    node: Node,
+    handler: Callable[..., Any],
+    channels: Sequence[int],
+    *,
+    free_reshapes: Collection[Node] = (),
+    name: str = "?",
+) -> tuple[dict[tuple[Node, Callable[..., Any]], dict[int, int]], list[Node]]:
     """Follow dependencies from removing output channels ``channels`` of ``node``.
 
-    Returns, for each (node, pruning function) reached, a map from that node's channel index to the position in
-    ``channels`` of the root channel it follows.
+    A reshape expands every channel into the positions it spreads over; a second reshape on the same path (as
+    in attention, where a channel index is reshaped into heads and areas and back) multiplies those again and,
+    in a cycle, without end. Propagation therefore stops *at* a second reshape that is not part of a recognised
+    channel shuffle (``free_reshapes``): the node is recorded in the returned list, and the group it belongs to
+    cannot be pruned.
+
+    Returns:
+        For each (node, pruning function) reached, a map from that node's channel index to the position in
+        ``channels`` of the root channel it follows; and the reshape nodes where propagation stopped.
+
+    Raises:
+        GraphError: the propagation from this layer (``name``) still maps more than :data:`MAX_PROPAGATION`
+            index entries: graph building stays bounded, the message names the layer.
     """
     start = [_HybridIndex(idx=c, root_idx=k) for k, c in enumerate(channels)]
     items: dict[tuple[Node, Callable[..., Any]], dict[int, int]] = {
         (node, handler): {c: k for k, c in enumerate(channels)}
     }
+    cut: list[Node] = []
     seen: set[tuple[Node, Callable[..., Any], frozenset[_HybridIndex]]] = set()
-    stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex]]] = [(node, handler, start)]
+    stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex], bool]] = [(node, handler, start, False)]
+    work = 0
     while stack:
-        cur, fn, idxs = stack.pop()
+        cur, fn, idxs, reshaped = stack.pop()
         for dep in cur.dependencies:
             if dep.trigger != fn:
                 continue
@@ -93,6 +118,12 @@ def propagate(
                     new = mapping(new)
             if not new:
                 continue
+            work += len(new)
+            if work > MAX_PROPAGATION:
+                raise GraphError(
+                    f"{name}: its channels spread over more than {MAX_PROPAGATION:,} positions of other tensors "
+                    f"(last at {module_near(dg, dep.target)}); the graph cannot map this layer"
+                )
             key = (dep.target, dep.handler, frozenset(new))
             if key in seen:
                 continue
@@ -101,8 +132,12 @@ def propagate(
             for h in new:
                 if h.root_idx is not None:
                     slot.setdefault(int(h.idx), int(h.root_idx))
-            stack.append((dep.target, dep.handler, new))
-    return items
+            is_reshape = dep.target.type == ops.OPTYPE.RESHAPE and dep.target not in free_reshapes
+            if is_reshape and reshaped:
+                cut.append(dep.target)
+                continue
+            stack.append((dep.target, dep.handler, new, reshaped or is_reshape))
+    return items, cut
 
 
 def _even_parts(total: int, sizes: Sequence[int]) -> int | None:
@@ -300,14 +335,21 @@ def extract_groups(
         todo = [c for c in range(int(pruner.get_out_channels(module) or 0)) if c not in done]
         if not todo:
             continue
-        items = propagate(dg, dg.module2node[module], pruner.prune_out_channels, todo)
+        items, cut = propagate(
+            dg, dg.module2node[module], pruner.prune_out_channels, todo, free_reshapes=tr.shuffle_nodes, name=name
+        )
         for (node, fn), mapping in items.items():
             is_layer = isinstance(node.module, (ops.TORCH_CONV, nn.Linear))
             if is_layer and fn == dg.get_pruner_of_module(node.module).prune_out_channels:
                 covered.setdefault(node.module, set()).update(mapping)
         for node, _ in items:
             touched.setdefault(node, []).append(len(groups))
-        groups.append(build_group(tr, name, module, items, ignored, _stride(tr, module), len(todo)))
+        group = build_group(tr, name, module, items, ignored, _stride(tr, module), len(todo))
+        notes = [f"channels pass through a second reshape (op {_op(n)} {module_near(dg, n)})" for n in cut]
+        if notes:
+            notes.append("which cannot follow a removal")
+            group.reason = "; ".join(r for r in (group.reason, ", ".join(dict.fromkeys(notes))) if r)
+        groups.append(group)
     # A slice sees only its own range, so groups feeding the rest of its input never reach it; yet removing
     # their channels moves where the slice starts. Such groups cannot be pruned.
     for node in dg.module2node.values():
@@ -319,6 +361,10 @@ def extract_groups(
                     note = f"channel slice (op {op} {module_near(dg, node)}) of a tensor spanning several groups"
                     groups[gi].reason = "; ".join(r for r in (groups[gi].reason, note) if r)
     return groups
+
+
+def _op(node: Node) -> str:
+    return type(node.grad_fn).__name__ if node.grad_fn is not None else "?"
 
 
 def _stride(tr: Trace, module: nn.Module) -> int | None:

@@ -7,6 +7,7 @@ compress() end to end (detect and segment), the run folder's skip / rerun semant
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -99,7 +100,7 @@ def test_pruned_checkpoint_trains_as_pruned(detect: tuple[Path, Path], tmp_path:
     assert gpu.is_pruned(resumed.get_model(weights=YOLO(str(path)).model))
     # the stock trainer would rebuild the model from its yaml: it stops, naming the calls that work
     stock = YOLO(str(path))
-    with pytest.raises(KeyError, match="load\\(path\\).train"):
+    with pytest.raises(KeyError, match=r"load\(path\)\.train"):
         stock.train(name="d", **common)
     assert model_fingerprint(stock.model) == pruned_print
 
@@ -128,6 +129,34 @@ def test_sparse_stage_steps_once_per_optimizer_step(detect: tuple[Path, Path], t
     assert steps == len(calls) == 2 * 3  # 18 training images in batches of 8, two epochs
     state = torch.load(tmp_path / "sparse" / "weights" / "grouppruner_sparsity.pt", weights_only=True)
     assert state["epoch"] == 1 and state["sparsity"]["schedule"]["last_step"] == steps
+
+
+def test_sparsity_schedule_ends_at_the_last_optimizer_step(detect: tuple[Path, Path], tmp_path: Path) -> None:
+    # 18 images in batches of 4: 5 batches an epoch; nbs=16: 4 batches accumulated per step, ramped up from 1
+    # during the one warmup epoch, so that the step count is not epochs * ceil(batches / accumulate)
+    data, weights = detect
+    yolo = YOLO(str(weights))
+    sparse = gpu.SparseTraining(1e-2)
+    sparse.attach(yolo)
+    calls: list[int] = []
+    yolo.add_callback("on_pretrain_routine_end", lambda trainer: trainer.gradient_hooks.append(calls.append))
+    common = {**TRAIN, "batch": 4}
+    yolo.train(
+        trainer=gpu.DetectionTrainer,
+        data=str(data),
+        epochs=3,
+        nbs=16,
+        warmup_epochs=1,
+        optimizer="SGD",
+        project=str(tmp_path),
+        name="sparse",
+        exist_ok=True,
+        **common,
+    )
+    assert sparse.sparsity is not None
+    schedule = sparse.sparsity.schedule
+    assert 3 * math.ceil(5 / 4) != len(calls)  # the count the schedule was sized to before
+    assert schedule.total_steps == schedule.last_step == len(calls)
 
 
 def test_resume_after_kill_9(detect: tuple[Path, Path], tmp_path: Path) -> None:

@@ -176,3 +176,24 @@ def test_run_folder_lock_and_damaged_checkpoint(run: Run, monkeypatch: pytest.Mo
     after = {s: (moved / f"{s}.pt").stat().st_mtime_ns for s in gpu.STAGES}
     assert [s for s in gpu.STAGES if after[s] != stamps[s]] == ["finetuned", "recovered"]
     assert [s.map50_95 for s in again.stages[:3]] == [s.map50_95 for s in result.stages[:3]]
+
+
+def test_compress_tells_its_story_where_ultralytics_tells_its_own() -> None:
+    from ultralytics.utils import LOGGER
+
+    from grouppruner.integrations.ultralytics.flow import _story
+
+    ours = logging.getLogger("grouppruner.integrations.ultralytics.flow")
+    printed = _Lines()
+    LOGGER.addHandler(printed)
+    try:
+        assert not ours.isEnabledFor(logging.INFO)  # no logging configured, as in a notebook
+        with _story(True):
+            ours.info("sparse: resuming after epoch %d/%d", 3, 30)
+        with _story(False):  # verbose=False: quiet, as Ultralytics' trainer
+            ours.info("not shown")
+        ours.info("not shown either")  # outside compress() nothing changes
+    finally:
+        LOGGER.removeHandler(printed)
+    assert printed.lines == ["grouppruner: sparse: resuming after epoch 3/30"]
+    assert logging.getLogger("grouppruner").handlers == []

@@ -55,6 +55,12 @@ MODELS = (
 )
 
 
+def _predictions(out: object) -> object:
+    # eval mode returns (decoded predictions, raw outputs); the raw outputs repeat the neck features, whose
+    # widths pruning changes by design
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _shapes(out: object) -> list[tuple[int, ...]]:
     import torch
 
@@ -85,7 +91,7 @@ def one(cfg: str, imgsz: int) -> dict[str, object]:
     model = yolo.model.float().eval()
     x = torch.rand(1, 3, imgsz, imgsz)
     with torch.no_grad():
-        before = _shapes(model(x))
+        before = _shapes(_predictions(model(x)))
     params, macs = count_params(model), count_macs(model, x)
     detr = "RTDETR" in type(model.model[-1]).__name__
     start = time.perf_counter()
@@ -102,7 +108,7 @@ def one(cfg: str, imgsz: int) -> dict[str, object]:
         return {**row, "build_s": round(time.perf_counter() - start, 2), "status": f"refused: {error}"}
     model.eval()
     with torch.no_grad():
-        after = _shapes(model(x))
+        after = _shapes(_predictions(model(x)))
     row["params_kept"] = round(count_params(model) / params, 3)
     row["macs_kept"] = round(count_macs(model, x) / macs, 3)
     row["status"] = "pruned, outputs intact" if after == before else f"pruned, outputs changed {before} -> {after}"

@@ -204,7 +204,7 @@ class _Settings:
     data: str
     imgsz: int
     task: str
-    budget: dict[str, float]
+    budget: dict[str, Any]
     sparse_epochs: int
     sparsity: dict[str, float]
     min_channels: int

@@ -273,7 +273,7 @@ def check_budget(
     budget = {"target_params": target_params, "target_macs": target_macs, "target_latency": target_latency}
     pruner = GroupPruner(channel_graph(inner, imgsz=imgsz), min_channels=min_channels, round_to=round_to)
     try:
-        pruner.plan(**budget)
+        pruner.plan(target_params=target_params, target_macs=target_macs, target_latency=target_latency)
     except ValueError as error:
         if type(error) is ValueError:
             raise InvalidOptionError(f"{type(inner).__name__}: {error}") from error
@@ -309,4 +309,5 @@ def refuse_rebuild(model: nn.Module) -> None:
     if not isinstance(spec, dict) or not isinstance(spec.get("backbone"), list):
         return
     if spec.get("dense_backbone") is None:
-        model.yaml = {**spec, "backbone": [[-1, 1, REBUILD_REFUSAL, []]], "dense_backbone": spec["backbone"]}
+        refusing = {**spec, "backbone": [[-1, 1, REBUILD_REFUSAL, []]], "dense_backbone": spec["backbone"]}
+        setattr(model, "yaml", refusing)  # noqa: B010 - nn.Module's typed __setattr__ is for tensors and modules

@@ -53,7 +53,7 @@ def test_area_attention_graph_is_bounded_and_refuses_the_reshaped_channels() -> 
     graph = ChannelGraph(_net(), torch.rand(1, 3, 4, 4))
     assert time.monotonic() - start < 60  # main never returned
     by_name = {g.name: g for g in graph.channel_groups}
-    assert not by_name["3.qkv.0"].prunable and "second reshape" in str(by_name["3.qkv.0"].reason)
+    assert not by_name["3.qkv.0"].prunable and "spread past a reshape" in str(by_name["3.qkv.0"].reason)
     assert not by_name["3.pe"].prunable
     # the layers outside the attention's reshapes stay prunable
     assert by_name["3.proj"].prunable and by_name["4"].prunable

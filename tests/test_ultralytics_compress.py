@@ -223,3 +223,21 @@ def test_segmentation_goes_through_the_same_flow(tmp_path: Path) -> None:
     assert result.stages[2].macs / result.stages[0].macs == pytest.approx(0.5, abs=0.01)
     assert "mask_map50_95" in result.stages[-1].extra
     assert result.model.task == "segment" and gpu.is_pruned(result.model)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "data_kind", "extra_key"),
+    [("yolov8n-obb.yaml", "rotated", None), ("yolov8n-pose.yaml", "keypoints", "pose_map50_95")],
+)
+def test_obb_and_pose_go_through_the_same_flow(cfg: str, data_kind: str, extra_key: str | None, tmp_path: Path) -> None:
+    data = gpu.make_synthetic_yolo(tmp_path / "data", 24, image_size=IMGSZ, **{data_kind: True})
+    weights = _trained(cfg, data, tmp_path)
+    result = _compress(weights, data, tmp_path / "run", recover_epochs=2)
+    assert [s.stage for s in result.stages] == list(gpu.STAGES)
+    assert result.stages[2].macs / result.stages[0].macs == pytest.approx(0.5, abs=0.01)
+    assert result.model.task == cfg.split("-")[1].removesuffix(".yaml") and gpu.is_pruned(result.model)
+    assert all(0.0 <= s.map50_95 <= s.map50 <= 1.0 for s in result.stages)
+    if extra_key is not None:
+        assert all(0.0 <= s.extra[extra_key] <= 1.0 for s in result.stages)
+    # the distillation terms were in the recovered stage's loss
+    assert "att" in (tmp_path / "run" / "recovered" / "results.csv").read_text().splitlines()[0]

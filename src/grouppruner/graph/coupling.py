@@ -72,6 +72,8 @@ def root_modules(model: nn.Module, dg: tp.DependencyGraph) -> Iterator[tuple[str
 #: The most index entries one root's propagation may map before graph building gives up on that layer (a
 #: layer with C output channels feeding a flatten into nn.Linear over an H x W map needs about C * H * W).
 MAX_PROPAGATION = 20_000_000
+#: How many ops past a (non-shuffle) reshape propagation follows: enough for flatten -> dropout -> nn.Linear.
+MAX_HOPS_AFTER_RESHAPE = 6
 
 
 def propagate(
@@ -85,11 +87,12 @@ def propagate(
 ) -> tuple[dict[tuple[Node, Callable[..., Any]], dict[int, int]], list[Node]]:
     """Follow dependencies from removing output channels ``channels`` of ``node``.
 
-    A reshape expands every channel into the positions it spreads over; a second reshape on the same path (as
-    in attention, where a channel index is reshaped into heads and areas and back) multiplies those again and,
-    in a cycle, without end. Propagation therefore stops *at* a second reshape that is not part of a recognised
-    channel shuffle (``free_reshapes``): the node is recorded in the returned list, and the group it belongs to
-    cannot be pruned.
+    A reshape expands every channel into the positions it spreads over. What a removal can still follow past it
+    is a flatten into ``nn.Linear`` a few ops later; a second reshape on the same path (attention, where channels
+    are reshaped into heads and areas and back, and around a cycle without end) or a long chain of ops past the
+    first (a detection head's box decoding) cannot be followed. Propagation therefore stops at a second reshape
+    that is not part of a recognised channel shuffle (``free_reshapes``), and :data:`MAX_HOPS_AFTER_RESHAPE` ops
+    after the first: the node is recorded in the returned list, and the group it belongs to cannot be pruned.
 
     Returns:
         For each (node, pruning function) reached, a map from that node's channel index to the position in
@@ -104,11 +107,14 @@ def propagate(
         (node, handler): {c: k for k, c in enumerate(channels)}
     }
     cut: list[Node] = []
-    seen: set[tuple[Node, Callable[..., Any], frozenset[_HybridIndex]]] = set()
-    stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex], bool]] = [(node, handler, start, False)]
+    # The index mappings act on each index on its own, so an index that already reached a node (along a path with
+    # the same reshape state) adds nothing when it arrives again: only new ones travel on.
+    seen: dict[tuple[Node, Callable[..., Any], bool], set[_HybridIndex]] = {}
+    # the stack holds, with each index list, the ops passed since the first reshape on its path (-1: none yet)
+    stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex], int]] = [(node, handler, start, -1)]
     work = 0
     while stack:
-        cur, fn, idxs, reshaped = stack.pop()
+        cur, fn, idxs, hops = stack.pop()
         for dep in cur.dependencies:
             if dep.trigger != fn:
                 continue
@@ -116,27 +122,29 @@ def propagate(
             for mapping in dep.index_mapping:
                 if mapping is not None:
                     new = mapping(new)
+            is_reshape = dep.target.type == ops.OPTYPE.RESHAPE and dep.target not in free_reshapes
+            after = hops + 1 if hops >= 0 else (0 if is_reshape else -1)
+            # keyed by whether a reshape was passed, not by how long ago: coming back to the reshape from the
+            # nn.Linear side (the reverse edge) brings no new index and is not a second reshape
+            known = seen.setdefault((dep.target, dep.handler, after >= 0), set())
+            new = [h for h in dict.fromkeys(new) if h not in known]
             if not new:
                 continue
+            known.update(new)
             work += len(new)
             if work > MAX_PROPAGATION:
                 raise GraphError(
                     f"{name}: its channels spread over more than {MAX_PROPAGATION:,} positions of other tensors "
                     f"(last at {module_near(dg, dep.target)}); the graph cannot map this layer"
                 )
-            key = (dep.target, dep.handler, frozenset(new))
-            if key in seen:
-                continue
-            seen.add(key)
             slot = items.setdefault((dep.target, dep.handler), {})
             for h in new:
                 if h.root_idx is not None:
                     slot.setdefault(int(h.idx), int(h.root_idx))
-            is_reshape = dep.target.type == ops.OPTYPE.RESHAPE and dep.target not in free_reshapes
-            if is_reshape and reshaped:
+            if (is_reshape and hops >= 0) or after > MAX_HOPS_AFTER_RESHAPE:
                 cut.append(dep.target)
                 continue
-            stack.append((dep.target, dep.handler, new, reshaped or is_reshape))
+            stack.append((dep.target, dep.handler, new, after))
     return items, cut
 
 
@@ -345,7 +353,7 @@ def extract_groups(
         for node, _ in items:
             touched.setdefault(node, []).append(len(groups))
         group = build_group(tr, name, module, items, ignored, _stride(tr, module), len(todo))
-        notes = [f"channels pass through a second reshape (op {_op(n)} {module_near(dg, n)})" for n in cut]
+        notes = [f"channels spread past a reshape to op {_op(n)} {module_near(dg, n)}" for n in cut]
         if notes:
             notes.append("which cannot follow a removal")
             group.reason = "; ".join(r for r in (group.reason, ", ".join(dict.fromkeys(notes))) if r)

@@ -102,13 +102,13 @@ class StageRecord:
 
     Attributes:
         stage: one of :data:`STAGES`.
-        map50_95: box mAP50-95 on the validation split (Ultralytics' validator).
+        map50_95: box mAP50-95 on the validation split (Ultralytics' validator; rotated boxes for OBB models).
         map50: box mAP50.
         params: parameter count.
         macs: conv + linear MACs of one ``imgsz`` x ``imgsz`` image.
         checkpoint: the stage's Ultralytics checkpoint (``out/<stage>.pt``).
-        extra: stage-specific numbers (mask mAP for segmentation, sparsity statistics, the pruning ratios,
-            the epoch a stage resumed at, the optimizer it trained with).
+        extra: stage-specific numbers (mask mAP for segmentation, keypoint mAP for pose, sparsity statistics,
+            the pruning ratios, the epoch a stage resumed at, the optimizer it trained with).
         files: ``{"path", "bytes", "sha256"}`` of the checkpoint, relative to the run folder, checked before the
             stage is skipped as done.
     """
@@ -350,6 +350,8 @@ class _Run:
         extra = dict(extra)
         if hasattr(metrics, "seg"):
             extra.update(mask_map50_95=float(metrics.seg.map), mask_map50=float(metrics.seg.map50))
+        if hasattr(metrics, "pose"):
+            extra.update(pose_map50_95=float(metrics.pose.map), pose_map50=float(metrics.pose.map50))
         if stage in self.resumed:
             extra["resumed_at_epoch"] = self.resumed[stage]
         files = [file_record(self.out, path)]
@@ -397,7 +399,7 @@ def compress(
     """Sparse-train, prune, fine-tune and distil an Ultralytics YOLO with its own trainer; resumable.
 
     Args:
-        model: the trained dense model: an ``ultralytics.YOLO`` (detect, segment or pose), its module, or the
+        model: the trained dense model: an ``ultralytics.YOLO`` (detect, segment, pose, obb), its module, or the
             path of its ``.pt`` weights.
         data: the data.yaml it trains on.
         target_params: the budget, the fraction of the dense model's parameters to keep (exactly one of the

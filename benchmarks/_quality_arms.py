@@ -34,9 +34,9 @@ from torch import nn
 
 from grouppruner.checkpoint import atomic_write, save_pruned
 from grouppruner.detection import YOLOv4
-from grouppruner.detection.recipe import RecipeConfig, RecipeRun, sparse_optimizer
 from grouppruner.detection.train import evaluate
 from grouppruner.profile import count_macs, count_params
+from grouppruner.recipe import RecipeConfig, RecipeRun, sparse_optimizer
 
 DONE = "arm.json"
 

@@ -52,10 +52,10 @@ import torch
 from _quality_arms import ArmResult, ArmSpec, Context, read_result, run_arm, write_result
 
 from grouppruner import CheckpointError, UsageError
-from grouppruner.detection.recipe import RecipeConfig, RecipeRun, load_weights
-from grouppruner.detection.run_folder import RunLock, file_record
 from grouppruner.detection.train import evaluate
 from grouppruner.profile import count_macs, count_params
+from grouppruner.recipe import RecipeConfig, RecipeRun, load_weights
+from grouppruner.run_folder import RunLock, file_record
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 FIGURE = DOCS.parent / "img" / "quality.png"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from grouppruner.detection.recipe import RecipeConfig, RecipeRun
-from grouppruner.detection.report import read_run
+from grouppruner.recipe import RecipeConfig, RecipeRun
+from grouppruner.recipe.report import read_run
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from grouppruner.detection.recipe import RecipeConfig, RecipeRun
-from grouppruner.detection.report import read_run
+from grouppruner.recipe import RecipeConfig, RecipeRun
+from grouppruner.recipe.report import read_run
 
 # The sweep the recipe's defaults were chosen from (s, warmup, keep); the first is the former default.
 DEFAULT_SETTINGS = [

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from grouppruner.detection.config import config_reference
+from grouppruner.recipe.config import config_reference
 
 BEGIN, END = "<!-- options: begin -->", "<!-- options: end -->"
 

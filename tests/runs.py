@@ -44,7 +44,7 @@ def fake_run_folder(root: Path) -> dict[str, nn.Module]:
 
 _HOLD_LOCK = """
 import sys, time
-from grouppruner.detection.run_folder import RunLock
+from grouppruner.run_folder import RunLock
 lock = RunLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)

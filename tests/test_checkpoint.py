@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,7 +199,7 @@ def test_atomic_write_replaces_whole_files_with_umask_permissions(tmp_path):
     import os
     import stat
 
-    from grouppruner.checkpoint import atomic_write
+    from grouppruner._utils.io import atomic_write
 
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
@@ -218,17 +220,22 @@ def test_atomic_write_replaces_whole_files_with_umask_permissions(tmp_path):
 
 
 def test_atomic_write_removes_temporaries_left_by_a_killed_writer(tmp_path):
-    from grouppruner.checkpoint import atomic_write
+    from grouppruner._utils.io import atomic_write
 
-    stale = tmp_path / ".model.pt.abc123.tmp"  # what mkstemp leaves when the writer is killed
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no process has now
+    stale = tmp_path / f".model.pt.{dead.pid}.abc123.tmp"  # what a writer killed mid-write leaves
     stale.write_bytes(b"x" * 1000)
-    other = tmp_path / ".other.pt.abc123.tmp"
+    live = tmp_path / f".model.pt.{os.getppid()}.def456.tmp"  # another writer of the same file, still running
+    live.write_bytes(b"z")
+    other = tmp_path / f".other.pt.{dead.pid}.abc123.tmp"
     other.write_bytes(b"y")
     with atomic_write(tmp_path / "model.pt") as file:
         file.write(b"new")
-    assert not stale.exists() and other.exists()  # only temporaries of the path being written
+    assert not stale.exists()  # a dead writer's leftover of this path goes
+    assert live.exists() and other.exists()  # a live writer's file and other paths' files stay
     assert (tmp_path / "model.pt").read_bytes() == b"new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "model.pt"])
 
 
 # ----------------------------------------------------------------------------- hand-edited and damaged files
@@ -347,7 +354,7 @@ def test_unreadable_files_say_what_is_wrong(tmp_path: Path) -> None:
 
 
 def test_state_mismatch_lists_missing_unexpected_and_reshaped_keys() -> None:
-    from grouppruner.checkpoint import StateMismatch
+    from grouppruner._utils.io import StateMismatch
 
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     state = dict(model.state_dict())

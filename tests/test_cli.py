@@ -133,7 +133,8 @@ def test_out_pointing_at_a_file_and_a_bad_config_are_one_line(tmp_path, capsys):
 
 
 def test_compress_defaults_to_voc_classes_and_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
-    from grouppruner.detection import VOC_CLASSES, recipe
+    from grouppruner import recipe
+    from grouppruner.detection import VOC_CLASSES
 
     seen = []
 
@@ -171,7 +172,7 @@ def test_profile_and_inspect_open_a_run_folder_without_options(tmp_path, capsys)
 
 
 def test_demo_table_survives_a_zero_dense_map(tmp_path, capsys, monkeypatch):
-    from grouppruner.detection import recipe
+    from grouppruner import recipe
 
     def finished(config, *, progress):
         return [
@@ -190,8 +191,9 @@ def test_a_full_disk_is_one_line_naming_the_file_and_loses_nothing(tmp_path, cap
     import os
     from pathlib import Path
 
+    from grouppruner import recipe
     from grouppruner.checkpoint import save_pruned
-    from grouppruner.detection import recipe, yolov4
+    from grouppruner.detection import yolov4
 
     out = tmp_path / "r"
     out.mkdir()

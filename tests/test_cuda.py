@@ -64,7 +64,7 @@ def test_bn_sparsity_adds_the_l1_term_to_unscaled_gradients_on_cuda(dtype: torch
 
 def test_reference_recipe_on_cuda_with_fp16(tmp_path: Path) -> None:
     pytest.importorskip("PIL")
-    from grouppruner.detection import RecipeConfig, run_recipe
+    from grouppruner.recipe import RecipeConfig, run_recipe
 
     config = RecipeConfig(
         out_dir=str(tmp_path / "run"),

@@ -19,6 +19,7 @@ from grouppruner.detection.darknet import (
     from_darknet,
     parse_cfg,
     parse_cfg_text,
+    read_header,
     to_darknet,
     weights_floats,
     yolov4_state_dict,
@@ -93,7 +94,7 @@ def test_weights_load_into_every_tensor(tmp_path, name):
     text = (DATA / f"{name}.cfg").read_text()
     written = write_weights(tmp_path / "w.weights", text, seed=1)
     model = from_darknet(DATA / f"{name}.cfg", tmp_path / "w.weights")
-    assert model.weights_header is not None and model.weights_header.seen == 12345
+    assert read_header(tmp_path / "w.weights").seen == 12345
     checked = 0
     for layer, tensors in conv_layout(text):
         conv = model.layers[layer]
@@ -116,7 +117,7 @@ def test_old_header_with_a_32_bit_seen_counter_is_read(tmp_path):
     written = write_weights(tmp_path / "old.weights", text, version=(0, 1, 0))
     model = from_darknet(tmp_path / "v3.cfg", tmp_path / "old.weights")
     assert (tmp_path / "old.weights").stat().st_size == 16 + 4 * weights_floats(model)
-    assert model.weights_header is not None and model.weights_header.size == 16
+    assert read_header(tmp_path / "old.weights").size == 16
     assert np.array_equal(model.layers[0].conv.weight.detach().numpy(), written[(0, "weight")])
 
 

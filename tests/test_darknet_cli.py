@@ -8,7 +8,8 @@ import torch
 from darknet_files import DATA, reduced_cfg, write_weights
 from grouppruner.cli import main
 from grouppruner.detection.darknet import from_darknet
-from grouppruner.detection.darknet.recipe import data_classes, load_darknet
+from grouppruner.detection.data import data_classes
+from grouppruner.recipe.darknet import load_darknet
 
 pytest.importorskip("PIL")
 pytest.importorskip("defusedxml")

@@ -6,7 +6,7 @@ import torch
 
 import grouppruner as gp
 from darknet_files import DATA, conv_layout, sections, write_weights
-from grouppruner.detection.darknet import from_darknet, to_darknet
+from grouppruner.detection.darknet import from_darknet, read_header, to_darknet
 from grouppruner.detection.darknet.model import ConvLayer
 from grouppruner.profile import count_params
 
@@ -37,7 +37,9 @@ def _round_trip(tmp_path, name, size, target):
         expected = model(x)
     for fold in (False, True):
         stem = tmp_path / f"pruned-{'folded' if fold else 'bn'}"
-        to_darknet(model, stem.with_suffix(".cfg"), stem.with_suffix(".weights"), fold_batchnorm=fold)
+        header = read_header(tmp_path / "in.weights")
+        to_darknet(model, stem.with_suffix(".cfg"), stem.with_suffix(".weights"), fold_batchnorm=fold, header=header)
+        assert read_header(stem.with_suffix(".weights")) == header  # darknet goes on counting the images seen
         text = stem.with_suffix(".cfg").read_text()
         # the file is as long as the written cfg says, counted without the library
         floats = sum(int(np.prod(shape)) for _, tensors in conv_layout(text) for _, shape in tensors)

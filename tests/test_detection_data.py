@@ -13,11 +13,8 @@ import torch
 from PIL import Image
 
 from grouppruner.detection import VOC_CLASSES, VOCDetection, collate, make_synthetic_voc
-from grouppruner.detection.data import (
-    PAD_VALUE,
-    VOCDataError,
-    letterbox_params,
-)
+from grouppruner.detection.data import VOCDataError
+from grouppruner.detection.images import PAD_VALUE, letterbox_params
 from grouppruner.detection.synthetic import SYNTHETIC_CLASSES
 
 

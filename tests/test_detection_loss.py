@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from grouppruner import DataError
 from grouppruner.detection import yolov4
 from grouppruner.detection.decode import split_head_map
 from grouppruner.detection.loss import YoloLoss, ciou, kmeans_anchors
@@ -151,7 +152,7 @@ def test_loss_rejects_bad_inputs():
         YoloLoss(3, anchors=SMALL_ANCHORS)(outputs, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
     with pytest.raises(ValueError, match="label 5 outside"):
         loss_fn(outputs, [{"boxes": torch.tensor([[1.0, 1, 9, 9]]), "labels": torch.tensor([5])}])
-    with pytest.raises(KeyError, match="labels"):
+    with pytest.raises(DataError, match="labels"):
         loss_fn(outputs, [{"boxes": torch.zeros(0, 4)}])
     with pytest.raises(ValueError, match="anchors"):
         YoloLoss(2, anchors=torch.ones(9, 2))

@@ -53,7 +53,7 @@ def test_step_order_and_loss_means() -> None:
     def hook(m: nn.Module) -> None:
         # After backward (gradients exist) and before the optimizer step (weights not yet moved).
         assert m is model and m.training
-        assert m.conv.weight.grad is not None
+        assert m.conv.weight.grad is not None and m.conv.weight.grad.abs().sum() > 0
         events.append("hook")
         before[len(events) - 1] = m.conv.weight.detach().clone()
 

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from grouppruner.detection import VOCDetection, collate, make_synthetic_voc
-from grouppruner.detection.distributed import Distributed, RankShard
 from grouppruner.detection.synthetic import SYNTHETIC_CLASSES
+from grouppruner.recipe.distributed import Distributed, RankShard
 
 
 @pytest.fixture(scope="module")
@@ -61,22 +61,22 @@ def test_rank_shard_of_one_process_yields_the_plain_batches(root: Path) -> None:
 
 
 def test_one_process_is_the_identity() -> None:
-    ranks = Distributed()
-    assert (ranks.rank, ranks.world_size, ranks.active, ranks.is_main) == (0, 1, False, True)
-    assert ranks.shard(5) == slice(0, 5)
+    distributed = Distributed()
+    assert (distributed.rank, distributed.world_size, distributed.active, distributed.is_main) == (0, 1, False, True)
+    assert distributed.shard(5) == slice(0, 5)
     x = torch.randn(4, 3, requires_grad=True)
-    assert ranks.gather(x) is x
+    assert distributed.gather(x) is x
     mean = x.mean()
-    assert ranks.batch_mean(mean, 4) is mean
+    assert distributed.batch_mean(mean, 4) is mean
     targets = [{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1, dtype=torch.int64)}]
-    assert ranks.gather_targets(targets) == targets
+    assert distributed.gather_targets(targets) == targets
     module = nn.Conv2d(3, 4, 1)
-    assert ranks.wrap(module) is module
+    assert distributed.wrap(module) is module
     bn = nn.BatchNorm2d(4)
-    with ranks.synchronized_batchnorm(nn.Sequential(bn)):
+    with distributed.synchronized_batchnorm(nn.Sequential(bn)):
         assert type(bn) is nn.BatchNorm2d
-    ranks.barrier()
-    ranks.check_same({"plan": 1}, "the plan")
+    distributed.barrier()
+    distributed.check_same({"plan": 1}, "the plan")
 
 
 def test_several_processes_need_a_process_group() -> None:

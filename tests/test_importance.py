@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import grouppruner as gp
-from grouppruner.pruning import BNScale, CustomImportance
+from grouppruner.pruning import BNScaleImportance, CustomImportance
 from grouppruner.sparsity import Dynamic
 from zoo import ZOO, example_input
 
@@ -30,16 +30,16 @@ def test_bn_scale_is_abs_gamma_and_couples_by_mean_max_vote() -> None:
             m.weight.data.uniform_(-1, 1)
     graph = gp.ChannelGraph(model, example_input())
     group = next(g for g in graph.channel_groups if g.prunable and len(g.bns) >= 3)  # a residual stream
-    rows = BNScale().rows(graph.model, group)
+    rows = BNScaleImportance().rows(graph.model, group)
     assert rows is not None and rows.shape == (len(group.bns), group.size)
     for row, ref in zip(rows, group.bns, strict=True):  # one |gamma| row per BatchNorm of the stream
         torch.testing.assert_close(row, graph.model.get_submodule(ref.name).weight.detach().abs()[list(ref.indices)])
     expected = rows.numpy()
-    np.testing.assert_allclose(BNScale(coupling="mean")(graph.model, group), expected.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(BNScale(coupling="max")(graph.model, group), expected.max(0), rtol=1e-6)
+    np.testing.assert_allclose(BNScaleImportance(coupling="mean")(graph.model, group), expected.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(BNScaleImportance(coupling="max")(graph.model, group), expected.max(0), rtol=1e-6)
     # vote: the k-th largest row per channel, k the majority count, so thresholding it is a majority vote
     majority = len(expected) // 2 + 1
-    vote = BNScale(coupling="vote")(graph.model, group)
+    vote = BNScaleImportance(coupling="vote")(graph.model, group)
     np.testing.assert_allclose(vote, np.sort(expected, axis=0)[-majority], rtol=1e-6)
     for threshold in (0.2, 0.5, 0.8):
         np.testing.assert_array_equal(vote >= threshold, (expected >= threshold).sum(0) >= majority)
@@ -47,7 +47,7 @@ def test_bn_scale_is_abs_gamma_and_couples_by_mean_max_vote() -> None:
 
 def test_pruner_takes_importance_objects_and_names_them_in_the_plan() -> None:
     graph = _graph()
-    plan = gp.GroupPruner(graph, importance=BNScale(coupling="max"), min_channels=1).plan(ratios={})
+    plan = gp.GroupPruner(graph, importance=BNScaleImportance(coupling="max"), min_channels=1).plan(ratios={})
     assert (plan.importance, plan.coupling) == ("bn_l1", "max")
 
     def by_index(model: nn.Module, group: gp.ChannelGroup) -> torch.Tensor:
@@ -55,9 +55,9 @@ def test_pruner_takes_importance_objects_and_names_them_in_the_plan() -> None:
 
     assert gp.GroupPruner(graph, importance=CustomImportance(by_index)).plan(ratios={}).importance == "by_index"
     with pytest.raises(ValueError, match="set coupling on the importance"):
-        gp.GroupPruner(graph, importance=BNScale(coupling="max"), coupling="mean")
+        gp.GroupPruner(graph, importance=BNScaleImportance(coupling="max"), coupling="mean")
     with pytest.raises(ValueError, match="coupling must be one of"):
-        BNScale(coupling="median")  # type: ignore[arg-type]
+        BNScaleImportance(coupling="median")  # type: ignore[arg-type]
 
 
 def test_nan_scores_raise_non_finite_error_naming_the_group() -> None:

@@ -14,8 +14,9 @@ from torch import nn
 
 from grouppruner.checkpoint import CheckpointError
 from grouppruner.detection import yolov4
-from grouppruner.detection.recipe import (
-    GAMMA_THRESHOLD,
+from grouppruner.graph import ChannelGraph
+from grouppruner.pruning import weights_digest
+from grouppruner.recipe import (
     STAGE_OF_OPTION,
     STAGES,
     RecipeConfig,
@@ -24,9 +25,8 @@ from grouppruner.detection.recipe import (
     load_weights,
     run_recipe,
     sparse_optimizer,
-    weights_digest,
 )
-from grouppruner.graph import ChannelGraph
+from grouppruner.recipe.config import GAMMA_THRESHOLD, recorded_options
 from grouppruner.sparsity import BNSparsity, Constant
 
 pytest.importorskip("PIL")
@@ -104,6 +104,21 @@ def test_every_option_belongs_to_a_stage():
     assert first_changed_stage(saved, dataclasses.replace(base, target_params=0.5, recover_epochs=3)) == "pruned"
     assert first_changed_stage({**saved, "unknown": 1}, base) == "dense"
     assert first_changed_stage(saved, dataclasses.replace(base, device="auto")) is None  # resumes elsewhere
+
+
+def test_a_darknet_cfg_is_recorded_by_content_so_an_edit_in_place_reruns(tmp_path):
+    from darknet_files import DATA
+
+    cfg = tmp_path / "model.cfg"
+    cfg.write_text((DATA / "yolov4-tiny.cfg").read_text())
+    config = _config(tmp_path, cfg=str(cfg))
+    saved = json.loads(json.dumps(recorded_options(config)))
+    assert len(saved["cfg_sha256"]) == 64
+    assert first_changed_stage(saved, config) is None
+    cfg.write_text(cfg.read_text().replace("filters=64", "filters=48", 1))  # same path, other model
+    assert first_changed_stage(saved, config) == "dense"
+    del saved["cfg_sha256"]  # a results.json written before the cfg was recorded by content: compared by path
+    assert first_changed_stage(saved, config) is None
 
 
 # ----------------------------------------------------------------------------- the recipe's choices, tiny settings
@@ -276,7 +291,7 @@ def test_recipe_from_user_weights_skips_dense_training(tiny_run, tmp_path):
 
 _KILL_AFTER_EPOCH = """
 import sys
-from grouppruner.detection.recipe import RecipeConfig, run_recipe
+from grouppruner.recipe import RecipeConfig, run_recipe
 run_recipe(RecipeConfig(**eval(sys.argv[1])))
 """
 
@@ -367,6 +382,7 @@ def test_an_epoch_state_of_other_options_or_epochs_is_discarded_not_resumed(tiny
 def test_discard_epoch_states_removes_what_train_left_and_nothing_else(tiny_run, tmp_path):
     config, _ = tiny_run
     run = RecipeRun(_beside(config, tmp_path))
+    run.prepare()
     other = tmp_path / "r" / "dense.epoch.pt"  # not written by this run's train(): stays
     other.write_bytes(b"state")
     _train(run, 1, "sparse")
@@ -381,7 +397,7 @@ def test_discard_epoch_states_removes_what_train_left_and_nothing_else(tiny_run,
 
 
 def test_a_rerun_stage_discards_its_epoch_states_and_those_of_later_stages(tmp_path):
-    from grouppruner.detection.recipe import _discard_stale_epoch_states
+    from grouppruner.recipe.run import _discard_stale_epoch_states
 
     names = ("dense.epoch.pt", "sparse.epoch.pt", "recovered-fine-tune.epoch.pt", "recovered-distill.epoch.pt")
 
@@ -403,22 +419,22 @@ def test_a_rerun_stage_discards_its_epoch_states_and_those_of_later_stages(tmp_p
 def test_a_run_killed_in_the_sparse_stage_and_rerun_with_another_rate_starts_the_stage_afresh(
     tiny_run, tmp_path, monkeypatch, caplog
 ):
-    from grouppruner.detection import recipe
+    from grouppruner.resume import TrainingState
 
     config, _ = tiny_run
     shutil.copytree(config.out_dir, tmp_path / "copy")
     copy = dataclasses.replace(config, out_dir=str(tmp_path / "copy"), sparse_epochs=3)
-    save = recipe.save_training_state
+    save = TrainingState.save
 
-    def killed_after_one_sparse_epoch(path, epoch, **kwargs):
-        save(path, epoch, **kwargs)
+    def killed_after_one_sparse_epoch(state, path, epoch):
+        save(state, path, epoch)
         if Path(path).name == "sparse.epoch.pt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe, "save_training_state", killed_after_one_sparse_epoch)
+    monkeypatch.setattr(TrainingState, "save", killed_after_one_sparse_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(copy)
-    monkeypatch.setattr(recipe, "save_training_state", save)
+    monkeypatch.setattr(TrainingState, "save", save)
     assert (tmp_path / "copy" / "sparse.epoch.pt").is_file()
     caplog.set_level("INFO")
     results = run_recipe(dataclasses.replace(copy, sparsity=0.2))
@@ -430,7 +446,7 @@ def test_a_run_killed_in_the_sparse_stage_and_rerun_with_another_rate_starts_the
 
 
 def test_a_damaged_stage_file_is_not_done_earlier(tiny_run, tmp_path, caplog):
-    from grouppruner.detection.recipe import _finished_stages
+    from grouppruner.recipe.run import _finished_stages
 
     config, _ = tiny_run
     shutil.copytree(config.out_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("data"))
@@ -519,9 +535,10 @@ def test_a_damaged_image_stops_the_run_before_any_stage(tiny_run, tmp_path):
     config, _ = tiny_run
     shutil.copytree(Path(config.out_dir) / "data", tmp_path / "data")
     run = RecipeRun(dataclasses.replace(config, out_dir=str(tmp_path / "r"), data_root=str(tmp_path / "data")))
+    run.prepare()
     checked = json.loads((tmp_path / "r" / ".images-checked.json").read_text())
     assert len(checked) == config.num_images  # every image of train and val decoded once, and remembered
     image = run.train_loader.dataset.image_paths[-1]
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # a truncated JPEG
     with pytest.raises(VOCDataError, match=rf"{image}: cannot read image \(image file is truncated"):
-        RecipeRun(dataclasses.replace(config, out_dir=str(tmp_path / "r"), data_root=str(tmp_path / "data")))
+        RecipeRun(dataclasses.replace(config, out_dir=str(tmp_path / "r"), data_root=str(tmp_path / "data"))).prepare()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from grouppruner.detection import RecipeConfig
-from grouppruner.detection.config import load_recipe_config
+from grouppruner.recipe import RecipeConfig
+from grouppruner.recipe.config import load_recipe_config
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -55,7 +55,7 @@ def test_missing_file_bad_toml_and_missing_out_dir(tmp_path: Path) -> None:
 
 
 def test_the_docs_option_table_is_current() -> None:
-    from grouppruner.detection.config import config_reference
+    from grouppruner.recipe.config import config_reference
 
     page = (Path(__file__).parents[1] / "docs" / "guides" / "compress.md").read_text(encoding="utf-8")
     table = page.split("<!-- options: begin -->\n", 1)[1].split("\n<!-- options: end -->", 1)[0]

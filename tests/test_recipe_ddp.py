@@ -21,7 +21,7 @@ import torch
 
 from ddp_helpers import run_workers
 from grouppruner.detection import make_synthetic_voc
-from grouppruner.detection.recipe import STAGES, RecipeConfig, run_recipe
+from grouppruner.recipe import STAGES, RecipeConfig, run_recipe
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
 TINY: dict[str, Any] = {

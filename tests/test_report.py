@@ -1,4 +1,4 @@
-"""grouppruner.detection.report: the run-folder report (tables and figures) from checkpoints and results.json."""
+"""grouppruner.recipe.report: the run-folder report (tables and figures) from checkpoints and results.json."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from torch import nn
 
 import grouppruner as gp
-from grouppruner.detection.report import write_report
+from grouppruner.recipe.report import write_report
 from runs import CONFIG, fake_run_folder
 
 pytest.importorskip("matplotlib")

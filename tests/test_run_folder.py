@@ -1,4 +1,4 @@
-"""grouppruner.detection.run_folder: the lock on a run folder, portable results.json, recorded stage files."""
+"""grouppruner.run_folder: the lock on a run folder, portable results.json, recorded stage files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from grouppruner._utils.errors import DataError, UsageError
-from grouppruner.detection.run_folder import (
+from grouppruner.run_folder import (
     LOCK_NAME,
     RunLock,
     check_file_record,

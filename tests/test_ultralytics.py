@@ -175,7 +175,7 @@ def test_head_distill_terms() -> None:
     preds = student(x)
     value = HeadDistillLoss(16)(preds, t_out)
     (value["att"] + value["kd"]).backward()
-    assert student.model[0].conv.weight.grad is not None
+    assert student.model[0].conv.weight.grad.abs().sum() > 0
 
 
 def test_distill_criterion_appends_terms(data: Path) -> None:

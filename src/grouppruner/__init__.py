@@ -1,6 +1,6 @@
 """grouppruner: structured compression of CNN object detectors.
 
-The method's four stages, one package each, in the order the data flows:
+The method's four steps, one package each, in the order the data flows:
 
 - :mod:`grouppruner.graph` -- which channels must be pruned together (``ChannelGraph``, ``ChannelGroup``) and
   the partition into layer groups;
@@ -18,6 +18,8 @@ raised on purpose derives from :class:`GroupPrunerError`.
 
 from __future__ import annotations
 
+from ._utils.moved import moved_names
+
 __version__ = "0.1.0"
 
 from . import checkpoint, distill, export, graph, latency, profile, pruning, sparsity
@@ -34,12 +36,12 @@ from ._utils.errors import (
 from .checkpoint import CheckpointError, load_pruned, save_pruned
 from .distill import AttentionDistiller, spatial_attention
 from .graph import ChannelGraph, ChannelGroup, GraphError, LayerRef
-from .pruning import BNScale, GroupPruner, Importance, PruningPlan, applied_plans, rebuild_optimizer
+from .pruning import BNScaleImportance, GroupPruner, Importance, PruningPlan, applied_plans, rebuild_optimizer
 from .sparsity import BNSparsity
 
 __all__ = [
     "AttentionDistiller",
-    "BNScale",
+    "BNScaleImportance",
     "BNSparsity",
     "ChannelGraph",
     "ChannelGroup",
@@ -72,3 +74,9 @@ __all__ = [
     "sparsity",
     "spatial_attention",
 ]
+
+# The importance classes all end in "Importance" now; the old names work for one more release.
+__getattr__ = moved_names(
+    __name__,
+    {old: f"grouppruner.pruning.importance:{old}Importance" for old in ("BNScale", "NormScale", "FilterMagnitude")},
+)

@@ -6,7 +6,7 @@
 - ``grouppruner compress --data VOC --weights teacher.pt --out runs/x`` runs the method on the user's trained
   YOLOv4 and data: dynamic sparse training, group pruning, distilled recovery; ``grouppruner demo`` runs the
   same on generated VOC-format data with a teacher trained from scratch. Both take ``--config recipe.toml``
-  (fields of :class:`~grouppruner.detection.RecipeConfig`; flags override it), resume after a crash, and show
+  (fields of :class:`~grouppruner.recipe.RecipeConfig`; flags override it), resume after a crash, and show
   progress per stage and epoch.
 - ``grouppruner report RUN_DIR`` writes a Markdown report with figures for a run folder.
 - ``grouppruner yolo --model best.pt --data data.yaml --target-macs 0.5 --out runs/yolo`` compresses an Ultralytics
@@ -147,8 +147,8 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
 
 def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
     """The model the options describe, its input size, and a one-line description."""
-    from .detection.recipe import STAGES, load_weights
-    from .detection.report import read_run
+    from .recipe import STAGES, load_weights
+    from .recipe.report import read_run
 
     options: dict[str, Any] = {"backbone": "cspdarknet53", "num_classes": 20, "width": 0.25, "depth": 0.34}
     size: int | None = None
@@ -170,7 +170,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
     given = {"backbone": args.backbone, "num_classes": args.num_classes, "width": args.width, "depth": args.depth}
     options.update({k: v for k, v in given.items() if v is not None})
     if cfg is not None:
-        from .detection.darknet.recipe import load_darknet
+        from .recipe.darknet import load_darknet
 
         darknet, title = load_darknet(cfg, weights)
         size = args.image_size or size or darknet.input_size[0]
@@ -241,9 +241,9 @@ def _omp_threads() -> int | None:
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from .detection.config import load_recipe_config
     from .detection.data import VOC_CLASSES
-    from .detection.recipe import run_recipe
+    from .recipe import run_recipe
+    from .recipe.config import load_recipe_config
 
     overrides: dict[str, Any] = {
         "out_dir": args.out,
@@ -270,7 +270,7 @@ def _recipe(args: argparse.Namespace) -> int:
         if args.cfg is None:
             overrides["classes"] = list(VOC_CLASSES)
         else:  # a darknet cfg: the classes come from the data (checked against its [yolo] layers)
-            from .detection.darknet.recipe import data_classes
+            from .detection.data import data_classes
 
             overrides["classes"] = list(data_classes(args.data))
     if args.epochs is not None:
@@ -333,7 +333,7 @@ def _config_keys(path: str) -> set[str]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .detection.report import write_report
+    from .recipe.report import write_report
 
     path = write_report(args.run_dir, latency=args.latency, threads=args.threads)
     print(f"report written to {path}")

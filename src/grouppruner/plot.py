@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ._utils.errors import InvalidOptionError
-from .checkpoint import atomic_write
+from ._utils.io import atomic_write
 from .sparsity import BNSparsity
 
 __all__ = ["gamma_histograms", "new_figure", "save_png"]

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._utils.errors import DataError
+from .._utils.errors import DataError, InvalidOptionError
+from .images import Letterbox, _as_hw, hsv_jitter, image_to_tensor, letterbox_image, letterbox_params
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 """The 20 PASCAL VOC class names in the standard order (label ``i`` is ``VOC_CLASSES[i]``)."""
-
-#: Grey used for the letterbox padding (the value YOLO implementations use, 114 / 255).
-PAD_VALUE = 114
 
 Target = dict[str, Tensor]
 
@@ -88,138 +85,6 @@ class VOCAnnotation:
     difficult: Tensor
     width: int | None
     height: int | None
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How an image of ``width x height`` pixels was placed in the model input.
-
-    The image is resized by ``(scale_x, scale_y)`` (equal up to rounding of the new size, so the aspect ratio is
-    kept) and pasted at offset ``(pad_x, pad_y)`` of a grey canvas of the input size.
-    """
-
-    width: int
-    height: int
-    scale_x: float
-    scale_y: float
-    pad_x: int
-    pad_y: int
-    new_width: int
-    new_height: int
-
-    def apply(self, boxes: Tensor) -> Tensor:
-        """Map boxes from original image pixels to input pixels.
-
-        Args:
-            boxes: float ``(M, 4)`` xyxy in original image pixels.
-
-        Returns:
-            float ``(M, 4)`` xyxy in input pixels.
-        """
-        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
-        offset = boxes.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
-        return boxes * scale + offset
-
-    def invert(self, boxes: Tensor) -> Tensor:
-        """Map boxes from input pixels back to original image pixels, clipped to the image.
-
-        Args:
-            boxes: float ``(K, 4)`` xyxy in input pixels (e.g. detections of ``model.predict``).
-
-        Returns:
-            float ``(K, 4)`` xyxy in original image pixels.
-        """
-        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
-        offset = boxes.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
-        out = (boxes - offset) / scale
-        limit = boxes.new_tensor([self.width, self.height, self.width, self.height])
-        return torch.minimum(out.clamp(min=0), limit)
-
-
-def _as_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"image_size must be a positive int or (height, width) of ints, got {image_size!r}")
-    return size[0], size[1]
-
-
-def letterbox_params(width: int, height: int, image_size: int | tuple[int, int]) -> Letterbox:
-    """Compute the letterbox placement of a ``width x height`` image in an input of ``image_size``.
-
-    Args:
-        width: Original image width in pixels.
-        height: Original image height in pixels.
-        image_size: Input size, an int (square) or ``(height, width)``.
-
-    Returns:
-        The :class:`Letterbox` (scale keeps the aspect ratio; the padding is split evenly, the odd pixel going
-        to the right / bottom).
-    """
-    in_h, in_w = _as_hw(image_size)
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    scale = min(in_w / width, in_h / height)
-    new_w = max(1, min(in_w, round(width * scale)))
-    new_h = max(1, min(in_h, round(height * scale)))
-    return Letterbox(
-        width=width,
-        height=height,
-        scale_x=new_w / width,
-        scale_y=new_h / height,
-        pad_x=(in_w - new_w) // 2,
-        pad_y=(in_h - new_h) // 2,
-        new_width=new_w,
-        new_height=new_h,
-    )
-
-
-def letterbox_image(image: Any, image_size: int | tuple[int, int]) -> tuple[Any, Letterbox]:
-    """Resize a PIL image keeping its aspect ratio and pad it with grey to ``image_size``.
-
-    Args:
-        image: An RGB ``PIL.Image.Image`` of any size.
-        image_size: Input size, an int (square) or ``(height, width)``.
-
-    Returns:
-        ``(canvas, letterbox)``: the padded RGB PIL image of the input size and its :class:`Letterbox`.
-    """
-    from PIL import Image
-
-    in_h, in_w = _as_hw(image_size)
-    params = letterbox_params(image.width, image.height, (in_h, in_w))
-    if (params.new_width, params.new_height) != (image.width, image.height):
-        image = image.resize((params.new_width, params.new_height), Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (in_w, in_h), (PAD_VALUE, PAD_VALUE, PAD_VALUE))
-    canvas.paste(image, (params.pad_x, params.pad_y))
-    return canvas, params
-
-
-def image_to_tensor(image: Any) -> Tensor:
-    """Convert an RGB PIL image to a float tensor ``(3, H, W)`` in ``[0, 1]``."""
-    array = np.array(image, dtype=np.uint8, copy=True)
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
-
-
-def hsv_jitter(image: Any, gains: Sequence[float]) -> Any:
-    """Multiply hue, saturation and value of a PIL image by ``gains`` (hue wraps around).
-
-    Args:
-        image: RGB ``PIL.Image.Image``.
-        gains: three positive multipliers ``(hue, saturation, value)``.
-
-    Returns:
-        The jittered RGB PIL image (same size).
-    """
-    from PIL import Image
-
-    hsv = np.array(image.convert("HSV"), dtype=np.uint8)
-    base = np.arange(256, dtype=np.float64)
-    # Lookup tables keep the cost per image at three integer gathers.
-    lut_h = ((base * gains[0]) % 256).astype(np.uint8)
-    lut_s = np.clip(base * gains[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(base * gains[2], 0, 255).astype(np.uint8)
-    out = np.stack([lut_h[hsv[..., 0]], lut_s[hsv[..., 1]], lut_v[hsv[..., 2]]], axis=-1)
-    return Image.fromarray(out, "HSV").convert("RGB")
 
 
 def _text(node: Any, tag: str, path: Path, where: str) -> str:
@@ -372,9 +237,9 @@ class VOCDetection(Dataset[tuple[Tensor, Target]]):
         self.augment = augment
         self.classes = tuple(classes)
         if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be non-empty and unique, got {self.classes!r}")
+            raise InvalidOptionError(f"classes must be non-empty and unique, got {self.classes!r}")
         if not 0.0 <= flip_prob <= 1.0:
-            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+            raise InvalidOptionError(f"flip_prob must be in [0, 1], got {flip_prob}")
         self.hsv_gains = tuple(float(g) for g in hsv_gains)
         self.flip_prob = flip_prob
         self.generator = generator
@@ -562,9 +427,47 @@ def collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, list[Target
         ValueError: empty batch, or images of different sizes.
     """
     if len(batch) == 0:
-        raise ValueError("collate: empty batch")
+        raise InvalidOptionError("collate: empty batch")
     images = [item[0] for item in batch]
     shapes = {tuple(image.shape) for image in images}
     if len(shapes) != 1:
-        raise ValueError(f"collate: images of different shapes in one batch: {sorted(shapes)}")
+        raise InvalidOptionError(f"collate: images of different shapes in one batch: {sorted(shapes)}")
     return torch.stack(images), [item[1] for item in batch]
+
+
+def data_classes(root: str | os.PathLike[str], splits: tuple[str, ...] = ("train", "val")) -> tuple[str, ...]:
+    """The class names in a VOC-format folder's annotations, sorted (VOC's and darknet's ``voc.names`` order).
+
+    Args:
+        root: the folder (``ImageSets/Main/<split>.txt``, ``Annotations/<id>.xml``).
+        splits: the splits whose annotations are read.
+
+    Raises:
+        FileNotFoundError: no split file or an annotation is missing.
+        DataError: an annotation is not readable XML, or no object is named at all.
+    """
+    from defusedxml import ElementTree as DefusedET
+
+    root = Path(root)
+    names: set[str] = set()
+    for split in splits:
+        split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"split file not found: {split_file}")
+        for line in split_file.read_text(encoding="utf-8").splitlines():
+            if not line.split():
+                continue
+            path = root / "Annotations" / f"{line.split()[0]}.xml"
+            if not path.is_file():
+                raise FileNotFoundError(f"annotation file not found: {path}")
+            try:
+                tree = DefusedET.parse(path, forbid_dtd=True)
+            except Exception as error:  # defusedxml and expat errors share no public base
+                raise DataError(f"{path}: not a VOC annotation ({error})") from error
+            for obj in tree.getroot().findall("object"):  # not <part><name>: VOC's person parts
+                name = obj.find("name")
+                if name is not None and name.text and name.text.strip():
+                    names.add(name.text.strip())
+    if not names:
+        raise DataError(f"{root}: the annotations of {', '.join(splits)} name no object class")
+    return tuple(sorted(names))

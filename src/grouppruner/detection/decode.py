@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils.calls import eval_mode
+from .._utils.errors import InvalidOptionError
 
 __all__ = ["DEFAULT_ANCHORS", "BoxCoding", "batched_nms", "box_cells", "box_iou", "decode", "detect", "split_head_map"]
 
@@ -76,7 +77,7 @@ def split_head_map(output: Tensor, num_anchors: int = 3) -> Tensor:
     """
     n, ch, h, w = output.shape
     if ch % num_anchors or ch // num_anchors < 6:
-        raise ValueError(
+        raise InvalidOptionError(
             f"head map with {ch} channels cannot hold {num_anchors} anchors x (5 + num_classes) predictions"
         )
     return output.view(n, num_anchors, ch // num_anchors, h, w).permute(0, 1, 3, 4, 2)
@@ -133,12 +134,12 @@ def decode(
     if anchors is None:
         anchors = torch.tensor(DEFAULT_ANCHORS)
     if len(outputs) != len(strides) or anchors.shape[0] != len(strides):
-        raise ValueError(
+        raise InvalidOptionError(
             f"decode: got {len(outputs)} head maps, {anchors.shape[0]} anchor sets and {len(strides)} strides"
         )
     codings = list(coding) if coding is not None else [BoxCoding()] * len(strides)
     if len(codings) != len(strides):
-        raise ValueError(f"decode: got {len(codings)} box codings for {len(strides)} head maps")
+        raise InvalidOptionError(f"decode: got {len(codings)} box codings for {len(strides)} head maps")
     num_anchors = anchors.shape[1]
     image_h = outputs[0].shape[2] * strides[0]
     image_w = outputs[0].shape[3] * strides[0]
@@ -223,9 +224,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, *, bl
         (K',) int64 indices into ``boxes`` of the kept boxes, by decreasing score.
     """
     if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"batched_nms: boxes must have shape (K, 4), got {tuple(boxes.shape)}")
+        raise InvalidOptionError(f"batched_nms: boxes must have shape (K, 4), got {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1] or labels.shape != boxes.shape[:1]:
-        raise ValueError(
+        raise InvalidOptionError(
             f"batched_nms: scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must have shape "
             f"({boxes.shape[0]},)"
         )

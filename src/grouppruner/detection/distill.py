@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._utils.errors import InvalidOptionError
 from .decode import BoxCoding, box_cells, split_head_map
 from .loss import YoloLoss, _targets_tensor
 from .models import YOLOv4
@@ -75,10 +76,10 @@ class YoloOutputDistill(nn.Module):
     ) -> None:
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"YoloOutputDistill: temperature must be positive, got {temperature}")
+            raise InvalidOptionError(f"YoloOutputDistill: temperature must be positive, got {temperature}")
         for label, weight in (("cls_weight", cls_weight), ("obj_weight", obj_weight), ("box_weight", box_weight)):
             if not weight >= 0:
-                raise ValueError(f"YoloOutputDistill: {label} must be >= 0, got {weight}")
+                raise InvalidOptionError(f"YoloOutputDistill: {label} must be >= 0, got {weight}")
         # The assignment of ground truths to (image, anchor, row, column) is the training loss's own, so the
         # output term acts exactly where the detector is trained.
         self.assigner = YoloLoss(
@@ -131,21 +132,21 @@ class YoloOutputDistill(nn.Module):
         strides = self.assigner.strides
         num_anchors = self.assigner.anchors.shape[1]
         if len(student_outputs) != len(strides) or len(teacher_outputs) != len(strides):
-            raise ValueError(
+            raise InvalidOptionError(
                 f"YoloOutputDistill: expected {len(strides)} head maps from student and teacher, "
                 f"got {len(student_outputs)} and {len(teacher_outputs)}"
             )
         expected = num_anchors * (5 + self.num_classes)
         for scale, (s_map, t_map) in enumerate(zip(student_outputs, teacher_outputs, strict=True)):
             if s_map.shape != t_map.shape or s_map.dim() != 4 or s_map.shape[1] != expected:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"YoloOutputDistill: head map {scale}: student {tuple(s_map.shape)} and teacher "
                     f"{tuple(t_map.shape)} must be equal, (N, {expected}, H, W) ({num_anchors} anchors x "
                     f"(5 + {self.num_classes} classes))"
                 )
         batch = student_outputs[0].shape[0]
         if len(targets) != batch:
-            raise ValueError(f"YoloOutputDistill: {batch} images in the outputs but {len(targets)} targets")
+            raise InvalidOptionError(f"YoloOutputDistill: {batch} images in the outputs but {len(targets)} targets")
         device = student_outputs[0].device
         gt = _targets_tensor(targets, use_difficult=self.assigner.use_difficult, device=device)
         t = self.temperature
@@ -180,4 +181,3 @@ def _bernoulli_kl(teacher_logit: Tensor, student_logit: Tensor) -> Tensor:
     return p * (F.logsigmoid(teacher_logit) - F.logsigmoid(student_logit)) + (1 - p) * (
         F.logsigmoid(-teacher_logit) - F.logsigmoid(-student_logit)
     )
-

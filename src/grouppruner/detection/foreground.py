@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .._utils.errors import InvalidOptionError
+
 __all__ = ["box_foreground", "boxes_to_grid_mask", "grid_stride"]
 
 
@@ -40,11 +42,11 @@ def boxes_to_grid_mask(
     height, width = grid_size
     sy, sx = (stride, stride) if isinstance(stride, int | float) else stride
     if sy <= 0 or sx <= 0:
-        raise ValueError(f"stride must be positive, got {stride!r}")
+        raise InvalidOptionError(f"stride must be positive, got {stride!r}")
     masks = []
     for index, image_boxes in enumerate(boxes):
         if image_boxes.dim() != 2 or image_boxes.shape[-1] != 4:
-            raise ValueError(f"boxes[{index}] must have shape (M, 4) xyxy, got {tuple(image_boxes.shape)}")
+            raise InvalidOptionError(f"boxes[{index}] must have shape (M, 4) xyxy, got {tuple(image_boxes.shape)}")
         b = image_boxes.detach().float()
         rows = torch.arange(height, device=b.device, dtype=torch.float32)
         cols = torch.arange(width, device=b.device, dtype=torch.float32)
@@ -54,10 +56,8 @@ def boxes_to_grid_mask(
         cover = (in_rows[:, :, None] & in_cols[:, None, :]).any(dim=0)  # (H, W)
         masks.append(cover.float())
     if not masks:
-        raise ValueError("boxes is empty: expected one (M, 4) tensor per image")
+        raise InvalidOptionError("boxes is empty: expected one (M, 4) tensor per image")
     return torch.stack(masks)
-
-
 
 
 def grid_stride(input_len: int, grid_len: int) -> float:
@@ -88,7 +88,7 @@ def box_foreground(boxes: Sequence[Tensor], input_size: Sequence[int]) -> Callab
     """
     height, width = (int(v) for v in input_size)
     if height <= 0 or width <= 0:
-        raise ValueError(f"input_size must be two positive sizes (H, W), got {tuple(input_size)}")
+        raise InvalidOptionError(f"input_size must be two positive sizes (H, W), got {tuple(input_size)}")
 
     def mask(grid: tuple[int, int]) -> Tensor:
         stride = (grid_stride(height, grid[0]), grid_stride(width, grid[1]))

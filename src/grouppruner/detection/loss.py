@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._utils.errors import DataError, InvalidOptionError
 from .decode import DEFAULT_ANCHORS, BoxCoding, box_cells, split_head_map
 
 __all__ = ["YoloLoss", "ciou", "kmeans_anchors"]
@@ -67,11 +68,11 @@ def _targets_tensor(targets: Sequence[dict[str, Tensor]], *, use_difficult: bool
     for i, target in enumerate(targets):
         for key in ("boxes", "labels"):
             if key not in target:
-                raise KeyError(f"YoloLoss: target {i} has no {key!r} entry (keys: {sorted(target)})")
+                raise DataError(f"YoloLoss: target {i} has no {key!r} entry (keys: {sorted(target)})")
         boxes = target["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4)
         labels = target["labels"].to(device=device).reshape(-1)
         if labels.shape[0] != boxes.shape[0]:
-            raise ValueError(f"YoloLoss: target {i} has {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+            raise InvalidOptionError(f"YoloLoss: target {i} has {boxes.shape[0]} boxes but {labels.shape[0]} labels")
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not use_difficult and "difficult" in target:
             keep &= ~target["difficult"].to(device=device, dtype=torch.bool).reshape(-1)
@@ -134,15 +135,17 @@ class YoloLoss(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"YoloLoss: num_classes must be positive, got {num_classes}")
+            raise InvalidOptionError(f"YoloLoss: num_classes must be positive, got {num_classes}")
         anchor_t = torch.tensor(DEFAULT_ANCHORS) if anchors is None else torch.as_tensor(anchors).float()
         anchor_t = anchor_t.detach().clone().float()
         if anchor_t.dim() != 3 or anchor_t.shape[0] != len(strides) or anchor_t.shape[2] != 2:
-            raise ValueError(f"YoloLoss: anchors must have shape ({len(strides)}, A, 2), got {tuple(anchor_t.shape)}")
+            raise InvalidOptionError(
+                f"YoloLoss: anchors must have shape ({len(strides)}, A, 2), got {tuple(anchor_t.shape)}"
+            )
         if balance is None:
             balance = [_BALANCE.get(int(s), 1.0) for s in strides]
         if len(balance) != len(strides):
-            raise ValueError(f"YoloLoss: balance needs {len(strides)} values, got {len(balance)}")
+            raise InvalidOptionError(f"YoloLoss: balance needs {len(strides)} values, got {len(balance)}")
         self.num_classes = num_classes
         self.strides = tuple(int(s) for s in strides)
         self.register_buffer("anchors", anchor_t)
@@ -152,7 +155,7 @@ class YoloLoss(nn.Module):
         self.balance = tuple(float(b) for b in balance)
         self.coding = tuple(coding) if coding is not None else (BoxCoding(),) * len(strides)
         if len(self.coding) != len(strides):
-            raise ValueError(f"YoloLoss: coding needs {len(strides)} entries, got {len(self.coding)}")
+            raise InvalidOptionError(f"YoloLoss: coding needs {len(strides)} entries, got {len(self.coding)}")
         self.anchor_threshold = anchor_threshold
         self.label_smoothing = label_smoothing
         self.use_difficult = use_difficult
@@ -170,23 +173,25 @@ class YoloLoss(nn.Module):
             ``(total, {"box": ..., "obj": ..., "cls": ...})``: scalar loss and its detached weighted parts.
         """
         if len(outputs) != len(self.strides):
-            raise ValueError(f"YoloLoss: expected {len(self.strides)} head maps, got {len(outputs)}")
+            raise InvalidOptionError(f"YoloLoss: expected {len(self.strides)} head maps, got {len(outputs)}")
         batch = outputs[0].shape[0]
         if len(targets) != batch:
-            raise ValueError(f"YoloLoss: {batch} images in outputs but {len(targets)} targets")
+            raise InvalidOptionError(f"YoloLoss: {batch} images in outputs but {len(targets)} targets")
         device = outputs[0].device
         num_anchors = self.anchors.shape[1]
         expected = num_anchors * (5 + self.num_classes)
         for output in outputs:
             if output.shape[1] != expected:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"YoloLoss: head map has {output.shape[1]} channels, expected {expected} "
                     f"({num_anchors} anchors x (5 + {self.num_classes} classes))"
                 )
         gt = _targets_tensor(targets, use_difficult=self.use_difficult, device=device)
         if gt.shape[0] and not bool(((gt[:, 1] >= 0) & (gt[:, 1] < self.num_classes)).all()):
             bad = gt[(gt[:, 1] < 0) | (gt[:, 1] >= self.num_classes)][0]
-            raise ValueError(f"YoloLoss: target {int(bad[0])} has label {int(bad[1])} outside [0, {self.num_classes})")
+            raise InvalidOptionError(
+                f"YoloLoss: target {int(bad[0])} has label {int(bad[1])} outside [0, {self.num_classes})"
+            )
         box_loss = torch.zeros((), device=device)
         obj_loss = torch.zeros((), device=device)
         cls_loss = torch.zeros((), device=device)
@@ -271,11 +276,11 @@ def kmeans_anchors(boxes_wh: Tensor, k: int = 9, *, seed: int = 0, max_iter: int
     wh = torch.as_tensor(boxes_wh, dtype=torch.float32).reshape(-1, 2)
     wh = wh[(wh > 0).all(dim=1)]
     if wh.shape[0] < k:
-        raise ValueError(f"kmeans_anchors: need at least k={k} boxes with positive size, got {wh.shape[0]}")
+        raise InvalidOptionError(f"kmeans_anchors: need at least k={k} boxes with positive size, got {wh.shape[0]}")
     generator = torch.Generator().manual_seed(seed)
     unique = torch.unique(wh, dim=0)
     if unique.shape[0] < k:
-        raise ValueError(f"kmeans_anchors: only {unique.shape[0]} distinct box sizes for k={k} anchors")
+        raise InvalidOptionError(f"kmeans_anchors: only {unique.shape[0]} distinct box sizes for k={k} anchors")
     centroids = unique[torch.randperm(unique.shape[0], generator=generator)[:k]].clone()
     assignment = torch.full((wh.shape[0],), -1, dtype=torch.long)
     for _ in range(max_iter):

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from .._utils.errors import InvalidOptionError
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,9 +72,9 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *, use_07_metri
 
 def _field(entry: Mapping[str, Any], key: str, where: str) -> Any:
     if not isinstance(entry, Mapping):
-        raise ValueError(f"voc_eval: {where} must be a dict, got {type(entry).__name__}")
+        raise InvalidOptionError(f"voc_eval: {where} must be a dict, got {type(entry).__name__}")
     if key not in entry:
-        raise ValueError(f"voc_eval: {where} has no {key!r} entry (it has {sorted(entry)})")
+        raise InvalidOptionError(f"voc_eval: {where} has no {key!r} entry (it has {sorted(entry)})")
     return entry[key]
 
 
@@ -87,18 +89,18 @@ def _numpy(value: Any, shape_tail: tuple[int, ...], dtype: Any, where: str) -> n
         return np.zeros((0, *shape_tail), dtype=dtype)
     expected = "(K, " + ", ".join(map(str, shape_tail)) + ")" if shape_tail else "(K,)"
     if array.ndim != 1 + len(shape_tail) or tuple(array.shape[1:]) != shape_tail:
-        raise ValueError(f"voc_eval: {where} must have shape {expected}, got {tuple(array.shape)}")
+        raise InvalidOptionError(f"voc_eval: {where} must have shape {expected}, got {tuple(array.shape)}")
     if np.issubdtype(dtype, np.integer) and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(
+        raise InvalidOptionError(
             f"voc_eval: {where} must be integer class indices, got dtype {array.dtype} "
             "(cast with .long() if they are indices)"
         )
     if np.issubdtype(dtype, np.bool_) and not (array.dtype == np.bool_ or np.isin(array, (0, 1)).all()):
-        raise ValueError(f"voc_eval: {where} must be booleans, got dtype {array.dtype}")
+        raise InvalidOptionError(f"voc_eval: {where} must be booleans, got dtype {array.dtype}")
     if np.issubdtype(dtype, np.floating) and not (
         np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
     ):
-        raise ValueError(f"voc_eval: {where} must be numbers, got dtype {array.dtype}")
+        raise InvalidOptionError(f"voc_eval: {where} must be numbers, got dtype {array.dtype}")
     return array.astype(dtype, copy=False)
 
 
@@ -140,9 +142,11 @@ def voc_eval(
             non-finite scores or boxes (the message names the image index and the entry).
     """
     if len(detections) != len(annotations):
-        raise ValueError(f"voc_eval: {len(detections)} detection entries for {len(annotations)} annotated images")
+        raise InvalidOptionError(
+            f"voc_eval: {len(detections)} detection entries for {len(annotations)} annotated images"
+        )
     if not 0.0 <= iou < 1.0:
-        raise ValueError(f"voc_eval: iou must be in [0, 1), got {iou}")
+        raise InvalidOptionError(f"voc_eval: iou must be in [0, 1), got {iou}")
 
     # Per class: detections (image, score, box) and per-image ground truth.
     det_img: dict[int, list[np.ndarray]] = {}
@@ -155,7 +159,9 @@ def voc_eval(
     def check_labels(labels: np.ndarray, where: str) -> None:
         if labels.size and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
             bound = "num_classes" if num_classes is None else num_classes
-            raise ValueError(f"voc_eval: {where} has labels outside [0, {bound}): {sorted(set(labels.tolist()))}")
+            raise InvalidOptionError(
+                f"voc_eval: {where} has labels outside [0, {bound}): {sorted(set(labels.tolist()))}"
+            )
 
     for i, (det, ann) in enumerate(zip(detections, annotations, strict=True)):
         where = f"annotation {i}"
@@ -168,12 +174,12 @@ def voc_eval(
             else _numpy(raw_difficult, (), np.bool_, f"{where} 'difficult'")
         )
         if not (len(g_boxes) == len(g_labels) == len(g_diff)):
-            raise ValueError(
+            raise InvalidOptionError(
                 f"voc_eval: annotation {i} has {len(g_boxes)} boxes, {len(g_labels)} labels, "
                 f"{len(g_diff)} difficult flags"
             )
         if not np.isfinite(g_boxes).all():
-            raise ValueError(f"voc_eval: annotation {i} has non-finite boxes")
+            raise InvalidOptionError(f"voc_eval: annotation {i} has non-finite boxes")
         check_labels(g_labels, f"annotation {i}")
         gt.append((g_boxes, g_labels, g_diff))
         for c in np.unique(g_labels).tolist():
@@ -185,11 +191,11 @@ def voc_eval(
         d_scores = _numpy(_field(det, "scores", where), (), np.float64, f"{where} 'scores'")
         d_labels = _numpy(_field(det, "labels", where), (), np.int64, f"{where} 'labels'")
         if not (len(d_boxes) == len(d_scores) == len(d_labels)):
-            raise ValueError(
+            raise InvalidOptionError(
                 f"voc_eval: detections {i} has {len(d_boxes)} boxes, {len(d_scores)} scores, {len(d_labels)} labels"
             )
         if not (np.isfinite(d_boxes).all() and np.isfinite(d_scores).all()):
-            raise ValueError(f"voc_eval: detections {i} has non-finite boxes or scores")
+            raise InvalidOptionError(f"voc_eval: detections {i} has non-finite boxes or scores")
         check_labels(d_labels, f"detections {i}")
         for c in np.unique(d_labels).tolist():
             keep = d_labels == c

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from .._utils.errors import InvalidOptionError
+from .._utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def _polygon(kind: str, rng: np.random.Generator) -> list[tuple[float, float]]:
         return [(math.cos(a), math.sin(a) * 0.9 + 0.45) for a in np.deg2rad(np.linspace(180, 360, 19))]
     if kind == "bar":
         return [(-1, -0.12), (1, -0.12), (1, 0.12), (-1, 0.12)]
-    raise ValueError(f"unknown shape {kind!r}")
+    raise InvalidOptionError(f"unknown shape {kind!r}")
 
 
 def _shape_mask(
@@ -363,21 +364,23 @@ def make_synthetic_voc(
     classes = tuple(classes)
     unknown = [c for c in classes if c not in SYNTHETIC_CLASSES]
     if not classes or unknown or len(set(classes)) != len(classes):
-        raise ValueError(
+        raise InvalidOptionError(
             f"make_synthetic_voc: classes must be distinct names from {SYNTHETIC_CLASSES}, got {classes!r}"
         )
     if num_images < 1:
-        raise ValueError(f"make_synthetic_voc: num_images must be >= 1, got {num_images}")
+        raise InvalidOptionError(f"make_synthetic_voc: num_images must be >= 1, got {num_images}")
     if image_size < 32:
-        raise ValueError(f"make_synthetic_voc: image_size must be >= 32, got {image_size}")
+        raise InvalidOptionError(f"make_synthetic_voc: image_size must be >= 32, got {image_size}")
     if max_objects < 1 or min_size < 2 or clutter < 0 or noise < 0 or hue_spread < 0:
-        raise ValueError(
+        raise InvalidOptionError(
             "make_synthetic_voc: need max_objects >= 1, min_size >= 2, clutter >= 0, noise >= 0, hue_spread >= 0; "
             f"got {max_objects}, {min_size}, {clutter}, {noise}, {hue_spread}"
         )
     fractions = np.asarray(split_fractions, dtype=np.float64)
     if fractions.shape != (3,) or (fractions < 0).any() or fractions.sum() <= 0:
-        raise ValueError(f"make_synthetic_voc: split_fractions must be 3 non-negative numbers, got {split_fractions}")
+        raise InvalidOptionError(
+            f"make_synthetic_voc: split_fractions must be 3 non-negative numbers, got {split_fractions}"
+        )
 
     root = Path(root)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._utils.errors import InvalidOptionError, OptionTypeError
 from .metrics import voc_eval
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def train_one_epoch(
             sums[key] = sums.get(key, 0.0) + _scalar(value)
         steps += 1
     if steps == 0:
-        raise ValueError("train_one_epoch: the loader yielded no batch")
+        raise InvalidOptionError("train_one_epoch: the loader yielded no batch")
     result = {key: value / steps for key, value in sums.items()}
     result["steps"] = float(steps)
     logger.info("train_one_epoch: %d steps, loss %.4f", steps, result["loss"])
@@ -205,7 +206,7 @@ def evaluate(
     net = model.module if not hasattr(model, "predict") and hasattr(model, "module") else model
     predict = getattr(net, "predict", None)
     if not callable(predict):
-        raise TypeError(f"evaluate: {type(model).__name__} has no predict(images, *, conf, iou) method")
+        raise OptionTypeError(f"evaluate: {type(model).__name__} has no predict(images, *, conf, iou) method")
     net_classes = getattr(net, "num_classes", None)
     if num_classes is None and isinstance(net_classes, int):
         num_classes = net_classes

@@ -1,4 +1,4 @@
-"""Stage 4, spatial-attention distillation: a frozen teacher teaches a (pruned) student through attention maps.
+"""Step 4, spatial-attention distillation: a frozen teacher teaches a (pruned) student through attention maps.
 
 For a feature map ``F`` of shape ``(N, C, H, W)`` the spatial attention map is
 

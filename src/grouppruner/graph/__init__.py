@@ -26,7 +26,7 @@ Modules, in the order the data flows: :mod:`.tracing` (one traced forward pass, 
 :mod:`.repair` (its index mappings fixed), :mod:`.shuffle` (channel shuffles mapped), :mod:`.coupling` (channel
 units and groups), :mod:`.groups` (the public records), :mod:`.layer_groups` (the partition), :mod:`.removal`
 (physical removal), :mod:`.probe` (the build-time probe) and :mod:`.channel_graph` (the object users hold).
-Next stages: :mod:`grouppruner.sparsity` regularizes the groups' BatchNorm scales and
+Next steps: :mod:`grouppruner.sparsity` regularizes the groups' BatchNorm scales and
 :mod:`grouppruner.pruning` decides which channels to remove.
 """
 

@@ -1,4 +1,4 @@
-"""Stage 3, group channel pruning: per-layer-group thresholds on channel scores, budgets, beta folding, removal.
+"""Step 3, group channel pruning: per-layer-group thresholds on channel scores, budgets, beta folding, removal.
 
 Typical use after sparse training::
 
@@ -9,31 +9,33 @@ Typical use after sparse training::
     pruner.apply(plan)                          # model is now physically smaller
     optimizer = gp.pruning.rebuild_optimizer(optimizer, model)
 
-Scores: each channel group (channels that must go together, from :class:`grouppruner.graph.ChannelGraph`) gets
-one score per channel from an :class:`Importance`. The default, :class:`AutoImportance`, uses ``|gamma|`` where the
-group has a BatchNorm (:class:`BNScale`: every BatchNorm of the group gives a row, combined by its ``coupling``),
-else its GroupNorm / LayerNorm scale (:class:`NormScale`), else the normalised L2 norm of its producers' filters
-(:class:`FilterMagnitude`); see :mod:`.importance`. A channel is removed when its score is below its layer group's
-threshold, unless ``min_channels`` (a hard per-group, hence per-layer, minimum) or ``round_to`` keep it; the
+Scores: each channel group (channels that must go together, from :class:`grouppruner.graph.ChannelGraph`) gets one score
+per channel from an :class:`Importance`. The default, :class:`AutoImportance`, uses ``|gamma|`` where the group has a
+BatchNorm (:class:`BNScaleImportance`: every BatchNorm of the group gives a row, combined by its ``coupling``), else its
+GroupNorm / LayerNorm scale (:class:`NormScaleImportance`), else the normalised L2 norm of its producers' filters
+(:class:`FilterMagnitudeImportance`); see :mod:`.importance`. A channel is removed when its score is below its layer
+group's threshold, unless ``min_channels`` (a hard per-group, hence per-layer, minimum) or ``round_to`` keep it; the
 channels kept are always the highest-scoring ones.
+
 
 Modules, in the order the data flows: :mod:`.importance` (scores), :mod:`.budget` (cost prediction and budget
 solving), :mod:`.pruner` (:class:`GroupPruner`), :mod:`.plan` (:class:`PruningPlan`), :mod:`.folding` (beta
-folding), :mod:`.apply` (removal through the graph) and :mod:`.optimizer` (:func:`rebuild_optimizer`). Next stage:
+folding), :mod:`.apply` (removal through the graph) and :mod:`.optimizer` (:func:`rebuild_optimizer`). Next step:
 :mod:`grouppruner.distill` recovers the pruned model's accuracy; :mod:`grouppruner.checkpoint` saves it.
 """
 
 from __future__ import annotations
 
+from .._utils.moved import moved_names
 from .apply import apply_structure
 from .importance import (
     AutoImportance,
-    BNScale,
+    BNScaleImportance,
     Coupling,
     CustomImportance,
-    FilterMagnitude,
+    FilterMagnitudeImportance,
     Importance,
-    NormScale,
+    NormScaleImportance,
     ScoreFn,
 )
 from .optimizer import rebuild_optimizer
@@ -46,20 +48,21 @@ from .plan import (
     pop_plans,
     record_plan,
     scored_weights_digest,
+    weights_digest,
 )
 from .pruner import GroupPruner
 
 __all__ = [
     "AutoImportance",
-    "BNScale",
+    "BNScaleImportance",
     "ChannelGroupPlan",
     "Coupling",
     "CustomImportance",
-    "FilterMagnitude",
+    "FilterMagnitudeImportance",
     "GroupPruner",
     "Importance",
     "LayerGroupPlan",
-    "NormScale",
+    "NormScaleImportance",
     "PruningPlan",
     "ScoreFn",
     "applied_plans",
@@ -69,4 +72,11 @@ __all__ = [
     "rebuild_optimizer",
     "record_plan",
     "scored_weights_digest",
+    "weights_digest",
 ]
+
+# The importance classes all end in "Importance" now; the old names work for one more release.
+__getattr__ = moved_names(
+    __name__,
+    {old: f"grouppruner.pruning.importance:{old}Importance" for old in ("BNScale", "NormScale", "FilterMagnitude")},
+)

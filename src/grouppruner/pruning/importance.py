@@ -8,10 +8,10 @@ An :class:`Importance` gives one row of per-channel scores per scoring layer of 
 - ``"vote"``: the authors' majority vote over per-layer masks: a channel stays when at least half of its layers
   keep it, which equals thresholding the ``ceil(L / 2)``-th largest of its ``L`` scores.
 
-:class:`BNScale` (``|gamma|`` of the group's BatchNorms) is the score sparse training prepares;
-:class:`NormScale` reads GroupNorm / LayerNorm scales and :class:`FilterMagnitude` the per-layer-normalised
-L1 / L2 norm of output filters. :class:`AutoImportance`, the default, takes the first of the three that scores a
-group, so that every prunable group gets a score, and names per group which one it used.
+:class:`BNScaleImportance` (``|gamma|`` of the group's BatchNorms) is the score sparse training prepares;
+:class:`NormScaleImportance` reads GroupNorm / LayerNorm scales and :class:`FilterMagnitudeImportance` the
+per-layer-normalised L1 / L2 norm of output filters. :class:`AutoImportance`, the default, takes the first of
+the three that scores a group, so that every prunable group gets a score, and names per group which one it used.
 Any callable ``fn(model, group) -> (size,) or (L, size)`` scores works through :class:`CustomImportance`.
 The pruner (:mod:`.pruner`) thresholds the coupled scores per layer group.
 """
@@ -33,12 +33,12 @@ from ..graph import ChannelGroup
 __all__ = [
     "COUPLINGS",
     "AutoImportance",
-    "BNScale",
+    "BNScaleImportance",
     "Coupling",
     "CustomImportance",
-    "FilterMagnitude",
+    "FilterMagnitudeImportance",
     "Importance",
-    "NormScale",
+    "NormScaleImportance",
     "ScoreFn",
     "as_importance",
 ]
@@ -112,7 +112,7 @@ def couple(values: np.ndarray, coupling: Coupling) -> np.ndarray:
     return np.asarray(-np.sort(-values, axis=0)[majority - 1])
 
 
-class BNScale(Importance):
+class BNScaleImportance(Importance):
     """``|gamma|`` of every BatchNorm in the group, one row each; groups without a BatchNorm are not scored."""
 
     name = "bn_l1"
@@ -127,7 +127,7 @@ class BNScale(Importance):
         return torch.stack(out) if out else None
 
 
-class NormScale(Importance):
+class NormScaleImportance(Importance):
     """``|weight|`` of the per-channel affine GroupNorm / LayerNorm / InstanceNorm members, one row each.
 
     Groups without such a norm (or whose norms have no per-channel weight) are not scored. A GroupNorm scale
@@ -149,7 +149,7 @@ class NormScale(Importance):
         return torch.stack(out) if out else None
 
 
-class FilterMagnitude(Importance):
+class FilterMagnitudeImportance(Importance):
     """Lp norm of each output filter of the group's producing Conv / Linear layers, normalised per layer.
 
     Row of a producer with ``weight (C_out, C_in / groups, k, k)``: ``||weight[i]||_p / mean_j ||weight[j]||_p``
@@ -163,7 +163,7 @@ class FilterMagnitude(Importance):
 
     def __init__(self, p: int = 2, *, coupling: Coupling = "mean") -> None:
         if p not in (1, 2):
-            raise InvalidOptionError(f"FilterMagnitude: p must be 1 or 2, got {p!r}")
+            raise InvalidOptionError(f"FilterMagnitudeImportance: p must be 1 or 2, got {p!r}")
         super().__init__(coupling=coupling)
         self.p = p
         self.name = f"filter_l{p}"
@@ -191,9 +191,9 @@ class FilterMagnitude(Importance):
 class AutoImportance(Importance):
     """The default: the best available score per group.
 
-    ``|gamma|`` (:class:`BNScale`) where the group has a BatchNorm; otherwise the scale of its GroupNorm /
-    LayerNorm (:class:`NormScale`); otherwise the normalised filter magnitude of its producers
-    (:class:`FilterMagnitude`, L2 by default). :meth:`kind` names the one used, per group.
+    ``|gamma|`` (:class:`BNScaleImportance`) where the group has a BatchNorm; otherwise the scale of its GroupNorm /
+    LayerNorm (:class:`NormScaleImportance`); otherwise the normalised filter magnitude of its producers
+    (:class:`FilterMagnitudeImportance`, L2 by default). :meth:`kind` names the one used, per group.
 
     Args:
         p: norm of the filter-magnitude fallback, 1 or 2.
@@ -205,9 +205,9 @@ class AutoImportance(Importance):
     def __init__(self, p: int = 2, *, coupling: Coupling = "mean") -> None:
         super().__init__(coupling=coupling)
         self.chain: tuple[Importance, ...] = (
-            BNScale(coupling=coupling),
-            NormScale(coupling=coupling),
-            FilterMagnitude(p, coupling=coupling),
+            BNScaleImportance(coupling=coupling),
+            NormScaleImportance(coupling=coupling),
+            FilterMagnitudeImportance(p, coupling=coupling),
         )
 
     def _first(self, model: nn.Module, group: ChannelGroup) -> tuple[Importance, torch.Tensor] | None:
@@ -218,7 +218,8 @@ class AutoImportance(Importance):
         return None
 
     def rows(self, model: nn.Module, group: ChannelGroup) -> torch.Tensor | None:
-        """The rows of the first of BNScale, NormScale, FilterMagnitude that scores ``group``."""
+        """The rows of the first of BNScaleImportance, NormScaleImportance, FilterMagnitudeImportance that scores
+        ``group``."""
         found = self._first(model, group)
         return None if found is None else found[1]
 
@@ -272,10 +273,10 @@ def as_importance(importance: Importance | str | ScoreFn, coupling: Coupling | N
     if isinstance(importance, str):
         kinds: dict[str, Callable[[], Importance]] = {
             "auto": lambda: AutoImportance(coupling=coupling or "mean"),
-            "bn_l1": lambda: BNScale(coupling=coupling or "mean"),
-            "norm_l1": lambda: NormScale(coupling=coupling or "mean"),
-            "filter_l1": lambda: FilterMagnitude(1, coupling=coupling or "mean"),
-            "filter_l2": lambda: FilterMagnitude(2, coupling=coupling or "mean"),
+            "bn_l1": lambda: BNScaleImportance(coupling=coupling or "mean"),
+            "norm_l1": lambda: NormScaleImportance(coupling=coupling or "mean"),
+            "filter_l1": lambda: FilterMagnitudeImportance(1, coupling=coupling or "mean"),
+            "filter_l2": lambda: FilterMagnitudeImportance(2, coupling=coupling or "mean"),
         }
         if importance not in kinds:
             raise InvalidOptionError(

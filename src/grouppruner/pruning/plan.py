@@ -9,16 +9,15 @@ and after. Applied plans are kept on the model (:func:`applied_plans`) so that
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
+from .._utils.digest import model_fingerprint, weights_digest
 from .._utils.errors import DataError
 from .._utils.wrappers import unwrap
 
@@ -36,6 +35,7 @@ __all__ = [
     "pop_plans",
     "record_plan",
     "scored_weights_digest",
+    "weights_digest",
 ]
 
 PLANS_ATTRIBUTE = "_grouppruner_plans"
@@ -45,30 +45,13 @@ buffer nor a submodule, it stays out of ``state_dict()`` (``save_pruned`` writes
 is carried along by ``copy.deepcopy``; it is the only state grouppruner keeps on a model."""
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the architecture: module names, classes and parameter / buffer shapes (not values).
-
-    Args:
-        model: any module.
-
-    Returns:
-        16 hex characters; equal for two instances built the same way, different once channels are removed.
-    """
-    entries: list[Any] = []
-    for name, module in model.named_modules():
-        params = [(n, list(p.shape)) for n, p in module.named_parameters(recurse=False)]
-        buffers = [(n, list(b.shape)) for n, b in module.named_buffers(recurse=False)]
-        entries.append([name, type(module).__name__, params, buffers])
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-
-
 def scored_weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> str:
     """A short hash of the weights the scores of ``groups`` depend on: the identity of one trained instance.
 
     Two models of the same architecture share a :func:`model_fingerprint`; their BatchNorm scales (gamma), which
     the default importance ranks, tell them apart. Hashed per channel group: the ``weight`` of every BatchNorm
-    member, or, for a group without one (a custom importance), the root layer's ``weight``. Values are hashed
-    in float32 on the CPU, so the digest does not depend on the device or on a half-precision copy.
+    member, or, for a group without one (a custom importance), the root layer's ``weight``
+    (:func:`weights_digest` of those tensors).
 
     Args:
         model: the model the groups belong to.
@@ -77,18 +60,8 @@ def scored_weights_digest(model: nn.Module, groups: Iterable[ChannelGroup]) -> s
     Returns:
         16 hex characters; changes when any of those weights changes (another instance, or more training).
     """
-    names = set()
-    for group in groups:
-        members = [ref.name for ref in group.bns] or [group.name]
-        names.update(members)
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        weight = getattr(model.get_submodule(name), "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            continue
-        digest.update(name.encode())
-        digest.update(weight.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    names = {name for group in groups for name in ([ref.name for ref in group.bns] or [group.name])}
+    return weights_digest(model, only=[f"{name}.weight" for name in names])
 
 
 @dataclass

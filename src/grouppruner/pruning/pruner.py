@@ -71,7 +71,7 @@ class GroupPruner:
             ``importance(model, group)`` returning (size,) or (L, size) scores. Default ``"auto"``
             (:class:`~grouppruner.pruning.AutoImportance`): |gamma| where the group has a BatchNorm, else its
             GroupNorm / LayerNorm scale, else the per-layer-normalised L2 norm of its producers' filters; the plan
-            records per group which score was used. ``"bn_l1"`` (:class:`~grouppruner.pruning.BNScale`) leaves
+            records per group which score was used. ``"bn_l1"`` (:class:`~grouppruner.pruning.BNScaleImportance`) leaves
             groups without a BatchNorm alone; ``"norm_l1"``, ``"filter_l1"``, ``"filter_l2"`` name the others.
         min_channels: every layer keeps at least this many channels (or all of them if it has fewer); in a
             grouped conv, where one group channel is one channel per conv group, the minimum counts layer

@@ -1,4 +1,4 @@
-"""Stage 2, dynamic sparse training: a scheduled L1 regularizer on BatchNorm scales (gamma).
+"""Step 2, dynamic sparse training: a scheduled L1 regularizer on BatchNorm scales (gamma).
 
 :class:`BNSparsity` adds ``rate * sign(gamma)`` to the gradients of the BatchNorm scales after ``backward()``
 (equivalently ``rate * sum|gamma|`` in the loss), so that the scales of unimportant channels shrink to zero and
@@ -18,7 +18,7 @@ Typical loop::
 
 Modules: :mod:`.targets` (which BatchNorm channels are regularized: those scoring prunable channel groups of a
 :class:`~grouppruner.graph.ChannelGraph`, or every affine BatchNorm of a model), :mod:`.schedules` (the rate) and
-:mod:`.regularizer` (:class:`BNSparsity`). Next stage: :mod:`grouppruner.pruning` removes the channels whose
+:mod:`.regularizer` (:class:`BNSparsity`). Next step: :mod:`grouppruner.pruning` removes the channels whose
 scales sparse training drove to zero.
 """
 

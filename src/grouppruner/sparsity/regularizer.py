@@ -85,7 +85,7 @@ class BNSparsity:
     that uses the loss-term form calls ``sparsity.schedule.step()`` once per optimizer step.
         norm_types: the norm classes whose per-channel ``weight`` is regularized; BatchNorm only by default.
             ``(nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)`` also sparsifies GroupNorm towers and channels-first
-            LayerNorms (ConvNeXt), whose scales :class:`~grouppruner.pruning.NormScale` then ranks.
+            LayerNorms (ConvNeXt), whose scales :class:`~grouppruner.pruning.NormScaleImportance` then ranks.
 
     Raises:
         ValueError: no BatchNorm to regularize, a non-affine BatchNorm, unknown ``exclude`` names.

@@ -16,7 +16,7 @@ from .cfg import Section, format_cfg, parse_cfg, parse_cfg_text
 from .convert import from_darknet, to_darknet
 from .model import DarknetModel
 from .reference import yolov4_state_dict
-from .weights import WeightsHeader, read_weights, weights_floats, write_weights
+from .weights import WeightsHeader, read_header, read_weights, weights_floats, write_weights
 
 __all__ = [
     "DarknetModel",
@@ -26,6 +26,7 @@ __all__ = [
     "from_darknet",
     "parse_cfg",
     "parse_cfg_text",
+    "read_header",
     "read_weights",
     "to_darknet",
     "weights_floats",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..._utils.errors import OptionTypeError, UsageError
-from ...checkpoint import atomic_write
+from ..._utils.io import atomic_write
 from .cfg import Section, format_cfg, parse_cfg
 from .model import ConvLayer, DarknetModel, RouteLayer
 from .weights import WeightsHeader, read_weights, write_weights
@@ -39,7 +39,8 @@ def from_darknet(cfg: str | os.PathLike[str], weights: str | os.PathLike[str] | 
     Returns:
         The model in train mode, mapping ``(N, channels, H, W)`` to one raw head map
         ``(N, A * (5 + C), H / s, W / s)`` per ``[yolo]`` layer (by increasing stride ``s``); see
-        :class:`DarknetModel`. ``model.weights_header`` is the file's header (``None`` without weights).
+        :class:`DarknetModel`. The file's header (version, images seen) is not kept on the model: read it with
+        :func:`~grouppruner.detection.darknet.read_header` and give it to :func:`to_darknet`.
 
     Raises:
         FileNotFoundError: a file does not exist.
@@ -47,7 +48,8 @@ def from_darknet(cfg: str | os.PathLike[str], weights: str | os.PathLike[str] | 
             layers do not fit together, or the weights file does not fit the cfg.
     """
     model = DarknetModel(parse_cfg(cfg))
-    model.weights_header = read_weights(model, weights) if weights is not None else None
+    if weights is not None:
+        read_weights(model, weights)
     return model
 
 
@@ -57,6 +59,7 @@ def to_darknet(
     weights_path: str | os.PathLike[str],
     *,
     fold_batchnorm: bool = False,
+    header: WeightsHeader | None = None,
 ) -> None:
     """Write a model built by :func:`from_darknet`, pruned or not, as a darknet cfg and weights file.
 
@@ -67,9 +70,11 @@ def to_darknet(
         model: a :class:`DarknetModel` from :func:`from_darknet`, e.g. after
             :meth:`GroupPruner.apply <grouppruner.pruning.GroupPruner.apply>`.
         cfg_path: the cfg to write.
-        weights_path: the weights file to write (header of the imported file, or 0.2.5).
+        weights_path: the weights file to write.
         fold_batchnorm: fold every BatchNorm into its convolution (``batch_normalize=0`` with a bias: fewer
             values and no BatchNorm at inference); default: darknet's own BatchNorm form, which can be trained on.
+        header: the weights file's header, e.g. ``read_header`` of the file the model was read from, so that
+            darknet goes on counting the images seen; default version 0.2.5, 0 images seen.
 
     Raises:
         OptionTypeError: ``model`` is not a :class:`DarknetModel` (e.g. the built-in ``yolov4()``).
@@ -91,8 +96,7 @@ def to_darknet(
                 _copy_conv(layer, target, fold_batchnorm)
     with atomic_write(cfg_path) as file:
         file.write(format_cfg(sections).encode())
-    header = getattr(model, "weights_header", None) or WeightsHeader()
-    write_weights(export, weights_path, header=header)
+    write_weights(export, weights_path, header=header or WeightsHeader())
     logger.info("wrote %s and %s", Path(cfg_path), Path(weights_path))
 
 

@@ -21,19 +21,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..._utils.errors import DataError
+from ..._utils.errors import DataError, InvalidOptionError
 from ..decode import BoxCoding, detect
+from ..models.detector import Detector
 from ..models.features import FeatureInfo
 from .cfg import Section
-
-if TYPE_CHECKING:
-    from .weights import WeightsHeader
 
 __all__ = [
     "ConvLayer",
@@ -204,7 +201,7 @@ class _Shape:
     stride: int
 
 
-class DarknetModel(nn.Module):
+class DarknetModel(Detector):
     """A detector built layer for layer from a darknet cfg (see the module docstring).
 
     Args:
@@ -221,7 +218,6 @@ class DarknetModel(nn.Module):
         feature_info: the maps feeding the head convs (module ``layers.<i>``, channels, stride), in head order.
         distill_layers: the module names of ``feature_info``.
         input_size: ``(height, width)`` of ``[net]``.
-        weights_header: the header of the weights file read into it, if any (written back by ``to_darknet``).
 
     Raises:
         DataError: the layers do not fit together (a route to a layer that does not exist or comes later, a
@@ -242,7 +238,6 @@ class DarknetModel(nn.Module):
         net = self.cfg[0]
         self.input_size = (net.get_int("height", 416), net.get_int("width", 416))
         self.in_channels = net.get_int("channels", 3)
-        self.weights_header: WeightsHeader | None = None
         shapes: list[_Shape] = []
         layers: list[nn.Module] = []
         current = _Shape(self.in_channels, 1)
@@ -411,7 +406,9 @@ class DarknetModel(nn.Module):
             One ``(N, A * (5 + C), H / s, W / s)`` map per ``[yolo]`` layer, ordered by ``strides``.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"DarknetModel: expected images (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            raise InvalidOptionError(
+                f"DarknetModel: expected images (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
         outputs: dict[int, Tensor] = {}
         heads: dict[int, Tensor] = {}
         for index, layer in enumerate(self.layers):
@@ -443,9 +440,7 @@ class DarknetModel(nn.Module):
         Returns:
             N dicts with ``"boxes"`` (K, 4) xyxy in input pixels, ``"scores"`` (K,), ``"labels"`` (K,) int64.
         """
-        return detect(
-            self, images, self.anchors, self.strides, conf=conf, iou=iou, max_det=max_det, coding=self.coding
-        )
+        return detect(self, images, self.anchors, self.strides, conf=conf, iou=iou, max_det=max_det, coding=self.coding)
 
 
 def _sources(layer: nn.Module) -> tuple[int, ...]:

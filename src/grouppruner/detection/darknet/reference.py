@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..._utils.errors import InvalidOptionError
 from ..models.backbones import _CSP_STAGES
 from .model import ConvLayer, DarknetModel
 
@@ -54,14 +55,14 @@ def yolov4_state_dict(model: DarknetModel) -> dict[str, Tensor]:
     convs = [layer for layer in model.layers if isinstance(layer, ConvLayer)]
     names = yolov4_conv_names()
     if len(convs) != len(names):
-        raise ValueError(f"yolov4_state_dict: the model has {len(convs)} convolutions, yolov4.cfg {len(names)}")
+        raise InvalidOptionError(f"yolov4_state_dict: the model has {len(convs)} convolutions, yolov4.cfg {len(names)}")
     state: dict[str, Tensor] = {"anchors": model.anchors.detach().clone()}
     for name, layer in zip(names, convs, strict=True):
         if name.startswith("head."):
             state.update({f"{name}.{key}": value for key, value in layer.conv.state_dict().items()})
             continue
         if layer.bn is None:
-            raise ValueError(f"yolov4_state_dict: {name} needs a BatchNorm, the cfg's convolution has none")
+            raise InvalidOptionError(f"yolov4_state_dict: {name} needs a BatchNorm, the cfg's convolution has none")
         state.update({f"{name}.conv.{key}": value for key, value in layer.conv.state_dict().items()})
         state.update({f"{name}.bn.{key}": value for key, value in layer.bn.state_dict().items()})
     return state

@@ -25,10 +25,18 @@ import torch
 from torch import Tensor
 
 from ..._utils.errors import DataError
-from ...checkpoint import atomic_write
+from ..._utils.io import atomic_write
 from .model import ConvLayer, DarknetModel
 
-__all__ = ["KNOWN_MAJOR_VERSIONS", "WeightsHeader", "conv_tensors", "read_weights", "weights_floats", "write_weights"]
+__all__ = [
+    "KNOWN_MAJOR_VERSIONS",
+    "WeightsHeader",
+    "conv_tensors",
+    "read_header",
+    "read_weights",
+    "weights_floats",
+    "write_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +87,18 @@ def conv_tensors(layer: ConvLayer) -> list[Tensor]:
 def weights_floats(model: DarknetModel) -> int:
     """Number of float32 values the model's weights file holds (without the header)."""
     return sum(t.numel() for layer in model.layers if isinstance(layer, ConvLayer) for t in conv_tensors(layer))
+
+
+def read_header(path: str | os.PathLike[str]) -> WeightsHeader:
+    """The header of a darknet ``.weights`` file (version and images seen), without reading its values.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: the file is shorter than its header or has an unknown major version.
+    """
+    path = Path(path)
+    with open(path, "rb") as file:
+        return _read_header(path, file.read(20))
 
 
 def _read_header(path: Path, data: bytes) -> WeightsHeader:

@@ -4,7 +4,8 @@ describes its feature maps with :class:`FeatureInfo` (:mod:`.features`)."""
 
 from __future__ import annotations
 
+from .detector import Detector
 from .features import FeatureInfo
 from .yolov4 import YOLOv4, yolov4
 
-__all__ = ["FeatureInfo", "YOLOv4", "yolov4"]
+__all__ = ["Detector", "FeatureInfo", "YOLOv4", "yolov4"]

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..._utils.errors import InvalidOptionError
 from .features import FeatureInfo, output_channels
 
 __all__ = [
@@ -72,7 +73,7 @@ def _activation(name: str) -> nn.Module:
         return nn.ReLU6()
     if name == "linear":
         return nn.Identity()
-    raise ValueError(f"unknown activation {name!r}; expected 'mish', 'leaky', 'relu6' or 'linear'")
+    raise InvalidOptionError(f"unknown activation {name!r}; expected 'mish', 'leaky', 'relu6' or 'linear'")
 
 
 class ConvBNAct(nn.Module):

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..._utils.errors import InvalidOptionError
 from ..decode import DEFAULT_ANCHORS, detect
 from .backbones import CSPDarknet53, MobileNetV2
+from .detector import Detector
 from .features import FeatureInfo, output_strides
 from .neck import PANet
 
@@ -31,10 +33,12 @@ def _anchor_tensor(anchors: Tensor | Sequence[Sequence[Sequence[float]]] | None)
     t = torch.tensor(DEFAULT_ANCHORS) if anchors is None else torch.as_tensor(anchors, dtype=torch.float32)
     t = t.detach().clone().float()
     if t.numel() != 18:
-        raise ValueError(f"YOLOv4 anchors: expected 9 (w, h) pairs (shape (3, 3, 2)), got shape {tuple(t.shape)}")
+        raise InvalidOptionError(
+            f"YOLOv4 anchors: expected 9 (w, h) pairs (shape (3, 3, 2)), got shape {tuple(t.shape)}"
+        )
     t = t.reshape(3, 3, 2)
     if bool((t <= 0).any()):
-        raise ValueError("YOLOv4 anchors: widths and heights must be positive")
+        raise InvalidOptionError("YOLOv4 anchors: widths and heights must be positive")
     return t
 
 
@@ -62,7 +66,7 @@ class YoloHead(nn.Module):
         return [self.p3(features[0]), self.p4(features[1]), self.p5(features[2])]
 
 
-class YOLOv4(nn.Module):
+class YOLOv4(Detector):
     """YOLOv4 detector: backbone -> SPP + PANet neck -> three 1x1 heads at strides 8, 16, 32.
 
     Build it with :func:`yolov4`. ``forward`` returns the raw head maps; :meth:`predict` decodes them and
@@ -105,11 +109,11 @@ class YOLOv4(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"YOLOv4: num_classes must be a positive int, got {num_classes!r}")
+            raise InvalidOptionError(f"YOLOv4: num_classes must be a positive int, got {num_classes!r}")
         if backbone not in _BACKBONES:
-            raise ValueError(f"YOLOv4: unknown backbone {backbone!r}; expected one of {_BACKBONES}")
+            raise InvalidOptionError(f"YOLOv4: unknown backbone {backbone!r}; expected one of {_BACKBONES}")
         if width <= 0 or depth <= 0:
-            raise ValueError(f"YOLOv4: width and depth must be positive, got width={width}, depth={depth}")
+            raise InvalidOptionError(f"YOLOv4: width and depth must be positive, got width={width}, depth={depth}")
         self.num_classes = num_classes
         self.backbone_name = backbone
         self.register_buffer("anchors", _anchor_tensor(anchors))
@@ -147,9 +151,11 @@ class YOLOv4(nn.Module):
             ``[(N, 3 * (5 + C), H/8, W/8), (N, 3 * (5 + C), H/16, W/16), (N, 3 * (5 + C), H/32, W/32)]``.
         """
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"YOLOv4: expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+            raise InvalidOptionError(f"YOLOv4: expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
         if x.shape[2] % 32 or x.shape[3] % 32:
-            raise ValueError(f"YOLOv4: input height and width must be multiples of 32, got {tuple(x.shape[2:])}")
+            raise InvalidOptionError(
+                f"YOLOv4: input height and width must be multiples of 32, got {tuple(x.shape[2:])}"
+            )
         outputs: list[Tensor] = self.head(self.neck(self.backbone(x)))
         return outputs
 

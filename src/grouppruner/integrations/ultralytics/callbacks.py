@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..._utils.errors import UsageError
-from ...checkpoint import atomic_write, load_tensor_file
+from ..._utils.io import atomic_write, load_tensor_file
 from ...sparsity import BNSparsity, Dynamic
 from .distill import DistillCriterion, HeadDistillLoss
 from .model import channel_graph, head

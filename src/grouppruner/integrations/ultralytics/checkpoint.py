@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..._utils.errors import CheckpointError
-from ...checkpoint import atomic_write
+from ..._utils.io import atomic_write
 from ...pruning import PruningPlan, model_fingerprint
 from ._require import require_ultralytics
 from .model import PLANS_ATTRIBUTE, detection_model, is_pruned, plan_records, refuse_rebuild

@@ -28,7 +28,6 @@ run writes, the validation runs included, goes under ``out/``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -42,9 +41,10 @@ from typing import Any
 import torch
 
 from ..._utils.errors import DataError, InvalidOptionError
-from ...checkpoint import atomic_write
-from ...detection.run_folder import RunLock, check_file_record, file_record
+from ..._utils.io import atomic_write
 from ...profile import count_macs, count_params
+from ...pruning import weights_digest
+from ...run_folder import RunLock, check_file_record, file_record
 from .callbacks import Distillation, SparseTraining
 from .checkpoint import load, save
 from .checks import as_yolo, check_data, check_trainer_keywords
@@ -149,14 +149,6 @@ class CompressResult:
                 f"(params x{s.params / base.params:.3f}, MACs x{s.macs / base.macs:.3f})"
             )
         return "\n".join(lines)
-
-
-def _digest(model: torch.nn.Module) -> str:
-    sha = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        sha.update(name.encode())
-        sha.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return sha.hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> Any:
@@ -479,7 +471,7 @@ def compress(
     )
     options = _jsonable(
         {
-            "model": _digest(inner),
+            "model": weights_digest(inner),
             "data": str(data_path),
             "imgsz": imgsz,
             "sparse_epochs": sparse_epochs,

@@ -12,7 +12,7 @@ import torch
 from grouppruner import InvalidOptionError
 from grouppruner.detection import SYNTHETIC_CLASSES, yolov4
 from grouppruner.detection.darknet import DarknetModel, parse_cfg
-from grouppruner.detection.stages import distilled_layers
+from grouppruner.recipe.stages import distilled_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CFG = ROOT / "tests" / "data" / "darknet" / "yolov4-tiny.cfg"
@@ -77,7 +77,7 @@ def test_quality_refuses_a_work_folder_of_other_settings(tmp_path: Path) -> None
 
 
 def test_recipe_refuses_a_layer_choice_for_a_darknet_model_before_generating_data(tmp_path: Path) -> None:
-    from grouppruner.detection.recipe import RecipeConfig, RecipeRun
+    from grouppruner.recipe import RecipeConfig, RecipeRun
 
     text = TINY_CFG.read_text(encoding="utf-8").replace("classes=80", "classes=2").replace("filters=255", "filters=21")
     cfg = tmp_path / "two-classes.cfg"

@@ -1,0 +1,311 @@
+"""The four stages of the recipe, each a function of a :class:`StageRun` (what a stage may use of its run).
+
+``dense`` trains (or loads the user's) detector, ``sparse`` runs dynamic sparse training, ``pruned`` applies group
+channel pruning, ``recovered`` fine-tunes and distils; each returns the stage's model and the numbers it records.
+:func:`~grouppruner.recipe.run_recipe` runs them in order through
+:meth:`RecipeRun.run_stage <grouppruner.recipe.RecipeRun.run_stage>`; :class:`~grouppruner.recipe.RecipeRun` is
+the :class:`StageRun` the recipe passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .._utils.digest import weights_digest
+from .._utils.errors import InternalError, InvalidOptionError
+from .._utils.io import StateMismatch, load_tensor_file
+from ..checkpoint import CheckpointError, load_pruned
+from ..detection.darknet import DarknetModel, read_weights
+from ..detection.distill import YoloOutputDistill
+from ..detection.models import Detector
+from ..detection.train import LossFn, StepHook
+from ..distill import AttentionDistiller
+from ..graph import ChannelGraph
+from ..pruning import GroupPruner
+from ..resume import Stateful
+from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
+from .config import CHOICES, GAMMA_THRESHOLD, RecipeConfig
+from .distributed import Distributed
+
+__all__ = ["STAGE_FUNCTIONS", "StageRun", "distilled_layers", "load_weights", "sparse_optimizer"]
+
+logger = logging.getLogger(__name__)
+
+
+class StageRun(Protocol):
+    """What a stage function may use of the run it belongs to: the contract between the stages and
+    :class:`~grouppruner.recipe.RecipeRun`, which implements it.
+
+    Attributes:
+        config: the run's options.
+        distributed: the processes of the run (one, or a data-parallel group).
+        device: where training runs.
+        example: a ``(1, 3, image_size, image_size)`` zero input for graph tracing and MACs.
+    """
+
+    config: RecipeConfig
+    distributed: Distributed
+    device: torch.device
+    example: Tensor
+
+    @property
+    def train_loader(self) -> DataLoader[Any]:
+        """The augmented, shuffled training batches."""
+        ...
+
+    @property
+    def loss_fn(self) -> nn.Module:
+        """The detection loss, ``(outputs, targets) -> (loss, parts)``."""
+        ...
+
+    def new_model(self) -> Detector:
+        """A freshly initialised detector of the configured kind (seeded)."""
+        ...
+
+    def load(self, stage: str) -> Detector:
+        """The model of a finished stage."""
+        ...
+
+    def train(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epochs: int,
+        stage: str,
+        *,
+        schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+        loss_fn: LossFn | None = None,
+        forward_fn: Callable[[Tensor], Any] | None = None,
+        step_hooks: Sequence[StepHook] = (),
+        stateful: Mapping[str, Stateful] | None = None,
+    ) -> dict[str, float]:
+        """Train ``model`` for ``epochs`` epochs, resumable per epoch; the mean losses of the last epoch."""
+        ...
+
+
+def _dense(run: StageRun) -> tuple[Detector, dict[str, Any]]:
+    model = run.new_model()
+    if run.config.weights is not None:
+        load_weights(model, run.config.weights)
+        logger.info("dense: loaded the trained detector from %s (no training)", run.config.weights)
+        return model, {"weights": run.config.weights, "weights_sha256": weights_digest(model)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.lr, weight_decay=5e-4)
+    loss = run.train(model, optimizer, run.config.dense_epochs, "dense")
+    return model, {"train_loss": loss.get("loss")}
+
+
+def _sparse(run: StageRun) -> tuple[Detector, dict[str, Any]]:
+    c = run.config
+    model = run.load("dense")
+    graph = ChannelGraph(model, run.example)
+    steps = max(c.sparse_epochs * len(run.train_loader), 1)
+    schedule: Schedule = (
+        Dynamic(
+            c.sparsity,
+            warmup=c.sparsity_warmup,
+            keep=c.sparsity_keep,
+            scope=c.sparsity_scope,  # type: ignore[arg-type]
+            total_steps=steps,
+        )
+        if c.sparsity_schedule == "dynamic"
+        else Constant(c.sparsity)
+    )
+    # Under fp16 an overflow is the GradScaler's to handle (it skips the step); the regularizer, which runs after
+    # unscale_, must not stop the run on the inf gradients of that step.
+    sparsity = BNSparsity(graph, schedule=schedule, check_finite=c.amp != "fp16")
+    optimizer = sparse_optimizer(model, c.sparse_optimizer, c.sparse_lr)
+    constant_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    loss = run.train(
+        model,
+        optimizer,
+        c.sparse_epochs,
+        "sparse",
+        schedule=constant_lr,
+        step_hooks=[lambda _: sparsity.step()],
+        stateful={"sparsity": sparsity},
+    )
+    stats = sparsity.stats(threshold=GAMMA_THRESHOLD)
+    below = {name: s.below for name, s in stats.items()}
+    logger.info("sparse: fraction of |gamma| < %g per layer group: %s", GAMMA_THRESHOLD, _rounded(below))
+    return model, {
+        "train_loss": loss.get("loss"),
+        "gamma_threshold": GAMMA_THRESHOLD,
+        "below_threshold": below,
+        "sparsity": {name: asdict(s) for name, s in stats.items()},
+    }
+
+
+def _pruned(run: StageRun) -> tuple[Detector, dict[str, Any]]:
+    c = run.config
+    model = run.load("sparse")
+    graph = ChannelGraph(model, run.example)
+    layer_groups = None
+    if c.prune_scope == "global":
+        layer_groups = {"all": [group for members in graph.layer_groups().values() for group in members]}
+    pruner = GroupPruner(graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to)
+    if c.prune_by == "params":
+        plan = pruner.plan(target_params=c.target_params)
+    else:
+        plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, c.gamma_threshold))
+    run.distributed.check_same(plan.summary(), "the pruning plan")
+    pruner.apply(plan)
+    logger.info("pruning plan:\n%s", plan.summary())
+    kept = {lg.name: lg.channels_after / max(lg.channels_before, 1) for lg in plan.layer_groups}
+    return model, {"plan": plan.summary(), "kept_channels": kept}
+
+
+def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
+    c = run.config
+    teacher = run.load(c.teacher)
+    student = run.load("pruned")
+    teacher_digest = weights_digest(teacher)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=c.recover_lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(c.recover_epochs, 1), eta_min=c.recover_lr / 20
+    )
+    extra: dict[str, Any] = {"teacher": c.teacher, "teacher_sha256": teacher_digest}
+    finetune = c.finetune_epochs if c.distill_weight or c.output_distill_weight else c.recover_epochs
+    loss: dict[str, float] = {}
+    if finetune:
+        loss = run.train(student, optimizer, finetune, "recovered (fine-tune)", schedule=schedule)
+        extra["finetune_loss"] = loss.get("loss")
+    if c.recover_epochs > finetune:
+        distiller = AttentionDistiller(teacher, student, distilled_layers(student, c.distill_layers))
+        output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature).to(run.device)
+
+        def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+            # Losses of the whole batch: in a parallel run, this process's shard gathered with the others'.
+            distributed, size = run.distributed, len(targets)
+            outputs, targets = distributed.gather_outputs(outputs), distributed.gather_targets(targets)
+            detection, parts = run.loss_fn(outputs, targets)
+            total = detection
+            logged = {**parts, "detection": detection.detach()}
+            if c.distill_weight:
+                attention = distributed.batch_mean(distiller.loss()[0], size)
+                total = total + c.distill_weight * attention
+                logged["attention"] = c.distill_weight * attention.detach()
+            if c.output_distill_weight:
+                teacher_outputs = distributed.gather_outputs(distiller.last_teacher_output)
+                output, output_parts = output_distill(outputs, teacher_outputs, targets)
+                total = total + c.output_distill_weight * output
+                logged["output"] = c.output_distill_weight * output.detach()
+                logged.update({f"output_{k}": c.output_distill_weight * v for k, v in output_parts.items()})
+            return total, logged
+
+        try:
+            loss = run.train(
+                student,
+                optimizer,
+                c.recover_epochs - finetune,
+                "recovered (distill)",
+                schedule=schedule,
+                loss_fn=loss_fn,
+                forward_fn=distiller,
+            )
+        finally:
+            distiller.remove()
+        # the weighted distillation parts, mean over the last epoch: they show whether each term acted
+        extra["distill_loss"] = {
+            k: v for k, v in loss.items() if k in ("detection", "attention") or k.startswith("output")
+        }
+    if weights_digest(teacher) != teacher_digest:
+        raise InternalError("recovery changed the teacher's weights")  # a frozen teacher is the contract
+    extra["train_loss"] = loss.get("loss")
+    return student, extra
+
+
+def distilled_layers(model: Detector, which: str) -> list[str]:
+    """The names of ``model.distill_layers`` that :attr:`RecipeConfig.distill_layers` selects, in order.
+
+    Args:
+        model: a YOLOv4 (``distill_layers`` under ``backbone.`` and ``neck.``) or a darknet model.
+        which: ``"all"``, ``"backbone"`` or ``"neck"``.
+
+    Raises:
+        InvalidOptionError: no layer of ``model`` is under ``which`` (e.g. ``"backbone"`` for a darknet model).
+    """
+    if which == "all":
+        return list(model.distill_layers)
+    chosen = [name for name in model.distill_layers if name.startswith(f"{which}.")]
+    if not chosen:
+        raise InvalidOptionError(
+            f"RecipeConfig.distill_layers={which!r}: none of the model's distill_layers {model.distill_layers} is "
+            f"under {which!r}; use 'all'"
+        )
+    return chosen
+
+
+def load_weights(model: Detector, path: str | Path) -> None:
+    """Load a user's trained detector into ``model``: a ``state_dict`` file or a ``save_pruned`` file, or for a
+    darknet model its darknet ``.weights`` file.
+
+    Args:
+        model: a freshly built :func:`~grouppruner.detection.yolov4` of the intended variant, or a
+            :class:`~grouppruner.detection.darknet.DarknetModel`.
+        path: ``torch.save(model.state_dict(), path)`` of that variant, or a
+            :func:`~grouppruner.checkpoint.save_pruned` file of it; a ``.weights`` file for a darknet model.
+
+    Raises:
+        CheckpointError: the file cannot be read, or does not fit the model (the message names the file, the
+            mismatching keys and, for the heads, the class count the file was trained for).
+    """
+    path = Path(path)
+    if isinstance(model, DarknetModel):
+        read_weights(model, path)
+        return
+    state = load_tensor_file(path, what="a state_dict or a grouppruner checkpoint")
+    if isinstance(state, dict) and "grouppruner/meta" in state:
+        load_pruned(model, path)
+        return
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: neither a state_dict (a dict of tensors) nor a grouppruner checkpoint")
+    mismatch = StateMismatch.between(model, state)
+    if not mismatch.fits():
+        problems = [f"missing keys {mismatch.missing[:3]}"] if mismatch.missing else []
+        problems += [f"unexpected keys {mismatch.unexpected[:3]}"] if mismatch.unexpected else []
+        problems += [f"{k} has shape {got}, the model expects {want}" for k, got, want in mismatch.wrong[:3]]
+        head = next(((got, want) for k, got, want in mismatch.wrong if k.startswith("head.")), None)
+        if head is not None and head[0][0] != head[1][0]:
+            classes = head[0][0] // 3 - 5
+            plural = "es" if classes != 1 else ""
+            problems.append(f"its heads predict {classes} class{plural}, the model {model.num_classes}")
+        elif head is not None:  # same outputs, other inputs: the layers before the heads have another width
+            problems.append(
+                f"its heads read {head[0][1]} channels, the model's {head[1][1]}: a model of another width "
+                "(check width / depth / backbone)"
+            )
+        raise CheckpointError(f"{path}: does not fit the configured YOLOv4: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+def sparse_optimizer(model: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of the sparse stage: ``"sgd"`` (Nesterov momentum 0.9) or ``"adamw"``, weight decay 5e-4.
+
+    With SGD the L1 term moves every gamma by ``lr * s`` per step (times ``1 / (1 - momentum)`` at steady
+    state), so unimportant scales reach zero; see :attr:`RecipeConfig.sparse_optimizer`.
+    """
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    raise InvalidOptionError(f"sparse optimizer must be one of {CHOICES['sparse_optimizer']}, got {kind!r}")
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in values.items()}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[StageRun], tuple[Detector, dict[str, Any]]]] = {
+    "dense": _dense,
+    "sparse": _sparse,
+    "pruned": _pruned,
+    "recovered": _recovered,
+}

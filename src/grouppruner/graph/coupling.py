@@ -106,11 +106,11 @@ def propagate(
     items: dict[tuple[Node, Callable[..., Any]], dict[int, int]] = {
         (node, handler): {c: k for k, c in enumerate(channels)}
     }
-    cut: list[Node] = []
-    # The index mappings act on each index on its own, so an index that already reached a node (along a path with
-    # the same reshape state) adds nothing when it arrives again: only new ones travel on.
-    seen: dict[tuple[Node, Callable[..., Any], bool], set[_HybridIndex]] = {}
-    # the stack holds, with each index list, the ops passed since the first reshape on its path (-1: none yet)
+    # The index mappings act on each index on its own, so an index that already reached a node adds nothing when
+    # it arrives again, unless it arrives fresher (fewer ops past a reshape, or none): only those travel on. The
+    # state of an index: -1 before any reshape, else the ops passed since the first reshape on its path.
+    seen: dict[tuple[Node, Callable[..., Any]], dict[_HybridIndex, int]] = {}
+    stops: list[tuple[Node, Callable[..., Any], list[_HybridIndex], int]] = []
     stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex], int]] = [(node, handler, start, -1)]
     work = 0
     while stack:
@@ -124,13 +124,11 @@ def propagate(
                     new = mapping(new)
             is_reshape = dep.target.type == ops.OPTYPE.RESHAPE and dep.target not in free_reshapes
             after = hops + 1 if hops >= 0 else (0 if is_reshape else -1)
-            # keyed by whether a reshape was passed, not by how long ago: coming back to the reshape from the
-            # nn.Linear side (the reverse edge) brings no new index and is not a second reshape
-            known = seen.setdefault((dep.target, dep.handler, after >= 0), set())
-            new = [h for h in dict.fromkeys(new) if h not in known]
+            known = seen.setdefault((dep.target, dep.handler), {})
+            new = [h for h in dict.fromkeys(new) if known.get(h, MAX_HOPS_AFTER_RESHAPE + 2) > after]
             if not new:
                 continue
-            known.update(new)
+            known.update(dict.fromkeys(new, after))
             work += len(new)
             if work > MAX_PROPAGATION:
                 raise GraphError(
@@ -142,9 +140,11 @@ def propagate(
                 if h.root_idx is not None:
                     slot.setdefault(int(h.idx), int(h.root_idx))
             if (is_reshape and hops >= 0) or after > MAX_HOPS_AFTER_RESHAPE:
-                cut.append(dep.target)
+                stops.append((dep.target, dep.handler, new, after))
                 continue
             stack.append((dep.target, dep.handler, new, after))
+    # A stop counts unless every index it held reached that node fresher by another path later.
+    cut = [n for n, fn, held, after in stops if any(seen[(n, fn)][h] == after for h in held)]
     return items, cut
 
 

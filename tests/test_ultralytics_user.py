@@ -197,3 +197,18 @@ def test_compress_tells_its_story_where_ultralytics_tells_its_own() -> None:
         LOGGER.removeHandler(printed)
     assert printed.lines == ["grouppruner: sparse: resuming after epoch 3/30"]
     assert logging.getLogger("grouppruner").handlers == []
+
+
+def test_cli_says_what_model_it_takes(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    from grouppruner.cli import main
+
+    cwd, _, _ = run
+    with pytest.raises(SystemExit):
+        main(["yolo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "its Ultralytics .pt weights" in shown
+    assert "a model .yaml (untrained) or an exported file is refused" in shown
+    argv = ["yolo", "--data", str(cwd / "data" / "data.yaml"), "--target-macs", "0.5", "--out", str(cwd / "runs" / "c")]
+    assert main([*argv, "--model", "yolov8n.yaml"]) == 2
+    assert "a model .yaml builds an untrained model" in capsys.readouterr().err
+    assert not (cwd / "runs" / "c").exists()

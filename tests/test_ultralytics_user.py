@@ -62,11 +62,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         before = sorted(p.name for p in cwd.iterdir())
         lines = _Lines()
         ours.addHandler(lines)
-        patch.setattr(ours, "level", logging.INFO)
+        level = ours.level
+        ours.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the loggers' cached levels
         try:
             result = gpu.compress("dense.pt", data="data/data.yaml", out="runs/yolo", **FLOW)
         finally:
             ours.removeHandler(lines)
+            ours.setLevel(level)
         assert sorted(p.name for p in cwd.iterdir()) == sorted({*before, "runs"})
         yield cwd, result, lines.lines
 
@@ -186,6 +188,8 @@ def test_compress_tells_its_story_where_ultralytics_tells_its_own() -> None:
     ours = logging.getLogger("grouppruner.integrations.ultralytics.flow")
     printed = _Lines()
     LOGGER.addHandler(printed)
+    level = logging.getLogger("grouppruner").level
+    logging.getLogger("grouppruner").setLevel(logging.NOTSET)
     try:
         assert not ours.isEnabledFor(logging.INFO)  # no logging configured, as in a notebook
         with _story(True):
@@ -195,6 +199,7 @@ def test_compress_tells_its_story_where_ultralytics_tells_its_own() -> None:
         ours.info("not shown either")  # outside compress() nothing changes
     finally:
         LOGGER.removeHandler(printed)
+        logging.getLogger("grouppruner").setLevel(level)
     assert printed.lines == ["grouppruner: sparse: resuming after epoch 3/30"]
     assert logging.getLogger("grouppruner").handlers == []
 

@@ -72,8 +72,9 @@ def root_modules(model: nn.Module, dg: tp.DependencyGraph) -> Iterator[tuple[str
 #: The most index entries one root's propagation may map before graph building gives up on that layer (a
 #: layer with C output channels feeding a flatten into nn.Linear over an H x W map needs about C * H * W).
 MAX_PROPAGATION = 20_000_000
-#: How many ops past a (non-shuffle) reshape propagation follows: enough for flatten -> dropout -> nn.Linear.
-MAX_HOPS_AFTER_RESHAPE = 6
+#: How many ops past a (non-shuffle) reshape propagation follows: enough for flatten -> dropout -> nn.Linear and
+#: for both sides of an attention product (matmul reshapes its operands itself).
+MAX_HOPS_AFTER_RESHAPE = 10
 
 
 def propagate(
@@ -88,11 +89,11 @@ def propagate(
     """Follow dependencies from removing output channels ``channels`` of ``node``.
 
     A reshape expands every channel into the positions it spreads over. What a removal can still follow past it
-    is a flatten into ``nn.Linear`` a few ops later; a second reshape on the same path (attention, where channels
-    are reshaped into heads and areas and back, and around a cycle without end) or a long chain of ops past the
-    first (a detection head's box decoding) cannot be followed. Propagation therefore stops at a second reshape
-    that is not part of a recognised channel shuffle (``free_reshapes``), and :data:`MAX_HOPS_AFTER_RESHAPE` ops
-    after the first: the node is recorded in the returned list, and the group it belongs to cannot be pruned.
+    is a flatten into ``nn.Linear`` a few ops later (or an attention product, named as such); a chain of ops past
+    it (attention reshaping channels into heads and areas and back, around a cycle without end; a detection
+    head's box decoding) cannot be followed. Propagation therefore stops :data:`MAX_HOPS_AFTER_RESHAPE` ops after
+    the first reshape that is not part of a recognised channel shuffle (``free_reshapes``): the node is recorded
+    in the returned list, and the group it belongs to cannot be pruned.
 
     Returns:
         For each (node, pruning function) reached, a map from that node's channel index to the position in
@@ -139,7 +140,7 @@ def propagate(
             for h in new:
                 if h.root_idx is not None:
                     slot.setdefault(int(h.idx), int(h.root_idx))
-            if (is_reshape and hops >= 0) or after > MAX_HOPS_AFTER_RESHAPE:
+            if after > MAX_HOPS_AFTER_RESHAPE:
                 stops.append((dep.target, dep.handler, new, after))
                 continue
             stack.append((dep.target, dep.handler, new, after))

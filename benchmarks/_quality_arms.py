@@ -14,7 +14,13 @@ Kinds:
 - ``tp-sparse``: a Torch-Pruning sparse stage (``BNScalePruner.regularize`` or ``GroupNormPruner.regularize``),
   shared by the arms of both budgets;
 - ``tp``: Torch-Pruning's pruning (an importance, uniform or global ratio bisected to the parameter budget, heads
-  ignored) from the teacher or a ``tp-sparse`` model, then plain fine-tuning for the remaining epochs.
+  ignored) from the teacher or a ``tp-sparse`` model, then plain fine-tuning for the remaining epochs;
+- ``ours-search``: ours with the plan chosen by :class:`~grouppruner.pruning.PlanSearch` on the ``sparse`` model of
+  an ``ours`` arm, scored by mAP@0.5 on a generated search split of its own (never the validation split), then
+  ours' recovery;
+- ``transfer``: the diagnosis of the tight budget: one method's per-channel-group widths (ours' plan, or
+  Torch-Pruning's slimming) cut from another model's weights (ours' or slimming's sparse model) or from a fresh
+  initialisation, then plain fine-tuning as the ``tp`` arms do.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Mapping
@@ -32,10 +39,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from grouppruner.checkpoint import atomic_write, save_pruned
+from grouppruner.checkpoint import atomic_write, load_pruned, save_pruned
 from grouppruner.detection import YOLOv4
+from grouppruner.detection.data import VOCDetection, collate
+from grouppruner.detection.synthetic import make_synthetic_voc
 from grouppruner.detection.train import evaluate
+from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
+from grouppruner.pruning import GroupPruner, PlanSearch
 from grouppruner.recipe import RecipeConfig, RecipeRun, sparse_optimizer
 
 DONE = "arm.json"
@@ -93,10 +104,10 @@ class ArmResult:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def read_result(folder: Path, digest: str) -> ArmResult | None:
-    """The arm's result in ``folder`` if it finished with the same spec and settings, else ``None``."""
+def read_result(folder: Path, digest: str, *, name: str = DONE) -> ArmResult | None:
+    """The arm's result in ``folder / name`` if it finished with the same spec and settings, else ``None``."""
     try:
-        record = json.loads((folder / DONE).read_text(encoding="utf-8"))
+        record = json.loads((folder / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if record.get("digest") != digest:
@@ -104,8 +115,8 @@ def read_result(folder: Path, digest: str) -> ArmResult | None:
     return ArmResult(**record)
 
 
-def write_result(folder: Path, result: ArmResult) -> None:
-    with atomic_write(folder / DONE) as file:
+def write_result(folder: Path, result: ArmResult, *, name: str = DONE) -> None:
+    with atomic_write(folder / name) as file:
         file.write(json.dumps(dataclasses.asdict(result), indent=2).encode())
 
 
@@ -141,7 +152,14 @@ class Context:
 def run_arm(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult]) -> ArmResult:
     """Run ``spec`` (its ``needs`` are in ``done``) and return its measurements."""
     start = time.perf_counter()
-    runner = {"teacher-ft": _teacher_finetuned, "ours": _ours, "tp-sparse": _tp_sparse, "tp": _torch_pruning}
+    runner = {
+        "teacher-ft": _teacher_finetuned,
+        "ours": _ours,
+        "tp-sparse": _tp_sparse,
+        "tp": _torch_pruning,
+        "ours-search": _ours_search,
+        "transfer": _transfer,
+    }
     result = runner[spec.kind](spec, context, done)
     result.seconds = time.perf_counter() - start
     return result
@@ -305,4 +323,173 @@ def _torch_pruning(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult
         sparse=done[sparse_key].sparse if sparse_key else None,
         pruned=pruned,
         extra={"pruning_ratio": ratio},
+    )
+
+
+# ----------------------------------------------------------------------------- the search arm
+
+SEARCH_IMAGES = 160  # the search split: generated with its own seed, disjoint from train and validation
+CALIBRATION_BATCHES = 8
+
+
+def _search_loader(context: Context) -> torch.utils.data.DataLoader[Any]:
+    """mAP@0.5 on this split scores the candidates; it is written once per work folder."""
+    base = context.base
+    root = context.out / "search-data"
+    if not (root / "ImageSets" / "Main" / "val.txt").is_file():
+        make_synthetic_voc(
+            root,
+            SEARCH_IMAGES,
+            image_size=base.image_size,
+            classes=base.classes,
+            seed=base.seed + 1000,
+            split_fractions=(0.0, 1.0, 0.0),
+        )
+    dataset = VOCDetection(root, "val", base.image_size, classes=base.classes)
+    return torch.utils.data.DataLoader(dataset, batch_size=base.batch_size, collate_fn=collate)
+
+
+def _calibration(context: Context, run: RecipeRun) -> list[torch.Tensor]:
+    """The first training images, without augmentation, in fixed batches: the same for every candidate."""
+    train = VOCDetection(context.data, "train", context.base.image_size, classes=context.base.classes)
+    loader = torch.utils.data.DataLoader(train, batch_size=context.base.batch_size, collate_fn=collate)
+    return [images for images, _ in itertools.islice(loader, CALIBRATION_BATCHES)]
+
+
+def _ours_search(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult]) -> ArmResult:
+    options = dict(spec.options)
+    candidates = int(options.pop("search_candidates"))
+    config = context.config(spec, **options)
+    source = context.folder(spec.reuse["sparse"])
+    run = RecipeRun(config, checkpoints={"dense": context.teacher, "sparse": source / "sparse.pt"})
+    sparse = _stage_record(source, "sparse")["map50"]
+    if not ((run.out / "pruned.json").is_file() and (run.out / "pruned.pt").is_file()):
+        model = run.load("sparse")
+        pruner = GroupPruner(
+            ChannelGraph(model, run.example), min_channels=config.min_channels, round_to=config.round_to
+        )
+        loader = _search_loader(context)
+        started = time.perf_counter()
+        result = PlanSearch(
+            pruner,
+            target_params=spec.budget,
+            evaluate=lambda m: float(evaluate(m, loader)["map"]),
+            calibration=_calibration(context, run),
+            calibration_batches=CALIBRATION_BATCHES,
+            candidates=candidates,
+            seed=spec.seed,
+            state_path=run.out / "search.json",
+        ).run()
+        pruner.apply(result.plan)
+        kept = {lg.name: lg.channels_after / max(lg.channels_before, 1) for lg in result.plan.layer_groups}
+        search = {
+            "best": dataclasses.asdict(result.best),
+            "records": [dataclasses.asdict(r) for r in result.records],
+            "seconds": result.seconds,
+            "wall_seconds_this_call": time.perf_counter() - started,
+        }
+        extra = {"plan": result.plan.summary(), "kept_channels": kept, "search": search}
+        stage = run.measure("pruned", model, run.save("pruned", model), extra)
+        with atomic_write(run.out / "pruned.json") as file:
+            file.write(json.dumps(dataclasses.asdict(stage), indent=2).encode())
+    pruned = _stage_record(run.out, "pruned")
+    recovered_seconds = 0.0
+    if not ((run.out / "recovered.json").is_file() and (run.out / "recovered.pt").is_file()):
+        started = time.perf_counter()
+        stage = run.run_stage("recovered")
+        recovered_seconds = time.perf_counter() - started
+        stage.extra["seconds"] = recovered_seconds
+        with atomic_write(run.out / "recovered.json") as file:
+            file.write(json.dumps(dataclasses.asdict(stage), indent=2).encode())
+    recovered = _stage_record(run.out, "recovered")
+    search = pruned["extra"]["search"]
+    epoch = recovered["extra"].get("seconds", 0.0) / max(config.recover_epochs, 1)
+    scored = [r for r in search["records"] if r["score"] is not None]
+    per_candidate = sum(sum(r["seconds"].values()) for r in search["records"]) / max(len(search["records"]), 1)
+    return _result(
+        spec,
+        run.load("recovered"),
+        run,
+        recovered["map50"],
+        sparse=sparse,
+        pruned=pruned["map50"],
+        extra={
+            "kept_channels": pruned["extra"]["kept_channels"],
+            "search_best": search["best"],
+            "search_scores": {f"{r['index']}:{r['kind']}": r["score"] for r in scored},
+            "search_seconds": search["seconds"],
+            "seconds_per_candidate": per_candidate,
+            "seconds_per_recovery_epoch": epoch,
+            "candidate_per_epoch": per_candidate / epoch if epoch else None,
+        },
+    )
+
+
+# ----------------------------------------------------------------------------- the diagnosis arms
+
+
+def _group_widths(model: nn.Module, graph: ChannelGraph) -> dict[str, int]:
+    """Per channel group of ``graph`` (built on the unpruned architecture) its width in ``model``."""
+    widths = {}
+    for group in graph.channel_groups:
+        module = model.get_submodule(group.name)
+        widths[group.name] = int(module.weight.shape[0])  # the root layer's output channels
+    return widths
+
+
+def _slimming_model(context: Context, run: RecipeRun, sparse_key: str, budget: float) -> YOLOv4:
+    """The Torch-Pruning slimming arm's pruned model, rebuilt (its pruning is deterministic)."""
+    model = run.new_model()
+    load_pruned(model, context.folder(sparse_key) / "sparse.pt")
+    tp_prune(model, run.example, budget, importance="bn", global_pruning=True)
+    return model
+
+
+def _transfer(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult]) -> ArmResult:
+    """Widths of one method, weights of another (or fresh ones), then the ``tp`` arms' plain fine-tuning."""
+    options = spec.options
+    run = RecipeRun(context.config(spec), checkpoints={"dense": context.teacher})
+    assert spec.budget is not None
+    reference = run.new_model()
+    graph = ChannelGraph(reference, run.example)
+    if options["widths"] == "ours":
+        shape = run.new_model()
+        load_pruned(shape, context.folder(options["ours"]) / "pruned.pt")
+    else:
+        shape = _slimming_model(context, run, options["slimming_sparse"], spec.budget)
+    widths = _group_widths(shape, graph)
+    if options["weights"] == "reinit":
+        model = run.new_model()  # seeded by the arm's seed: a fresh initialisation
+    else:
+        model = run.new_model()
+        source = options["ours"] if options["weights"] == "ours" else options["slimming_sparse"]
+        load_pruned(model, context.folder(source) / "sparse.pt")
+    graph = ChannelGraph(model, run.example)
+    narrower = {g.name: w for g, w in ((graph.group(n), w) for n, w in widths.items()) if w < g.size}
+    cut = {n: w for n, w in narrower.items() if graph.group(n).prunable}
+    # one layer group per channel group that loses channels, each cut to its width (highest |gamma| kept)
+    pruner = GroupPruner(graph, layer_groups={name: [name] for name in cut}, min_channels=1)
+    plan = pruner.plan(ratios={n: (graph.group(n).size - w + 0.5) / graph.group(n).size for n, w in cut.items()})
+    missing = sorted(set(narrower) - {c.name for c in plan.channel_groups})
+    pruner.apply(plan)
+    got = _group_widths(model, ChannelGraph(run.new_model(), run.example))
+    mismatched = sorted(n for n in widths if got.get(n) != widths[n])
+    pruned = float(evaluate(model, run.val_loader)["map"])
+    _seed(run, spec.seed, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.recover_lr, weight_decay=5e-4)
+    run.train(model, optimizer, context.student_epochs - run.config.sparse_epochs, "transfer fine-tune")
+    final = float(evaluate(model, run.val_loader)["map"])
+    run.discard_epoch_states()
+    return _result(
+        spec,
+        model,
+        run,
+        final,
+        pruned=pruned,
+        extra={
+            "widths_of": options["widths"],
+            "weights_of": options["weights"],
+            "source_params": count_params(shape),
+            "widths_not_transferred": sorted(set(missing) | set(mismatched)),
+        },
     )

@@ -19,15 +19,28 @@ budgets (35 % and 15 % of the teacher's params):
   distillation term alone, the attention weight (1, 3, 10, 30), the distilled layers (backbone, neck, both), and
   of the method (constant L1, one global threshold, the dynamic rule's ``keep`` and ``warmup``).
 
+At the tight budget two more parts study why ours loses there (issue 27):
+
+- ``search``: ours with the plan chosen by ``PlanSearch`` on ours' sparse model (scored on a generated split of
+  its own), then ours' recovery; seed 0 first, seeds 1 and 2 last;
+- ``diagnosis`` (seed 0): ours' and slimming's (rate 0.03) widths, each cut from the other's sparse model and from
+  a fresh initialisation, fine-tuned like the Torch-Pruning arms, next to ours fine-tune only and slimming.
+
 Every arm runs in its own folder under ``--out`` and writes ``arm.json`` when it ends; a rerun skips finished arms
-and resumes a killed one at its last epoch. ``--jobs N`` runs N worker processes (each takes the next arm that no
-other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``, ``ablations``); ``--report`` only
-writes the tables and the figure from the finished arms.
+and resumes a killed one at its last epoch. A full run also writes each finished arm's record to ``--results``
+(default ``benchmarks/results/quality/<arm>.json``, committed with the code): a later run in a fresh work folder
+skips those arms and reruns only finished arms whose checkpoints a pending arm needs. Digests cover the arm's spec,
+the settings (not the work folder's path) and the teacher's bytes; the teacher trains deterministically on one
+thread, so a later session that retrains it gets the same digests. ``--jobs N`` runs N worker processes (each
+takes the next arm that no other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``,
+``ablations``, ``search``, ``diagnosis``); ``--report`` only writes the tables and the figure from the finished
+arms.
 
 Usage::
 
     python benchmarks/quality.py --quick --jobs 2         # smoke run (not for quoting), a few minutes on 2 cores
     python benchmarks/quality.py --jobs 2 --write-docs    # the full run; rewrites docs/benchmarks.md's tables
+    nice -n 15 python benchmarks/quality.py --budgets 0.15 --only search diagnosis --threads 1   # issue 27's parts
 
 The tables go to stdout and ``<out>/quality.md``, the figure to ``<out>/quality.png``; ``--write-docs`` (full run
 only) also replaces the part of ``docs/benchmarks.md`` between the ``quality:begin`` / ``quality:end`` markers and
@@ -76,7 +89,11 @@ BUDGETS = (0.35, 0.15)
 TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 TP_GROUP_NORM_RATE = 5e-4
 OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
-PARTS = ("teacher", "family", "seeds", "ablations")
+PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis")
+SEARCH_CANDIDATES = 16
+DIAGNOSIS_SLIMMING = "slimming-0.03"  # the best Torch-Pruning arm at 15 % in the last full run
+# Finished arms' records, committed with the code: work folders do not outlive a session, these do.
+RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 
 # (label, RecipeConfig changes, stages reused from ours at the same seed, run at every seed) at the tight budget
 RECOVERY = ("sparse", "pruned")
@@ -169,6 +186,55 @@ def _ours(budget: float, seed: int, label: str = OURS, **changes: Any) -> ArmSpe
     )
 
 
+def _ablation(budget: float, seed: int, label: str, changes: dict[str, Any], reused: tuple[str, ...]) -> ArmSpec:
+    source = _ours(budget, seed)
+    spec = _ours(budget, seed, label, **changes)
+    return dataclasses.replace(spec, needs=(source.key,) if reused else (), reuse=dict.fromkeys(reused, source.key))
+
+
+def _search(budget: float, seed: int) -> list[ArmSpec]:
+    """Ours with the plan chosen by PlanSearch on ours' sparse model (after it), then ours' recovery."""
+    source = _ours(budget, seed)
+    spec = ArmSpec(
+        f"{_tag(budget)}/ours-search-{SEARCH_CANDIDATES}_seed{seed}",
+        f"ours, plan searched ({SEARCH_CANDIDATES} candidates, adaptive BatchNorm)",
+        "ours-search",
+        "ours-search",
+        budget,
+        seed,
+        {"sparsity_keep": keep_for(budget), "search_candidates": SEARCH_CANDIDATES},
+        needs=(source.key,),
+        reuse={"sparse": source.key},
+    )
+    return [source, spec]
+
+
+def _diagnosis(budget: float, seed: int) -> list[ArmSpec]:
+    """Each method's widths from the other's weights and from a fresh initialisation, plain fine-tuning; with the
+    two arms they are compared to (ours fine-tune only, and the slimming arm) and what those need."""
+    ours = _ours(budget, seed)
+    finetune_only = _ablation(budget, seed, *next((a[0], a[1], a[2]) for a in ABLATIONS if "fine-tune only" in a[0]))
+    family = _tp_family(budget, seed)
+    slimming = next(a for a in family if a.key.endswith(f"tp-{DIAGNOSIS_SLIMMING}_seed{seed}"))
+    slimming_sparse = next(a for a in family if a.key == slimming.options["sparse"])
+    arms = [ours, finetune_only, slimming_sparse, slimming]
+    names = {"ours": "ours'", "slimming": "slimming's", "reinit": "fresh"}
+    for widths, weights in (("ours", "slimming"), ("slimming", "ours"), ("ours", "reinit"), ("slimming", "reinit")):
+        arms.append(
+            ArmSpec(
+                f"{_tag(budget)}/diagnosis-{widths}-widths-{weights}-weights_seed{seed}",
+                f"diagnosis: {names[widths]} widths, {names[weights]} weights, fine-tune",
+                "transfer",
+                "diagnosis",
+                budget,
+                seed,
+                {"widths": widths, "weights": weights, "ours": ours.key, "slimming_sparse": slimming_sparse.key},
+                needs=(ours.key, slimming_sparse.key),
+            )
+        )
+    return arms
+
+
 def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSpec]:
     """Every arm in the order of priority; the best Torch-Pruning arm's extra seeds once its family is done."""
     first, *more = args.seeds
@@ -192,14 +258,19 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
         budget = min(args.budgets)
         for label, changes, reused, every_seed in ABLATIONS:
             for seed in args.seeds if every_seed else [first]:
-                source = _ours(budget, seed)
-                spec = _ours(budget, seed, label, **changes)
-                arms.append(
-                    dataclasses.replace(
-                        spec, needs=(source.key,) if reused else (), reuse=dict.fromkeys(reused, source.key)
-                    )
-                )
-    return arms
+                arms.append(_ablation(budget, seed, label, changes, reused))
+    # the search and the diagnosis at the tight budget: seed 0 of both first, the search's other seeds after
+    tight = min(args.budgets)
+    if "search" in parts:
+        arms += _search(tight, first)
+    if "diagnosis" in parts:
+        arms += _diagnosis(tight, first)
+    if "search" in parts:
+        arms += [a for seed in more for a in _search(tight, seed)]
+    unique: dict[str, ArmSpec] = {}
+    for arm in arms:
+        unique.setdefault(arm.key, arm)
+    return list(unique.values())
 
 
 def _tp_family_member(best: ArmSpec, seed: int) -> list[ArmSpec]:
@@ -218,35 +289,47 @@ def run_queue(args: argparse.Namespace, context: Context) -> None:
     """
     while True:
         done = finished(args, context)
-        pending = [a for a in arm_list(args, done) if a.key not in done]
+        every = {a.key: a for a in arm_list(argparse.Namespace(**{**vars(args), "only": None}), done)}
+        local = {key for key in done if read_result(context.folder(key), every[key].digest(context.settings))}
+        wanted = {a.key for a in arm_list(args, done) if a.key not in done}
+        grown = True
+        while grown:  # an arm finished in an earlier session left its record, not its checkpoints
+            extra = {n for key in wanted for n in every[key].needs if n not in local} - wanted
+            wanted |= extra
+            grown = bool(extra)
+        pending = [a for a in every.values() if a.key in wanted]
         if not pending:
             return
         busy = False
         for spec in pending:
-            if not all(need in done for need in spec.needs):
+            if not all(need in local for need in spec.needs):
                 continue
             folder = context.folder(spec.key)
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 with RunLock(folder):
                     if read_result(folder, spec.digest(context.settings)) is None:
-                        _run_one(spec, context, done)
+                        _run_one(spec, context, done, args.results)
                 break  # the list may have grown (the best Torch-Pruning arm): start again from the top
             except UsageError:
                 busy = True  # another worker holds it
         else:
-            if not busy and not any(all(n in done for n in a.needs) for a in pending):
+            if not busy and not any(all(n in local for n in a.needs) for a in pending):
                 waiting = ", ".join(f"{a.key} (needs {', '.join(a.needs)})" for a in pending)
                 raise SystemExit(f"quality.py: these arms wait for arms that are not run: {waiting}")
             time.sleep(10)
 
 
-def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult]) -> None:
+def _run_one(spec: ArmSpec, context: Context, done: dict[str, ArmResult], results: Path | None) -> None:
     started = time.strftime("%H:%M:%S")
     print(f"[{started}] {spec.key}: {spec.label or spec.kind} ...", flush=True)
     result = run_arm(spec, context, done)
     result.digest = spec.digest(context.settings)
     write_result(context.folder(spec.key), result)
+    if results is not None:
+        committed = results / f"{spec.key}.json"
+        committed.parent.mkdir(parents=True, exist_ok=True)
+        write_result(committed.parent, result, name=committed.name)
     print(
         f"[{time.strftime('%H:%M:%S')}] {spec.key}: final mAP@0.5 {result.final:.3f} ({result.seconds / 60:.1f} min)",
         flush=True,
@@ -259,7 +342,10 @@ def finished(args: argparse.Namespace, context: Context) -> dict[str, ArmResult]
     every_part = argparse.Namespace(**{**vars(args), "only": None})  # a part's arms may need another part's
     for _ in range(3):  # the list grows as the best Torch-Pruning arms become known
         for spec in arm_list(every_part, done):
-            result = read_result(context.folder(spec.key), spec.digest(context.settings))
+            digest = spec.digest(context.settings)
+            result = read_result(context.folder(spec.key), digest)
+            if result is None and args.results is not None:
+                result = read_result(args.results, digest, name=f"{spec.key}.json")
             if result is not None:
                 done[spec.key] = result
     return done
@@ -280,19 +366,19 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
         )
     args.out.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps(options, indent=2), encoding="utf-8")
-    run = RecipeRun(base)  # generates the data set in <out>/teacher/data the first time
+    run = RecipeRun(base)
     if args.teacher_checkpoint is not None:
         path = args.teacher_checkpoint
         if not path.is_file():
             raise SystemExit(f"quality.py: teacher checkpoint {path}: no such file")
     else:
         path = Path(base.out_dir) / "dense.pt"
-        with RunLock(run.out):
-            if not path.is_file():
-                print(
-                    f"[{time.strftime('%H:%M:%S')}] training the teacher ({base.dense_epochs} epochs) ...", flush=True
-                )
-                run.run_stage("dense")
+    run.out.mkdir(parents=True, exist_ok=True)
+    with RunLock(run.out):
+        run.prepare()  # generates the data set in <out>/teacher/data the first time: every arm reads it
+        if args.teacher_checkpoint is None and not path.is_file():
+            print(f"[{time.strftime('%H:%M:%S')}] training the teacher ({base.dense_epochs} epochs) ...", flush=True)
+            run.run_stage("dense")
     model = run.new_model()
     try:
         load_weights(model, path)
@@ -316,6 +402,24 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
         final=float(metrics["map"]),
     )
     return path, teacher
+
+
+def check_teacher(results: Path, sha256: str, map50: float, threads: int) -> None:
+    """Record the teacher of the committed arm records, or warn when this one differs (then none of them match)."""
+    record = results / "teacher.json"
+    mine = {"sha256": sha256, "map50": round(map50, 4), "threads": threads}
+    if not record.is_file():
+        results.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+        return
+    theirs = json.loads(record.read_text(encoding="utf-8"))
+    if theirs.get("sha256") != sha256:
+        print(
+            f"quality.py: warning: the records in {results} come from teacher {theirs.get('sha256')} (mAP@0.5 "
+            f"{theirs.get('map50')}, trained on {theirs.get('threads')} thread(s)); this teacher is {sha256} "
+            f"({map50:.4f}, {threads} thread(s)): no record matches, every arm runs again",
+            flush=True,
+        )
 
 
 def _cell(values: Sequence[float | None], percent_of: float | None = None) -> str:
@@ -380,6 +484,54 @@ def headline(budget: float, arms: Sequence[ArmResult], reference: ArmResult | No
     )
 
 
+def diagnosis_table(arms: Sequence[ArmResult]) -> str:
+    """Widths (rows) against weights (columns), all fine-tuned alike, seed 0; empty before any diagnosis arm ends."""
+    found = {(a.extra["widths_of"], a.extra["weights_of"]): a.final for a in arms if a.family == "diagnosis"}
+    if not found:
+        return ""
+    own = {
+        "ours": next((a.final for a in arms if a.label.startswith("ours, fine-tune only") and a.seed == 0), None),
+        "slimming": next((a.final for a in arms if DIAGNOSIS_SLIMMING in a.key and a.family == "torch-pruning"), None),
+    }
+    other = {"ours": "slimming", "slimming": "ours"}
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [
+        "Diagnosis (seed 0, every cell fine-tuned alike): final mAP@0.5 of each architecture by where its weights "
+        "came from.",
+        "",
+        "| widths of | its own sparse model | the other method's sparse model | fresh initialisation |",
+        "|---|---|---|---|",
+    ]
+    for widths in ("ours", "slimming"):
+        lines.append(
+            f"| {widths} | {cell(own[widths])} | {cell(found.get((widths, other[widths])))} "
+            f"| {cell(found.get((widths, 'reinit')))} |"
+        )
+    return "\n".join(lines)
+
+
+def search_lines(arms: Sequence[ArmResult]) -> str:
+    """Per search arm: the chosen candidate, its score against the solver's, and the cost in training epochs."""
+    lines = []
+    for arm in (a for a in arms if a.family == "ours-search"):
+        extra = arm.extra
+        best, scores = extra["search_best"], extra["search_scores"]
+        solver = scores.get("0:solver")
+        ratio = extra.get("candidate_per_epoch")
+        lines.append(
+            f"- search, seed {arm.seed}: candidate {best['index']} ({best['kind']}) chosen, mAP@0.5 on the search "
+            f"split {best['score']:.3f} against the solver's plan {solver if solver is None else f'{solver:.3f}'}; "
+            f"{len(scores)} candidates scored in {extra['search_seconds'] / 60:.1f} min, "
+            f"{extra['seconds_per_candidate']:.0f} s each"
+            + (f" = {ratio:.2f} recovery epochs" if ratio else "")
+            + "."
+        )
+    return "\n".join(lines)
+
+
 def draw(arms: Sequence[ArmResult], teacher: ArmResult, reference: ArmResult | None, path: Path) -> None:
     """mAP@0.5 against params (% of the teacher): ours and the best Torch-Pruning arm per budget, seeds as dots."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -434,6 +586,7 @@ def report(args: argparse.Namespace, base: RecipeConfig, context: Context, teach
             budget_table(here, teacher, reference),
             headline(budget, here, reference),
         ]
+        parts += [text for text in (diagnosis_table(here), search_lines(here)) if text]
     parts.append(
         f"{'--quick' if args.quick else 'full'} run; "
         + ("" if args.report else f"{minutes:.0f} min in this call on {args.threads} threads ({args.jobs} worker(s)); ")
@@ -494,6 +647,7 @@ def _workers(args: argparse.Namespace) -> None:
     command += ["--quick"] * args.quick + ["--no-ablations"] * args.no_ablations
     command += ["--only", *args.only] if args.only else []
     command += ["--teacher-checkpoint", str(args.teacher_checkpoint)] if args.teacher_checkpoint else []
+    command += ["--results", str(args.results)] if args.results else []
     workers = [subprocess.Popen(command) for _ in range(args.jobs)]
     failed = [w.args for w in workers if w.wait() != 0]
     if failed:
@@ -513,8 +667,13 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="write the tables from the finished arms only")
     parser.add_argument("--teacher-checkpoint", type=Path, help="a dense checkpoint trained with these settings")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the tables in {DOCS}")
+    parser.add_argument(
+        "--results", type=Path, help=f"the finished arms' records to read and write (full runs: {RESULTS})"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.results is None and not args.quick:
+        args.results = RESULTS  # a smoke run's records are not for keeping
     if args.jobs < 1 or args.threads < 1 or not all(0 < b < 1 for b in args.budgets):
         parser.error("--jobs and --threads take positive integers, --budgets fractions in (0, 1)")
     if args.write_docs and args.quick:
@@ -533,8 +692,14 @@ def main() -> None:
         base,
         teacher_path,
         args.out,
-        {**dataclasses.asdict(base), "teacher": file_record(teacher_path.parent, teacher_path)["sha256"][:16]},
+        # what every arm computes from: the work folder's path is not part of it, the teacher's bytes are
+        {
+            **{k: v for k, v in dataclasses.asdict(base).items() if k != "out_dir"},
+            "teacher": file_record(teacher_path.parent, teacher_path)["sha256"][:16],
+        },
     )
+    if args.results is not None and not args.worker:
+        check_teacher(args.results, context.settings["teacher"], teacher.final, args.threads)
     if not args.report:
         if args.worker or args.jobs == 1:
             run_queue(args, context)

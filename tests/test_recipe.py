@@ -103,6 +103,9 @@ def test_every_option_belongs_to_a_stage():
     assert first_changed_stage(saved, dataclasses.replace(base, out_dir="elsewhere")) is None
     assert first_changed_stage(saved, dataclasses.replace(base, target_params=0.5, recover_epochs=3)) == "pruned"
     assert first_changed_stage({**saved, "unknown": 1}, base) == "dense"
+    older = {k: v for k, v in saved.items() if k != "target_params"}  # written before the option existed
+    assert first_changed_stage(older, dataclasses.replace(base, target_params=RecipeConfig.target_params)) is None
+    assert first_changed_stage(older, base) == "pruned"  # the option was set away from its default
     assert first_changed_stage(saved, dataclasses.replace(base, device="auto")) is None  # resumes elsewhere
 
 
@@ -188,6 +191,9 @@ def test_recipe_config_names_the_field_and_the_allowed_values(field, value, allo
         ({"sparsity_keep": 0.0}, r"sparsity_keep must be in \(0, 1\]"),
         ({"sparsity_warmup": 1.5}, r"sparsity_warmup must be in \[0, 1\]"),
         ({"recover_epochs": 2, "finetune_epochs": 3}, "finetune_epochs"),
+        ({"recover_epochs": 4, "finetune_epochs": 2, "distill_off_epochs": 3}, r"finetune_epochs \+ distill_off"),
+        ({"search_candidates": 4, "prune_by": "gamma"}, "search_candidates=4 .* needs prune_by='params'"),
+        ({"search_candidates": -1}, "search_candidates must be >= 0"),
     ],
 )
 def test_recipe_config_rejects_out_of_range_values(changes, message):
@@ -542,3 +548,27 @@ def test_a_damaged_image_stops_the_run_before_any_stage(tiny_run, tmp_path):
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # a truncated JPEG
     with pytest.raises(VOCDataError, match=rf"{image}: cannot read image \(image file is truncated"):
         RecipeRun(dataclasses.replace(config, out_dir=str(tmp_path / "r"), data_root=str(tmp_path / "data"))).prepare()
+
+
+@pytest.mark.slow
+def test_recipe_searches_the_plan_and_switches_distillation_off_at_the_end(tiny_run, tmp_path, caplog):
+    config, results = tiny_run
+    caplog.set_level("INFO")
+    stages = {r.stage: r.checkpoint for r in results}
+    variant = _beside(config, tmp_path, search_candidates=3, recover_epochs=3, finetune_epochs=1, distill_off_epochs=1)
+    run = RecipeRun(variant, checkpoints={s: stages[s] for s in ("dense", "sparse")})
+    pruned = run.run_stage("pruned")
+    search = pruned.extra["search"]
+    assert list(search["scores"])[:2] == ["0:solver", "1:uniform"] and len(search["scores"]) == 3
+    assert search["chosen"] == max(
+        (i for i, v in enumerate(search["scores"].values()) if v is not None),
+        key=lambda i: (list(search["scores"].values())[i], -i),
+    )
+    assert abs(pruned.params / results[1].params - variant.target_params) <= 0.01 * variant.target_params
+    assert len(json.loads((Path(variant.out_dir) / "search.json").read_text())["records"]) == 3
+    assert "plan search: candidate" in caplog.text
+    recovered = run.run_stage("recovered")
+    ratios = recovered.extra["gradient_ratio"]
+    assert set(ratios) == {"attention", "output"} and all(v > 0 for v in ratios.values())
+    assert "gradient norm against the detection loss's: attention x" in caplog.text
+    assert "recovered (distillation off)" in caplog.text

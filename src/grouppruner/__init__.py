@@ -36,7 +36,15 @@ from ._utils.errors import (
 from .checkpoint import CheckpointError, load_pruned, save_pruned
 from .distill import AttentionDistiller, spatial_attention
 from .graph import ChannelGraph, ChannelGroup, GraphError, LayerRef
-from .pruning import BNScaleImportance, GroupPruner, Importance, PruningPlan, applied_plans, rebuild_optimizer
+from .pruning import (
+    BNScaleImportance,
+    GroupPruner,
+    Importance,
+    PlanSearch,
+    PruningPlan,
+    applied_plans,
+    rebuild_optimizer,
+)
 from .sparsity import BNSparsity
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "ModelChangedError",
     "NonFiniteError",
     "OptionTypeError",
+    "PlanSearch",
     "PruningPlan",
     "UsageError",
     "__version__",

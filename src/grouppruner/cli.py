@@ -139,6 +139,14 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
     parser.add_argument("--sparsity", type=float, help="rate s of the L1 term on BatchNorm scales")
     parser.add_argument("--sparse-optimizer", choices=("sgd", "adamw"), help="optimizer of the sparse stage (sgd)")
     parser.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
+    parser.add_argument(
+        "--search-candidates",
+        type=int,
+        help="choose the plan among this many candidates by measured mAP (PlanSearch; default 0: no search)",
+    )
+    parser.add_argument(
+        "--distill-off-epochs", type=int, help="the last recovery epochs without distillation (default 0)"
+    )
     parser.add_argument("--teacher", choices=("dense", "sparse"), help="teacher of the recovery (dense)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
@@ -258,6 +266,8 @@ def _recipe(args: argparse.Namespace) -> int:
         "sparsity": args.sparsity,
         "sparse_optimizer": args.sparse_optimizer,
         "target_params": args.target_params,
+        "search_candidates": args.search_candidates,
+        "distill_off_epochs": args.distill_off_epochs,
         "teacher": args.teacher,
         "seed": args.seed,
         "device": args.device,

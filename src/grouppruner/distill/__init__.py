@@ -9,7 +9,8 @@ teacher layer by layer. :class:`AttentionDistiller` hooks the chosen layers of b
 (``N * H * W`` fp32 values per layer, never the feature) and returns the weighted per-layer loss.
 
 Modules, in the order the data flows: :mod:`.attention` (:func:`spatial_attention`), :mod:`.recorder` (hooks that
-record maps) and :mod:`.distiller` (:class:`AttentionDistiller`). The pruned model it trains comes from
+record maps) and :mod:`.distiller` (:class:`AttentionDistiller`); :mod:`.balance` (:class:`GradientBalance`)
+measures how strongly each loss term pulls on the student against the task loss. The pruned model it trains comes from
 :mod:`grouppruner.pruning`; detection-specific parts (foreground masks from boxes, the output-level term) live in
 :mod:`grouppruner.detection`.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from .._utils.errors import DistillerStateError, LayerNotFoundError, LayerOutputError, NonFiniteError
 from .attention import spatial_attention
+from .balance import GradientBalance, gradient_norms
 from .distiller import AttentionDistiller, ForegroundMask
 from .recorder import AttentionRecorder, Selector
 
@@ -26,9 +28,11 @@ __all__ = [
     "AttentionRecorder",
     "DistillerStateError",
     "ForegroundMask",
+    "GradientBalance",
     "LayerNotFoundError",
     "LayerOutputError",
     "NonFiniteError",
     "Selector",
+    "gradient_norms",
     "spatial_attention",
 ]

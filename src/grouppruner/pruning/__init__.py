@@ -20,7 +20,9 @@ channels kept are always the highest-scoring ones.
 
 Modules, in the order the data flows: :mod:`.importance` (scores), :mod:`.budget` (cost prediction and budget
 solving), :mod:`.pruner` (:class:`GroupPruner`), :mod:`.plan` (:class:`PruningPlan`), :mod:`.folding` (beta
-folding), :mod:`.apply` (removal through the graph) and :mod:`.optimizer` (:func:`rebuild_optimizer`). Next step:
+folding), :mod:`.apply` (removal through the graph) and :mod:`.optimizer` (:func:`rebuild_optimizer`);
+:mod:`.search` (:class:`PlanSearch`) chooses a budget's plan by measured accuracy, with :mod:`.calibrate`
+(:func:`recalibrate_batchnorm`). Next step:
 :mod:`grouppruner.distill` recovers the pruned model's accuracy; :mod:`grouppruner.checkpoint` saves it.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from .._utils.moved import moved_names
 from .apply import apply_structure
+from .calibrate import recalibrate_batchnorm
 from .importance import (
     AutoImportance,
     BNScaleImportance,
@@ -51,10 +54,14 @@ from .plan import (
     weights_digest,
 )
 from .pruner import GroupPruner
+from .search import CANDIDATE_KINDS, Candidate, CandidateRecord, PlanSearch, SearchResult
 
 __all__ = [
+    "CANDIDATE_KINDS",
     "AutoImportance",
     "BNScaleImportance",
+    "Candidate",
+    "CandidateRecord",
     "ChannelGroupPlan",
     "Coupling",
     "CustomImportance",
@@ -63,13 +70,16 @@ __all__ = [
     "Importance",
     "LayerGroupPlan",
     "NormScaleImportance",
+    "PlanSearch",
     "PruningPlan",
     "ScoreFn",
+    "SearchResult",
     "applied_plans",
     "apply_structure",
     "model_fingerprint",
     "pop_plans",
     "rebuild_optimizer",
+    "recalibrate_batchnorm",
     "record_plan",
     "scored_weights_digest",
     "weights_digest",

@@ -6,6 +6,7 @@ Scores come from an importance (:mod:`.importance`); budgets are solved by :mod:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from .budget import (
     latency_weights,
     predict_cost,
     quantile_cut,
+    removal_order,
     removed_channels,
     solve_budget,
 )
@@ -163,6 +165,8 @@ class GroupPruner:
         target_latency: float | None = None,
         latency_model: LatencyModel | None = None,
         latency_weight: float = 0.0,
+        layer_group_bias: Mapping[str, float] | None = None,
+        normalise: str = "max",
         strict: bool = False,
     ) -> PruningPlan:
         """Decide which channels to remove. Exactly one mode must be given.
@@ -187,6 +191,16 @@ class GroupPruner:
                 removed from it, so that at equal scores the channels that cost more time go first (the
                 thresholds reported are then on this weighted score). Works with every target mode, e.g.
                 ``plan(target_params=0.35, latency_weight=1.0)``.
+            layer_group_bias: budget modes only: layer group -> factor > 0 on its pruning pressure (default 1 for
+                groups not listed): the group's normalised scores are divided by it, so a factor above 1 makes the
+                group lose more of the budget, below 1 less; the budget is still met. Thresholds reported are then
+                the scores at each layer group's removed fraction. :class:`~grouppruner.pruning.PlanSearch` draws
+                these factors to propose other plans of the same cost.
+            normalise: budget modes only: how scores are made comparable across layer groups. ``"max"``
+                (default): divided by the layer group's largest score (see :mod:`grouppruner.pruning.budget`);
+                ``"rank"``: replaced by the channel's quantile within its layer group (``(k + 0.5) / n`` for the
+                ``k``-th lowest of ``n``), so every layer group loses the same fraction of its channels (times its
+                ``layer_group_bias``), whatever its score scale; the channels kept are still the highest-scoring.
             strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
                 ``round_to`` allow, or between two channel steps) gives the closest reachable plan and a logged
                 warning with the value reached; ``strict=True`` raises instead.
@@ -196,7 +210,8 @@ class GroupPruner:
 
         Raises:
             InvalidOptionError: zero or several modes, a ratio outside [0, 1), a target outside (0, 1], NaN
-                values, ``latency_weight`` with a ratio / threshold mode, and with ``strict`` a target no plan
+                values, ``latency_weight`` / ``layer_group_bias`` / ``normalise`` with a ratio / threshold mode,
+                a bias that is not > 0, an unknown ``normalise``, and with ``strict`` a target no plan
                 meets within 1 % (the message gives the closest or the smallest reachable value).
             OptionTypeError: ``ratios`` / ``thresholds`` is not a mapping (e.g. ``ratios=0.5``).
             LayerNotFoundError: an unknown layer-group name (the message lists the valid ones).
@@ -214,8 +229,17 @@ class GroupPruner:
         mode = modes[0]
         if math.isnan(latency_weight) or latency_weight < 0:
             raise InvalidOptionError(f"latency_weight must be >= 0, got {latency_weight}")
-        if latency_weight > 0 and mode not in TARGET_MODES:
-            raise InvalidOptionError(f"latency_weight applies to the target modes, not to {mode}")
+        if mode not in TARGET_MODES:
+            for option, value, default in (
+                ("latency_weight", latency_weight, 0.0),
+                ("layer_group_bias", layer_group_bias, None),
+                ("normalise", normalise, "max"),
+            ):
+                if value != default:
+                    raise InvalidOptionError(f"{option} applies to the target modes, not to {mode}")
+        if normalise not in ("max", "rank"):
+            raise InvalidOptionError(f"normalise must be 'max' or 'rank', got {normalise!r}")
+        bias = self._check_bias(layer_group_bias)
         members = self._scored()
         cost = CostModel(self.model, self._positions)
         latency = None
@@ -225,8 +249,11 @@ class GroupPruner:
         target: float | None = None
         if mode in TARGET_MODES:
             target = _fraction(mode, given[mode])
-            solution = self._solve(members, cost, mode, target, latency, latency_weight, strict)
-            group_thresholds, gone = solution.thresholds, solution.gone
+            ordered = _rank_scores(members) if normalise == "rank" else members
+            solution = self._solve(ordered, cost, mode, target, latency, latency_weight, strict, bias)
+            gone = solution.gone
+            searched = normalise != "max" or layer_group_bias is not None
+            group_thresholds = self._removed_quantiles(members, gone) if searched else solution.thresholds
         else:
             group_thresholds, raw = self._cut_per_layer_group(mode, given[mode], members)
             gone = [
@@ -315,12 +342,16 @@ class GroupPruner:
         latency: LatencyFn | None,
         latency_weight: float,
         strict: bool,
+        bias: Mapping[str, float],
     ) -> BudgetSolution:
         """The budget modes, solved by :func:`~grouppruner.pruning.budget.solve_budget` on this pruner's rules."""
         weights = None
         if latency_weight > 0:
             assert latency is not None
             weights = latency_weights(members, latency, latency_weight)
+        if bias:
+            factors = [bias.get(m.layer_group, 1.0) for m in members]
+            weights = [w * f for w, f in zip(weights or [1.0] * len(members), factors, strict=True)]
         if mode == "target_latency":
             assert latency is not None
             predictor = latency
@@ -349,6 +380,35 @@ class GroupPruner:
             strict=strict,
             weights=weights,
         )
+
+    def _check_bias(self, bias: Mapping[str, float] | None) -> dict[str, float]:
+        if bias is None:
+            return {}
+        if not isinstance(bias, Mapping):
+            raise OptionTypeError(
+                f"layer_group_bias takes a mapping of layer group -> factor, got {type(bias).__name__}"
+            )
+        checked = {}
+        for name, value in bias.items():
+            if name not in self.layer_groups:
+                raise LayerNotFoundError(
+                    f"layer_group_bias: unknown layer group {name!r}; valid layer groups: {sorted(self.layer_groups)}"
+                )
+            factor = float(value)
+            if not (factor > 0 and math.isfinite(factor)):
+                raise InvalidOptionError(f"layer_group_bias[{name!r}] must be a finite number > 0, got {value!r}")
+            checked[name] = factor
+        return checked
+
+    def _removed_quantiles(self, members: list[ScoredGroup], gone: list[int]) -> dict[str, float]:
+        """Per layer group the score at its removed fraction (as the ``ratios`` mode reports its threshold)."""
+        thresholds = {}
+        for lg in self.layer_groups:
+            here = [(m, g) for m, g in zip(members, gone, strict=True) if m.layer_group == lg and len(m.score)]
+            pooled = np.sort(np.concatenate([m.score for m, _ in here])) if here else np.zeros(0)
+            removed = sum(g for _, g in here)
+            thresholds[lg] = float(pooled[min(removed, len(pooled) - 1)]) if len(pooled) else 0.0
+        return thresholds
 
     def _latency_predictor(self, latency_model: LatencyModel | None) -> LatencyFn:
         if latency_model is None:
@@ -467,6 +527,22 @@ class GroupPruner:
             plan.macs_after,
         )
         return self.model
+
+
+def _rank_scores(members: list[ScoredGroup]) -> list[ScoredGroup]:
+    """``members`` with each score replaced by the channel's quantile ``(k + 0.5) / n`` within its layer group
+    (same order within every channel group; ties ranked as :func:`~grouppruner.pruning.budget.removal_order` does)."""
+    ranked = list(members)
+    for lg in dict.fromkeys(m.layer_group for m in members):
+        index = [i for i, m in enumerate(members) if m.layer_group == lg]
+        scores = [members[i].score for i in index]
+        order = removal_order(scores)
+        quantile = np.empty(len(order))
+        quantile[order] = (np.arange(len(order)) + 0.5) / max(len(order), 1)
+        starts = np.cumsum([0] + [len(s) for s in scores])
+        for j, i in enumerate(index):
+            ranked[i] = dataclasses.replace(members[i], score=quantile[starts[j] : starts[j + 1]])
+    return ranked
 
 
 def _fraction(mode: str, value: Any) -> float:

@@ -131,12 +131,21 @@ class RecipeConfig:
         prune_scope: ``"group"``: one threshold per layer group (the paper's grouping by feature stride and
             module structure, ``ChannelGraph.layer_groups()``); ``"global"``: one threshold over all channels.
         min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
+        search_candidates: with ``prune_by="params"``, a :class:`~grouppruner.pruning.PlanSearch` of this many
+            plans of the same size chooses the plan: BatchNorm statistics recomputed on the first 8 batches of the
+            training split (no augmentation), mAP@0.5 on the next 8 (training images, as EagleEye; the validation
+            split stays out of the choice); resumable (``search.json``). 0 (default, until ``quality.py`` has
+            measured it): the solver's plan. A candidate costs about a quarter of a training epoch on the demo.
         recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``); the
             dense stage's rate: from the demo's pruned model, 24 recovery epochs reached mAP 0.573 / 0.580 / 0.592 /
             0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594; ``benchmarks/recover_lr.py``).
         finetune_epochs: the first this many recovery epochs fine-tune on the detection loss alone; the
             remaining ``recover_epochs - finetune_epochs`` add the distillation terms (the paper fine-tunes
             the pruned model before distilling).
+        distill_off_epochs: the last this many recovery epochs train on the detection loss alone (as RTMDet
+            ends without its strong augmentation); at most ``recover_epochs - finetune_epochs``. 0 (default, not
+            yet measured): distil to the end. The recovery logs each distillation term's gradient norm against
+            the detection loss's (:class:`~grouppruner.distill.GradientBalance`), means in ``gradient_ratio``.
         teacher: ``"dense"`` (the original model, as in the paper) or ``"sparse"`` (the model that was pruned).
         distill_weight: weight of the spatial-attention distillation loss
             (:class:`~grouppruner.distill.AttentionDistiller` on ``YOLOv4.distill_layers``); 0 disables it.
@@ -193,8 +202,10 @@ class RecipeConfig:
     prune_scope: str = "group"
     min_channels: int = 8
     round_to: int | None = None
+    search_candidates: int = 0
     recover_lr: float = 5e-3
     finetune_epochs: int = 6
+    distill_off_epochs: int = 0
     teacher: str = "dense"
     distill_weight: float = 10.0
     distill_layers: str = "all"
@@ -213,6 +224,16 @@ class RecipeConfig:
             raise InvalidOptionError(
                 f"RecipeConfig.finetune_epochs ({self.finetune_epochs}) must be <= recover_epochs "
                 f"({self.recover_epochs})"
+            )
+        if self.finetune_epochs + self.distill_off_epochs > self.recover_epochs:
+            raise InvalidOptionError(
+                f"RecipeConfig.finetune_epochs + distill_off_epochs ({self.finetune_epochs} + "
+                f"{self.distill_off_epochs}) must be <= recover_epochs ({self.recover_epochs})"
+            )
+        if self.search_candidates and self.prune_by != "params":
+            raise InvalidOptionError(
+                f"RecipeConfig.search_candidates={self.search_candidates} searches plans of one parameter count: "
+                f"it needs prune_by='params', not {self.prune_by!r}"
             )
         if self.data_root is None:
             self._check_generated_splits()
@@ -250,6 +271,8 @@ _NON_NEGATIVE = (
     "sparse_epochs",
     "recover_epochs",
     "finetune_epochs",
+    "distill_off_epochs",
+    "search_candidates",
     "sparsity",
     "gamma_threshold",
     "distill_weight",
@@ -335,13 +358,23 @@ STAGE_OF_OPTION: dict[str, str] = {
         "sparse",
     ),
     **dict.fromkeys(
-        ("target_params", "prune_by", "gamma_threshold", "prune_scope", "min_channels", "round_to"), "pruned"
+        (
+            "target_params",
+            "prune_by",
+            "gamma_threshold",
+            "prune_scope",
+            "min_channels",
+            "round_to",
+            "search_candidates",
+        ),
+        "pruned"
     ),
     **dict.fromkeys(
         (
             "recover_lr",
             "recover_epochs",
             "finetune_epochs",
+            "distill_off_epochs",
             "teacher",
             "distill_weight",
             "distill_layers",
@@ -372,7 +405,15 @@ def first_changed_stage(previous: Mapping[str, Any], config: RecipeConfig) -> st
     keys = (set(before) | set(current)) - set(_NOT_STAGE_OPTIONS)
     if "cfg_sha256" not in before:  # results.json of an earlier version: the cfg was recorded by path only
         keys.discard("cfg_sha256")
-    changed = [k for k in keys if before.get(k) != current.get(k)]
+    # An option added since the folder was written changes nothing while it keeps its default (the old behaviour).
+    defaults = _comparable(
+        {
+            f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(RecipeConfig)
+            if f.name not in before and (f.default, f.default_factory) != (dataclasses.MISSING, dataclasses.MISSING)
+        }
+    )
+    changed = [k for k in keys if before.get(k, defaults.get(k)) != current.get(k)]
     stages = [STAGE_OF_OPTION.get(k, "dense") for k in changed]
     if changed:
         first = min(stages, key=STAGES.index)

@@ -203,6 +203,13 @@ class RecipeRun:
         )
 
     @cached_property
+    def plain_train_loader(self) -> DataLoader[Any]:
+        """The ``train`` split without augmentation, in order (the plan search calibrates and scores on it)."""
+        train = self._datasets[0]
+        plain = VOCDetection(train.root, "train", self.config.image_size, classes=self.config.classes)
+        return DataLoader(plain, batch_size=self.config.batch_size, collate_fn=collate)
+
+    @cached_property
     def val_loader(self) -> DataLoader[Any]:
         """The ``val`` split, in order."""
         return DataLoader(self._datasets[1], batch_size=self.config.batch_size, collate_fn=collate)

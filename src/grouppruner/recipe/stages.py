@@ -9,6 +9,7 @@ the :class:`StageRun` the recipe passes.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -26,10 +27,10 @@ from ..checkpoint import CheckpointError, load_pruned
 from ..detection.darknet import DarknetModel, read_weights
 from ..detection.distill import YoloOutputDistill
 from ..detection.models import Detector
-from ..detection.train import LossFn, StepHook
-from ..distill import AttentionDistiller
+from ..detection.train import LossFn, StepHook, evaluate
+from ..distill import AttentionDistiller, GradientBalance
 from ..graph import ChannelGraph
-from ..pruning import GroupPruner
+from ..pruning import GroupPruner, PlanSearch, PruningPlan
 from ..resume import Stateful
 from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
 from .config import CHOICES, GAMMA_THRESHOLD, RecipeConfig
@@ -38,6 +39,9 @@ from .distributed import Distributed
 __all__ = ["STAGE_FUNCTIONS", "StageRun", "distilled_layers", "load_weights", "sparse_optimizer"]
 
 logger = logging.getLogger(__name__)
+
+#: The recovery measures each distillation term's gradient norm on every this many distillation steps.
+BALANCE_EVERY = 20
 
 
 class StageRun(Protocol):
@@ -49,16 +53,23 @@ class StageRun(Protocol):
         distributed: the processes of the run (one, or a data-parallel group).
         device: where training runs.
         example: a ``(1, 3, image_size, image_size)`` zero input for graph tracing and MACs.
+        out: the run folder (a stage may keep its own resumable state there, e.g. the plan search's).
     """
 
     config: RecipeConfig
     distributed: Distributed
     device: torch.device
     example: Tensor
+    out: Path
 
     @property
     def train_loader(self) -> DataLoader[Any]:
         """The augmented, shuffled training batches."""
+        ...
+
+    @property
+    def plain_train_loader(self) -> DataLoader[Any]:
+        """The training batches without augmentation, in order."""
         ...
 
     @property
@@ -151,7 +162,10 @@ def _pruned(run: StageRun) -> tuple[Detector, dict[str, Any]]:
     if c.prune_scope == "global":
         layer_groups = {"all": [group for members in graph.layer_groups().values() for group in members]}
     pruner = GroupPruner(graph, layer_groups=layer_groups, min_channels=c.min_channels, round_to=c.round_to)
-    if c.prune_by == "params":
+    extra: dict[str, Any] = {}
+    if c.search_candidates:
+        plan, extra["search"] = _searched_plan(run, pruner)
+    elif c.prune_by == "params":
         plan = pruner.plan(target_params=c.target_params)
     else:
         plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, c.gamma_threshold))
@@ -159,7 +173,49 @@ def _pruned(run: StageRun) -> tuple[Detector, dict[str, Any]]:
     pruner.apply(plan)
     logger.info("pruning plan:\n%s", plan.summary())
     kept = {lg.name: lg.channels_after / max(lg.channels_before, 1) for lg in plan.layer_groups}
-    return model, {"plan": plan.summary(), "kept_channels": kept}
+    return model, {"plan": plan.summary(), "kept_channels": kept, **extra}
+
+
+#: Batches of the plain training split: the first recalibrate each candidate's BatchNorms, the next score it.
+SEARCH_CALIBRATION_BATCHES = 8
+SEARCH_SCORED_BATCHES = 8
+
+
+def _searched_plan(run: StageRun, pruner: GroupPruner) -> tuple[PruningPlan, dict[str, Any]]:
+    """The plan :class:`~grouppruner.pruning.PlanSearch` picks for ``target_params`` (see
+    :attr:`RecipeConfig.search_candidates <grouppruner.recipe.RecipeConfig>`), and what it measured."""
+    c = run.config
+    batches = list(itertools.islice(run.plain_train_loader, SEARCH_CALIBRATION_BATCHES + SEARCH_SCORED_BATCHES))
+    calibration = [images for images, _ in batches[:SEARCH_CALIBRATION_BATCHES]]
+    scored = batches[SEARCH_CALIBRATION_BATCHES:] or batches  # a small training split: scored on the same images
+    search = PlanSearch(
+        pruner,
+        target_params=c.target_params,
+        evaluate=lambda model: float(evaluate(model, scored)["map"]),
+        calibration=calibration,
+        calibration_batches=SEARCH_CALIBRATION_BATCHES,
+        candidates=c.search_candidates,
+        seed=c.seed,
+        state_path=run.out / "search.json" if run.distributed.is_main else None,
+    )
+    result = search.run()
+    solver = next((r.score for r in result.records if r.kind == "solver"), None)
+    logger.info(
+        "plan search: candidate %d (%s) chosen, mAP@0.5 %.4f on %d training images (the solver's plan: %s), %.0f s",
+        result.best.index,
+        result.best.kind,
+        result.best.score,
+        sum(len(targets) for _, targets in scored),
+        "not scored" if solver is None else f"{solver:.4f}",
+        result.seconds,
+    )
+    summary = {
+        "chosen": result.best.index,
+        "kind": result.best.kind,
+        "scores": {f"{r.index}:{r.kind}": r.score for r in result.records},
+        "seconds": result.seconds,
+    }
+    return result.plan, summary
 
 
 def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
@@ -172,14 +228,18 @@ def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
         optimizer, T_max=max(c.recover_epochs, 1), eta_min=c.recover_lr / 20
     )
     extra: dict[str, Any] = {"teacher": c.teacher, "teacher_sha256": teacher_digest}
-    finetune = c.finetune_epochs if c.distill_weight or c.output_distill_weight else c.recover_epochs
+    distills = bool(c.distill_weight or c.output_distill_weight)
+    finetune = c.finetune_epochs if distills else c.recover_epochs
+    off = c.distill_off_epochs if distills else 0
     loss: dict[str, float] = {}
     if finetune:
         loss = run.train(student, optimizer, finetune, "recovered (fine-tune)", schedule=schedule)
         extra["finetune_loss"] = loss.get("loss")
-    if c.recover_epochs > finetune:
+    if c.recover_epochs - off > finetune:
         distiller = AttentionDistiller(teacher, student, distilled_layers(student, c.distill_layers))
         output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature).to(run.device)
+        # Measured on one process only: the gradient of a gathered loss would need the other processes' graphs.
+        balance = None if run.distributed.active else GradientBalance(student.parameters(), every=BALANCE_EVERY)
 
         def loss_fn(outputs: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
             # Losses of the whole batch: in a parallel run, this process's shard gathered with the others'.
@@ -188,27 +248,38 @@ def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
             detection, parts = run.loss_fn(outputs, targets)
             total = detection
             logged = {**parts, "detection": detection.detach()}
+            terms = {"detection": detection}
             if c.distill_weight:
                 attention = distributed.batch_mean(distiller.loss()[0], size)
                 total = total + c.distill_weight * attention
                 logged["attention"] = c.distill_weight * attention.detach()
+                terms["attention"] = c.distill_weight * attention
             if c.output_distill_weight:
                 teacher_outputs = distributed.gather_outputs(distiller.last_teacher_output)
                 output, output_parts = output_distill(outputs, teacher_outputs, targets)
                 total = total + c.output_distill_weight * output
                 logged["output"] = c.output_distill_weight * output.detach()
                 logged.update({f"output_{k}": c.output_distill_weight * v for k, v in output_parts.items()})
+                terms["output"] = c.output_distill_weight * output
+            if balance is not None and student.training:
+                ratios = balance.observe(terms)
+                if ratios is not None:
+                    logger.info(
+                        "gradient norm against the detection loss's: %s",
+                        ", ".join(f"{k} x{v:.3g}" for k, v in ratios.items() if k != "detection"),
+                    )
             return total, logged
 
         try:
             loss = run.train(
                 student,
                 optimizer,
-                c.recover_epochs - finetune,
+                c.recover_epochs - finetune - off,
                 "recovered (distill)",
                 schedule=schedule,
                 loss_fn=loss_fn,
                 forward_fn=distiller,
+                stateful={"gradient_balance": balance} if balance is not None else None,
             )
         finally:
             distiller.remove()
@@ -216,6 +287,11 @@ def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
         extra["distill_loss"] = {
             k: v for k, v in loss.items() if k in ("detection", "attention") or k.startswith("output")
         }
+        if balance is not None:
+            extra["gradient_ratio"] = {k: v["ratio"] for k, v in balance.summary().items() if k != "detection"}
+            logger.info("recovery: mean gradient norm against the detection loss's: %s", extra["gradient_ratio"])
+    if off:
+        loss = run.train(student, optimizer, off, "recovered (distillation off)", schedule=schedule)
     if weights_digest(teacher) != teacher_digest:
         raise InternalError("recovery changed the teacher's weights")  # a frozen teacher is the contract
     extra["train_loss"] = loss.get("loss")

@@ -25,8 +25,8 @@ from ultralytics import YOLO  # noqa: E402
 import grouppruner as gp  # noqa: E402
 from grouppruner.integrations import ultralytics as gpu  # noqa: E402
 from grouppruner.integrations.ultralytics.checkpoint import meta_of  # noqa: E402
+from grouppruner.integrations.ultralytics.checks import check_data  # noqa: E402
 from grouppruner.integrations.ultralytics.distill import DistillCriterion, HeadDistillLoss  # noqa: E402
-from grouppruner.integrations.ultralytics.flow import check_data  # noqa: E402
 
 IMGSZ = 64
 

@@ -7,6 +7,7 @@ compress() end to end (detect and segment), the run folder's skip / rerun semant
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -97,10 +98,11 @@ def test_pruned_checkpoint_trains_as_pruned(detect: tuple[Path, Path], tmp_path:
     # resume of an interrupted pruned run goes through get_model too
     resumed = gpu.trainer_class("detect")(overrides={"model": str(path), **common, "name": "c"})
     assert gpu.is_pruned(resumed.get_model(weights=YOLO(str(path)).model))
-    # the stock path rebuilds the model from its yaml: what the trainers above exist for
+    # the stock trainer would rebuild the model from its yaml: it stops, naming the calls that work
     stock = YOLO(str(path))
-    stock.train(name="d", **common)
-    assert model_fingerprint(stock.model) != pruned_print
+    with pytest.raises(KeyError, match=r"load\(path\)\.train"):
+        stock.train(name="d", **common)
+    assert model_fingerprint(stock.model) == pruned_print
 
 
 def test_sparse_stage_steps_once_per_optimizer_step(detect: tuple[Path, Path], tmp_path: Path) -> None:
@@ -127,6 +129,34 @@ def test_sparse_stage_steps_once_per_optimizer_step(detect: tuple[Path, Path], t
     assert steps == len(calls) == 2 * 3  # 18 training images in batches of 8, two epochs
     state = torch.load(tmp_path / "sparse" / "weights" / "grouppruner_sparsity.pt", weights_only=True)
     assert state["epoch"] == 1 and state["sparsity"]["schedule"]["last_step"] == steps
+
+
+def test_sparsity_schedule_ends_at_the_last_optimizer_step(detect: tuple[Path, Path], tmp_path: Path) -> None:
+    # 18 images in batches of 4: 5 batches an epoch; nbs=16: 4 batches accumulated per step, ramped up from 1
+    # during the one warmup epoch, so that the step count is not epochs * ceil(batches / accumulate)
+    data, weights = detect
+    yolo = YOLO(str(weights))
+    sparse = gpu.SparseTraining(1e-2)
+    sparse.attach(yolo)
+    calls: list[int] = []
+    yolo.add_callback("on_pretrain_routine_end", lambda trainer: trainer.gradient_hooks.append(calls.append))
+    common = {**TRAIN, "batch": 4}
+    yolo.train(
+        trainer=gpu.DetectionTrainer,
+        data=str(data),
+        epochs=3,
+        nbs=16,
+        warmup_epochs=1,
+        optimizer="SGD",
+        project=str(tmp_path),
+        name="sparse",
+        exist_ok=True,
+        **common,
+    )
+    assert sparse.sparsity is not None
+    schedule = sparse.sparsity.schedule
+    assert 3 * math.ceil(5 / 4) != len(calls)  # the count the schedule was sized to before
+    assert schedule.total_steps == schedule.last_step == len(calls)
 
 
 def test_resume_after_kill_9(detect: tuple[Path, Path], tmp_path: Path) -> None:
@@ -194,3 +224,21 @@ def test_segmentation_goes_through_the_same_flow(tmp_path: Path) -> None:
     assert result.stages[2].macs / result.stages[0].macs == pytest.approx(0.5, abs=0.01)
     assert "mask_map50_95" in result.stages[-1].extra
     assert result.model.task == "segment" and gpu.is_pruned(result.model)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "data_kind", "extra_key"),
+    [("yolov8n-obb.yaml", "rotated", None), ("yolov8n-pose.yaml", "keypoints", "pose_map50_95")],
+)
+def test_obb_and_pose_go_through_the_same_flow(cfg: str, data_kind: str, extra_key: str | None, tmp_path: Path) -> None:
+    data = gpu.make_synthetic_yolo(tmp_path / "data", 24, image_size=IMGSZ, **{data_kind: True})
+    weights = _trained(cfg, data, tmp_path)
+    result = _compress(weights, data, tmp_path / "run", recover_epochs=2)
+    assert [s.stage for s in result.stages] == list(gpu.STAGES)
+    assert result.stages[2].macs / result.stages[0].macs == pytest.approx(0.5, abs=0.01)
+    assert result.model.task == cfg.split("-")[1].removesuffix(".yaml") and gpu.is_pruned(result.model)
+    assert all(0.0 <= s.map50_95 <= s.map50 <= 1.0 for s in result.stages)
+    if extra_key is not None:
+        assert all(0.0 <= s.extra[extra_key] <= 1.0 for s in result.stages)
+    # the distillation terms were in the recovered stage's loss
+    assert "att" in (tmp_path / "run" / "recovered" / "results.csv").read_text().splitlines()[0]

@@ -11,7 +11,7 @@ public ``ChannelGroup``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from torch_pruning import ops
 from torch_pruning._helpers import _HybridIndex
 from torch_pruning.dependency.node import Node
 
+from .._utils.errors import GraphError
 from .removal import PARAMETER
 from .repair import split_sizes
 from .tracing import Trace, module_near
@@ -68,22 +69,53 @@ def root_modules(model: nn.Module, dg: tp.DependencyGraph) -> Iterator[tuple[str
             yield name, module
 
 
+#: The most index entries one root's propagation may map before graph building gives up on that layer (a
+#: layer with C output channels feeding a flatten into nn.Linear over an H x W map needs about C * H * W).
+MAX_PROPAGATION = 20_000_000
+#: How many ops past a (non-shuffle) reshape propagation follows: enough for flatten -> dropout -> nn.Linear and
+#: for both sides of an attention product (matmul reshapes its operands itself).
+MAX_HOPS_AFTER_RESHAPE = 10
+
+
 def propagate(
-    dg: tp.DependencyGraph, node: Node, handler: Callable[..., Any], channels: Sequence[int]
-) -> dict[tuple[Node, Callable[..., Any]], dict[int, int]]:
+    dg: tp.DependencyGraph,
+    node: Node,
+    handler: Callable[..., Any],
+    channels: Sequence[int],
+    *,
+    free_reshapes: Collection[Node] = (),
+    name: str = "?",
+) -> tuple[dict[tuple[Node, Callable[..., Any]], dict[int, int]], list[Node]]:
     """Follow dependencies from removing output channels ``channels`` of ``node``.
 
-    Returns, for each (node, pruning function) reached, a map from that node's channel index to the position in
-    ``channels`` of the root channel it follows.
+    A reshape expands every channel into the positions it spreads over. What a removal can still follow past it
+    is a flatten into ``nn.Linear`` a few ops later (or an attention product, named as such); a chain of ops past
+    it (attention reshaping channels into heads and areas and back, around a cycle without end; a detection
+    head's box decoding) cannot be followed. Propagation therefore stops :data:`MAX_HOPS_AFTER_RESHAPE` ops after
+    the first reshape that is not part of a recognised channel shuffle (``free_reshapes``): the node is recorded
+    in the returned list, and the group it belongs to cannot be pruned.
+
+    Returns:
+        For each (node, pruning function) reached, a map from that node's channel index to the position in
+        ``channels`` of the root channel it follows; and the reshape nodes where propagation stopped.
+
+    Raises:
+        GraphError: the propagation from this layer (``name``) still maps more than :data:`MAX_PROPAGATION`
+            index entries: graph building stays bounded, the message names the layer.
     """
     start = [_HybridIndex(idx=c, root_idx=k) for k, c in enumerate(channels)]
     items: dict[tuple[Node, Callable[..., Any]], dict[int, int]] = {
         (node, handler): {c: k for k, c in enumerate(channels)}
     }
-    seen: set[tuple[Node, Callable[..., Any], frozenset[_HybridIndex]]] = set()
-    stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex]]] = [(node, handler, start)]
+    # The index mappings act on each index on its own, so an index that already reached a node adds nothing when
+    # it arrives again, unless it arrives fresher (fewer ops past a reshape, or none): only those travel on. The
+    # state of an index: -1 before any reshape, else the ops passed since the first reshape on its path.
+    seen: dict[tuple[Node, Callable[..., Any]], dict[_HybridIndex, int]] = {}
+    stops: list[tuple[Node, Callable[..., Any], list[_HybridIndex], int]] = []
+    stack: list[tuple[Node, Callable[..., Any], list[_HybridIndex], int]] = [(node, handler, start, -1)]
+    work = 0
     while stack:
-        cur, fn, idxs = stack.pop()
+        cur, fn, idxs, hops = stack.pop()
         for dep in cur.dependencies:
             if dep.trigger != fn:
                 continue
@@ -91,18 +123,30 @@ def propagate(
             for mapping in dep.index_mapping:
                 if mapping is not None:
                     new = mapping(new)
+            is_reshape = dep.target.type == ops.OPTYPE.RESHAPE and dep.target not in free_reshapes
+            after = hops + 1 if hops >= 0 else (0 if is_reshape else -1)
+            known = seen.setdefault((dep.target, dep.handler), {})
+            new = [h for h in dict.fromkeys(new) if known.get(h, MAX_HOPS_AFTER_RESHAPE + 2) > after]
             if not new:
                 continue
-            key = (dep.target, dep.handler, frozenset(new))
-            if key in seen:
-                continue
-            seen.add(key)
+            known.update(dict.fromkeys(new, after))
+            work += len(new)
+            if work > MAX_PROPAGATION:
+                raise GraphError(
+                    f"{name}: its channels spread over more than {MAX_PROPAGATION:,} positions of other tensors "
+                    f"(last at {module_near(dg, dep.target)}); the graph cannot map this layer"
+                )
             slot = items.setdefault((dep.target, dep.handler), {})
             for h in new:
                 if h.root_idx is not None:
                     slot.setdefault(int(h.idx), int(h.root_idx))
-            stack.append((dep.target, dep.handler, new))
-    return items
+            if after > MAX_HOPS_AFTER_RESHAPE:
+                stops.append((dep.target, dep.handler, new, after))
+                continue
+            stack.append((dep.target, dep.handler, new, after))
+    # A stop counts unless every index it held reached that node fresher by another path later.
+    cut = [n for n, fn, held, after in stops if any(seen[(n, fn)][h] == after for h in held)]
+    return items, cut
 
 
 def _even_parts(total: int, sizes: Sequence[int]) -> int | None:
@@ -300,14 +344,21 @@ def extract_groups(
         todo = [c for c in range(int(pruner.get_out_channels(module) or 0)) if c not in done]
         if not todo:
             continue
-        items = propagate(dg, dg.module2node[module], pruner.prune_out_channels, todo)
+        items, cut = propagate(
+            dg, dg.module2node[module], pruner.prune_out_channels, todo, free_reshapes=tr.shuffle_nodes, name=name
+        )
         for (node, fn), mapping in items.items():
             is_layer = isinstance(node.module, (ops.TORCH_CONV, nn.Linear))
             if is_layer and fn == dg.get_pruner_of_module(node.module).prune_out_channels:
                 covered.setdefault(node.module, set()).update(mapping)
         for node, _ in items:
             touched.setdefault(node, []).append(len(groups))
-        groups.append(build_group(tr, name, module, items, ignored, _stride(tr, module), len(todo)))
+        group = build_group(tr, name, module, items, ignored, _stride(tr, module), len(todo))
+        notes = [f"channels spread past a reshape to op {_op(n)} {module_near(dg, n)}" for n in cut]
+        if notes:
+            notes.append("which cannot follow a removal")
+            group.reason = "; ".join(r for r in (group.reason, ", ".join(dict.fromkeys(notes))) if r)
+        groups.append(group)
     # A slice sees only its own range, so groups feeding the rest of its input never reach it; yet removing
     # their channels moves where the slice starts. Such groups cannot be pruned.
     for node in dg.module2node.values():
@@ -319,6 +370,10 @@ def extract_groups(
                     note = f"channel slice (op {op} {module_near(dg, node)}) of a tensor spanning several groups"
                     groups[gi].reason = "; ".join(r for r in (groups[gi].reason, note) if r)
     return groups
+
+
+def _op(node: Node) -> str:
+    return type(node.grad_fn).__name__ if node.grad_fn is not None else "?"
 
 
 def _stride(tr: Trace, module: nn.Module) -> int | None:

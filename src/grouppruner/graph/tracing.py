@@ -34,8 +34,14 @@ _SHAPE_ONLY = re.compile(r"^(T|Transpose|Permute|View|Reshape|UnsafeView|Expand|
 
 
 def flat_tensors(obj: Any) -> list[torch.Tensor]:
-    """Tensors of a nested list / tuple / dict, in order."""
-    return [t for t in tp.utils.flatten_as_list(obj) if isinstance(t, torch.Tensor)]
+    """Tensors of a nested list / tuple / dict, in order; anything else (``None``, numbers) is left out."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in flat_tensors(item)]
+    if isinstance(obj, dict):
+        return [t for item in obj.values() for t in flat_tensors(item)]
+    return []
 
 
 @dataclass
@@ -87,7 +93,7 @@ def trace(
         tensors = flat_tensors(out)
         output_shapes.extend(tuple(t.shape) for t in tensors)
         output_fns.extend(t.grad_fn for t in tensors if t.grad_fn is not None)
-        return out
+        return tensors  # Torch-Pruning's own flattening fails on None entries (RT-DETR's eval output)
 
     # Torch-Pruning does not remove its tracing hooks when the forward raises; remember what was there.
     existing = {m: set(m._forward_hooks) for m in model.modules()}

@@ -1,4 +1,4 @@
-"""Compress an Ultralytics YOLO (v8, 11, v5u; detect, segment, pose) inside the stock Ultralytics trainer.
+"""Compress an Ultralytics YOLO (v8, 11, 12, v5u, ...; detect, segment, pose, OBB) inside the stock trainer.
 
 Extra ``grouppruner[ultralytics]``. Ultralytics is AGPL-3.0; nothing of it is copied here: it is imported on
 first use, and every stage trains with its own trainer, data pipeline, loss, EMA and validation::
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .flow import STAGES, CompressResult, StageRecord, compress
     from .model import channel_graph, detection_model, prune
     from .synthetic import make_synthetic_yolo
-    from .trainer import DetectionTrainer, PoseTrainer, SegmentationTrainer, trainer_class
+    from .trainer import DetectionTrainer, OBBTrainer, PoseTrainer, SegmentationTrainer, trainer_class
 
 _EXPORTS = {
     "Distillation": "callbacks",
@@ -55,6 +55,7 @@ _EXPORTS = {
     "prune": "model",
     "make_synthetic_yolo": "synthetic",
     "DetectionTrainer": "trainer",
+    "OBBTrainer": "trainer",
     "PoseTrainer": "trainer",
     "SegmentationTrainer": "trainer",
     "trainer_class": "trainer",
@@ -66,6 +67,7 @@ __all__ = [
     "DetectionTrainer",
     "Distillation",
     "HeadDistillLoss",
+    "OBBTrainer",
     "PoseTrainer",
     "SegmentationTrainer",
     "SparseTraining",

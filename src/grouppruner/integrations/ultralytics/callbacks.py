@@ -16,11 +16,11 @@ scaler and EMA exist) each builds what it needs in the process that trains.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +30,7 @@ from ...sparsity import BNSparsity, Dynamic
 from .distill import DistillCriterion, HeadDistillLoss
 from .model import channel_graph, head
 
-__all__ = ["GAMMA_THRESHOLD", "Distillation", "SparseTraining"]
+__all__ = ["GAMMA_THRESHOLD", "Distillation", "SparseTraining", "optimizer_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,30 @@ def _inner(trainer: Any) -> Any:
     from ultralytics.utils.torch_utils import unwrap_model
 
     return unwrap_model(trainer.model)
+
+
+def optimizer_steps(trainer: Any) -> int:
+    """How many optimizer steps the trainer's run makes: the length the sparsity schedule is sized to.
+
+    Ultralytics steps the optimizer once ``accumulate`` batches have passed since the last step, counting batches
+    over the whole run (epoch boundaries do not reset the count), and during the warmup (``warmup_epochs``, at
+    most all epochs but the last) it ramps ``accumulate`` linearly from 1 to its nominal value
+    (``round(nbs / batch)``, at most the number of batches of the run), rounded half to even. This counts the steps
+    of that cadence from batch 0 to the last batch of the last epoch.
+    """
+    nb = len(trainer.train_loader)
+    epochs = int(trainer.epochs)
+    nominal = max(int(trainer.accumulate), 1)
+    warmup_epochs = min(float(trainer.args.warmup_epochs), max(epochs - 1, 0))
+    warmup = round(warmup_epochs * nb) if warmup_epochs > 0 else 0
+    steps, last = 0, -1
+    accumulate = nominal
+    for batch in range(nb * epochs):
+        if warmup and batch <= warmup:
+            accumulate = max(1, int(np.interp(batch, [0, warmup], [1, nominal]).round()))
+        if batch - last >= accumulate:
+            steps, last = steps + 1, batch
+    return steps
 
 
 def _require_hooks(trainer: Any, what: str) -> None:
@@ -93,7 +117,7 @@ class SparseTraining:
         """Build the regularizer on the trained module and register its step as a gradient hook."""
         _require_hooks(trainer, "SparseTraining")
         graph = channel_graph(_inner(trainer), imgsz=int(trainer.args.imgsz))
-        steps = max(trainer.epochs * math.ceil(len(trainer.train_loader) / max(trainer.accumulate, 1)), 1)
+        steps = max(optimizer_steps(trainer), 1)
         schedule = Dynamic(
             self.s,
             warmup=self.warmup,

@@ -7,9 +7,11 @@ itself; what :func:`save` adds is what makes such a file safe to use: the applie
 Ultralytics' own ``save_model`` writes (the module in fp16, ``train_args``), so ``.val()``, ``.predict()`` and
 ``.export()`` take it unchanged.
 
-What the file cannot do alone is survive ``YOLO(path).train()``: Ultralytics' trainer rebuilds the model from
-its yaml and copies the weights that still fit. :func:`load` returns a ``YOLO`` whose ``.train()`` keeps the
-pruned module, and the trainers of :mod:`.trainer` do the same for ``YOLO(path).train(trainer=...)``.
+What the file cannot do alone is survive ``YOLO(path).train()``: Ultralytics' stock trainer rebuilds the model
+from its yaml and copies the weights that still fit. A pruned module's yaml makes that rebuild stop with a
+sentence naming the calls that work (:func:`~.model.refuse_rebuild`): :func:`load` returns a ``YOLO`` whose
+``.train()`` keeps the pruned module, and the trainers of :mod:`.trainer` do the same for
+``YOLO(path).train(trainer=...)``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..._utils.errors import CheckpointError
 from ..._utils.io import atomic_write
 from ...pruning import PruningPlan, model_fingerprint
 from ._require import require_ultralytics
-from .model import PLANS_ATTRIBUTE, detection_model, is_pruned, plan_records
+from .model import PLANS_ATTRIBUTE, detection_model, is_pruned, plan_records, refuse_rebuild
 
 __all__ = ["is_pruned", "keep_pruned_model", "load", "meta_of", "save"]
 
@@ -121,6 +123,8 @@ def _check_restored(model: nn.Module, meta: dict[str, Any], path: str | os.PathL
         )
     if not is_pruned(model):
         setattr(model, PLANS_ATTRIBUTE, json.dumps(meta["plans"]))
+    if meta["plans"]:
+        refuse_rebuild(model)  # files written before the refusal existed
 
 
 def keep_pruned_model(yolo: Any) -> None:

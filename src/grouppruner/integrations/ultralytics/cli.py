@@ -24,7 +24,12 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.Argu
         parents=[common],
         help="compress an Ultralytics YOLO inside the Ultralytics trainer (extra grouppruner[ultralytics])",
     )
-    parser.add_argument("--model", required=True, help="the trained model: an Ultralytics .pt (or a model .yaml)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="the trained dense model: its Ultralytics .pt weights (e.g. runs/detect/train/weights/best.pt); it is "
+        "the distillation teacher, so a model .yaml (untrained) or an exported file is refused",
+    )
     parser.add_argument("--data", required=True, help="its data.yaml")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--target-macs", type=float, help="fraction of the MACs to keep, e.g. 0.5")
@@ -83,30 +88,18 @@ def run_command(args: argparse.Namespace) -> str:
 
     Raises:
         MissingExtraError: Ultralytics is not installed.
-        FileNotFoundError: ``--model`` does not exist.
         and every error of :func:`~grouppruner.integrations.ultralytics.compress`.
     """
-    from pathlib import Path
 
     from ._require import require_ultralytics
 
     require_ultralytics()
-    from ultralytics import YOLO
-
-    from .checkpoint import load
     from .flow import compress
 
-    model_path = Path(args.model)
-    if model_path.suffix == ".pt":
-        model = load(model_path)
-    elif model_path.suffix in (".yaml", ".yml"):
-        model = YOLO(str(model_path))
-    else:
-        raise ValueError(f"--model {model_path}: expected an Ultralytics .pt checkpoint or a model .yaml")
     given = {"batch": args.batch, "device": args.device, "workers": args.workers}
     trainer = {k: v for k, v in given.items() if v is not None}
     result = compress(
-        model,
+        args.model,
         data=args.data,
         target_macs=args.target_macs,
         target_params=args.target_params,

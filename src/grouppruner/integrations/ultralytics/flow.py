@@ -5,8 +5,7 @@ Stages (:data:`STAGES`), each trained by the grouppruner subclass of the task's 
 written as ``out/<stage>.pt`` (:func:`~grouppruner.integrations.ultralytics.save`):
 
 1. ``dense``: the given model as it is (the teacher of the last stage), validated;
-2. ``sparse``: ``sparse_epochs`` with :class:`~.callbacks.SparseTraining` (SGD unless ``optimizer=`` is given:
-   the rate is then exactly ``lr * s`` per step);
+2. ``sparse``: ``sparse_epochs`` with :class:`~.callbacks.SparseTraining`;
 3. ``pruned``: :func:`~.model.prune` to the budget;
 4. ``finetuned``: ``finetune_epochs`` of plain fine-tuning (the paper fine-tunes before distilling);
 5. ``recovered``: the other ``recover_epochs - finetune_epochs`` with :class:`~.callbacks.Distillation`
@@ -16,7 +15,14 @@ The run folder has the semantics of ``grouppruner compress``: ``out/results.json
 every finished stage; a rerun skips the finished stages, reruns from the first stage whose options changed
 (:data:`STAGE_OF_OPTION`), and a stage killed mid-way (``kill -9`` included) resumes at its last finished epoch
 through Ultralytics' own ``resume`` (optimizer, EMA, schedule, and the sparsity schedule beside ``last.pt``).
-Everything that can be refused (the model, the data, the budget) is checked before anything is written.
+Everything that can be refused (the model, the data, the budget, the trainer keywords) is checked before anything
+is written. Every training stage uses the optimizer ``optimizer=`` names, SGD at ``lr0`` by default (recorded
+with the options): with SGD the sparse stage's L1 step on gamma is exactly ``lr * s``, and the fine-tuning stages
+keep the learning rate the user set instead of Ultralytics' ``optimizer="auto"`` choice.
+
+Paths the user gives (``model``, ``data``, ``out``) mean what they mean from the working directory; the trainer
+gets them absolute, because Ultralytics resolves a relative ``project`` under its own runs directory. Everything a
+run writes, the validation runs included, goes under ``out/``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +44,21 @@ from ..._utils.errors import DataError, InvalidOptionError
 from ..._utils.io import atomic_write
 from ...profile import count_macs, count_params
 from ...pruning import weights_digest
+from ...run_folder import RunLock, check_file_record, file_record
 from .callbacks import Distillation, SparseTraining
 from .checkpoint import load, save
-from .model import detection_model, example_input, head, prune
+from .checks import as_yolo, check_data, check_trainer_keywords
+from .model import check_budget, detection_model, example_input, head, prune
 from .trainer import trainer_class
 
-__all__ = ["STAGES", "STAGE_OF_OPTION", "CompressResult", "StageRecord", "check_data", "compress"]
+__all__ = [
+    "DEFAULT_OPTIMIZER",
+    "STAGES",
+    "STAGE_OF_OPTION",
+    "CompressResult",
+    "StageRecord",
+    "compress",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +90,11 @@ STAGE_OF_OPTION: dict[str, str] = {
 
 #: Trainer keywords that change where or how verbosely a run trains, not what it computes.
 _NOT_STAGE_OPTIONS = frozenset({"device", "workers", "verbose", "plots", "exist_ok"})
-#: Trainer keywords compress() sets itself.
-_RESERVED = frozenset({"project", "name", "epochs", "resume", "model", "trainer", "task", "mode"})
+#: The optimizer of every training stage unless ``optimizer=`` is given (see the module docstring).
+DEFAULT_OPTIMIZER = "SGD"
+_FORMAT = "grouppruner.yolo_run"
+# Version 1 (no "version" key): absolute checkpoint paths, no file records.
+_VERSION = 2
 
 
 @dataclass
@@ -84,13 +103,15 @@ class StageRecord:
 
     Attributes:
         stage: one of :data:`STAGES`.
-        map50_95: box mAP50-95 on the validation split (Ultralytics' validator).
+        map50_95: box mAP50-95 on the validation split (Ultralytics' validator; rotated boxes for OBB models).
         map50: box mAP50.
         params: parameter count.
         macs: conv + linear MACs of one ``imgsz`` x ``imgsz`` image.
         checkpoint: the stage's Ultralytics checkpoint (``out/<stage>.pt``).
-        extra: stage-specific numbers (mask mAP for segmentation, sparsity statistics, the pruning ratios,
-            the epoch a stage resumed at).
+        extra: stage-specific numbers (mask mAP for segmentation, keypoint mAP for pose, sparsity statistics,
+            the pruning ratios, the epoch a stage resumed at, the optimizer it trained with).
+        files: ``{"path", "bytes", "sha256"}`` of the checkpoint, relative to the run folder, checked before the
+            stage is skipped as done.
     """
 
     stage: str
@@ -100,6 +121,7 @@ class StageRecord:
     macs: int
     checkpoint: str
     extra: dict[str, Any] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -130,82 +152,143 @@ class CompressResult:
         return "\n".join(lines)
 
 
-def check_data(data: str | os.PathLike[str], num_classes: int | None = None) -> Path:
-    """Refuse a data.yaml that does not exist or names folders that do not, before anything is written.
-
-    Args:
-        data: the data.yaml.
-        num_classes: if given, the class count the model's head predicts; ``names`` must list as many.
-
-    Raises:
-        DataError: the file is missing or unreadable, its ``train`` / ``val`` entries (resolved against its
-            ``path``, as Ultralytics does) do not exist, or it names another number of classes than the model
-            predicts; the message names the file and the entry.
-    """
-    from ultralytics.utils import YAML
-
-    path = Path(data)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        raise DataError(f"{path}: no such data.yaml (an Ultralytics data set description file)")
-    try:
-        spec = YAML.load(path)
-    except Exception as error:
-        raise DataError(f"{path}: not a readable YAML file ({error})") from error
-    if not isinstance(spec, dict) or "train" not in spec or "val" not in spec or "names" not in spec:
-        raise DataError(f"{path}: a data.yaml needs 'train', 'val' and 'names' entries")
-    root = Path(spec.get("path") or path.parent)
-    if not root.is_absolute():
-        root = (path.parent / root).resolve() if (path.parent / root).exists() else root.resolve()
-    for split in ("train", "val"):
-        entries = spec[split] if isinstance(spec[split], list) else [spec[split]]
-        for entry in entries:
-            where = root / str(entry)
-            if not where.exists():
-                raise DataError(f"{path}: the {split!r} entry {entry!r} names {where}, which does not exist")
-    names = spec["names"]
-    count = len(names) if isinstance(names, (list, dict)) else None
-    if num_classes is not None and count != num_classes:
-        raise DataError(
-            f"{path}: names {count} classes, the model predicts {num_classes}; compress a model trained on this "
-            "data (the dense model is the distillation teacher)"
-        )
-    return path
-
-
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _first_changed(previous: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
-    keys = (set(previous) | set(options)) - _NOT_STAGE_OPTIONS
-    changed = sorted(k for k in keys if previous.get(k) != options.get(k))
-    if not changed:
-        return None
-    first = min((STAGE_OF_OPTION.get(k, "sparse") for k in changed), key=STAGES.index)
-    logger.info("options changed since the last run (%s): rerunning from %s", ", ".join(changed), first)
-    return first
+@contextmanager
+def _story(verbose: bool) -> Iterator[None]:
+    """While compress() runs: its INFO log lines printed where Ultralytics prints its own, unless logging is set up.
+
+    When the ``grouppruner`` logger would drop INFO records (no logging configured, as in a notebook), its records
+    go to Ultralytics' logger instead (which prints them unless ``YOLO_VERBOSE=False``); ``verbose=False`` keeps
+    them quiet, as it does Ultralytics' trainer.
+    """
+    ours = logging.getLogger("grouppruner")
+    if not verbose or ours.isEnabledFor(logging.INFO):
+        yield
+        return
+    from ultralytics.utils import LOGGER
+
+    class _ToUltralytics(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            record = logging.makeLogRecord(
+                {**record.__dict__, "msg": f"grouppruner: {record.getMessage()}", "args": ()}
+            )
+            LOGGER.handle(record)
+
+    handler = _ToUltralytics()
+    level, propagate = ours.level, ours.propagate
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    try:
+        yield
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+        ours.propagate = propagate
+
+
+@dataclass
+class _Settings:
+    """Everything a run needs besides its folder (checked values)."""
+
+    data: str
+    imgsz: int
+    task: str
+    budget: dict[str, Any]
+    sparse_epochs: int
+    sparsity: dict[str, float]
+    min_channels: int
+    round_to: int | None
+    runtime: str | None
+    finetune_epochs: int
+    recover_epochs: int
+    distill: dict[str, float]
+    trainer_kwargs: dict[str, Any]
 
 
 class _Run:
-    """One compress() run: the folder, the trainer keywords, and how each stage trains and is measured."""
+    """One compress() run in its folder: the stages, each producing ``out/<stage>.pt`` and its record."""
 
-    def __init__(self, out: Path, data: str, imgsz: int, task: str, trainer_kwargs: dict[str, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, out: Path, options: dict[str, Any], settings: _Settings) -> None:
+        self.model = model
         self.out = out
-        self.data = data
-        self.imgsz = imgsz
-        self.trainer = trainer_class(task)
-        self.trainer_kwargs = trainer_kwargs
+        self.options = options
+        self.settings = settings
+        self.trainer = trainer_class(settings.task)
+        self.done = _finished_stages(out, options)
         self.resumed: dict[str, int] = {}
 
     def path(self, stage: str) -> Path:
         return self.out / f"{stage}.pt"
 
-    def train(self, source: Path, stage: str, epochs: int, stage_options: dict[str, Any], attach: Any = None) -> Path:
-        """Train ``source`` for ``epochs`` in ``out/<stage>/`` (resuming a killed run); its last weights file."""
+    def stage(self, name: str, produce: Any) -> None:
+        """Skip stage ``name`` if an earlier run finished it intact, else run ``produce()`` and record it."""
+        if name in self.done:
+            logger.info("%s: done earlier (mAP50-95 %.4f), skipped", name, self.done[name].map50_95)
+            return
+        logger.info("%s: starting", name)
+        extra: dict[str, Any] = produce()
+        self.done[name] = self.record(name, extra)
+        self.write_results()
+
+    # The stages, in order.
+
+    def dense(self) -> dict[str, Any]:
+        save(self.model, self.path("dense"))
+        return {}
+
+    def sparse(self) -> dict[str, Any]:
+        s = self.settings
+        if s.sparse_epochs == 0:
+            shutil.copyfile(self.path("dense"), self.path("sparse"))
+            return {}
+        regularizer = SparseTraining(s.sparsity["s"], warmup=s.sparsity["warmup"], keep=s.sparsity["keep"])
+        stamp = {"sparsity": s.sparsity}
+        last = self.train("dense", "sparse", s.sparse_epochs, stamp, regularizer)
+        save(load(last).model, self.path("sparse"))
+        return {"gamma_below_1e-2": regularizer.stats, "optimizer": s.trainer_kwargs["optimizer"]}
+
+    def pruned(self) -> dict[str, Any]:
+        s = self.settings
+        model = load(self.path("sparse"))
+        plan = prune(
+            model, imgsz=s.imgsz, min_channels=s.min_channels, round_to=s.round_to, runtime=s.runtime, **s.budget
+        )
+        save(model, self.path("pruned"))
+        return {"params_ratio": plan.params_ratio, "macs_ratio": plan.macs_ratio}
+
+    def finetuned(self) -> dict[str, Any]:
+        epochs = self.settings.finetune_epochs
+        if epochs == 0:
+            shutil.copyfile(self.path("pruned"), self.path("finetuned"))
+            return {}
+        save(load(self.train("pruned", "finetuned", epochs, {}, None)).model, self.path("finetuned"))
+        return {"optimizer": self.settings.trainer_kwargs["optimizer"]}
+
+    def recovered(self) -> dict[str, Any]:
+        s = self.settings
+        epochs = s.recover_epochs - s.finetune_epochs
+        if epochs == 0:
+            shutil.copyfile(self.path("finetuned"), self.path("recovered"))
+            return {}
+        distill = s.distill if s.distill["attention"] > 0 or s.distill["output"] > 0 else None
+        callback = Distillation(self.path("dense"), **distill) if distill else None
+        stamp = {"distill": distill} if distill else {}
+        save(load(self.train("finetuned", "recovered", epochs, stamp, callback)).model, self.path("recovered"))
+        return {"optimizer": s.trainer_kwargs["optimizer"], "distilled": distill is not None}
+
+    # What the stages share.
+
+    def train(self, source: str, stage: str, epochs: int, stamp: dict[str, Any], attach: Any) -> Path:
+        """Train ``out/<source>.pt`` for ``epochs`` in ``out/<stage>/`` (resuming a killed run); its last weights."""
         folder = self.out / stage
         last = folder / "weights" / "last.pt"
         marker = folder / "grouppruner_stage.json"
-        stamp = _jsonable({"source": str(source), "epochs": epochs, **stage_options, **self.trainer_kwargs})
+        kwargs = self.settings.trainer_kwargs
+        stamp = _jsonable({"source": source, "epochs": epochs, **stamp, **kwargs})
         same = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == stamp
         if last.is_file() and same:
             yolo = load(last)
@@ -217,20 +300,21 @@ class _Run:
             logger.info("%s: resuming after epoch %d/%d", stage, self.resumed[stage], epochs)
             if attach is not None:
                 attach.attach(yolo)
-            yolo.train(trainer=self.trainer, resume=True, **self._runtime())
+            runtime = {k: v for k, v in kwargs.items() if k in ("device", "batch", "workers")}
+            yolo.train(trainer=self.trainer, resume=True, **runtime)
             return last
         if folder.exists():
             shutil.rmtree(folder)  # another run's, or started with other options
         folder.mkdir(parents=True)
         marker.write_text(json.dumps(stamp), encoding="utf-8")
-        yolo = load(source)
+        yolo = load(self.path(source))
         if attach is not None:
             attach.attach(yolo)
-        kwargs = {**self.trainer_kwargs, **stage_options.get("trainer", {})}
+        logger.info("%s: training %d epochs in %s (optimizer %s)", stage, epochs, folder, kwargs["optimizer"])
         yolo.train(
             trainer=self.trainer,
-            data=self.data,
-            imgsz=self.imgsz,
+            data=self.settings.data,
+            imgsz=self.settings.imgsz,
             epochs=epochs,
             project=str(self.out),
             name=stage,
@@ -239,28 +323,51 @@ class _Run:
         )
         return last
 
-    def _runtime(self) -> dict[str, Any]:
-        return {k: v for k, v in self.trainer_kwargs.items() if k in ("device", "batch", "workers")}
-
-    def record(self, stage: str, path: Path, extra: dict[str, Any]) -> StageRecord:
-        """Validate and measure the stage's checkpoint."""
+    def record(self, stage: str, extra: dict[str, Any]) -> StageRecord:
+        """Validate and measure the stage's checkpoint (the validator's folder is ``out/val/<stage>``)."""
+        path = self.path(stage)
         yolo = load(path)
         model = detection_model(yolo)
         params = count_params(model)
-        macs = count_macs(copy.deepcopy(model).float().cpu().eval(), example_input(model.float().cpu(), self.imgsz))
+        imgsz = self.settings.imgsz
+        macs = count_macs(copy.deepcopy(model).float().cpu().eval(), example_input(model.float().cpu(), imgsz))
         val_keys = ("batch", "device", "workers", "half", "conf", "iou", "single_cls", "rect")
-        val_kwargs = {k: v for k, v in self.trainer_kwargs.items() if k in val_keys}
-        metrics = yolo.val(data=self.data, imgsz=self.imgsz, plots=False, verbose=False, **val_kwargs)
+        val_kwargs = {k: v for k, v in self.settings.trainer_kwargs.items() if k in val_keys}
+        metrics = yolo.val(
+            data=self.settings.data,
+            imgsz=imgsz,
+            plots=False,
+            verbose=False,
+            project=str(self.out / "val"),
+            name=stage,
+            exist_ok=True,
+            **val_kwargs,
+        )
         extra = dict(extra)
         if hasattr(metrics, "seg"):
             extra.update(mask_map50_95=float(metrics.seg.map), mask_map50=float(metrics.seg.map50))
+        if hasattr(metrics, "pose"):
+            extra.update(pose_map50_95=float(metrics.pose.map), pose_map50=float(metrics.pose.map50))
         if stage in self.resumed:
             extra["resumed_at_epoch"] = self.resumed[stage]
+        files = [file_record(self.out, path)]
         record = StageRecord(
-            stage, float(metrics.box.map), float(metrics.box.map50), params, macs, str(path), extra
+            stage, float(metrics.box.map), float(metrics.box.map50), params, macs, stage + ".pt", extra, files
         )
-        logger.info("%s: mAP50-95 %.4f, mAP50 %.4f, %d params", stage, record.map50_95, record.map50, params)
+        logger.info(
+            "%s: mAP50-95 %.4f, mAP50 %.4f, %d params, %d MACs", stage, record.map50_95, record.map50, params, macs
+        )
         return record
+
+    def write_results(self) -> None:
+        records = [asdict(self.done[s]) for s in STAGES if s in self.done]
+        data = {"format": _FORMAT, "version": _VERSION, "options": self.options, "stages": records}
+        with atomic_write(self.out / "results.json") as file:
+            file.write(json.dumps(data, indent=2).encode())
+
+    def result(self) -> CompressResult:
+        stages = [StageRecord(**{**asdict(self.done[s]), "checkpoint": str(self.path(s))}) for s in STAGES]
+        return CompressResult(load(self.path("recovered")), str(self.path("recovered")), stages, str(self.out))
 
 
 def compress(
@@ -289,7 +396,8 @@ def compress(
     """Sparse-train, prune, fine-tune and distil an Ultralytics YOLO with its own trainer; resumable.
 
     Args:
-        model: an ``ultralytics.YOLO`` (detect, segment or pose) or its module: the trained dense model.
+        model: the trained dense model: an ``ultralytics.YOLO`` (detect, segment, pose, obb), its module, or the
+            path of its ``.pt`` weights.
         data: the data.yaml it trains on.
         target_params: the budget, the fraction of the dense model's parameters to keep (exactly one of the
             three targets).
@@ -298,7 +406,7 @@ def compress(
         sparse_epochs: epochs of sparse training (0: prune the dense model directly).
         recover_epochs: epochs after pruning: ``finetune_epochs`` of fine-tuning, then distillation.
         finetune_epochs: default half of ``recover_epochs`` (all of them when both distillation weights are 0).
-        out: the run folder (created; an earlier run's folder resumes).
+        out: the run folder (created; an earlier run's folder resumes; one run at a time).
         imgsz: the training and validation image size, also the size MACs and latency are measured at.
         sparsity: the L1 rate ``s`` of :class:`~.callbacks.SparseTraining`.
         sparsity_warmup: its Dynamic schedule's warmup fraction.
@@ -310,24 +418,24 @@ def compress(
         round_to: passed to :func:`~.model.prune`.
         runtime: passed to :func:`~.model.prune`: the runtime the model ships on (default ``"onnxruntime"``).
         **trainer_kwargs: passed to the Ultralytics trainer as they are (``batch``, ``device``, ``workers``,
-            ``amp``, ``lr0``, ``optimizer``, augmentation, ...), except those compress() sets itself
-            (``epochs``, ``project``, ``name``, ``resume``).
+            ``amp``, ``lr0``, ``optimizer`` (default :data:`DEFAULT_OPTIMIZER` for every stage), augmentation,
+            ``verbose`` (``False``: neither Ultralytics nor compress() prints its progress), ...), except those
+            compress() sets itself (``epochs``, ``project``, ``name``, ``resume``).
 
     Returns:
-        A :class:`CompressResult`.
+        A :class:`CompressResult` (its paths absolute).
 
     Raises:
-        OptionTypeError, UsageError: not an Ultralytics YOLO model, or a classification model.
+        OptionTypeError, UsageError: not an Ultralytics YOLO model or its .pt file, or a classification model.
         DataError: a data.yaml that does not exist or names missing folders.
         GraphError: a module the channel graph cannot map (named with its op).
-        InvalidOptionError: bad budgets or epoch counts, a reserved trainer keyword, or a budget the model
-            cannot reach (the message gives the closest value).
+        InvalidOptionError: bad budgets or epoch counts, a reserved or misspelt trainer keyword, or a budget the
+            model cannot reach (the message gives the closest value).
+        UsageError: another run is using ``out``.
         MissingExtraError: Ultralytics is not installed.
     """
-    from ultralytics import YOLO
-
-    inner = detection_model(model)
-    yolo = model if isinstance(model, YOLO) else None
+    yolo = as_yolo(model)
+    inner = detection_model(yolo)
     budgets = {"target_params": target_params, "target_macs": target_macs, "target_latency": target_latency}
     given: dict[str, Any] = {k: v for k, v in budgets.items() if v is not None}
     if len(given) != 1:
@@ -342,25 +450,36 @@ def compress(
         raise InvalidOptionError(
             f"finetune_epochs must be in [0, recover_epochs={recover_epochs}], got {finetune_epochs}"
         )
-    reserved = sorted(set(trainer_kwargs) & _RESERVED)
-    if reserved:
-        raise InvalidOptionError(f"compress sets the trainer keywords {reserved} itself; do not pass them")
-    data_path = check_data(data, int(head(inner).nc))
-    out_dir = Path(out)
+    trainer_kwargs = {"optimizer": DEFAULT_OPTIMIZER, **trainer_kwargs}
+    check_trainer_keywords(trainer_kwargs)
+    data_path = check_data(data, int(head(inner).nc)).resolve()
+    out_dir = Path(out).resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidOptionError(f"out={out_dir} is a file; give a folder (new or of an earlier run)")
-    # A dry run on a copy: the graph maps the model and the budget is reachable, or nothing is written.
-    try:
-        prune(copy.deepcopy(inner), imgsz=imgsz, min_channels=min_channels, round_to=round_to, runtime=runtime, **given)
-    except ValueError as error:
-        if type(error) is ValueError:
-            raise InvalidOptionError(f"{type(inner).__name__}: {error}") from error
-        raise
+        raise InvalidOptionError(f"out={out} is a file; give a folder (new or of an earlier run)")
+    check_budget(inner, imgsz=imgsz, min_channels=min_channels, round_to=round_to, runtime=runtime, **given)
 
+    sparse = {"s": sparsity, "warmup": sparsity_warmup, "keep": sparsity_keep}
+    weights = {"attention": distill_attention, "output": distill_output, "temperature": distill_temperature}
+    task = yolo.task if hasattr(yolo, "task") else _task_of(inner)
+    settings = _Settings(
+        str(data_path),
+        imgsz,
+        task,
+        given,
+        sparse_epochs,
+        sparse,
+        min_channels,
+        round_to,
+        runtime,
+        finetune_epochs,
+        recover_epochs,
+        weights,
+        trainer_kwargs,
+    )
     options = _jsonable(
         {
             "model": weights_digest(inner),
-            "data": str(data_path.resolve()),
+            "data": str(data_path),
             "imgsz": imgsz,
             "sparse_epochs": sparse_epochs,
             "sparsity": sparsity,
@@ -379,57 +498,14 @@ def compress(
         }
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    results_path = out_dir / "results.json"
-    done = _finished_stages(results_path, options, out_dir)
-    run = _Run(out_dir, str(data_path), imgsz, yolo.task if yolo is not None else _task_of(inner), trainer_kwargs)
-    sparse_options: dict[str, Any] = {"sparsity": sparsity, "warmup": sparsity_warmup, "keep": sparsity_keep}
-    if "optimizer" not in trainer_kwargs:
-        sparse_options["trainer"] = {"optimizer": "SGD"}  # the L1 step is lr * s only under plain SGD
-
-    for stage in STAGES:
-        if stage in done:
-            logger.info("%s: done earlier (mAP50-95 %.4f), skipped", stage, done[stage].map50_95)
-            continue
-        extra: dict[str, Any] = {}
-        target = run.path(stage)
-        if stage == "dense":
-            save(inner, target)
-        elif stage == "sparse":
-            if sparse_epochs == 0:
-                shutil.copyfile(run.path("dense"), target)
-            else:
-                sparse = SparseTraining(sparsity, warmup=sparsity_warmup, keep=sparsity_keep)
-                last = run.train(run.path("dense"), stage, sparse_epochs, sparse_options, sparse)
-                save(load(last).model, target)
-                extra["gamma_below_1e-2"] = sparse.stats
-        elif stage == "pruned":
-            pruned = load(run.path("sparse"))
-            plan = prune(pruned, imgsz=imgsz, min_channels=min_channels, round_to=round_to, runtime=runtime, **given)
-            save(pruned, target)
-            extra.update(params_ratio=plan.params_ratio, macs_ratio=plan.macs_ratio)
-        else:
-            source = run.path("pruned" if stage == "finetuned" else "finetuned")
-            epochs = finetune_epochs if stage == "finetuned" else recover_epochs - finetune_epochs
-            callback: Distillation | None = None
-            if stage == "recovered" and distill:
-                callback = Distillation(
-                    run.path("dense"),
-                    attention=distill_attention,
-                    output=distill_output,
-                    temperature=distill_temperature,
-                )
-            if epochs == 0:
-                shutil.copyfile(source, target)
-            else:
-                stage_options = {"distill": [distill_attention, distill_output, distill_temperature]}
-                last = run.train(source, stage, epochs, stage_options if callback else {}, callback)
-                save(load(last).model, target)
-        done[stage] = run.record(stage, target, extra)
-        with atomic_write(results_path) as file:
-            records = [asdict(done[s]) for s in STAGES if s in done]
-            file.write(json.dumps({"options": options, "stages": records}, indent=2).encode())
-    final = run.path("recovered")
-    return CompressResult(load(final), str(final), [done[s] for s in STAGES], str(out_dir))
+    with RunLock(out_dir), _story(bool(trainer_kwargs.get("verbose", True))):
+        run = _Run(inner, out_dir, options, settings)
+        run.stage("dense", run.dense)
+        run.stage("sparse", run.sparse)
+        run.stage("pruned", run.pruned)
+        run.stage("finetuned", run.finetuned)
+        run.stage("recovered", run.recovered)
+        return run.result()
 
 
 def _task_of(model: torch.nn.Module) -> str:
@@ -439,22 +515,46 @@ def _task_of(model: torch.nn.Module) -> str:
     return task
 
 
-def _finished_stages(results_path: Path, options: Mapping[str, Any], out: Path) -> dict[str, StageRecord]:
-    """The stages of an earlier run that still count: before the first changed option, checkpoints present."""
+def _first_changed(previous: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    keys = (set(previous) | set(options)) - _NOT_STAGE_OPTIONS
+    changed = sorted(k for k in keys if previous.get(k) != options.get(k))
+    if not changed:
+        return None
+    first = min((STAGE_OF_OPTION.get(k, "sparse") for k in changed), key=STAGES.index)
+    logger.info("options changed since the last run (%s): rerunning from %s", ", ".join(changed), first)
+    return first
+
+
+def _finished_stages(out: Path, options: Mapping[str, Any]) -> dict[str, StageRecord]:
+    """The stages of an earlier run that still count: before the first changed option, checkpoints intact."""
+    results_path = out / "results.json"
     if not results_path.is_file():
         return {}
     try:
         saved = json.loads(results_path.read_text(encoding="utf-8"))
+        version = saved.get("version", 1)
+        if version not in (1, _VERSION):
+            raise ValueError(f"version {version!r} is not supported (1 or {_VERSION})")
         records = [StageRecord(**record) for record in saved["stages"]]
         previous = saved["options"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise DataError(f"{results_path}: not a grouppruner yolo result ({type(error).__name__}: {error})") from error
     changed = _first_changed(previous, options)
     keep = len(STAGES) if changed is None else STAGES.index(changed)
     done: dict[str, StageRecord] = {}
     for record in records:
-        kept = record.stage in STAGES and STAGES.index(record.stage) < keep
-        if not kept or not (out / f"{record.stage}.pt").is_file():
+        if record.stage not in STAGES or STAGES.index(record.stage) >= keep:
             break
+        # Version 1 kept no file records (nor relative paths): its checkpoints count if they are there.
+        files = record.files if version >= 2 else []
+        problems = [p for p in (check_file_record(out, f) for f in files) if p]
+        if version >= 2 and not files:
+            problems.append(f"{record.stage}: no file record")
+        if not (out / f"{record.stage}.pt").is_file():
+            problems.append(f"{out / (record.stage + '.pt')} is missing")
+        if problems:
+            logger.warning("%s: rerunning from this stage: %s", record.stage, "; ".join(problems))
+            break
+        record.checkpoint = f"{record.stage}.pt"
         done[record.stage] = record
     return done

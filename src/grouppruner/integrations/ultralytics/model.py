@@ -10,6 +10,7 @@ output channels. DFL, a fixed conv that Ultralytics never trains, is ignored by 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._utils.errors import OptionTypeError, UsageError
+from ..._utils.errors import InvalidOptionError, OptionTypeError, UsageError
 from ..._utils.wrappers import unwrap
 from ...graph import ChannelGraph
 from ...pruning import GroupPruner, PruningPlan, pop_plans
@@ -27,13 +28,16 @@ from ._require import require_ultralytics
 
 __all__ = [
     "PLANS_ATTRIBUTE",
+    "REBUILD_REFUSAL",
     "channel_graph",
+    "check_budget",
     "detection_model",
     "head",
     "is_pruned",
     "neck_layers",
     "plan_records",
     "prune",
+    "refuse_rebuild",
     "sync_hidden_widths",
 ]
 
@@ -216,6 +220,37 @@ def prune(
         ValueError: an unreachable budget (the message gives the closest reachable value).
     """
     inner = detection_model(model)
+    plan = _prune_in_place(
+        inner,
+        target_params,
+        target_macs,
+        target_latency,
+        ratios,
+        imgsz,
+        importance,
+        min_channels,
+        round_to,
+        fold,
+        runtime,
+    )
+    refuse_rebuild(inner)
+    logger.info("pruned %s: params x%.3f, MACs x%.3f", type(inner).__name__, plan.params_ratio, plan.macs_ratio)
+    return plan
+
+
+def _prune_in_place(
+    inner: nn.Module,
+    target_params: float | None,
+    target_macs: float | None,
+    target_latency: float | None,
+    ratios: dict[str, float] | None,
+    imgsz: int,
+    importance: str,
+    min_channels: int,
+    round_to: int | None,
+    fold: bool,
+    runtime: str | Runtime | None,
+) -> PruningPlan:
     device = next(inner.parameters()).device
     inner.float().cpu()
     graph = channel_graph(inner, imgsz=imgsz)
@@ -228,5 +263,70 @@ def prune(
     sync_hidden_widths(inner, widths)
     _keep_plans_as_json(inner)
     inner.to(device)
-    logger.info("pruned %s: params x%.3f, MACs x%.3f", type(inner).__name__, plan.params_ratio, plan.macs_ratio)
     return plan
+
+
+def check_budget(
+    model: Any,
+    *,
+    target_params: float | None = None,
+    target_macs: float | None = None,
+    target_latency: float | None = None,
+    imgsz: int = 640,
+    min_channels: int = 8,
+    round_to: int | None = None,
+    runtime: str | Runtime | None = None,
+) -> None:
+    """Check on a copy that the graph maps ``model`` and that the budget is reachable; ``model`` is not changed.
+
+    The graph and the plan of :func:`prune`, made on a deep copy and logged as a check: the plan of the trained
+    model differs (its BatchNorm scales are sparse by then).
+
+    Raises:
+        OptionTypeError, UsageError, GraphError: see :func:`channel_graph`.
+        InvalidOptionError: the budget cannot be reached (the message gives the closest reachable value).
+    """
+    inner = copy.deepcopy(detection_model(model)).float().cpu()
+    budget = {"target_params": target_params, "target_macs": target_macs, "target_latency": target_latency}
+    pruner = GroupPruner(
+        channel_graph(inner, imgsz=imgsz), min_channels=min_channels, round_to=round_to, runtime=runtime
+    )
+    try:
+        pruner.plan(target_params=target_params, target_macs=target_macs, target_latency=target_latency)
+    except ValueError as error:
+        if type(error) is ValueError:
+            raise InvalidOptionError(f"{type(inner).__name__}: {error}") from error
+        raise
+    given = ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None)
+    logger.info(
+        "budget check: %s is reachable on the dense model (a plan on a copy; the model is pruned after sparse "
+        "training, from its sparse gammas)",
+        given,
+    )
+
+
+#: What ``YOLO(path).train()`` with Ultralytics' stock trainer says about a pruned model instead of rebuilding it.
+REBUILD_REFUSAL = (
+    "grouppruner pruned this model; Ultralytics' stock trainer would rebuild it unpruned from its yaml. Fine-tune "
+    "it with grouppruner.integrations.ultralytics.load(path).train(...), or pass "
+    "trainer=grouppruner.integrations.ultralytics.trainer_class(task) to .train()"
+)
+
+
+def refuse_rebuild(model: nn.Module) -> None:
+    """Make Ultralytics' stock trainer stop at a pruned model instead of silently training a dense rebuild of it.
+
+    ``YOLO(path).train()`` and ``resume=`` hand the module's ``yaml`` (a dict) to the trainer's ``get_model``,
+    which builds a fresh model from it and copies the weights that fit. The first backbone entry of the pruned
+    module's ``yaml`` becomes a layer named :data:`REBUILD_REFUSAL`, so that build stops with a ``KeyError``
+    carrying that sentence before anything trains; the dense entries are kept under ``"dense_backbone"``. Nothing
+    else reads the backbone (validation, prediction, export, ``info``, ``fuse`` and tracking read ``nc``,
+    ``channels`` or ``head``), the ``yaml`` stays plain data (the file loads without grouppruner), and the trainers
+    of :mod:`.trainer` (and :func:`~.checkpoint.load`'s ``.train()``) never build from it.
+    """
+    spec = getattr(model, "yaml", None)
+    if not isinstance(spec, dict) or not isinstance(spec.get("backbone"), list):
+        return
+    if spec.get("dense_backbone") is None:
+        refusing = {**spec, "backbone": [[-1, 1, REBUILD_REFUSAL, []]], "dense_backbone": spec["backbone"]}
+        setattr(model, "yaml", refusing)  # noqa: B010 - nn.Module's typed __setattr__ is for tensors and modules

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer as _DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer as _OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer as _PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer as _SegmentationTrainer
 
@@ -35,6 +36,7 @@ __all__ = [
     "DetectionTrainer",
     "GradientHook",
     "GroupPrunerTrainerMixin",
+    "OBBTrainer",
     "PoseTrainer",
     "SegmentationTrainer",
     "pruned_copy",
@@ -128,14 +130,23 @@ class PoseTrainer(GroupPrunerTrainerMixin, _PoseTrainer):  # type: ignore[misc]
     """Ultralytics' ``PoseTrainer`` with :class:`GroupPrunerTrainerMixin`."""
 
 
-_BY_TASK: dict[str, type] = {"detect": DetectionTrainer, "segment": SegmentationTrainer, "pose": PoseTrainer}
+class OBBTrainer(GroupPrunerTrainerMixin, _OBBTrainer):  # type: ignore[misc]
+    """Ultralytics' ``OBBTrainer`` (oriented boxes) with :class:`GroupPrunerTrainerMixin`."""
+
+
+_BY_TASK: dict[str, type] = {
+    "detect": DetectionTrainer,
+    "segment": SegmentationTrainer,
+    "pose": PoseTrainer,
+    "obb": OBBTrainer,
+}
 
 
 def trainer_class(task: str) -> type:
-    """The grouppruner trainer for an Ultralytics task (``"detect"``, ``"segment"``, ``"pose"``).
+    """The grouppruner trainer for an Ultralytics task (``"detect"``, ``"segment"``, ``"pose"``, ``"obb"``).
 
     Raises:
-        UsageError: another task (classification has no head to keep; OBB has no trainer here yet).
+        UsageError: another task (classification has no detection head to keep).
     """
     try:
         return _BY_TASK[task]

@@ -171,6 +171,17 @@ def _seed(run: RecipeRun, seed: int, stage: int) -> None:
     run.generator.manual_seed(seed * 10 + stage)
 
 
+def _fine_tuned(run: RecipeRun, model: nn.Module, spec: ArmSpec, epochs: int, label: str) -> tuple[float, float]:
+    """Fine-tune a pruned model the way every arm does; its mAP before and after."""
+    pruned = float(evaluate(model, run.val_loader)["map"])
+    _seed(run, spec.seed, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.recover_lr, weight_decay=5e-4)
+    run.train(model, optimizer, epochs, label)
+    final = float(evaluate(model, run.val_loader)["map"])
+    run.discard_epoch_states()
+    return pruned, final
+
+
 def _result(spec: ArmSpec, model: nn.Module, run: RecipeRun, final: float, **fields: Any) -> ArmResult:
     return ArmResult(
         key=spec.key,
@@ -308,13 +319,8 @@ def _torch_pruning(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult
     ratio = tp_prune(
         model, run.example, spec.budget, importance=options["importance"], global_pruning=bool(options["global"])
     )
-    pruned = float(evaluate(model, run.val_loader)["map"])
     epochs = context.student_epochs - (run.config.sparse_epochs if sparse_key else 0)
-    _seed(run, spec.seed, 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.recover_lr, weight_decay=5e-4)
-    run.train(model, optimizer, epochs, "tp fine-tune")
-    final = float(evaluate(model, run.val_loader)["map"])
-    run.discard_epoch_states()
+    pruned, final = _fine_tuned(run, model, spec, epochs, "tp fine-tune")
     return _result(
         spec,
         model,
@@ -474,12 +480,8 @@ def _transfer(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult]) ->
     pruner.apply(plan)
     got = _group_widths(model, ChannelGraph(run.new_model(), run.example))
     mismatched = sorted(n for n in widths if got.get(n) != widths[n])
-    pruned = float(evaluate(model, run.val_loader)["map"])
-    _seed(run, spec.seed, 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.config.recover_lr, weight_decay=5e-4)
-    run.train(model, optimizer, context.student_epochs - run.config.sparse_epochs, "transfer fine-tune")
-    final = float(evaluate(model, run.val_loader)["map"])
-    run.discard_epoch_states()
+    epochs = context.student_epochs - run.config.sparse_epochs
+    pruned, final = _fine_tuned(run, model, spec, epochs, "transfer fine-tune")
     return _result(
         spec,
         model,

@@ -76,7 +76,7 @@ class GradientBalance:
             balance.observe({"detection": detection, "attention": attention})  # before backward
             (detection + attention).backward()
             ...
-        print(balance.summary())    # {"attention": {"norm": ..., "ratio": ...}, "detection": {...}}
+        summary = balance.summary()  # {"attention": {"norm": ..., "ratio": ...}, "detection": {...}}
 
     Args:
         parameters: the student's parameters (kept as a list; rebuild the object after pruning).

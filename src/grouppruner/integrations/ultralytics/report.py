@@ -16,6 +16,7 @@ Figures need the ``plot`` extra (matplotlib); without it the report holds the ta
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -82,14 +83,16 @@ def read_run(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Stag
 
 
 def stage_model(path: str | os.PathLike[str]) -> nn.Module:
-    """The detection module of a stage checkpoint, in fp32 on the CPU, in eval mode.
+    """The detection module of a stage checkpoint, in fp32 on the CPU, in eval mode, its parameters trainable.
 
     Raises:
         CheckpointError: the file is missing or cannot be read (names it).
     """
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: stage checkpoint missing; run grouppruner yolo again to recreate it")
-    return detection_model(load(path)).float().cpu().eval()
+    model = detection_model(load(path)).float().cpu().eval()
+    # Ultralytics loads checkpoints frozen; the |gamma| snapshots read the BatchNorms sparse training regularizes.
+    return model.requires_grad_(True)
 
 
 def write_report(
@@ -124,7 +127,9 @@ def write_report(
     for r in records:
         model = models[r.stage]
         metrics = {"mAP50-95": r.map50_95, "mAP50": r.map50} | {_EXTRA_METRICS[k]: r.extra[k] for k in extras}
-        seconds = measure_latency(model, example_input(model, imgsz), threads=threads) if latency else None
+        # On a copy: the head caches its anchors as inference tensors, which a later trace could not use.
+        timed = copy.deepcopy(model) if latency else None
+        seconds = measure_latency(timed, example_input(model, imgsz), threads=threads) if timed else None
         rows.append(Row(r.stage, metrics, r.params, r.macs, seconds))
     plots = importlib.util.find_spec("matplotlib") is not None
     out = run / "report"

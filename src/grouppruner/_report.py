@@ -1,7 +1,7 @@
 """The pieces of a run folder's report that do not depend on which flow wrote the folder.
 
 The recipe's report (:mod:`grouppruner.recipe.report`) and the Ultralytics flow's report
-(:mod:`grouppruner.integrations.ultralytics.report`) both write a stage table, a figure of the metrics per stage,
+(``grouppruner.integrations.ultralytics.report``) both write a stage table, a figure of the metrics per stage,
 |gamma| histograms and a table per layer group before and after sparse training, and the channels per convolution
 before and after pruning. Figures need the ``plot`` extra (matplotlib).
 """

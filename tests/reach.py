@@ -26,7 +26,7 @@ class Reach:
 
 
 def measure_reach(model: nn.Module, x: torch.Tensor, target_params: float = 0.5, min_channels: int = 8) -> Reach:
-    """Plan ``target_params`` with the default pruner, apply it, check the forward, count the convs that shrank.
+    """Plan ``target_params`` with the default pruner at free widths (``runtime="torch"``), apply it, check the forward, count the convs that shrank.
 
     ``whole`` maps each conv that kept its width to ``graph.fixed_convs(min_channels)``'s reason; ``None`` means
     the graph allows it to shrink and the solver left it whole.
@@ -36,7 +36,8 @@ def measure_reach(model: nn.Module, x: torch.Tensor, target_params: float = 0.5,
     before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
     graph = ChannelGraph(model, x)
     fixed = graph.fixed_convs(min_channels=min_channels)
-    pruner = GroupPruner(graph, min_channels=min_channels)
+    # Free widths: reach measures what the graph allows, not what a runtime's channel block rounds away.
+    pruner = GroupPruner(graph, min_channels=min_channels, runtime="torch")
     plan = pruner.plan(target_params=target_params)
     pruner.apply(plan)
     assert model(x).shape == shape

@@ -76,3 +76,23 @@ def test_cli_report(run: tuple[Path, dict[str, nn.Module]], tmp_path: Path, caps
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "grouppruner report: error:" in err and "no results.json" in err
+
+
+def test_cli_report_and_profile_refuse_a_folder_of_neither_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from grouppruner.cli import main
+    from grouppruner.run_folder import run_kind
+
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "results.json").write_text(json.dumps({"stages": []}))
+    monkeypatch.chdir(tmp_path)
+    for argv in (["report", "odd"], ["profile", "--run", "odd"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert "odd/results.json: neither a recipe result" in err and "nor an Ultralytics run" in err
+    (tmp_path / "odd" / "results.json").write_text(json.dumps({"options": {"imgsz": 64}, "stages": []}))
+    assert run_kind("odd") == "yolo"
+    (tmp_path / "odd" / "results.json").write_text(json.dumps({"config": CONFIG, "stages": []}))
+    assert run_kind("odd") == "recipe"

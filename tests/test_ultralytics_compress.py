@@ -242,3 +242,49 @@ def test_obb_and_pose_go_through_the_same_flow(cfg: str, data_kind: str, extra_k
         assert all(0.0 <= s.extra[extra_key] <= 1.0 for s in result.stages)
     # the distillation terms were in the recovered stage's loss
     assert "att" in (tmp_path / "run" / "recovered" / "results.csv").read_text().splitlines()[0]
+
+
+def test_report_and_profile_of_a_yolo_run_folder(
+    detect: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    from grouppruner.cli import main
+    from grouppruner.integrations.ultralytics.model import plan_records
+    from grouppruner.pruning import PruningPlan
+
+    data, weights = detect
+    _compress(weights, data, tmp_path / "run", recover_epochs=1, finetune_epochs=0)
+    # as a user does: the folder moved, the commands given relative paths from a fresh working directory
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").rename(tmp_path / "elsewhere" / "yolo")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    saved = json.loads(Path("yolo/results.json").read_text())["stages"]
+    assert main(["report", "yolo", "--latency", "--threads", "1"]) == 0
+    assert "yolo/report/report.md" in capsys.readouterr().out
+    text = Path("yolo/report/report.md").read_text()
+    header = "| stage | mAP50-95 | mAP kept | mAP50 | params | params % | MACs | MACs % | latency (ms) | latency % |"
+    assert header in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.split(" | ")[0].lstrip("| ") in gpu.STAGES]
+    assert [r[0].lstrip("| ") for r in rows] == list(gpu.STAGES)
+    for row, record in zip(rows, saved, strict=True):
+        assert float(row[1]) == pytest.approx(record["map50_95"], abs=5e-4)
+        assert float(row[3]) == pytest.approx(record["map50"], abs=5e-4)
+        assert int(row[4].replace(",", "")) == record["params"] and int(row[6].replace(",", "")) == record["macs"]
+        assert float(row[8]) > 0  # measured latency in ms
+    # |gamma| per layer group before and after sparse training
+    assert "| layer group | BatchNorm channels | dense: \\|gamma\\| < 1e-2 | sparse: \\|gamma\\| < 1e-2 |" in text
+    # the widths kept per layer group are those of the plan inside the pruned checkpoint
+    plan = PruningPlan.from_dict(plan_records(gpu.load("yolo/pruned.pt").model)[-1])
+    for group in plan.layer_groups:
+        kept = group.channels_after / max(group.channels_before, 1)
+        assert f"| {group.name} | {group.channels_before} | {group.channels_after} | {kept:.1%} |" in text
+    assert sum(g.channels_after for g in plan.layer_groups) < sum(g.channels_before for g in plan.layer_groups)
+    assert plan.summary().splitlines()[0] in text
+    for png in ("stages.png", "gammas.png", "layer_groups.png", "channels.png"):
+        assert Path("yolo/report", png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert f"]({png})" in text
+    # profile --run: the last stage (recovered), at the run's imgsz
+    assert main(["profile", "--run", "yolo", "--repeats", "1", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"at {IMGSZ}x{IMGSZ}" in printed and "recovered.pt" in printed
+    assert f"params     {saved[-1]['params']:,}" in printed

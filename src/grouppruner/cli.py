@@ -2,13 +2,14 @@
 
 - ``grouppruner inspect`` prints the channel groups and layer groups of a YOLOv4, ``grouppruner profile`` its
   parameters, MACs, fp32 size and latency; both take the built-in model options, ``--weights`` (a ``state_dict``
-  or ``save_pruned`` file) or ``--run`` (a run folder: its options and its last checkpoint).
+  or ``save_pruned`` file) or ``--run`` (a run folder: its options and its last checkpoint; a ``grouppruner yolo``
+  folder gives its last Ultralytics stage).
 - ``grouppruner compress --data VOC --weights teacher.pt --out runs/x`` runs the method on the user's trained
   YOLOv4 and data: dynamic sparse training, group pruning, distilled recovery; ``grouppruner demo`` runs the
   same on generated VOC-format data with a teacher trained from scratch. Both take ``--config recipe.toml``
   (fields of :class:`~grouppruner.recipe.RecipeConfig`; flags override it), resume after a crash, and show
   progress per stage and epoch.
-- ``grouppruner report RUN_DIR`` writes a Markdown report with figures for a run folder.
+- ``grouppruner report RUN_DIR`` writes a Markdown report with figures for a run folder (recipe or ``yolo``).
 - ``grouppruner yolo --model best.pt --data data.yaml --target-macs 0.5 --out runs/yolo`` compresses an Ultralytics
   YOLO inside the Ultralytics trainer (extra ``grouppruner[ultralytics]``, see
   :mod:`grouppruner.integrations.ultralytics.cli`).
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--weights", "--checkpoint", dest="weights", help="a state_dict or grouppruner.save_pruned file to load"
         )
-        sub.add_argument("--run", help="a demo / compress run folder: its model options and last stage checkpoint")
+        sub.add_argument(
+            "--run", help="a demo / compress / yolo run folder: its model options and last stage checkpoint"
+        )
         sub.add_argument("--cfg", help="a darknet .cfg instead of the built-in YOLOv4 (--weights: its .weights)")
         sub.set_defaults(handler=handler)
     commands.choices["inspect"].add_argument("--all", action="store_true", help="list every channel group")
@@ -70,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads for the latency (default: OMP_NUM_THREADS, if set)"
     )
     commands.choices["inspect"].add_argument(
-        "--min-channels", type=int, default=8, help="the pruner's min_channels for the list of convs that cannot "
-        "shrink (default 8, GroupPruner's)"
+        "--min-channels",
+        type=int,
+        default=8,
+        help="the pruner's min_channels for the list of convs that cannot shrink (default 8, GroupPruner's)",
     )
     commands.choices["profile"].add_argument("--repeats", type=int, default=10)
 
@@ -98,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.set_defaults(handler=_recipe)
 
     report = commands.add_parser(
-        "report", parents=[common], help="write a Markdown report with figures for a demo / compress run folder"
+        "report", parents=[common], help="write a Markdown report with figures for a demo / compress / yolo run folder"
     )
     report.add_argument("run_dir", help="the --out folder of a run (holds results.json and the stage checkpoints)")
     report.add_argument("--latency", action="store_true", help="also measure each stage model's batch-1 latency")
@@ -163,12 +168,15 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
     """The model the options describe, its input size, and a one-line description."""
     from .recipe import STAGES, load_weights
     from .recipe.report import read_run
+    from .run_folder import run_kind
 
     options: dict[str, Any] = {"backbone": "cspdarknet53", "num_classes": 20, "width": 0.25, "depth": 0.34}
     size: int | None = None
     cfg = args.cfg
     weights = Path(args.weights) if args.weights else None
     run_dir = Path(args.run) if args.run else (weights.parent if weights is not None else None)
+    if run_dir is not None and (run_dir / "results.json").is_file() and run_kind(run_dir) == "yolo":
+        return _yolo_stage_model(run_dir, weights, args.image_size)
     if run_dir is not None and (run_dir / "results.json").is_file():
         config, records = read_run(run_dir)
         options = {k: config[k] for k in ("backbone", "width", "depth")} | {"num_classes": len(config["classes"])}
@@ -197,6 +205,20 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, int, str]:
         load_weights(model, weights)
     described = ", ".join(f"{k} {v}" for k, v in options.items())
     return model.eval(), size, f"YOLOv4 ({described}) at {size}x{size}" + (f", weights {weights}" if weights else "")
+
+
+def _yolo_stage_model(run_dir: Path, weights: Path | None, image_size: int | None) -> tuple[nn.Module, int, str]:
+    """The last finished stage of a YOLO run folder (or ``weights``), at the run's ``imgsz``."""
+    from .integrations.ultralytics.report import read_run, stage_model
+
+    options, records = read_run(run_dir)
+    if weights is None:
+        finished = [Path(r.checkpoint) for r in records if Path(r.checkpoint).is_file()]
+        if not finished:
+            raise FileNotFoundError(f"{run_dir}: no finished stage checkpoint")
+        weights = finished[-1]
+    size = image_size or int(options["imgsz"])
+    return stage_model(weights), size, f"Ultralytics YOLO {weights} at {size}x{size}"
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -350,8 +372,12 @@ def _config_keys(path: str) -> set[str]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .recipe.report import write_report
+    from .run_folder import run_kind
 
+    if run_kind(args.run_dir) == "yolo":  # Ultralytics is imported only for a YOLO run
+        from .integrations.ultralytics.report import write_report
+    else:
+        from .recipe.report import write_report
     path = write_report(args.run_dir, latency=args.latency, threads=args.threads)
     print(f"report written to {path}")
     return 0

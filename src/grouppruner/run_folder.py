@@ -37,6 +37,7 @@ __all__ = [
     "check_file_record",
     "file_record",
     "read_results",
+    "run_kind",
     "write_results",
 ]
 
@@ -222,6 +223,31 @@ def write_results(
     data = {"format": _FORMAT, "version": _VERSION, "config": options, "stages": records}
     with atomic_write(run / RESULTS_NAME) as file:
         file.write(json.dumps(data, indent=2).encode())
+
+
+def run_kind(run_dir: str | os.PathLike[str]) -> str:
+    """Which flow wrote ``run_dir``: ``"recipe"`` (``grouppruner compress``, a ``config`` object in
+    ``results.json``) or ``"yolo"`` (the Ultralytics flow, ``grouppruner yolo``: an ``options`` object).
+
+    Raises:
+        FileNotFoundError: the folder has no ``results.json``.
+        DataError: ``results.json`` is neither (names the file).
+    """
+    run = Path(run_dir)
+    path = run / RESULTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.json; is {run} a grouppruner run folder?")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not a grouppruner result (not JSON: {error})") from error
+    if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+        return "recipe"
+    if isinstance(saved, dict) and isinstance(saved.get("options"), dict):
+        return "yolo"
+    raise DataError(
+        f"{path}: neither a recipe result (no 'config' object) nor an Ultralytics run (no 'options' object)"
+    )
 
 
 def read_results(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -27,7 +27,6 @@ __all__ = ["ChannelGraph"]
 logger = logging.getLogger(__name__)
 
 
-
 class ChannelGraph:
     """The coupled channels of a CNN, built once from a traced forward pass.
 
@@ -144,9 +143,7 @@ class ChannelGraph:
             sum(g.prunable for g in self.channel_groups),
         )
 
-    def _resolve_ignore(
-        self, given: nn.Module, ignore: Iterable[nn.Module | str] | nn.Module | str
-    ) -> set[nn.Module]:
+    def _resolve_ignore(self, given: nn.Module, ignore: Iterable[nn.Module | str] | nn.Module | str) -> set[nn.Module]:
         entries: list[nn.Module | str] = [ignore] if isinstance(ignore, (str, nn.Module)) else list(ignore)
         entries = [inner_name(given, e) if isinstance(e, str) else e for e in entries]
         out: set[nn.Module] = set()
@@ -289,9 +286,7 @@ class ChannelGraph:
                 if not g.prunable:
                     reasons.append(f"{where}{g.reason}")
                 else:
-                    reasons.append(
-                        f"{where}{g.size} group channels, no more than min_channels={min_channels} keeps"
-                    )
+                    reasons.append(f"{where}{g.size} group channels, no more than min_channels={min_channels} keeps")
             fixed[name] = "; ".join(dict.fromkeys(reasons))
         return fixed
 

@@ -168,9 +168,9 @@ def _couple(uf: _UnionFind, mapping: dict[int, int], total: int, part: int) -> b
     return True
 
 
-def _out_item(items: dict[tuple[Node, Callable[..., Any]], dict[int, int]], dg: tp.DependencyGraph, node: Node) -> (
-    dict[int, int] | None
-):
+def _out_item(
+    items: dict[tuple[Node, Callable[..., Any]], dict[int, int]], dg: tp.DependencyGraph, node: Node
+) -> dict[int, int] | None:
     """The channel map of ``node``'s output side inside a group (its in-side when in and out share a function)."""
     pruner = dg.get_pruner_of_module(node.module)
     for (n, fn), mapping in items.items():
@@ -253,8 +253,10 @@ def build_group(
                 reasons.append(f"channel slice at op {op} takes channels from several channel groups")
             else:
                 constrained.append(f"{op} {module_near(dg, node)}")
-        elif isinstance(target, nn.Module) and target in dg._module2name and kind not in (
-            ops.OPTYPE.CONCAT, ops.OPTYPE.ELEMENTWISE
+        elif (
+            isinstance(target, nn.Module)
+            and target in dg._module2name
+            and kind not in (ops.OPTYPE.CONCAT, ops.OPTYPE.ELEMENTWISE)
         ):
             lname = dg._module2name[target]
             lpruner = dg.get_pruner_of_module(target)

@@ -93,8 +93,20 @@ def _to_meta(value: Any) -> Any:
 # kernels run as Python decompositions (about 1 ms a call against 0.07 ms for a conv), which would make the meta
 # forward of YOLOv4 cost a quarter of the whole build; in a probe they pass their input through.
 _SAME_SHAPE: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Mish, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
-    nn.Tanh, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.SiLU,
+    nn.Mish,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
 )
 _BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -80,13 +80,13 @@ def _concat_ranges(dg: tp.DependencyGraph, node: Node) -> list[tuple[int, int]] 
     offsets = [0, *itertools.accumulate(int(size or 0) for size in sizes)]
     if offsets[-1] != total:
         return None
-    return [
-        (offsets[i], offsets[i + 1]) for i, (fn, _) in enumerate(g.next_functions) if _is_traced_input(dg, fn)
-    ]
+    return [(offsets[i], offsets[i + 1]) for i, (fn, _) in enumerate(g.next_functions) if _is_traced_input(dg, fn)]
 
 
 def fix_index_mappings(
-    dg: tp.DependencyGraph, unmapped_ops: dict[Node, str], shuffle_nodes: set[Node] = frozenset()  # type: ignore[assignment]
+    dg: tp.DependencyGraph,
+    unmapped_ops: dict[Node, str],
+    shuffle_nodes: set[Node] = frozenset(),  # type: ignore[assignment]
 ) -> set[Node]:
     """Recompute split and concat index mappings from autograd metadata; return concats that cannot be mapped.
 

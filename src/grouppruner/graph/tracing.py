@@ -179,10 +179,7 @@ def check_unsupported(dg: tp.DependencyGraph) -> tuple[dict[Node, str], set[Node
       module next to it and the parameter.
     """
     owned = {
-        id(p)
-        for module in dg.module2node
-        if isinstance(module, nn.Module)
-        for p in module.parameters(recurse=False)
+        id(p) for module in dg.module2node if isinstance(module, nn.Module) for p in module.parameters(recurse=False)
     }
     products: dict[Node, str] = {}
     own: set[Node] = set()

@@ -354,7 +354,7 @@ STAGE_OF_OPTION: dict[str, str] = {
             "search_candidates",
             "runtime",
         ),
-        "pruned"
+        "pruned",
     ),
     **dict.fromkeys(
         (

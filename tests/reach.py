@@ -26,7 +26,8 @@ class Reach:
 
 
 def measure_reach(model: nn.Module, x: torch.Tensor, target_params: float = 0.5, min_channels: int = 8) -> Reach:
-    """Plan ``target_params`` with the default pruner at free widths (``runtime="torch"``), apply it, check the forward, count the convs that shrank.
+    """Plan ``target_params`` at free widths (``runtime="torch"``), apply it, check the forward, count the convs that
+    shrank.
 
     ``whole`` maps each conv that kept its width to ``graph.fixed_convs(min_channels)``'s reason; ``None`` means
     the graph allows it to shrink and the solver left it whole.

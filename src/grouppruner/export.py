@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.jit._trace import TracerWarning
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -148,7 +150,9 @@ def _export_onnx(
         )
     names = input_names or [f"input{i}" for i in range(len(args))]
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # A fixed-shape export: shape checks in forward() becoming constants is what is meant, not worth a warning.
+        warnings.simplefilter("ignore", TracerWarning)
         # TorchScript-based exporter: the dynamo one needs onnxscript, which the deployment target may lack.
         torch.onnx.export(  # a file-like target is supported by the TorchScript exporter, not by its annotation
             module,

@@ -155,6 +155,7 @@ def test_compress_defaults_to_voc_classes_and_ctrl_c_exits_130(tmp_path, capsys,
     assert seen[-1].classes == ("cat", "dog") and seen[-1].image_size == 64  # flags override the file
 
 
+@pytest.mark.slow
 def test_profile_and_inspect_open_a_run_folder_without_options(tmp_path, capsys):
     from grouppruner.profile import count_params
     from runs import fake_run_folder

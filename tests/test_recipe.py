@@ -141,6 +141,7 @@ class _HalfUsedBN(nn.Module):
         return F.conv2d(torch.relu(self.bn(self.conv(x))), self.head.weight * self.used, self.head.bias)
 
 
+@pytest.mark.slow
 def test_recipe_sparse_optimizer_drives_exactly_the_unused_gammas_under_the_threshold():
     torch.manual_seed(0)
     # The "trained dense model" is the target itself: removing a used channel costs loss, an unused one nothing.
@@ -208,6 +209,7 @@ def tiny_run(tmp_path_factory):
     return config, run_recipe(config)
 
 
+@pytest.mark.slow
 def test_recipe_records_the_fraction_of_small_gammas_per_layer_group(tiny_run):
     config, results = tiny_run
     sparse = results[1]
@@ -221,6 +223,7 @@ def test_recipe_records_the_fraction_of_small_gammas_per_layer_group(tiny_run):
     assert below == pytest.approx({name: s.below for name, s in recomputed.items()})
 
 
+@pytest.mark.slow
 def test_recipe_recovery_distils_from_the_dense_checkpoint(tiny_run):
     config, results = tiny_run
     run = RecipeRun(config)
@@ -230,6 +233,7 @@ def test_recipe_recovery_distils_from_the_dense_checkpoint(tiny_run):
     assert recovered.extra["teacher_sha256"] != weights_digest(run.load("sparse"))
 
 
+@pytest.mark.slow
 def test_recipe_recovery_logs_non_zero_attention_and_output_terms(tiny_run):
     _, results = tiny_run
     parts = results[-1].extra["distill_loss"]
@@ -237,6 +241,7 @@ def test_recipe_recovery_logs_non_zero_attention_and_output_terms(tiny_run):
     assert parts["output"] == pytest.approx(parts["output_cls"] + parts["output_obj"] + parts["output_box"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_recipe_sparse_teacher_is_the_sparse_checkpoint(tiny_run, tmp_path):
     config, results = tiny_run
     stages = {r.stage: r.checkpoint for r in results}
@@ -246,6 +251,7 @@ def test_recipe_sparse_teacher_is_the_sparse_checkpoint(tiny_run, tmp_path):
     assert recovered.extra["teacher_sha256"] == weights_digest(run.load("sparse"))
 
 
+@pytest.mark.slow
 def test_changed_options_rerun_only_the_stages_they_affect(tiny_run, tmp_path):
     config, results = tiny_run
     shutil.copytree(config.out_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("data"))
@@ -260,6 +266,7 @@ def test_changed_options_rerun_only_the_stages_they_affect(tiny_run, tmp_path):
     assert "distill_loss" in rerun[-1].extra and "finetune_loss" not in rerun[-1].extra
 
 
+@pytest.mark.slow
 def test_weights_load_a_state_dict_or_a_pruned_file_and_refuse_another_variant(tiny_run, tmp_path):
     config, _ = tiny_run
     run = RecipeRun(config)
@@ -284,6 +291,7 @@ def test_weights_load_a_state_dict_or_a_pruned_file_and_refuse_another_variant(t
         _config(tmp_path, weights=str(tmp_path / "missing.pt"))
 
 
+@pytest.mark.slow
 def test_recipe_from_user_weights_skips_dense_training(tiny_run, tmp_path):
     config, results = tiny_run
     torch.save(RecipeRun(config).load("dense").state_dict(), tmp_path / "teacher.pt")
@@ -451,6 +459,7 @@ def test_a_run_killed_in_the_sparse_stage_and_rerun_with_another_rate_starts_the
     assert [r.stage for r in results] == list(STAGES)
 
 
+@pytest.mark.slow
 def test_a_damaged_stage_file_is_not_done_earlier(tiny_run, tmp_path, caplog):
     from grouppruner.recipe.run import _finished_stages
 
@@ -493,6 +502,7 @@ class _AnySha256:
 ANY_SHA256 = _AnySha256()
 
 
+@pytest.mark.slow
 def test_a_moved_run_folder_resumes_where_it_is(tiny_run, tmp_path, monkeypatch, caplog):
     config, results = tiny_run
     saved = json.loads((Path(config.out_dir) / "results.json").read_text())
@@ -535,6 +545,7 @@ def test_a_second_run_on_a_locked_folder_is_refused_before_any_work(tmp_path):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_damaged_image_stops_the_run_before_any_stage(tiny_run, tmp_path):
     from grouppruner.detection.data import VOCDataError
 

@@ -23,6 +23,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, nn.Mo
     return root, fake_run_folder(root)
 
 
+@pytest.mark.slow
 def test_report_tables_and_figures(run: tuple[Path, dict[str, nn.Module]]) -> None:
     tmp_path, models = run
     report = write_report(tmp_path)
@@ -68,6 +69,7 @@ def test_report_refuses_bad_folders(tmp_path: Path) -> None:
         write_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_report(run: tuple[Path, dict[str, nn.Module]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from grouppruner.cli import main
 

@@ -1,5 +1,5 @@
-"""A fake finished recipe run folder (results.json + stage checkpoints) for the report and CLI tests, and another
-process holding the lock on a run folder."""
+"""A fake finished recipe run folder (results.json + stage checkpoints) for the report and CLI tests, another
+process holding the lock on a run folder, and the options of the tiniest real recipe run."""
 
 from __future__ import annotations
 
@@ -8,12 +8,35 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 import grouppruner as gp
 from grouppruner.detection import yolov4
+
+
+def tiny_recipe_config(out_dir: Path, **changes: Any) -> Any:
+    """A RecipeConfig for a recipe run of a few seconds: 24 images at 64 px, a reduced YOLOv4, one epoch a stage."""
+    from grouppruner.recipe import RecipeConfig
+
+    options: dict[str, Any] = dict(
+        out_dir=str(out_dir),
+        num_images=24,
+        image_size=64,
+        width=0.125,
+        depth=0.34,
+        batch_size=8,
+        dense_epochs=1,
+        sparse_epochs=1,
+        recover_epochs=1,
+        finetune_epochs=0,
+        target_params=0.6,
+        min_channels=4,
+    )
+    return RecipeConfig(**{**options, **changes})
+
 
 CONFIG = {"image_size": 64, "classes": ["a", "b"], "backbone": "cspdarknet53", "width": 0.25, "depth": 0.34}
 

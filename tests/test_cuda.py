@@ -64,24 +64,10 @@ def test_bn_sparsity_adds_the_l1_term_to_unscaled_gradients_on_cuda(dtype: torch
 
 def test_reference_recipe_on_cuda_with_fp16(tmp_path: Path) -> None:
     pytest.importorskip("PIL")
-    from grouppruner.recipe import RecipeConfig, run_recipe
+    from grouppruner.recipe import run_recipe
+    from runs import tiny_recipe_config
 
-    config = RecipeConfig(
-        out_dir=str(tmp_path / "run"),
-        num_images=24,
-        image_size=64,
-        width=0.125,
-        depth=0.34,
-        batch_size=8,
-        dense_epochs=1,
-        sparse_epochs=1,
-        recover_epochs=1,
-        finetune_epochs=0,
-        target_params=0.6,
-        min_channels=4,
-        device="cuda",
-        amp="fp16",
-    )
+    config = tiny_recipe_config(tmp_path / "run", device="cuda", amp="fp16")
     results = run_recipe(config)
     dense, _, pruned, recovered = results
     assert abs(pruned.params / dense.params - 0.6) <= 0.01

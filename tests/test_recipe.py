@@ -28,27 +28,13 @@ from grouppruner.recipe import (
 )
 from grouppruner.recipe.config import GAMMA_THRESHOLD, recorded_options
 from grouppruner.sparsity import BNSparsity, Constant
+from runs import tiny_recipe_config
 
 pytest.importorskip("PIL")
 
 
 def _config(tmp_path, **changes):
-    options = dict(
-        out_dir=str(tmp_path / "run"),
-        num_images=24,
-        image_size=64,
-        width=0.125,
-        depth=0.34,
-        batch_size=8,
-        dense_epochs=1,
-        sparse_epochs=1,
-        recover_epochs=1,
-        finetune_epochs=0,
-        target_params=0.6,
-        min_channels=4,
-    )
-    options.update(changes)
-    return RecipeConfig(**options)
+    return tiny_recipe_config(**{"out_dir": tmp_path / "run", **changes})
 
 
 @pytest.mark.slow

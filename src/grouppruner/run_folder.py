@@ -37,6 +37,7 @@ __all__ = [
     "check_file_record",
     "file_record",
     "read_results",
+    "results_json",
     "run_kind",
     "write_results",
 ]
@@ -225,6 +226,27 @@ def write_results(
         file.write(json.dumps(data, indent=2).encode())
 
 
+def results_json(run_dir: str | os.PathLike[str], what: str) -> tuple[Path, Any]:
+    """The path and the parsed content of ``run_dir/results.json``.
+
+    Args:
+        run_dir: the run folder.
+        what: what the file should be, for the message (``"a recipe result"``).
+
+    Raises:
+        FileNotFoundError: the folder has no ``results.json``.
+        DataError: the file is not JSON (names the file).
+    """
+    run = Path(run_dir)
+    path = run / RESULTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.json; is {run} a grouppruner run folder?")
+    try:
+        return path, json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not {what} (not JSON: {error})") from error
+
+
 def run_kind(run_dir: str | os.PathLike[str]) -> str:
     """Which flow wrote ``run_dir``: ``"recipe"`` (``grouppruner compress``, a ``config`` object in
     ``results.json``) or ``"yolo"`` (the Ultralytics flow, ``grouppruner yolo``: an ``options`` object).
@@ -233,14 +255,7 @@ def run_kind(run_dir: str | os.PathLike[str]) -> str:
         FileNotFoundError: the folder has no ``results.json``.
         DataError: ``results.json`` is neither (names the file).
     """
-    run = Path(run_dir)
-    path = run / RESULTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results.json; is {run} a grouppruner run folder?")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not a grouppruner result (not JSON: {error})") from error
+    path, saved = results_json(run_dir, "a grouppruner result")
     if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
         return "recipe"
     if isinstance(saved, dict) and isinstance(saved.get("options"), dict):
@@ -262,13 +277,7 @@ def read_results(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[
         DataError: ``results.json`` is not a recipe result; the message names the file and the field.
     """
     run = Path(run_dir)
-    path = run / RESULTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results.json; is {run} a grouppruner run folder?")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not a recipe result (not JSON: {error})") from error
+    path, saved = results_json(run, "a recipe result")
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise DataError(f"{path}: not a recipe result (no 'config' object)")
     if not isinstance(saved.get("stages"), list):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
@@ -41,7 +40,7 @@ from ..._utils.errors import CheckpointError, DataError
 from ..._utils.io import atomic_write
 from ...profile import measure_latency
 from ...pruning import PruningPlan
-from ...run_folder import RESULTS_NAME
+from ...run_folder import RESULTS_NAME, results_json
 from .checkpoint import load
 from .flow import STAGES, StageRecord
 from .model import channel_graph, detection_model, example_input, plan_records
@@ -63,15 +62,12 @@ def read_run(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Stag
         DataError: ``results.json`` is not a YOLO run (names the file and what is wrong).
     """
     run = Path(run_dir)
-    path = run / RESULTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results.json; is {run} a grouppruner run folder?")
+    path, saved = results_json(run, "a grouppruner yolo result")
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
         options = dict(saved["options"])
         records = [StageRecord(**record) for record in saved["stages"]]
         int(options["imgsz"])
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{path}: not a grouppruner yolo result ({type(error).__name__}: {error})") from error
     order = [r.stage for r in records]
     if order != list(STAGES[: len(order)]):

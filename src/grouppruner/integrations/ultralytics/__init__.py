@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .distill import HeadDistillLoss
     from .flow import STAGES, CompressResult, StageRecord, compress
     from .model import channel_graph, detection_model, prune
-    from .synthetic import make_synthetic_yolo
+    from .synthetic import make_cluttered_yolo, make_synthetic_yolo
     from .trainer import DetectionTrainer, OBBTrainer, PoseTrainer, SegmentationTrainer, trainer_class
 
 _EXPORTS = {
@@ -53,6 +53,7 @@ _EXPORTS = {
     "channel_graph": "model",
     "detection_model": "model",
     "prune": "model",
+    "make_cluttered_yolo": "synthetic",
     "make_synthetic_yolo": "synthetic",
     "DetectionTrainer": "trainer",
     "OBBTrainer": "trainer",
@@ -77,6 +78,7 @@ __all__ = [
     "detection_model",
     "is_pruned",
     "load",
+    "make_cluttered_yolo",
     "make_synthetic_yolo",
     "prune",
     "require_ultralytics",

@@ -54,6 +54,12 @@ ARMS = (
     "dense, fine-tuned",
 )
 
+FOLDERS = {
+    FINETUNE: "fine-tune",
+    "fine-tune, then distil": "fine-tune-then-distil",
+    "distil throughout, off at the end": "distil-throughout",
+}
+
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("images", "imgsz", "dense_epochs", "sparse_epochs", "recover_epochs", "off_epochs", "target_macs")
@@ -131,7 +137,7 @@ def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> No
         print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {label} ...", flush=True)
         started = time.perf_counter()
         if label in compress_arms:
-            arm_folder = folder / label.split(",")[0].replace(" ", "-")
+            arm_folder = folder / FOLDERS[label]
             if not (arm_folder / "results.json").is_file() and (base / "results.json").is_file():
                 shutil.copytree(base, arm_folder, dirs_exist_ok=True)  # dense, sparse and pruned are reused
             result = gpu.compress(

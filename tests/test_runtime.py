@@ -290,3 +290,33 @@ def test_verify_steps_none_plans_on_the_prediction_alone() -> None:
     assert plan.latency is None and plan.target == 0.85  # nothing measured
     with pytest.raises(ValueError, match="verify_steps must be None or an int >= 0"):
         pruner.plan(target_latency=0.85, latency_model=latency, verify_steps=-1)
+
+
+@pytest.mark.parametrize(("measured", "warnings"), [((0.78, 0.74, 0.705), 0), ((0.95, 0.95, 0.95, 0.95), 1)])
+def test_target_latency_warns_once_on_the_measured_outcome_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, measured: tuple[float, ...], warnings: int
+) -> None:
+    """The solver's misses of the intermediate asks (channel steps of 8 are coarse) log at DEBUG; a warning comes
+    only when the final plan's measured fraction misses the target."""
+    import logging
+
+    from nets import fixed_latency_model
+
+    ratios = iter(measured)
+
+    def fake_compare(runners: list[Any], *, runtime: Runtime, rounds: int) -> LatencyComparison:
+        ratio = next(ratios)
+        return LatencyComparison("torch", 1, 8, [1.0, ratio], [1.0, ratio], rounds)
+
+    monkeypatch.setattr(verify, "compare_latency", fake_compare)
+    model = random_detector()
+    runtime = Runtime("torch", threads=1, block=8)
+    pruner = GroupPruner(ChannelGraph(model, X), example_inputs=X, min_channels=2, runtime=runtime)
+    with caplog.at_level(logging.DEBUG, logger="grouppruner"):
+        plan = pruner.plan(target_latency=0.7, latency_model=fixed_latency_model(model, X), verify_steps=3)
+    assert plan.latency is not None and 2 <= len(plan.latency["steps"]) <= len(measured)
+    misses = [r for r in caplog.records if "cannot be met within 1%" in r.getMessage()]
+    assert misses and all(r.levelno == logging.DEBUG for r in misses)  # the coarse steps were hit, quietly
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == warnings
+    assert all("the closest plan measured 0.950" in r.getMessage() for r in warned)

@@ -271,6 +271,7 @@ def solve_budget(
     rules: str,
     strict: bool = False,
     weights: Sequence[float] | None = None,
+    miss_level: int = logging.WARNING,
 ) -> BudgetSolution:
     """Per-layer-group thresholds whose cut brings ``cost_of`` closest to ``target * total`` (see module doc).
 
@@ -287,6 +288,8 @@ def solve_budget(
             coarse; otherwise the closest plan is returned and a warning logged with the value it reaches. A target
             below what the minimum widths allow is refused either way.
         weights: per member a divisor of its normalised scores (:func:`latency_weights`), or ``None``.
+        miss_level: the logging level of the message when the closest plan misses (``logging.DEBUG`` for the
+            intermediate steps of a correction loop, whose caller reports the final outcome itself).
 
     Raises:
         InvalidOptionError: a target below the smallest reachable value (named in the message), or ``strict`` and
@@ -330,7 +333,7 @@ def solve_budget(
             )
         if strict:
             raise InvalidOptionError(message)
-        logger.warning("%s; planned the closest reachable value (strict=True refuses instead)", message)
+        logger.log(miss_level, "%s; planned the closest reachable value (strict=True refuses instead)", message)
     pooled = np.concatenate(normalised) if normalised else np.zeros(0)
     # Channels scoring below lam go; channels tied at lam are split by the tie order.
     end = float(np.nextafter(pooled.max(initial=1.0), np.inf))

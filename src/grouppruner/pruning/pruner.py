@@ -213,8 +213,9 @@ class GroupPruner:
                 ``k``-th lowest of ``n``), so every layer group loses the same fraction of its channels (times its
                 ``layer_group_bias``), whatever its score scale; the channels kept are still the highest-scoring.
             verify_steps: ``target_latency`` only: correction steps after the first plan, >= 0 (with 0 the first
-                plan is still measured and recorded); ``None``: no measurement, the plan lands within 1 % of the
-                latency model's *prediction* (what :class:`~grouppruner.pruning.PlanSearch` compares candidates on).
+                plan is still measured and recorded; only a measured miss of the final plan warns, the steps log at
+                DEBUG); ``None``: no measurement, the plan lands within 1 % of the latency model's *prediction*
+                (what :class:`~grouppruner.pruning.PlanSearch` compares candidates on).
             strict: budget modes only. A target that no plan meets within 1 % (below what ``min_channels`` /
                 ``round_to`` allow, or between two channel steps) gives the closest reachable plan and a logged
                 warning with the value reached; ``strict=True`` raises instead.
@@ -274,8 +275,8 @@ class GroupPruner:
             if mode != "target_latency" or verify_steps is None:
                 return self._budget_plan(members, cost, mode, target, *options)[0]
 
-            def plan_for(asked: float) -> tuple[PruningPlan, float]:
-                return self._budget_plan(members, cost, mode, asked, *options)
+            def plan_for(asked: float) -> tuple[PruningPlan, float]:  # land_latency warns on the measured outcome
+                return self._budget_plan(members, cost, mode, asked, *options, miss_level=logging.DEBUG)
 
             found = land_latency(
                 target,
@@ -307,10 +308,11 @@ class GroupPruner:
         normalise: str,
         bias: Mapping[str, float],
         searched: bool,
+        miss_level: int = logging.WARNING,
     ) -> tuple[PruningPlan, float]:
-        """The plan of a budget mode and the predicted fraction it reaches."""
+        """The plan of a budget mode and the predicted fraction it reaches (a miss logged at ``miss_level``)."""
         ordered = _rank_scores(members) if normalise == "rank" else members
-        solution = self._solve(ordered, cost, mode, target, latency, latency_weight, strict, bias)
+        solution = self._solve(ordered, cost, mode, target, latency, latency_weight, strict, bias, miss_level)
         gone = solution.gone
         group_thresholds = self._removed_quantiles(members, gone) if searched else solution.thresholds
         plan = self._make_plan(mode, target, members, group_thresholds, gone, cost)
@@ -399,6 +401,7 @@ class GroupPruner:
         latency_weight: float,
         strict: bool,
         bias: Mapping[str, float],
+        miss_level: int = logging.WARNING,
     ) -> BudgetSolution:
         """The budget modes, solved by :func:`~grouppruner.pruning.budget.solve_budget` on this pruner's rules."""
         weights = None
@@ -435,6 +438,7 @@ class GroupPruner:
             rules=rules,
             strict=strict,
             weights=weights,
+            miss_level=miss_level,
         )
 
     def _check_bias(self, bias: Mapping[str, float] | None) -> dict[str, float]:

@@ -9,6 +9,13 @@ yaml), yolov4-tiny (its darknet cfg from tests/data), YOLOv4 with CSPDarknet53 a
 - ``ours torch``: ``runtime="torch"`` (any width: the behaviour before runtimes);
 - ``ours onnxruntime (default)``: ``runtime="onnxruntime"``, the default (kept widths on the CPU's vector block);
 - ``ours onnxruntime, block 2x``: the same with twice the vector block (wider blocks);
+- ``ours onnxruntime, latency_weight=W`` (``--latency-weights``, default 1 and 2): the default's MACs, with channels
+  priced by their measured time (one onnxruntime latency model at the default threads, shared by the weights):
+  at equal scores, the channels whose removal saves more time go first;
+- ``ours onnxruntime (default), split-free C2f`` (Ultralytics models): the default's model rewritten by
+  :func:`grouppruner.integrations.ultralytics.split_free` for deployment (C2f / C3k2 without a ``Split``: the
+  layout reorders around it go; same outputs). Torch-Pruning's arms get the same rewrite (it cannot follow the
+  ``chunk``), so against the dense model (with its Splits) they carry this gain too;
 - ``TP r8`` / ``TP r16``: Torch-Pruning's MetaPruner (BN-scale importance, global ranking) with ``round_to`` 8 / 16,
   its ratio bisected to the MACs of ``ours onnxruntime`` (the fair baseline);
 - ``ours target_latency=0.5``: planned in onnxruntime at the thread count of the row, measured and corrected
@@ -17,14 +24,20 @@ yaml), yolov4-tiny (its darknet cfg from tests/data), YOLOv4 with CSPDarknet53 a
 Each (model, threads) row times the dense model and all arms interleaved in onnxruntime
 (:func:`grouppruner.runtime.compare_latency`: the models take turns, per round the fastest of 3 calls, medians of
 per-round ratios); one more comparison times the dense model, ``ours torch`` and the default in eager PyTorch at
-1 thread (what the default costs a model that stays in PyTorch). Printed per arm: params and MACs kept, latency
-kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0: latency falls as much as MACs), the load
-average. ``--busy`` starts one busy process (a Python spin loop) beside the measurement. ``--write-docs``
-replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of docs/benchmarks.md with the table.
+1 thread (what the default costs a model that stays in PyTorch). At equal measured latency (the issue's third
+goal), per (model, threads): Torch-Pruning r8's ratio is bisected so that its latency measured in onnxruntime
+(interleaved against the dense model, 5 rounds a step) matches what ``ours target_latency=0.5`` measured in the
+row's comparison; both are then timed once more against the dense model (rows ``equal latency: ...``) and a
+verdict line gives the parameters each keeps (``--no-equal-latency`` skips it). Printed per arm: params and MACs
+kept, latency kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0: latency falls as much as MACs),
+the load average. ``--busy`` starts one busy process (a Python spin loop) beside the measurement.
+``--write-docs`` replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of
+docs/benchmarks.md with the table.
 
-Run: ``nice -n 10 python benchmarks/runtime_latency.py [--quick] [--busy] [--write-docs]`` (``--quick``: yolov8n and
-yolo11n at 320 only, about 20 minutes on a busy 2-core machine; the full run adds 640 and the YOLOv4 family at 416
-and takes several times that). Needs ultralytics, torch-pruning and onnxruntime (the real-library environment).
+Run: ``nice -n 10 python benchmarks/runtime_latency.py [--quick] [--busy] [--models M ...] [--threads 1 2]
+[--write-docs]`` (``--quick``: yolov8n and yolo11n at 320 only, about 30 minutes on a busy 2-core machine; the full
+run adds 640 and the YOLOv4 family at 416 and takes several times that). Needs ultralytics, torch-pruning and
+onnxruntime (the real-library environment).
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ from torch import nn
 from ultralytics_yolo import SplitFreeC2f
 
 from grouppruner.graph import ChannelGraph
+from grouppruner.latency import LatencyModel
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner
 from grouppruner.runtime import Runtime, compare_latency, cpu_vector_block
@@ -84,8 +98,9 @@ def build(name: str) -> tuple[nn.Module, Callable[[nn.Module, int], ChannelGraph
 
 
 def ours(
-    dense: nn.Module, graph_of: Callable[[nn.Module, int], ChannelGraph], size: int, runtime: Runtime, **plan: float
+    dense: nn.Module, graph_of: Callable[[nn.Module, int], ChannelGraph], size: int, runtime: Runtime, **plan: Any
 ) -> tuple[nn.Module, Any]:
+    """A pruned copy of ``dense`` planned with ``plan`` (keywords of :meth:`GroupPruner.plan`), and the plan."""
     model = copy.deepcopy(dense)
     pruner = GroupPruner(graph_of(model, size), min_channels=8, runtime=runtime)
     found = pruner.plan(**plan)
@@ -117,8 +132,8 @@ def _tp_ignored(model: nn.Module) -> list[nn.Module]:
     return outs
 
 
-def torch_pruning(dense: nn.Module, x: torch.Tensor, macs_goal: float, round_to: int) -> nn.Module:
-    """Torch-Pruning MetaPruner at ``round_to``, its global ratio bisected to ``macs_goal`` (our MACs count)."""
+def tp_pruner(dense: nn.Module, x: torch.Tensor, round_to: int) -> Callable[[float], nn.Module]:
+    """``ratio -> model``: Torch-Pruning's MetaPruner (BN-scale importance, global ranking) at ``round_to``."""
     import torch_pruning as tp
 
     base = _split_free(copy.deepcopy(dense))
@@ -140,7 +155,13 @@ def torch_pruning(dense: nn.Module, x: torch.Tensor, macs_goal: float, round_to:
             ).step()
         return model.eval()
 
-    lo, hi, best = 0.0, 0.9, (float("inf"), base)
+    return pruned
+
+
+def torch_pruning(dense: nn.Module, x: torch.Tensor, macs_goal: float, round_to: int) -> nn.Module:
+    """Torch-Pruning MetaPruner at ``round_to``, its global ratio bisected to ``macs_goal`` (our MACs count)."""
+    pruned = tp_pruner(dense, x, round_to)
+    lo, hi, best = 0.0, 0.9, (float("inf"), dense)
     for _ in range(7):
         mid = (lo + hi) / 2
         model = pruned(mid)
@@ -148,6 +169,24 @@ def torch_pruning(dense: nn.Module, x: torch.Tensor, macs_goal: float, round_to:
         best = min(best, (abs(macs - macs_goal), model), key=lambda item: item[0])
         lo, hi = (mid, hi) if macs > macs_goal else (lo, mid)
     return best[1]
+
+
+def tp_at_latency(
+    dense: nn.Module, x: torch.Tensor, runtime: Runtime, goal: float, steps: int = 6
+) -> tuple[nn.Module, float]:
+    """Torch-Pruning r8 with its global ratio bisected so that its latency *measured* in ``runtime`` (interleaved
+    against the dense model, 5 rounds) comes closest to ``goal``; the model and that measured fraction."""
+    pruned = tp_pruner(dense, x, 8)
+    dense_runner = runtime.runner(dense, x)
+    lo, hi, best = 0.0, 0.9, (float("inf"), dense, 1.0)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        model = pruned(mid)
+        measured = compare_latency([dense_runner, runtime.runner(model, x)], runtime=runtime, rounds=5).ratios[1]
+        logger.info("TP r8 ratio %.3f: latency x%.3f (goal x%.3f)", mid, measured, goal)
+        best = min(best, (abs(measured - goal), model, measured), key=lambda item: item[0])
+        lo, hi = (mid, hi) if measured > goal else (lo, mid)
+    return best[1], best[2]
 
 
 def _row(
@@ -187,6 +226,25 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
     arms[f"ours onnxruntime, block {wide}"], _ = ours(
         dense, graph_of, size, Runtime("onnxruntime", block=wide), target_macs=TARGET_MACS
     )
+    if args.latency_weights:  # one latency model for every weight: measured once, on a copy of the dense model
+        graph = graph_of(copy.deepcopy(dense), size)
+        latency_model = LatencyModel.measure(
+            graph.model, graph.example_inputs, forward_fn=graph.forward_fn, runtime=Runtime("onnxruntime")
+        )
+    for weight in args.latency_weights:
+        arms[f"ours onnxruntime, latency_weight={weight:g}"], _ = ours(
+            dense,
+            graph_of,
+            size,
+            Runtime("onnxruntime"),
+            target_macs=TARGET_MACS,
+            latency_weight=weight,
+            latency_model=latency_model,
+        )
+    if name in ("yolov8n", "yolo11n"):  # the deployment rewrite: C2f blocks without a Split (same numbers)
+        from grouppruner.integrations.ultralytics import split_free
+
+        arms["ours onnxruntime (default), split-free C2f"] = split_free(arms["ours onnxruntime (default)"])
     goal = count_macs(arms["ours onnxruntime (default)"], x)  # type: ignore[arg-type]
     for round_to in (8, 16):
         try:
@@ -216,6 +274,8 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
                 planned.latency["ratio"],
             )
         rows += _timed_rows(name, size, runtime, dense, x, timed, planned, args.rounds)
+        if planned is not None and args.equal_latency:
+            rows += _equal_latency_rows(name, size, runtime, dense, x, timed["ours target_latency=0.5"], rows[-1])
     eager = {arm: arms[arm] for arm in ("ours torch", "ours onnxruntime (default)")}
     rows += _timed_rows(name, size, Runtime("torch", threads=1), dense, x, eager, None, args.rounds)
     return rows
@@ -248,6 +308,44 @@ def _timed_rows(
     return rows
 
 
+def _equal_latency_rows(
+    name: str,
+    size: int,
+    runtime: Runtime,
+    dense: nn.Module,
+    x: torch.Tensor,
+    ours_model: nn.Module | None,
+    ours_row: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Goal 3: Torch-Pruning r8 bisected to the latency ``ours target_latency=0.5`` measured, then both timed
+    against the dense model in one more comparison; the rows and a verdict on the parameters each keeps."""
+    if ours_model is None or ours_row.get("latency") is None:
+        return []
+    start = time.perf_counter()
+    try:
+        tp_model, _ = tp_at_latency(dense, x, runtime, ours_row["latency"])
+    except Exception as error:  # a baseline that fails on a model is a result, reported as such
+        logger.warning("Torch-Pruning at equal latency failed on %s: %s: %s", name, type(error).__name__, error)
+        return []
+    logger.info(
+        "%s %d, %d threads: TP r8 bisected on latency in %.0f s",
+        name,
+        size,
+        runtime.thread_count(),
+        time.perf_counter() - start,
+    )
+    timed = {"equal latency: ours target_latency=0.5": ours_model, "equal latency: TP r8": tp_model}
+    rows = _timed_rows(name, size, runtime, dense, x, timed, None, 15)
+    mine, theirs = rows
+    verdict = (
+        f"{name} {size}, {runtime.thread_count()} thread(s), equal measured latency (x{mine['latency']:.3f} / "
+        f"x{theirs['latency']:.3f}): ours keeps {mine['params']:.3f} vs TP {theirs['params']:.3f} of the params"
+    )
+    print(verdict, flush=True)
+    mine["verdict"] = verdict
+    return rows
+
+
 HEADER = (
     "| model | input | runtime | threads | dense ms | arm | params kept | MACs kept | latency kept "
     "| latency cut / MACs cut | load |\n|---|---|---|---|---|---|---|---|---|---|---|"
@@ -271,6 +369,13 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="run one busy process beside the measurement")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per comparison")
     parser.add_argument("--models", nargs="*", help="a subset of the models")
+    parser.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="onnxruntime thread counts")
+    parser.add_argument(
+        "--latency-weights", type=float, nargs="*", default=[1.0, 2.0], help="ours at these latency_weight values"
+    )
+    parser.add_argument(
+        "--no-equal-latency", dest="equal_latency", action="store_false", help="skip the equal-latency comparison"
+    )
     parser.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -292,17 +397,21 @@ def main() -> None:
         HEADER,
     ]
     print("\n".join(lines), flush=True)
+    verdicts: list[str] = []
     try:
         for name, size in plan:
             try:
-                rows = run_model(name, size, [1, 2], args)
+                rows = run_model(name, size, args.threads, args)
             except Exception as error:  # one model failing must not hide the others' numbers
                 logger.warning("%s %d failed: %s: %s", name, size, type(error).__name__, str(error)[:300])
                 continue
             lines += [format_row(row) for row in rows]
+            verdicts += [row["verdict"] for row in rows if "verdict" in row]
     finally:
         if busy is not None:
             busy.kill()
+    if verdicts:
+        lines += ["", *(f"- {verdict}" for verdict in verdicts)]
     if args.write_docs:
         marker = f"<!-- runtime-latency{' busy' if args.busy else ''} -->"
         text = DOCS.read_text()

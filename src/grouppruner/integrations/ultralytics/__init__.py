@@ -16,8 +16,8 @@ Modules, one idea each: :mod:`.model` (which module of a YOLO is pruned, its cha
 :mod:`.trainer` (trainer subclasses: gradient hooks after ``unscale_``, fine-tuning a pruned model instead of a
 rebuilt one), :mod:`.callbacks` (:class:`SparseTraining`, :class:`Distillation`: the stages as trainer
 callbacks that survive Ultralytics' DDP launcher), :mod:`.distill` (the output-level term for the anchor-free
-head), :mod:`.flow` (:func:`compress`: the run folder, resume, option changes) and :mod:`.cli` (``grouppruner
-yolo``).
+head), :mod:`.deploy` (:func:`split_free`: C2f blocks without a ``Split``, for onnxruntime), :mod:`.flow`
+(:func:`compress`: the run folder, resume, option changes) and :mod:`.cli` (``grouppruner yolo``).
 
 Importing this package works without Ultralytics; the first use of one of its names raises
 :class:`~grouppruner.MissingExtraError` naming the extra to install.
@@ -33,6 +33,7 @@ from ._require import require_ultralytics
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .callbacks import Distillation, SparseTraining
     from .checkpoint import is_pruned, load, save
+    from .deploy import SplitFreeC2f, split_free
     from .distill import HeadDistillLoss
     from .flow import STAGES, CompressResult, StageRecord, compress
     from .model import channel_graph, detection_model, prune
@@ -45,6 +46,8 @@ _EXPORTS = {
     "is_pruned": "checkpoint",
     "load": "checkpoint",
     "save": "checkpoint",
+    "SplitFreeC2f": "deploy",
+    "split_free": "deploy",
     "HeadDistillLoss": "distill",
     "STAGES": "flow",
     "CompressResult": "flow",
@@ -72,6 +75,7 @@ __all__ = [
     "PoseTrainer",
     "SegmentationTrainer",
     "SparseTraining",
+    "SplitFreeC2f",
     "StageRecord",
     "channel_graph",
     "compress",
@@ -83,6 +87,7 @@ __all__ = [
     "prune",
     "require_ultralytics",
     "save",
+    "split_free",
     "trainer_class",
 ]
 

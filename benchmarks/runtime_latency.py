@@ -19,7 +19,8 @@ yaml), yolov4-tiny (its darknet cfg from tests/data), YOLOv4 with CSPDarknet53 a
 - ``TP r8`` / ``TP r16``: Torch-Pruning's MetaPruner (BN-scale importance, global ranking) with ``round_to`` 8 / 16,
   its ratio bisected to the MACs of ``ours onnxruntime`` (the fair baseline);
 - ``ours target_latency=0.5``: planned in onnxruntime at the thread count of the row, measured and corrected
-  (the value measured while planning is shown too).
+  (the value measured while planning is shown too); ``ours target_latency=0.5, latency_weight=W`` the same with the
+  first of ``--latency-weights``.
 
 Each (model, threads) row times the dense model and all arms interleaved in onnxruntime
 (:func:`grouppruner.runtime.compare_latency`: the models take turns, per round the fastest of 3 calls, medians of
@@ -27,11 +28,11 @@ per-round ratios); one more comparison times the dense model, ``ours torch`` and
 1 thread (what the default costs a model that stays in PyTorch). At equal measured latency (the issue's third
 goal), per (model, threads): Torch-Pruning r8's ratio is bisected so that its latency measured in onnxruntime
 (interleaved against the dense model, 5 rounds a step) matches what ``ours target_latency=0.5`` measured in the
-row's comparison; both are then timed once more against the dense model (rows ``equal latency: ...``) and a
-verdict line gives the parameters each keeps (``--no-equal-latency`` skips it). Printed per arm: params and MACs
-kept, latency kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0: latency falls as much as MACs),
-the load average. ``--busy`` starts one busy process (a Python spin loop) beside the measurement.
-``--write-docs`` replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of
+row's comparison; it and both ``target_latency`` arms are then timed once more against the dense model (rows
+``equal latency: ...``) and a verdict line gives the parameters each keeps (``--no-equal-latency`` skips it).
+Printed per arm: params and MACs kept, latency kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0:
+latency falls as much as MACs), the load average. ``--busy`` starts one busy process (a Python spin loop) beside
+the measurement. ``--write-docs`` replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of
 docs/benchmarks.md with the table.
 
 Run: ``nice -n 10 python benchmarks/runtime_latency.py [--quick] [--busy] [--models M ...] [--threads 1 2]
@@ -259,25 +260,32 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
     for threads in threads_list:
         runtime = Runtime("onnxruntime", threads=threads)
         timed = dict(arms)
-        planned = None
+        planned: dict[str, Any] = {}
         if name in ("yolov8n", "yolo11n") or not args.quick:
-            start = time.perf_counter()
-            timed["ours target_latency=0.5"], planned = ours(
-                dense, graph_of, size, runtime, target_latency=TARGET_LATENCY
-            )
-            logger.info(
-                "%s %d, %d threads: target_latency planned in %.0f s, measured in planning %.3f",
-                name,
-                size,
-                threads,
-                time.perf_counter() - start,
-                planned.latency["ratio"],
-            )
-        rows += _timed_rows(name, size, runtime, dense, x, timed, planned, args.rounds)
-        if planned is not None and args.equal_latency:
-            rows += _equal_latency_rows(name, size, runtime, dense, x, timed["ours target_latency=0.5"], rows[-1])
+            weights = [0.0, *args.latency_weights[:1]]  # the default, and the first weight at equal latency
+            for weight in weights:
+                arm = "ours target_latency=0.5" + (f", latency_weight={weight:g}" if weight else "")
+                start = time.perf_counter()
+                timed[arm], planned[arm] = ours(
+                    dense, graph_of, size, runtime, target_latency=TARGET_LATENCY, latency_weight=weight
+                )
+                logger.info(
+                    "%s %d, %d threads: %s planned in %.0f s, measured in planning %.3f",
+                    name,
+                    size,
+                    threads,
+                    arm,
+                    time.perf_counter() - start,
+                    planned[arm].latency["ratio"],
+                )
+        table = _timed_rows(name, size, runtime, dense, x, timed, planned, args.rounds)
+        rows += table
+        if planned and args.equal_latency:
+            mine = {arm: timed[arm] for arm in planned}
+            goal = next(row for row in table if row["arm"] == "ours target_latency=0.5").get("latency")
+            rows += _equal_latency_rows(name, size, runtime, dense, x, mine, goal)
     eager = {arm: arms[arm] for arm in ("ours torch", "ours onnxruntime (default)")}
-    rows += _timed_rows(name, size, Runtime("torch", threads=1), dense, x, eager, None, args.rounds)
+    rows += _timed_rows(name, size, Runtime("torch", threads=1), dense, x, eager, {}, args.rounds)
     return rows
 
 
@@ -288,10 +296,11 @@ def _timed_rows(
     dense: nn.Module,
     x: torch.Tensor,
     timed: dict[str, nn.Module | None],
-    planned: Any,
+    planned: dict[str, Any],
     rounds: int,
 ) -> list[dict[str, Any]]:
-    """One interleaved comparison of the dense model and the arms in ``runtime``, as table rows."""
+    """One interleaved comparison of the dense model and the arms in ``runtime``, as table rows (``planned``:
+    per ``target_latency`` arm its plan, whose fraction measured while planning is shown)."""
     present = {arm: model for arm, model in timed.items() if model is not None}
     runners = [runtime.runner(dense, x)] + [runtime.runner(model, x) for model in present.values()]
     heavy = count_macs(dense, x) > 5e9  # YOLOv4 at 416: fewer, single calls
@@ -301,8 +310,8 @@ def _timed_rows(
     for arm, model in timed.items():
         row = _row(name, size, runtime.thread_count(), arm, model, dense, x, ratios.get(arm))
         row.update(runtime=runtime.name, load=result.load_average[1], dense_ms=result.seconds[0] * 1e3)
-        if planned is not None and arm.startswith("ours target_latency"):
-            row["planned"] = planned.latency["ratio"]
+        if arm in planned:
+            row["planned"] = planned[arm].latency["ratio"]
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -314,35 +323,34 @@ def _equal_latency_rows(
     runtime: Runtime,
     dense: nn.Module,
     x: torch.Tensor,
-    ours_model: nn.Module | None,
-    ours_row: dict[str, Any],
+    mine: dict[str, nn.Module | None],
+    goal: float | None,
 ) -> list[dict[str, Any]]:
-    """Goal 3: Torch-Pruning r8 bisected to the latency ``ours target_latency=0.5`` measured, then both timed
-    against the dense model in one more comparison; the rows and a verdict on the parameters each keeps."""
-    if ours_model is None or ours_row.get("latency") is None:
+    """Goal 3: Torch-Pruning r8 bisected to ``goal``, the latency ``ours target_latency=0.5`` measured, then timed
+    with ``mine`` against the dense model in one more comparison; the rows and a verdict on the parameters kept."""
+    if goal is None:
         return []
     start = time.perf_counter()
     try:
-        tp_model, _ = tp_at_latency(dense, x, runtime, ours_row["latency"])
+        tp_model, _ = tp_at_latency(dense, x, runtime, goal)
     except Exception as error:  # a baseline that fails on a model is a result, reported as such
         logger.warning("Torch-Pruning at equal latency failed on %s: %s: %s", name, type(error).__name__, error)
         return []
+    threads = runtime.thread_count()
     logger.info(
-        "%s %d, %d threads: TP r8 bisected on latency in %.0f s",
-        name,
-        size,
-        runtime.thread_count(),
-        time.perf_counter() - start,
+        "%s %d, %d threads: TP r8 bisected on latency in %.0f s", name, size, threads, time.perf_counter() - start
     )
-    timed = {"equal latency: ours target_latency=0.5": ours_model, "equal latency: TP r8": tp_model}
-    rows = _timed_rows(name, size, runtime, dense, x, timed, None, 15)
-    mine, theirs = rows
+    timed = {f"equal latency: {arm}": model for arm, model in mine.items()}
+    timed["equal latency: TP r8"] = tp_model
+    rows = _timed_rows(name, size, runtime, dense, x, timed, {}, 15)
+    ours_rows, tp_row = [row for row in rows if not row.get("failed")][:-1], rows[-1]
+    kept = ", ".join(f"{row['params']:.3f} (x{row['latency']:.3f}, {row['arm'][15:]})" for row in ours_rows)
     verdict = (
-        f"{name} {size}, {runtime.thread_count()} thread(s), equal measured latency (x{mine['latency']:.3f} / "
-        f"x{theirs['latency']:.3f}): ours keeps {mine['params']:.3f} vs TP {theirs['params']:.3f} of the params"
+        f"{name} {size}, {threads} thread(s), equal measured latency: ours keeps {kept} vs TP "
+        f"{tp_row['params']:.3f} (x{tp_row['latency']:.3f}) of the params"
     )
     print(verdict, flush=True)
-    mine["verdict"] = verdict
+    rows[0]["verdict"] = verdict
     return rows
 
 

@@ -19,6 +19,7 @@ from grouppruner.integrations import ultralytics as gpu  # noqa: E402
 IMGSZ = 64
 
 
+@pytest.mark.slow  # a prune and two exports per model: 2-5 s each
 @pytest.mark.parametrize(
     ("cfg", "pruned"), [("yolov8n.yaml", True), ("yolo11n.yaml", True), ("yolov8n-seg.yaml", False)]
 )

@@ -96,7 +96,8 @@ class DistillCriterion:
 
     Set as ``model.criterion`` of the student, it is what ``model.loss(batch, preds)`` calls inside the
     trainer's forward (under its autocast, inside DDP's forward): the teacher sees ``batch["img"]`` as the
-    student did. With ``active`` false the teacher is not run and both terms are 0 (the schedule's last epochs). Returns the stock loss vector with the two terms appended (times the batch size, as the stock
+    student did. With ``active`` false the teacher is not run and both terms are 0 (the schedule's last
+    epochs). Returns the stock loss vector with the two terms appended (times the batch size, as the stock
     terms are) and their detached values under ``"att"`` and ``"kd"``.
 
     Args:

@@ -28,6 +28,7 @@ run writes, the validation runs included, goes under ``out/``.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from .callbacks import Distillation, SparseTraining
 from .checkpoint import load, save
 from .checks import as_yolo, check_data, check_trainer_keywords
 from .model import check_budget, detection_model, example_input, head, prune
+from .search import YoloPlanSearch
 from .trainer import trainer_class
 
 __all__ = [
@@ -81,6 +83,7 @@ STAGE_OF_OPTION: dict[str, str] = {
     "min_channels": "pruned",
     "round_to": "pruned",
     "runtime": "pruned",
+    "search_candidates": "pruned",
     "finetune_epochs": "finetuned",
     "recover_epochs": "recovered",
     "distill_attention": "recovered",
@@ -203,6 +206,7 @@ class _Settings:
     min_channels: int
     round_to: int | None
     runtime: str | None
+    search_candidates: int
     finetune_epochs: int
     recover_epochs: int
     distill: dict[str, float]
@@ -254,11 +258,14 @@ class _Run:
     def pruned(self) -> dict[str, Any]:
         s = self.settings
         model = load(self.path("sparse"))
-        plan = prune(
-            model, imgsz=s.imgsz, min_channels=s.min_channels, round_to=s.round_to, runtime=s.runtime, **s.budget
-        )
+        search = None
+        if s.search_candidates:
+            search = YoloPlanSearch.for_run(self.out, s.data, s.search_candidates, s.trainer_kwargs, s.sparse_epochs)
+        options = {"min_channels": s.min_channels, "round_to": s.round_to, "runtime": s.runtime, **s.budget}
+        plan = prune(model, imgsz=s.imgsz, search=search, **options)
         save(model, self.path("pruned"))
-        return {"params_ratio": plan.params_ratio, "macs_ratio": plan.macs_ratio}
+        extra: dict[str, Any] = {"params_ratio": plan.params_ratio, "macs_ratio": plan.macs_ratio}
+        return {**extra, "search": search.summary} if search else extra
 
     def finetuned(self) -> dict[str, Any]:
         epochs = self.settings.finetune_epochs
@@ -391,6 +398,7 @@ def compress(
     min_channels: int = 8,
     round_to: int | None = None,
     runtime: str | None = None,
+    search_candidates: int = 0,
     **trainer_kwargs: Any,
 ) -> CompressResult:
     """Sparse-train, prune, fine-tune and distil an Ultralytics YOLO with its own trainer; resumable.
@@ -417,6 +425,12 @@ def compress(
         min_channels: passed to :func:`~.model.prune`.
         round_to: passed to :func:`~.model.prune`.
         runtime: passed to :func:`~.model.prune`: the runtime the model ships on (default ``"onnxruntime"``).
+        search_candidates: the pruned stage chooses its plan among this many plans of the budget by measured
+            accuracy (:class:`~.search.YoloPlanSearch`: BatchNorm statistics recomputed and Ultralytics' validator
+            run on a fixed sample of the data.yaml's **train** split, never the val split the stages report on;
+            resumable in ``out/search``); its record (``extra["search"]``: the chosen candidate, its score, the
+            solver plan's score, the cost of a candidate against a sparse-training epoch) goes into
+            ``results.json``. 0 (default, until measured): the solver's plan.
         **trainer_kwargs: passed to the Ultralytics trainer as they are (``batch``, ``device``, ``workers``,
             ``amp``, ``lr0``, ``optimizer`` (default :data:`DEFAULT_OPTIMIZER` for every stage), augmentation,
             ``verbose`` (``False``: neither Ultralytics nor compress() prints its progress), ...), except those
@@ -440,7 +454,11 @@ def compress(
     given: dict[str, Any] = {k: v for k, v in budgets.items() if v is not None}
     if len(given) != 1:
         raise InvalidOptionError(f"compress needs exactly one of {list(budgets)}, got {sorted(given) or 'none'}")
-    for name, value in (("sparse_epochs", sparse_epochs), ("recover_epochs", recover_epochs)):
+    for name, value in (
+        ("sparse_epochs", sparse_epochs),
+        ("recover_epochs", recover_epochs),
+        ("search_candidates", search_candidates),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidOptionError(f"{name} must be an int >= 0, got {value!r}")
     distill = distill_attention > 0 or distill_output > 0
@@ -471,6 +489,7 @@ def compress(
         min_channels,
         round_to,
         runtime,
+        search_candidates,
         finetune_epochs,
         recover_epochs,
         weights,
@@ -489,6 +508,7 @@ def compress(
             "min_channels": min_channels,
             "round_to": round_to,
             "runtime": runtime,
+            "search_candidates": search_candidates,
             "finetune_epochs": finetune_epochs,
             "recover_epochs": recover_epochs,
             "distill_attention": distill_attention,
@@ -517,7 +537,13 @@ def _task_of(model: torch.nn.Module) -> str:
 
 def _first_changed(previous: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
     keys = (set(previous) | set(options)) - _NOT_STAGE_OPTIONS
-    changed = sorted(k for k in keys if previous.get(k) != options.get(k))
+    # An option added since the folder was written changes nothing while it keeps its default (the old behaviour).
+    defaults = {
+        name: _jsonable(p.default)
+        for name, p in inspect.signature(compress).parameters.items()
+        if p.default is not p.empty and name not in previous
+    }
+    changed = sorted(k for k in keys if previous.get(k, defaults.get(k)) != options.get(k))
     if not changed:
         return None
     first = min((STAGE_OF_OPTION.get(k, "sparse") for k in changed), key=STAGES.index)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..._utils.errors import DataError, InvalidOptionError
 from ..._utils.io import atomic_write
@@ -344,7 +345,7 @@ def _dataset(spec: dict[str, Any], split: str, task: str, imgsz: int, stride: in
     from ultralytics.data import build_yolo_dataset
 
     cfg = get_cfg(overrides={"task": task, "imgsz": imgsz})
-    dataset = build_yolo_dataset(cfg, spec[split], _CALIBRATION_BATCH, spec, mode="val", stride=stride, fraction=1.0)
+    dataset = build_yolo_dataset(cfg, spec[split], _CALIBRATION_BATCH, spec, mode="val", stride=stride)
     if len(dataset) == 0:
         raise DataError(f"{spec.get('yaml_file')}: the {split!r} split holds no image Ultralytics can read")
     return dataset
@@ -352,11 +353,10 @@ def _dataset(spec: dict[str, Any], split: str, task: str, imgsz: int, stride: in
 
 def _calibration_batches(sample: Path, task: str, imgsz: int, stride: int) -> list[torch.Tensor]:
     """The sample's calibration images as uint8 ``(N, 3, imgsz, imgsz)`` batches (square: one shape for all)."""
-    from ultralytics.data import build_dataloader
     from ultralytics.data.utils import check_det_dataset
 
     dataset = _dataset(check_det_dataset(str(sample)), "train", task, imgsz, stride)
-    loader = build_dataloader(dataset, _CALIBRATION_BATCH, 0, shuffle=False, pin_memory=False)
+    loader = DataLoader(dataset, batch_size=_CALIBRATION_BATCH, shuffle=False, collate_fn=dataset.collate_fn)
     return [batch["img"] for batch in loader]
 
 

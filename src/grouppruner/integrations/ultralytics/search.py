@@ -24,6 +24,7 @@ The folder holds:
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -200,7 +201,8 @@ class YoloPlanSearch:
         def evaluate(model: nn.Module) -> float:
             prepare(model)
             validator = validator_class(dataloader=loader[0], save_dir=self.folder / "val", args=args)
-            validator(model=model)
+            # On a copy: the validator fuses BatchNorms into the convs, and the search still measures the candidate.
+            validator(model=copy.deepcopy(model))
             loader[0] = validator.dataloader
             return float(validator.metrics.fitness)
 

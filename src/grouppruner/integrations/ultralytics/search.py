@@ -18,7 +18,7 @@ The folder holds:
   folder starts over;
 - ``search.json``: the :class:`~grouppruner.pruning.PlanSearch` state, written after every candidate: a run killed
   mid-search continues where it stopped and chooses the same plan; a state from other weights or other search
-  settings is started over, with a warning;
+  settings is started over (logged);
 - ``val/``: the validator's folder.
 """
 
@@ -269,7 +269,7 @@ class YoloPlanSearch:
         if record.is_file() and yaml_path.is_file() and json.loads(record.read_text(encoding="utf-8")) == scoring:
             return yaml_path, len(scored)
         if record.is_file():
-            logger.warning("plan search: %s scored other images; starting the search over", self.folder)
+            logger.info("plan search: %s scored another sample or image size; starting over", self.folder)
         for stale in (root, self.folder / "val"):
             shutil.rmtree(stale, ignore_errors=True)
         (self.folder / _STATE).unlink(missing_ok=True)
@@ -303,7 +303,7 @@ class YoloPlanSearch:
         try:
             search.load_state_dict(json.loads(state.read_text(encoding="utf-8")))
         except (InvalidOptionError, ValueError, KeyError, TypeError) as error:
-            logger.warning("plan search: %s cannot be resumed (%s); starting the search over", state, error)
+            logger.info("plan search: %s cannot be resumed (%s); starting the search over", state, error)
             state.unlink()
         search.records = []  # run() reads the file again
 

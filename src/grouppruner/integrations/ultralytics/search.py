@@ -89,8 +89,8 @@ class YoloPlanSearch:
             ``solver_score``, ``scores`` (``"index:kind"`` -> score, ``None`` for a candidate no plan met),
             ``widths`` (the chosen plan's channels per layer group), the sample sizes, and the cost: ``seconds``
             (all candidates, a resumed run's earlier ones included), ``setup_seconds`` (sampling, loading the
-            calibration batches), ``seconds_per_candidate``, ``epoch_seconds`` and ``candidate_per_epoch`` (their
-            ratio; ``None`` without ``epoch_seconds``).
+            calibration batches), ``seconds_per_candidate`` (the mean of the scored ones), ``epoch_seconds`` and
+            ``candidate_per_epoch`` (their ratio; ``None`` without ``epoch_seconds``).
 
     Raises:
         InvalidOptionError: a bad value, naming the option.
@@ -308,7 +308,9 @@ class YoloPlanSearch:
         search.records = []  # run() reads the file again
 
     def _summarise(self, result: SearchResult, setup: float, scored: int, calibration_batches: int) -> dict[str, Any]:
-        per = result.seconds / max(len(result.records), 1)
+        # A candidate no plan meets costs only its planning: the cost of one is that of a scored one.
+        scored_records = [r for r in result.records if r.score is not None]
+        per = sum(r.total_seconds for r in scored_records) / len(scored_records)
         solver = next((r.score for r in result.records if r.kind == "solver"), None)
         return {
             "candidates": len(result.records),

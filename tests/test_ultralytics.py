@@ -204,6 +204,62 @@ def test_distill_criterion_appends_terms(data: Path) -> None:
     assert set(items) == {*stock_items, "att", "kd"}
     assert float(items["att"]) == pytest.approx(0.0, abs=1e-6)  # same weights: identical attention maps
 
+    # Switched off (the schedule's last epochs): the stock loss with zero terms, and the teacher is not run.
+    teacher.forward = None  # type: ignore[assignment, method-assign]
+    criterion.active = False
+    loss, items = criterion(preds, batch)
+    torch.testing.assert_close(loss, torch.cat([stock_loss.flatten(), torch.zeros(2)]))
+    assert float(items["kd"]) == 0.0
+
+
+def test_distillation_is_off_for_the_last_epochs(tmp_path: Path) -> None:
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")
+    callback = gpu.Distillation(teacher, off_epochs=2)
+    callback._distilling = SimpleNamespace(active=True)  # type: ignore[assignment]
+    seen = []
+    for epoch in range(6):
+        callback.on_train_epoch_start(SimpleNamespace(epoch=epoch, epochs=6))
+        seen.append(callback._distilling.active)  # type: ignore[union-attr]
+    assert seen == [True, True, True, True, False, False]
+    callback.on_train_epoch_start(SimpleNamespace(epoch=1, epochs=6))  # a resumed run lands on the right side
+    assert callback._distilling.active  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="off_epochs"):
+        gpu.Distillation(teacher, off_epochs=-1)
+
+
+def test_distill_off_epochs_must_leave_distillation(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(gp.InvalidOptionError, match="distill_off_epochs=4 leaves no distillation epoch of the 4"):
+        gpu.compress(
+            YOLO("yolov8n.yaml"),
+            data=data,
+            target_macs=0.5,
+            recover_epochs=8,
+            distill_off_epochs=4,
+            out=tmp_path / "run",
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_cluttered_data_separates_shape_and_colour(tmp_path: Path) -> None:
+    from PIL import Image
+
+    yaml_path = gpu.make_cluttered_yolo(tmp_path / "a", 16, image_size=96, num_classes=8, seed=3)
+    again = gpu.make_cluttered_yolo(tmp_path / "b", 16, image_size=96, num_classes=8, seed=3)
+    assert check_data(yaml_path, 8) == yaml_path
+    labels = sorted((tmp_path / "a" / "labels").rglob("*.txt"))
+    assert len(labels) == 16 and len(list((tmp_path / "a" / "images").rglob("*.png"))) == 16
+    rows = np.array([[float(v) for v in line.split()] for f in labels for line in f.read_text().splitlines()])
+    assert rows.shape[1] == 5 and set(rows[:, 0].astype(int)) <= set(range(8))
+    assert (rows[:, 3:] >= 0.06 - 1e-4).all() and (rows[:, 3:] <= 0.3 + 1e-4).all()  # small objects
+    assert (rows[:, 1:3] - rows[:, 3:] / 2 >= -1e-4).all() and (rows[:, 1:3] + rows[:, 3:] / 2 <= 1 + 1e-4).all()
+    first = np.asarray(Image.open(tmp_path / "a" / "images" / "train" / "00000.png"))
+    same = np.asarray(Image.open(tmp_path / "b" / "images" / "train" / "00000.png"))
+    np.testing.assert_array_equal(first, same)  # seeded
+    assert "0: rectangle0" in yaml_path.read_text() and "7: cross1" in yaml_path.read_text()
+    with pytest.raises(ValueError, match="num_classes must be in 1..8"):
+        gpu.make_cluttered_yolo(tmp_path / "c", 16, num_classes=9)
+
 
 # ---------------------------------------------------------------------------------------------- bad inputs
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .flow import STAGES, CompressResult, StageRecord, compress
     from .model import channel_graph, detection_model, prune
     from .search import YoloPlanSearch
-    from .synthetic import make_synthetic_yolo
+    from .synthetic import make_cluttered_yolo, make_synthetic_yolo
     from .trainer import DetectionTrainer, OBBTrainer, PoseTrainer, SegmentationTrainer, trainer_class
 
 _EXPORTS = {
@@ -56,6 +56,7 @@ _EXPORTS = {
     "detection_model": "model",
     "prune": "model",
     "YoloPlanSearch": "search",
+    "make_cluttered_yolo": "synthetic",
     "make_synthetic_yolo": "synthetic",
     "DetectionTrainer": "trainer",
     "OBBTrainer": "trainer",
@@ -81,6 +82,7 @@ __all__ = [
     "detection_model",
     "is_pruned",
     "load",
+    "make_cluttered_yolo",
     "make_synthetic_yolo",
     "prune",
     "require_ultralytics",

@@ -170,20 +170,37 @@ class Distillation:
         attention: weight of the attention term on the neck outputs feeding the head.
         output: weight of the output term (class logits and DFL distributions).
         temperature: softening temperature of the output term.
+        off_epochs: the last ``off_epochs`` epochs of the run train with the stock loss alone (distillation off
+            while the learning rate anneals, as RTMDet switches its extra terms off when mosaic closes).
     """
 
     def __init__(
-        self, teacher: str | os.PathLike[str], *, attention: float = 1.0, output: float = 1.0, temperature: float = 3.0
+        self,
+        teacher: str | os.PathLike[str],
+        *,
+        attention: float = 1.0,
+        output: float = 1.0,
+        temperature: float = 3.0,
+        off_epochs: int = 0,
     ) -> None:
         self.teacher = str(teacher)
         if not Path(self.teacher).is_file():
             raise FileNotFoundError(f"{self.teacher}: no such teacher checkpoint")
         HeadDistillLoss(16, attention=attention, output=output, temperature=temperature)  # checks the values
+        if isinstance(off_epochs, bool) or not isinstance(off_epochs, int) or off_epochs < 0:
+            raise ValueError(f"Distillation: off_epochs must be an int >= 0, got {off_epochs!r}")
         self.attention, self.output, self.temperature = attention, output, temperature
+        self.off_epochs = off_epochs
+        self._distilling: DistillCriterion | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DDP pickles the callbacks before training starts; a loaded teacher never travels.
+        return {**self.__dict__, "_distilling": None}
 
     def attach(self, target: Any) -> None:
         """Register on a ``YOLO`` object or a trainer (``add_callback``)."""
         target.add_callback("on_pretrain_routine_end", self.on_pretrain_routine_end)
+        target.add_callback("on_train_epoch_start", self.on_train_epoch_start)
         target.add_callback("on_train_end", self.on_train_end)
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
@@ -201,8 +218,24 @@ class Distillation:
             head(student).reg_max, attention=self.attention, output=self.output, temperature=self.temperature
         )
         base = student.criterion if getattr(student, "criterion", None) is not None else student.init_criterion()
-        student.criterion = DistillCriterion(base, teacher, terms)
-        logger.info("distilling from %s (attention %g, output %g)", self.teacher, self.attention, self.output)
+        self._distilling = DistillCriterion(base, teacher, terms)
+        student.criterion = self._distilling
+        logger.info(
+            "distilling from %s (attention %g, output %g, off for the last %d epochs)",
+            self.teacher,
+            self.attention,
+            self.output,
+            self.off_epochs,
+        )
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        """Switch to the stock loss for the last ``off_epochs`` epochs (a resumed run lands on the same side)."""
+        if self._distilling is None:
+            return
+        active = int(trainer.epoch) < int(trainer.epochs) - self.off_epochs
+        if self._distilling.active and not active:
+            logger.info("epoch %d: distillation off, the stock loss alone", int(trainer.epoch) + 1)
+        self._distilling.active = active
 
     def on_train_end(self, trainer: Any) -> None:
         """Give the student back its own criterion (the teacher is released)."""

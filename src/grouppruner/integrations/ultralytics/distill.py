@@ -96,7 +96,7 @@ class DistillCriterion:
 
     Set as ``model.criterion`` of the student, it is what ``model.loss(batch, preds)`` calls inside the
     trainer's forward (under its autocast, inside DDP's forward): the teacher sees ``batch["img"]`` as the
-    student did. Returns the stock loss vector with the two terms appended (times the batch size, as the stock
+    student did. With ``active`` false the teacher is not run and both terms are 0 (the schedule's last epochs). Returns the stock loss vector with the two terms appended (times the batch size, as the stock
     terms are) and their detached values under ``"att"`` and ``"kd"``.
 
     Args:
@@ -109,15 +109,20 @@ class DistillCriterion:
         self.base = base
         self.teacher = teacher
         self.terms = terms
+        self.active = True
 
     def __getattr__(self, name: str) -> Any:
         # Ultralytics calls criterion.update() (and may read other attributes) on the stock criterion.
-        if name in ("base", "teacher", "terms"):
+        if name in ("base", "teacher", "terms", "active"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         loss, items = self.base(preds, batch)
+        if not self.active:  # the same loss vector (the trainer's running means keep their length), terms at 0
+            zero = loss.new_zeros(())
+            extra = torch.stack([zero, zero])
+            return torch.cat([loss.flatten(), extra]), {**items, "att": zero, "kd": zero}
         with torch.no_grad():
             self.teacher.eval()  # nothing may put it back in train mode (its BatchNorm statistics are final)
             teacher_preds = self.teacher(batch["img"])

@@ -28,7 +28,6 @@ run writes, the validation runs included, goes under ``out/``.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import os
@@ -89,7 +88,12 @@ STAGE_OF_OPTION: dict[str, str] = {
     "distill_attention": "recovered",
     "distill_output": "recovered",
     "distill_temperature": "recovered",
+    "distill_off_epochs": "recovered",
 }
+
+#: Options added after run folders of this format were first written, with the value an older run behaved as:
+#: an earlier run's record without them counts as unchanged while they keep that value.
+_ADDED_OPTIONS: dict[str, Any] = {"distill_off_epochs": 0, "search_candidates": 0}
 
 #: Trainer keywords that change where or how verbosely a run trains, not what it computes.
 _NOT_STAGE_OPTIONS = frozenset({"device", "workers", "verbose", "plots", "exist_ok"})
@@ -210,6 +214,7 @@ class _Settings:
     finetune_epochs: int
     recover_epochs: int
     distill: dict[str, float]
+    distill_off_epochs: int
     trainer_kwargs: dict[str, Any]
 
 
@@ -282,8 +287,9 @@ class _Run:
             shutil.copyfile(self.path("finetuned"), self.path("recovered"))
             return {}
         distill = s.distill if s.distill["attention"] > 0 or s.distill["output"] > 0 else None
-        callback = Distillation(self.path("dense"), **distill) if distill else None
-        stamp = {"distill": distill} if distill else {}
+        off = s.distill_off_epochs
+        callback = Distillation(self.path("dense"), **distill, off_epochs=off) if distill else None
+        stamp = {"distill": distill, **({"distill_off_epochs": off} if off else {})} if distill else {}
         save(load(self.train("finetuned", "recovered", epochs, stamp, callback)).model, self.path("recovered"))
         return {"optimizer": s.trainer_kwargs["optimizer"], "distilled": distill is not None}
 
@@ -395,6 +401,7 @@ def compress(
     distill_attention: float = 1.0,
     distill_output: float = 1.0,
     distill_temperature: float = 3.0,
+    distill_off_epochs: int = 0,
     min_channels: int = 8,
     round_to: int | None = None,
     runtime: str | None = None,
@@ -422,6 +429,7 @@ def compress(
         distill_attention: :class:`~.callbacks.Distillation`'s attention weight (both weights 0: no distillation).
         distill_output: its output-term weight.
         distill_temperature: its temperature.
+        distill_off_epochs: the last epochs of the distillation stage that train with the stock loss alone.
         min_channels: passed to :func:`~.model.prune`.
         round_to: passed to :func:`~.model.prune`.
         runtime: passed to :func:`~.model.prune`: the runtime the model ships on (default ``"onnxruntime"``).
@@ -454,11 +462,13 @@ def compress(
     given: dict[str, Any] = {k: v for k, v in budgets.items() if v is not None}
     if len(given) != 1:
         raise InvalidOptionError(f"compress needs exactly one of {list(budgets)}, got {sorted(given) or 'none'}")
-    for name, value in (
+    epoch_counts = (
         ("sparse_epochs", sparse_epochs),
         ("recover_epochs", recover_epochs),
+        ("distill_off_epochs", distill_off_epochs),
         ("search_candidates", search_candidates),
-    ):
+    )
+    for name, value in epoch_counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidOptionError(f"{name} must be an int >= 0, got {value!r}")
     distill = distill_attention > 0 or distill_output > 0
@@ -467,6 +477,11 @@ def compress(
     if not 0 <= finetune_epochs <= recover_epochs:
         raise InvalidOptionError(
             f"finetune_epochs must be in [0, recover_epochs={recover_epochs}], got {finetune_epochs}"
+        )
+    if distill and distill_off_epochs and distill_off_epochs >= recover_epochs - finetune_epochs:
+        raise InvalidOptionError(
+            f"distill_off_epochs={distill_off_epochs} leaves no distillation epoch of the "
+            f"{recover_epochs - finetune_epochs} after fine-tuning; give fewer"
         )
     trainer_kwargs = {"optimizer": DEFAULT_OPTIMIZER, **trainer_kwargs}
     check_trainer_keywords(trainer_kwargs)
@@ -493,6 +508,7 @@ def compress(
         finetune_epochs,
         recover_epochs,
         weights,
+        distill_off_epochs,
         trainer_kwargs,
     )
     options = _jsonable(
@@ -514,6 +530,7 @@ def compress(
             "distill_attention": distill_attention,
             "distill_output": distill_output,
             "distill_temperature": distill_temperature,
+            "distill_off_epochs": distill_off_epochs,
             **trainer_kwargs,
         }
     )
@@ -537,13 +554,7 @@ def _task_of(model: torch.nn.Module) -> str:
 
 def _first_changed(previous: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
     keys = (set(previous) | set(options)) - _NOT_STAGE_OPTIONS
-    # An option added since the folder was written changes nothing while it keeps its default (the old behaviour).
-    defaults = {
-        name: _jsonable(p.default)
-        for name, p in inspect.signature(compress).parameters.items()
-        if p.default is not p.empty and name not in previous
-    }
-    changed = sorted(k for k in keys if previous.get(k, defaults.get(k)) != options.get(k))
+    changed = sorted(k for k in keys if previous.get(k, _ADDED_OPTIONS.get(k)) != options.get(k))
     if not changed:
         return None
     first = min((STAGE_OF_OPTION.get(k, "sparse") for k in changed), key=STAGES.index)

@@ -1,0 +1,270 @@
+"""Does distillation beat fine-tuning alone for a pruned yolov8n? The recovery schedules, on data that separates them.
+
+One dense yolov8n (trained here with Ultralytics' defaults, or ``--dense``) on :func:`make_cluttered_yolo` data
+(8 classes told apart by shape and colour together, small overlapping objects, unlabelled distractors). Per seed,
+one ``gpu.compress`` run folder makes the sparse and the pruned model (``--target-macs``); every recovery arm
+starts from that pruned model (the folder is copied, so only the recovery stages run) and trains for
+``--recover-epochs`` inside the Ultralytics trainer, SGD at ``lr0`` 0.01 as ``compress`` does:
+
+- ``fine-tune``: the stock loss alone, one run (``distill_attention=0, distill_output=0``);
+- ``fine-tune, then distil``: half the epochs fine-tuning, then a second trainer run distilling (the paper's order,
+  and ``compress``'s default before 0.3): two warmups and two learning-rate decays;
+- ``distil throughout, off at the end``: one run distilling, the last ``--off-epochs`` with the stock loss;
+- ``Ultralytics' own distillation``: the pruned model trained with the trainer's ``distill_model=`` (score-weighted
+  L2 on the neck features through a projector, weight ``dis`` 6), the same epochs;
+- ``dense, fine-tuned``: the dense model trained ``--sparse-epochs + --recover-epochs`` more (the reference of
+  "mAP kept").
+
+Each finished arm is recorded in ``--results`` (default ``benchmarks/results/ultralytics_distill/seed<k>.json``,
+committed): a rerun skips it, a killed arm reruns (Ultralytics resumes inside ``compress``). Prints mAP50-95 per
+arm and seed, the mean, the difference to fine-tuning, and the minutes each arm took; ``--write-docs`` puts the
+table into docs/benchmarks.md between the ``ultralytics-distill`` markers. Seeds can run in separate processes
+(``--seeds 1`` and ``--seeds 2`` side by side); ``--report`` prints the table from the records only::
+
+    YOLO_OFFLINE=1 nice -n 10 python benchmarks/ultralytics_distill.py --seeds 0 --out runs/udistill
+    YOLO_OFFLINE=1 python benchmarks/ultralytics_distill.py --report --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from grouppruner._utils.io import atomic_write
+
+MARK = "<!-- ultralytics-distill -->"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+RESULTS = Path(__file__).resolve().parent / "results" / "ultralytics_distill"
+FINETUNE = "fine-tune"
+ARMS = (
+    FINETUNE,
+    "fine-tune, then distil",
+    "distil throughout, off at the end",
+    "Ultralytics' own distillation",
+    "dense, fine-tuned",
+)
+
+FOLDERS = {
+    FINETUNE: "fine-tune",
+    "fine-tune, then distil": "fine-tune-then-distil",
+    "distil throughout, off at the end": "distil-throughout",
+}
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("images", "imgsz", "dense_epochs", "sparse_epochs", "recover_epochs", "off_epochs", "target_macs")
+    return {k: getattr(args, k) for k in keys}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as file:
+        file.write(json.dumps(record, indent=1).encode())
+
+
+def _validate(weights: Path, data: Path, kwargs: dict[str, Any]) -> dict[str, float]:
+    from grouppruner.integrations import ultralytics as gpu
+
+    yolo = gpu.load(weights)
+    keys = ("imgsz", "batch", "device", "workers")
+    metrics = yolo.val(data=str(data), plots=False, verbose=False, **{k: kwargs[k] for k in keys})
+    return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
+
+
+def _train(model: Any, data: Path, epochs: int, folder: Path, kwargs: dict[str, Any], **extra: Any) -> Path:
+    """Train a module as it is (its architecture kept) with grouppruner's trainer; its last weights."""
+    from grouppruner.integrations import ultralytics as gpu
+
+    last = folder / "weights" / "last.pt"
+    if folder.exists():
+        shutil.rmtree(folder)  # an arm killed mid-way starts over (its record is written only at the end)
+    trainer = gpu.DetectionTrainer(
+        overrides={
+            "model": "yolov8n.yaml",
+            "data": str(data),
+            "epochs": epochs,
+            "project": str(folder.parent),
+            "name": folder.name,
+            "exist_ok": True,
+            **kwargs,
+            **extra,
+        }
+    )
+    trainer.model = model.float().train()
+    trainer.train()
+    return last
+
+
+def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> None:
+    from ultralytics import YOLO
+
+    from grouppruner.integrations import ultralytics as gpu
+
+    record_path = args.results / f"seed{seed}.json"
+    record = _read(record_path)
+    if record.get("settings") != _settings(args):
+        record = {"settings": _settings(args), "dense": _validate(dense, data, _kwargs(args, seed)), "arms": {}}
+        _write(record_path, record)
+    kwargs = _kwargs(args, seed)
+    folder = args.out / f"seed{seed}"
+    common = {"target_macs": args.target_macs, "sparse_epochs": args.sparse_epochs}
+    common["recover_epochs"] = args.recover_epochs
+    half = args.recover_epochs // 2
+    compress_arms = {
+        FINETUNE: {"distill_attention": 0.0, "distill_output": 0.0, "finetune_epochs": args.recover_epochs},
+        "fine-tune, then distil": {"finetune_epochs": half},
+        "distil throughout, off at the end": {"finetune_epochs": 0, "distill_off_epochs": args.off_epochs},
+    }
+    base = folder / "base"
+    for label in ARMS:
+        if label in record["arms"]:
+            print(f"seed {seed}: {label}: recorded earlier, {record['arms'][label]['map50_95']:.4f}", flush=True)
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {label} ...", flush=True)
+        started = time.perf_counter()
+        if label in compress_arms:
+            arm_folder = folder / FOLDERS[label]
+            if not (arm_folder / "results.json").is_file() and (base / "results.json").is_file():
+                shutil.copytree(base, arm_folder, dirs_exist_ok=True)  # dense, sparse and pruned are reused
+            result = gpu.compress(
+                YOLO(str(dense)), data=data, out=arm_folder, **common, **compress_arms[label], **kwargs
+            )
+            if not (base / "results.json").is_file():
+                base.mkdir(parents=True, exist_ok=True)
+                for name in ("dense.pt", "sparse.pt", "pruned.pt", "results.json"):
+                    shutil.copy2(arm_folder / name, base / name)
+            stages = {s.stage: s for s in result.stages}
+            row = {"map50_95": stages["recovered"].map50_95, "map50": stages["recovered"].map50}
+            row["params_ratio"] = stages["recovered"].params / stages["dense"].params
+            row["macs_ratio"] = stages["recovered"].macs / stages["dense"].macs
+        elif label == "dense, fine-tuned":
+            last = _train(
+                YOLO(str(dense)).model, data, args.sparse_epochs + args.recover_epochs, folder / "dense-ft", kwargs
+            )
+            row = _validate(last, data, kwargs)
+        else:
+            if not (base / "pruned.pt").is_file():
+                raise RuntimeError(f"{base / 'pruned.pt'} is missing: run the compress arms first")
+            pruned = gpu.load(base / "pruned.pt").model
+            try:
+                last = _train(
+                    pruned, data, args.recover_epochs, folder / "ultralytics-kd", kwargs, distill_model=str(dense)
+                )
+                row = _validate(last, data, kwargs)
+            except Exception as error:  # a peer's feature failing on a pruned model is a result to report
+                row = {"map50_95": float("nan"), "map50": float("nan"), "error": f"{type(error).__name__}: {error}"}
+        row["minutes"] = (time.perf_counter() - started) / 60
+        record["arms"][label] = row
+        _write(record_path, record)
+        print(f"seed {seed}: {label}: mAP50-95 {row['map50_95']:.4f} ({row['minutes']:.1f} min)", flush=True)
+
+
+def _kwargs(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    return {
+        "imgsz": args.imgsz,
+        "batch": 16,
+        "workers": 0,
+        "plots": False,
+        "device": "cpu",
+        "amp": False,
+        "verbose": False,
+        "seed": seed,
+        "optimizer": "SGD",
+    }
+
+
+def report(args: argparse.Namespace) -> str:
+    records = {int(p.stem[4:]): _read(p) for p in sorted(args.results.glob("seed*.json"))}
+    records = {k: v for k, v in records.items() if v.get("settings") == _settings(args)}
+    if not records:
+        return "no finished seed with these settings"
+    seeds = sorted(records)
+    lines = [
+        f"| arm | mAP50-95, seed {' / '.join(map(str, seeds))} | mean | vs fine-tune (points) | minutes |",
+        "|---|---|---|---|---|",
+    ]
+    for label in ARMS:
+        rows = [records[s]["arms"].get(label) for s in seeds]
+        values = [r["map50_95"] if r else float("nan") for r in rows]
+        tune = [records[s]["arms"].get(FINETUNE, {}).get("map50_95", float("nan")) for s in seeds]
+        diffs = [100 * (v - t) for v, t in zip(values, tune, strict=True)]
+        minutes = [r["minutes"] for r in rows if r]
+        error = next((r["error"] for r in rows if r and "error" in r), "")
+        lines.append(
+            f"| {label} | {' / '.join(f'{v:.4f}' for v in values)} | {statistics.fmean(values):.4f} | "
+            f"{' / '.join(f'{d:+.2f}' for d in diffs)} | {statistics.fmean(minutes) if minutes else float('nan'):.1f} |"
+            + (f" {error[:120]}" if error else "")
+        )
+    dense = " / ".join(f"{records[s]['dense']['map50_95']:.4f}" for s in seeds)
+    s = _settings(args)
+    head = (
+        f"yolov8n on {s['images']} generated cluttered images (8 classes) at {s['imgsz']} px; the dense model "
+        f"({s['dense_epochs']} epochs) scores {dense}; {s['sparse_epochs']} sparse epochs, pruned to "
+        f"{s['target_macs']} of the MACs, then {s['recover_epochs']} recovery epochs per arm (off at the end: the "
+        f"last {s['off_epochs']}); SGD lr0 0.01, batch 16, one CPU thread per process."
+    )
+    return "\n".join([head, "", *lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=800)
+    parser.add_argument("--imgsz", type=int, default=128)
+    parser.add_argument("--dense-epochs", type=int, default=40)
+    parser.add_argument("--sparse-epochs", type=int, default=6)
+    parser.add_argument("--recover-epochs", type=int, default=12)
+    parser.add_argument("--off-epochs", type=int, default=2, help="the last epochs without distillation")
+    parser.add_argument("--target-macs", type=float, default=0.5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dense", type=Path, help="a dense yolov8n trained on this data (default: train one)")
+    parser.add_argument("--out", type=Path, default=Path("runs/udistill"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="only print the table from the records")
+    parser.add_argument("--write-docs", action="store_true", help="replace the table in docs/benchmarks.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if not args.report:
+        from ultralytics import YOLO
+
+        from grouppruner.integrations import ultralytics as gpu
+
+        data = args.out / "data" / "data.yaml"
+        if not data.is_file():
+            gpu.make_cluttered_yolo(args.out / "data", args.images, image_size=args.imgsz, seed=0)
+        dense = args.dense or args.out / "dense" / "weights" / "last.pt"
+        if not dense.is_file():
+            kwargs = {k: v for k, v in _kwargs(args, 0).items() if k != "optimizer"}  # the user's default
+            YOLO("yolov8n.yaml").train(
+                data=str(data), epochs=args.dense_epochs, project=str(args.out), name="dense", exist_ok=True, **kwargs
+            )
+        for seed in args.seeds:
+            run_seed(args, seed, dense.resolve(), data.resolve())
+    text = report(args)
+    print(text)
+    if args.write_docs:
+        page = DOCS.read_text(encoding="utf-8")
+        if page.count(MARK) != 2:
+            raise SystemExit(f"{DOCS}: needs two {MARK} markers")
+        head, _, rest = page.partition(MARK)
+        _, _, tail = rest.partition(MARK)
+        DOCS.write_text(f"{head}{MARK}\n{text}\n{MARK}{tail}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

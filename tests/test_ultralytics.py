@@ -204,6 +204,19 @@ def test_distill_criterion_appends_terms(data: Path) -> None:
     assert set(items) == {*stock_items, "att", "kd"}
     assert float(items["att"]) == pytest.approx(0.0, abs=1e-6)  # same weights: identical attention maps
 
+    # Measured against the stock loss: the same loss, no .grad written, a finite ratio per term.
+    balanced = DistillCriterion(
+        base,
+        teacher,
+        HeadDistillLoss(16),
+        balance=gp.distill.GradientBalance(student.parameters(), reference="detection", every=1),
+    )
+    again, _ = balanced(preds, batch)
+    torch.testing.assert_close(again, loss)
+    assert all(p.grad is None for p in student.parameters())
+    ratios = {name: v["ratio"] for name, v in balanced.balance.summary().items()}  # type: ignore[union-attr]
+    assert ratios["detection"] == pytest.approx(1.0)
+    assert ratios["att"] == pytest.approx(0.0, abs=1e-6) and 0.0 < ratios["kd"] < float("inf")
     # Switched off (the schedule's last epochs): the stock loss with zero terms, and the teacher is not run.
     teacher.forward = None  # type: ignore[assignment, method-assign]
     criterion.active = False

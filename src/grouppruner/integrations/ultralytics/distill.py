@@ -15,6 +15,7 @@ outputs, so the terms compare them directly:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...distill import spatial_attention
+from ...distill import GradientBalance, spatial_attention
 
 __all__ = ["DistillCriterion", "HeadDistillLoss", "raw_outputs"]
+
+logger = logging.getLogger(__name__)
 
 
 def raw_outputs(preds: Any) -> dict[str, Any]:
@@ -96,25 +99,30 @@ class DistillCriterion:
 
     Set as ``model.criterion`` of the student, it is what ``model.loss(batch, preds)`` calls inside the
     trainer's forward (under its autocast, inside DDP's forward): the teacher sees ``batch["img"]`` as the
-    student did. With ``active`` false the teacher is not run and both terms are 0 (the schedule's last
-    epochs). Returns the stock loss vector with the two terms appended (times the batch size, as the stock
-    terms are) and their detached values under ``"att"`` and ``"kd"``.
+    student did. Returns the stock loss vector with the two terms appended (times the batch size, as the stock
+    terms are) and their detached values under ``"att"`` and ``"kd"``. With ``active`` false the teacher is not
+    run and both terms are 0 (the schedule's last epochs). With a ``balance``, each term's gradient norm against
+    the stock loss's is measured on its schedule and logged (``balance.summary()`` has the means).
 
     Args:
         base: the student's own criterion (``model.init_criterion()``).
         teacher: the dense model, in eval mode, on the student's device.
         terms: the distillation terms.
+        balance: measures the terms' gradient norms against the stock loss's (``None``: not measured).
     """
 
-    def __init__(self, base: Any, teacher: nn.Module, terms: HeadDistillLoss) -> None:
+    def __init__(
+        self, base: Any, teacher: nn.Module, terms: HeadDistillLoss, *, balance: GradientBalance | None = None
+    ) -> None:
         self.base = base
         self.teacher = teacher
         self.terms = terms
+        self.balance = balance
         self.active = True
 
     def __getattr__(self, name: str) -> Any:
         # Ultralytics calls criterion.update() (and may read other attributes) on the stock criterion.
-        if name in ("base", "teacher", "terms", "active"):
+        if name in ("base", "teacher", "terms", "balance", "active"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -129,5 +137,15 @@ class DistillCriterion:
             teacher_preds = self.teacher(batch["img"])
         terms = self.terms(preds, teacher_preds)
         batch_size = batch["img"].shape[0]
+        if self.balance is not None and loss.requires_grad:
+            ratios = self.balance.observe(
+                {"detection": loss.sum(), "att": terms["att"] * batch_size, "kd": terms["kd"] * batch_size}
+            )
+            if ratios is not None:
+                logger.info(
+                    "distillation gradient norms against the detection loss's: att %.3f, kd %.3f",
+                    ratios["att"],
+                    ratios["kd"],
+                )
         extra = torch.stack([terms["att"], terms["kd"]]).to(loss.dtype) * batch_size
         return torch.cat([loss.flatten(), extra]), {**items, "att": terms["att"].detach(), "kd": terms["kd"].detach()}

@@ -291,7 +291,8 @@ class _Run:
         callback = Distillation(self.path("dense"), **distill, off_epochs=off) if distill else None
         stamp = {"distill": distill, **({"distill_off_epochs": off} if off else {})} if distill else {}
         save(load(self.train("finetuned", "recovered", epochs, stamp, callback)).model, self.path("recovered"))
-        return {"optimizer": s.trainer_kwargs["optimizer"], "distilled": distill is not None}
+        ratio = {"gradient_ratio": callback.gradient_ratio} if callback is not None and callback.gradient_ratio else {}
+        return {"optimizer": s.trainer_kwargs["optimizer"], "distilled": distill is not None, **ratio}
 
     # What the stages share.
 

@@ -160,7 +160,8 @@ def test_head_distill_terms() -> None:
     terms = HeadDistillLoss(16, attention=1.0, output=1.0)
     same = terms(t_out, t_out)
     assert float(same["att"]) == pytest.approx(0.0, abs=1e-7)
-    # the output term's minimum is the teacher's own entropy; a pruned student with other head weights is further
+    assert float(same["kd"]) == pytest.approx(0.0, abs=1e-5)  # KL divergences: 0 at a perfect match
+    # a pruned student with other head weights is further
     student = copy.deepcopy(teacher)
     gpu.prune(student, target_macs=0.5, imgsz=IMGSZ)
     with torch.no_grad():

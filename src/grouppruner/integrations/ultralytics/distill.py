@@ -8,7 +8,7 @@ outputs, so the terms compare them directly:
 
 - attention: per scale, ``H W * mean((A_t - A_s)^2)`` on :func:`~grouppruner.distill.spatial_attention` maps of
   the neck outputs (the squared distance of two unit vectors, so every scale counts alike whatever its size);
-- output: the class logits against the teacher's sigmoid at temperature ``T`` (binary cross-entropy) plus the
+- output: the class logits against the teacher's sigmoid at temperature ``T`` (binary KL divergence) plus the
   DFL distributions against the teacher's softmax at ``T`` (KL), both weighted per anchor by the teacher's top
   class probability (its foreground) and normalised by that weight's sum, times ``T^2``.
 """
@@ -72,18 +72,23 @@ class HeadDistillLoss(nn.Module):
         return total
 
     def output_term(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
-        """Class BCE + DFL KL at temperature ``T``, weighted by the teacher's foreground; a 0-d fp32 tensor."""
+        """Class and DFL KL divergences at temperature ``T``, weighted by the teacher's foreground; a 0-d fp32
+        tensor, 0 when the student's outputs are the teacher's."""
         temp = self.temperature
         s_cls, t_cls = student["scores"].float(), teacher["scores"].detach().float()  # (N, nc, A)
         weight = t_cls.sigmoid().amax(1)  # (N, A) the teacher's confidence that an object is there
         norm = weight.sum().clamp(min=1.0)
-        bce = F.binary_cross_entropy_with_logits(s_cls / temp, (t_cls / temp).sigmoid(), reduction="none").sum(1)
+        soft = (t_cls / temp).sigmoid()
+        # The binary KL divergence: cross-entropy less the teacher's own entropy (the same gradient, and 0 at a
+        # perfect match, so that the logged value says how far the student is).
+        kl_cls = F.binary_cross_entropy_with_logits(s_cls / temp, soft, reduction="none")
+        kl_cls = (kl_cls - F.binary_cross_entropy_with_logits(t_cls / temp, soft, reduction="none")).sum(1)
         n, _, anchors = s_cls.shape
         s_box = student["boxes"].float().view(n, 4, self.reg_max, anchors)
         t_box = teacher["boxes"].detach().float().view(n, 4, self.reg_max, anchors)
         kl = F.kl_div(F.log_softmax(s_box / temp, 2), F.log_softmax(t_box / temp, 2), reduction="none", log_target=True)
         dfl = kl.sum(2).mean(1)  # (N, A)
-        return (((bce + dfl) * weight).sum() / norm) * temp**2
+        return (((kl_cls + dfl) * weight).sum() / norm) * temp**2
 
     def forward(self, student: Any, teacher: Any) -> dict[str, Tensor]:
         """Both weighted terms, ``{"att": (), "kd": ()}``, from raw head outputs (see :func:`raw_outputs`)."""

@@ -144,9 +144,7 @@ def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> No
         },
     }
     base = folder / "base"
-    for label in ARMS:
-        if args.arms and ARMS.index(label) not in args.arms:
-            continue
+    for label in [ARMS[i] for i in args.arms] if args.arms else ARMS:
         if label in record["arms"]:
             print(f"seed {seed}: {label}: recorded earlier, {record['arms'][label]['map50_95']:.4f}", flush=True)
             continue
@@ -314,7 +312,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/udistill"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--arms", type=int, nargs="+", help="run only these arms (indices into ARMS)")
+    parser.add_argument("--arms", type=int, nargs="+", help="run only these arms, in this order (indices into ARMS)")
     parser.add_argument("--report", action="store_true", help="only print the table from the records")
     parser.add_argument(
         "--gradients", action="store_true", help="only print the terms' gradient norms on the first seed's pruned model"

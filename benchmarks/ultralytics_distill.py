@@ -10,6 +10,8 @@ starts from that pruned model (the folder is copied, so only the recovery stages
 - ``fine-tune, then distil``: half the epochs fine-tuning, then a second trainer run distilling (the paper's order,
   and ``compress``'s default before 0.3): two warmups and two learning-rate decays;
 - ``distil throughout, off at the end``: one run distilling, the last ``--off-epochs`` with the stock loss;
+- the same with the terms' weights lowered so that each term's gradient norm is about a third of the stock loss's
+  at the start of recovery (attention 0.1, output 0.2; measured: at weights 1 / 1 they are 2.9x and 1.6x);
 - ``Ultralytics' own distillation``: the pruned model trained with the trainer's ``distill_model=`` (score-weighted
   L2 on the neck features through a projector, weight ``dis`` 6), the same epochs;
 - ``dense, fine-tuned``: the dense model trained ``--sparse-epochs + --recover-epochs`` more (the reference of
@@ -19,10 +21,13 @@ Each finished arm is recorded in ``--results`` (default ``benchmarks/results/ult
 committed): a rerun skips it, a killed arm reruns (Ultralytics resumes inside ``compress``). Prints mAP50-95 per
 arm and seed, the mean, the difference to fine-tuning, and the minutes each arm took; ``--write-docs`` puts the
 table into docs/benchmarks.md between the ``ultralytics-distill`` markers. Seeds can run in separate processes
-(``--seeds 1`` and ``--seeds 2`` side by side); ``--report`` prints the table from the records only::
+(``--seeds 1`` and ``--seeds 2`` side by side); ``--report`` prints the table from the records only;
+``--gradients`` prints each term's gradient norm over the stock loss's on a seed's pruned model, at the old
+default and the balanced weights::
 
     YOLO_OFFLINE=1 nice -n 10 python benchmarks/ultralytics_distill.py --seeds 0 --out runs/udistill
     YOLO_OFFLINE=1 python benchmarks/ultralytics_distill.py --report --write-docs
+    YOLO_OFFLINE=1 python benchmarks/ultralytics_distill.py --gradients --seeds 0 --out runs/udistill
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ MARK = "<!-- ultralytics-distill -->"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 RESULTS = Path(__file__).resolve().parent / "results" / "ultralytics_distill"
 FINETUNE = "fine-tune"
+BALANCED = "distil throughout, off at the end, weights balanced (attention 0.1, output 0.2)"
 ARMS = (
     FINETUNE,
     "fine-tune, then distil",
     "distil throughout, off at the end",
+    BALANCED,
     "Ultralytics' own distillation",
     "dense, fine-tuned",
 )
@@ -58,6 +65,7 @@ FOLDERS = {
     FINETUNE: "fine-tune",
     "fine-tune, then distil": "fine-tune-then-distil",
     "distil throughout, off at the end": "distil-throughout",
+    BALANCED: "distil-balanced",
 }
 
 
@@ -128,9 +136,15 @@ def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> No
         FINETUNE: {"distill_attention": 0.0, "distill_output": 0.0, "finetune_epochs": args.recover_epochs},
         "fine-tune, then distil": {"finetune_epochs": half},
         "distil throughout, off at the end": {"finetune_epochs": 0, "distill_off_epochs": args.off_epochs},
+        BALANCED: {
+            "finetune_epochs": 0,
+            "distill_off_epochs": args.off_epochs,
+            "distill_attention": 0.1,
+            "distill_output": 0.2,
+        },
     }
     base = folder / "base"
-    for label in ARMS:
+    for label in [ARMS[i] for i in args.arms] if args.arms else ARMS:
         if label in record["arms"]:
             print(f"seed {seed}: {label}: recorded earlier, {record['arms'][label]['map50_95']:.4f}", flush=True)
             continue
@@ -187,6 +201,70 @@ def _kwargs(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     }
 
 
+def gradient_ratios(args: argparse.Namespace, seed: int, weights: list[tuple[float, float, float]]) -> str:
+    """Each term's gradient norm over the stock loss's, on the seed's pruned model (before recovery), per weights.
+
+    Four batches of 16 training images (as files: no augmentation), the median ratio per term; ``weights`` are
+    ``(attention, output, temperature)``.
+    """
+    import numpy as np
+    from PIL import Image
+    from ultralytics.cfg import get_cfg
+
+    from grouppruner.distill import gradient_norms
+    from grouppruner.integrations import ultralytics as gpu
+    from grouppruner.integrations.ultralytics.distill import HeadDistillLoss
+
+    files = sorted((args.out / "data" / "images" / "train").glob("*.png"))[:64]
+
+    def batch(chunk: list[Path]) -> dict[str, torch.Tensor]:
+        images, index, classes, boxes = [], [], [], []
+        for i, file in enumerate(chunk):
+            images.append(torch.from_numpy(np.array(Image.open(file))).permute(2, 0, 1).float() / 255)
+            label = Path(str(file).replace("images", "labels")).with_suffix(".txt")
+            for line in label.read_text().split("\n"):
+                if line.strip():
+                    values = [float(v) for v in line.split()]
+                    index.append(i)
+                    classes.append(values[:1])
+                    boxes.append(values[1:])
+        return {
+            "img": torch.stack(images),
+            "batch_idx": torch.tensor(index, dtype=torch.float32),
+            "cls": torch.tensor(classes),
+            "bboxes": torch.tensor(boxes),
+        }
+
+    student = gpu.load(args.out / f"seed{seed}" / "base" / "pruned.pt").model.float()
+    dense = args.dense or args.out / "dense" / "weights" / "last.pt"
+    teacher = gpu.load(dense).model.float().eval()
+    student.args = get_cfg()  # the loss gains, as the trainer sets them
+    student.train()
+    for parameter in student.parameters():
+        parameter.requires_grad_(True)
+    stock = student.init_criterion()
+    lines = ["| attention | output | T | att / stock | kd / stock |", "|---|---|---|---|---|"]
+    for attention, output, temperature in weights:
+        terms = HeadDistillLoss(16, attention=attention, output=output, temperature=temperature)
+        ratios: dict[str, list[float]] = {"att": [], "kd": []}
+        for start in range(0, len(files), 16):
+            b = batch(files[start : start + 16])
+            preds = student(b["img"])
+            loss, _ = stock(preds, b)
+            with torch.no_grad():
+                teacher_preds = teacher(b["img"])
+            values = terms(preds, teacher_preds)
+            size = b["img"].shape[0]
+            norms = gradient_norms(
+                {"stock": loss.sum(), "att": values["att"] * size, "kd": values["kd"] * size}, student.parameters()
+            )
+            for name in ratios:
+                ratios[name].append(norms[name] / norms["stock"])
+        att, kd = (statistics.median(ratios[name]) for name in ("att", "kd"))
+        lines.append(f"| {attention:g} | {output:g} | {temperature:g} | {att:.3f} | {kd:.3f} |")
+    return "\n".join(lines)
+
+
 def report(args: argparse.Namespace) -> str:
     records = {int(p.stem[4:]): _read(p) for p in sorted(args.results.glob("seed*.json"))}
     records = {k: v for k, v in records.items() if v.get("settings") == _settings(args)}
@@ -234,11 +312,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/udistill"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--arms", type=int, nargs="+", help="run only these arms, in this order (indices into ARMS)")
     parser.add_argument("--report", action="store_true", help="only print the table from the records")
+    parser.add_argument(
+        "--gradients", action="store_true", help="only print the terms' gradient norms on the first seed's pruned model"
+    )
     parser.add_argument("--write-docs", action="store_true", help="replace the table in docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    if args.gradients:
+        print(gradient_ratios(args, args.seeds[0], [(1.0, 1.0, 3.0), (0.1, 0.2, 3.0), (1.0, 1.0, 1.0)]))
+        return
     if not args.report:
         from ultralytics import YOLO
 

@@ -234,6 +234,11 @@ def test_resume_after_a_kill_gives_the_same_result_as_one_run(tmp_path: object) 
     # more candidates extend the same search
     longer = PlanSearch(pruner, candidates=8, state_path=state, **options).run()  # type: ignore[arg-type]
     assert records(longer)[:6] == records(whole) and len(longer.records) == 8
+    # fewer candidates than the state holds: the same result as a search of that many (the state is kept)
+    fewer = PlanSearch(pruner, candidates=3, state_path=state, **options).run()  # type: ignore[arg-type]
+    alone = PlanSearch(pruner, candidates=3, **options).run()  # type: ignore[arg-type]
+    assert records(fewer) == records(alone) and fewer.best.index == alone.best.index and fewer.plan == alone.plan
+    assert len(json.loads(state.read_text())["records"]) == 8
 
 
 def test_a_state_of_another_search_is_refused(tmp_path: object) -> None:

@@ -160,7 +160,8 @@ def test_head_distill_terms() -> None:
     terms = HeadDistillLoss(16, attention=1.0, output=1.0)
     same = terms(t_out, t_out)
     assert float(same["att"]) == pytest.approx(0.0, abs=1e-7)
-    # the output term's minimum is the teacher's own entropy; a pruned student with other head weights is further
+    assert float(same["kd"]) == pytest.approx(0.0, abs=1e-5)  # KL divergences: 0 at a perfect match
+    # a pruned student with other head weights is further
     student = copy.deepcopy(teacher)
     gpu.prune(student, target_macs=0.5, imgsz=IMGSZ)
     with torch.no_grad():
@@ -204,6 +205,19 @@ def test_distill_criterion_appends_terms(data: Path) -> None:
     assert set(items) == {*stock_items, "att", "kd"}
     assert float(items["att"]) == pytest.approx(0.0, abs=1e-6)  # same weights: identical attention maps
 
+    # Measured against the stock loss: the same loss, no .grad written, a finite ratio per term.
+    balanced = DistillCriterion(
+        base,
+        teacher,
+        HeadDistillLoss(16),
+        balance=gp.distill.GradientBalance(student.parameters(), reference="detection", every=1),
+    )
+    again, _ = balanced(preds, batch)
+    torch.testing.assert_close(again, loss)
+    assert all(p.grad is None for p in student.parameters())
+    ratios = {name: v["ratio"] for name, v in balanced.balance.summary().items()}  # type: ignore[union-attr]
+    assert ratios["detection"] == pytest.approx(1.0)
+    assert ratios["att"] == pytest.approx(0.0, abs=1e-6) and 0.0 < ratios["kd"] < float("inf")
     # Switched off (the schedule's last epochs): the stock loss with zero terms, and the teacher is not run.
     teacher.forward = None  # type: ignore[assignment, method-assign]
     criterion.active = False
@@ -245,7 +259,7 @@ def test_cluttered_data_separates_shape_and_colour(tmp_path: Path) -> None:
     from PIL import Image
 
     yaml_path = gpu.make_cluttered_yolo(tmp_path / "a", 16, image_size=96, num_classes=8, seed=3)
-    again = gpu.make_cluttered_yolo(tmp_path / "b", 16, image_size=96, num_classes=8, seed=3)
+    gpu.make_cluttered_yolo(tmp_path / "b", 16, image_size=96, num_classes=8, seed=3)
     assert check_data(yaml_path, 8) == yaml_path
     labels = sorted((tmp_path / "a" / "labels").rglob("*.txt"))
     assert len(labels) == 16 and len(list((tmp_path / "a" / "images").rglob("*.png"))) == 16
@@ -257,7 +271,7 @@ def test_cluttered_data_separates_shape_and_colour(tmp_path: Path) -> None:
     same = np.asarray(Image.open(tmp_path / "b" / "images" / "train" / "00000.png"))
     np.testing.assert_array_equal(first, same)  # seeded
     assert "0: rectangle0" in yaml_path.read_text() and "7: cross1" in yaml_path.read_text()
-    with pytest.raises(ValueError, match="num_classes must be in 1..8"):
+    with pytest.raises(ValueError, match=r"num_classes must be in 1\.\.8"):
         gpu.make_cluttered_yolo(tmp_path / "c", 16, num_classes=9)
 
 

@@ -112,7 +112,7 @@ class SearchResult:
     Attributes:
         plan: the best candidate's plan, for the searched model (``pruner.apply(result.plan)``).
         best: its record.
-        records: every candidate scored, in index order.
+        records: every candidate scored, in index order (the first ``candidates`` of a longer resumed state).
     """
 
     plan: PruningPlan
@@ -326,8 +326,9 @@ class PlanSearch:
 
     @property
     def best(self) -> CandidateRecord | None:
-        """The best record so far (the lowest index among equal scores), or ``None`` before any was scored."""
-        scored = [r for r in self.records if r.score is not None]
+        """The best record among the first ``candidates`` (the lowest index among equal scores), or ``None`` before
+        any was scored."""
+        scored = [r for r in self.records[: self.candidates] if r.score is not None]
         if not scored:
             return None
         sign = 1.0 if self.mode == "max" else -1.0
@@ -352,7 +353,7 @@ class PlanSearch:
             raise InvalidOptionError(
                 f"PlanSearch: none of {self.candidates} candidates met {self.budget_mode}={self.target:g}"
             )
-        return SearchResult(self.plan_for(self.candidate(best.index)), best, list(self.records))
+        return SearchResult(self.plan_for(self.candidate(best.index)), best, self.records[: self.candidates])
 
     # ------------------------------------------------------------------ state
 
@@ -384,7 +385,9 @@ class PlanSearch:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Take the records of :meth:`state_dict` output from a search with the same settings.
 
-        ``candidates`` is not a setting: a state with fewer records is continued, one with more is kept whole.
+        ``candidates`` is not a setting: a state with fewer records is continued; one with more is kept (raising
+        ``candidates`` again reuses its records), and the best is chosen among the first ``candidates`` records, so
+        that the result depends on ``seed`` and ``candidates`` only.
 
         Raises:
             InvalidOptionError: the state comes from a search with other settings, another model or other weights

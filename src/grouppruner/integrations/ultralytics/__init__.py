@@ -14,7 +14,8 @@ first use, and every stage trains with its own trainer, data pipeline, loss, EMA
 Modules, one idea each: :mod:`.model` (which module of a YOLO is pruned, its channel graph, :func:`prune`),
 :mod:`.checkpoint` (:func:`save` / :func:`load`: Ultralytics checkpoints that keep the pruned architecture),
 :mod:`.trainer` (trainer subclasses: gradient hooks after ``unscale_``, fine-tuning a pruned model instead of a
-rebuilt one), :mod:`.callbacks` (:class:`SparseTraining`, :class:`Distillation`: the stages as trainer
+rebuilt one), :mod:`.search` (:class:`YoloPlanSearch`: the plan chosen by Ultralytics' validator on training
+images), :mod:`.callbacks` (:class:`SparseTraining`, :class:`Distillation`: the stages as trainer
 callbacks that survive Ultralytics' DDP launcher), :mod:`.distill` (the output-level term for the anchor-free
 head), :mod:`.deploy` (:func:`split_free`: C2f blocks without a ``Split``, for onnxruntime), :mod:`.flow`
 (:func:`compress`: the run folder, resume, option changes) and :mod:`.cli` (``grouppruner yolo``).
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .distill import HeadDistillLoss
     from .flow import STAGES, CompressResult, StageRecord, compress
     from .model import channel_graph, detection_model, prune
+    from .search import YoloPlanSearch
     from .synthetic import make_cluttered_yolo, make_synthetic_yolo
     from .trainer import DetectionTrainer, OBBTrainer, PoseTrainer, SegmentationTrainer, trainer_class
 
@@ -56,6 +58,7 @@ _EXPORTS = {
     "channel_graph": "model",
     "detection_model": "model",
     "prune": "model",
+    "YoloPlanSearch": "search",
     "make_cluttered_yolo": "synthetic",
     "make_synthetic_yolo": "synthetic",
     "DetectionTrainer": "trainer",
@@ -77,6 +80,7 @@ __all__ = [
     "SparseTraining",
     "SplitFreeC2f",
     "StageRecord",
+    "YoloPlanSearch",
     "channel_graph",
     "compress",
     "detection_model",

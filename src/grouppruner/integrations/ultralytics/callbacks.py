@@ -26,6 +26,7 @@ from torch import nn
 
 from ..._utils.errors import UsageError
 from ..._utils.io import atomic_write, load_tensor_file
+from ...distill import GradientBalance
 from ...sparsity import BNSparsity, Dynamic
 from .distill import DistillCriterion, HeadDistillLoss
 from .model import channel_graph, head
@@ -172,6 +173,12 @@ class Distillation:
         temperature: softening temperature of the output term.
         off_epochs: the last ``off_epochs`` epochs of the run train with the stock loss alone (distillation off
             while the learning rate anneals, as RTMDet switches its extra terms off when mosaic closes).
+        balance_every: measure both terms' gradient norms against the stock loss's every this many batches
+            (:class:`~grouppruner.distill.GradientBalance`; 0: never; single-process training only).
+
+    Attributes:
+        gradient_ratio: after training, per term the mean ratio of its gradient norm to the stock loss's
+            (empty when nothing was measured).
     """
 
     def __init__(
@@ -182,6 +189,7 @@ class Distillation:
         output: float = 1.0,
         temperature: float = 3.0,
         off_epochs: int = 0,
+        balance_every: int = 50,
     ) -> None:
         self.teacher = str(teacher)
         if not Path(self.teacher).is_file():
@@ -191,6 +199,10 @@ class Distillation:
             raise ValueError(f"Distillation: off_epochs must be an int >= 0, got {off_epochs!r}")
         self.attention, self.output, self.temperature = attention, output, temperature
         self.off_epochs = off_epochs
+        if isinstance(balance_every, bool) or not isinstance(balance_every, int) or balance_every < 0:
+            raise ValueError(f"Distillation: balance_every must be an int >= 0, got {balance_every!r}")
+        self.balance_every = balance_every
+        self.gradient_ratio: dict[str, float] = {}
         self._distilling: DistillCriterion | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -218,7 +230,12 @@ class Distillation:
             head(student).reg_max, attention=self.attention, output=self.output, temperature=self.temperature
         )
         base = student.criterion if getattr(student, "criterion", None) is not None else student.init_criterion()
-        self._distilling = DistillCriterion(base, teacher, terms)
+        # The measurement differentiates outside DDP's backward, so it is made where no gradient is reduced.
+        alone = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        balance = (
+            GradientBalance(student.parameters(), every=self.balance_every) if self.balance_every and alone else None
+        )
+        self._distilling = DistillCriterion(base, teacher, terms, balance=balance)
         student.criterion = self._distilling
         logger.info(
             "distilling from %s (attention %g, output %g, off for the last %d epochs)",
@@ -242,4 +259,8 @@ class Distillation:
         student: nn.Module = _inner(trainer)
         criterion = getattr(student, "criterion", None)
         if isinstance(criterion, DistillCriterion):
+            if criterion.balance is not None and criterion.balance.measured:
+                summary = criterion.balance.summary()
+                self.gradient_ratio = {name: round(summary[name]["ratio"], 4) for name in ("att", "kd")}
+                logger.info("distillation gradient norms against the stock loss's, means: %s", self.gradient_ratio)
             student.criterion = criterion.base

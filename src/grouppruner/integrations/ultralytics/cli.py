@@ -49,6 +49,14 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.Argu
     parser.add_argument("--sparsity", type=float, default=5e-3, help="L1 rate s on the BatchNorm scales")
     parser.add_argument("--distill-attention", type=float, default=1.0, help="weight of the attention term")
     parser.add_argument("--distill-output", type=float, default=1.0, help="weight of the output-level term")
+    parser.add_argument(
+        "--search-candidates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="choose the pruning plan among N plans of the budget by Ultralytics' validator on a sample of the "
+        "train split (resumable in OUT/search; default 0: the solver's plan)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="Ultralytics batch size")
     parser.add_argument("--device", default=None, help="Ultralytics device: cpu, 0, 0,1 (DDP), ...")
     parser.add_argument("--workers", type=int, default=None, help="data loader workers")
@@ -113,6 +121,7 @@ def run_command(args: argparse.Namespace) -> str:
         distill_attention=args.distill_attention,
         distill_output=args.distill_output,
         runtime=args.runtime,
+        search_candidates=args.search_candidates,
         **trainer,
         **parse_train_options(args.train),
     )

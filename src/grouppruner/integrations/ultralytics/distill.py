@@ -8,13 +8,14 @@ outputs, so the terms compare them directly:
 
 - attention: per scale, ``H W * mean((A_t - A_s)^2)`` on :func:`~grouppruner.distill.spatial_attention` maps of
   the neck outputs (the squared distance of two unit vectors, so every scale counts alike whatever its size);
-- output: the class logits against the teacher's sigmoid at temperature ``T`` (binary cross-entropy) plus the
+- output: the class logits against the teacher's sigmoid at temperature ``T`` (binary KL divergence) plus the
   DFL distributions against the teacher's softmax at ``T`` (KL), both weighted per anchor by the teacher's top
   class probability (its foreground) and normalised by that weight's sum, times ``T^2``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...distill import spatial_attention
+from ...distill import GradientBalance, spatial_attention
 
 __all__ = ["DistillCriterion", "HeadDistillLoss", "raw_outputs"]
+
+logger = logging.getLogger(__name__)
 
 
 def raw_outputs(preds: Any) -> dict[str, Any]:
@@ -69,18 +72,23 @@ class HeadDistillLoss(nn.Module):
         return total
 
     def output_term(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
-        """Class BCE + DFL KL at temperature ``T``, weighted by the teacher's foreground; a 0-d fp32 tensor."""
+        """Class and DFL KL divergences at temperature ``T``, weighted by the teacher's foreground; a 0-d fp32
+        tensor, 0 when the student's outputs are the teacher's."""
         temp = self.temperature
         s_cls, t_cls = student["scores"].float(), teacher["scores"].detach().float()  # (N, nc, A)
         weight = t_cls.sigmoid().amax(1)  # (N, A) the teacher's confidence that an object is there
         norm = weight.sum().clamp(min=1.0)
-        bce = F.binary_cross_entropy_with_logits(s_cls / temp, (t_cls / temp).sigmoid(), reduction="none").sum(1)
+        soft = (t_cls / temp).sigmoid()
+        # The binary KL divergence: cross-entropy less the teacher's own entropy (the same gradient, and 0 at a
+        # perfect match, so that the logged value says how far the student is).
+        kl_cls = F.binary_cross_entropy_with_logits(s_cls / temp, soft, reduction="none")
+        kl_cls = (kl_cls - F.binary_cross_entropy_with_logits(t_cls / temp, soft, reduction="none")).sum(1)
         n, _, anchors = s_cls.shape
         s_box = student["boxes"].float().view(n, 4, self.reg_max, anchors)
         t_box = teacher["boxes"].detach().float().view(n, 4, self.reg_max, anchors)
         kl = F.kl_div(F.log_softmax(s_box / temp, 2), F.log_softmax(t_box / temp, 2), reduction="none", log_target=True)
         dfl = kl.sum(2).mean(1)  # (N, A)
-        return (((bce + dfl) * weight).sum() / norm) * temp**2
+        return (((kl_cls + dfl) * weight).sum() / norm) * temp**2
 
     def forward(self, student: Any, teacher: Any) -> dict[str, Tensor]:
         """Both weighted terms, ``{"att": (), "kd": ()}``, from raw head outputs (see :func:`raw_outputs`)."""
@@ -96,24 +104,30 @@ class DistillCriterion:
 
     Set as ``model.criterion`` of the student, it is what ``model.loss(batch, preds)`` calls inside the
     trainer's forward (under its autocast, inside DDP's forward): the teacher sees ``batch["img"]`` as the
-    student did. With ``active`` false the teacher is not run and both terms are 0 (the schedule's last epochs). Returns the stock loss vector with the two terms appended (times the batch size, as the stock
-    terms are) and their detached values under ``"att"`` and ``"kd"``.
+    student did. Returns the stock loss vector with the two terms appended (times the batch size, as the stock
+    terms are) and their detached values under ``"att"`` and ``"kd"``. With ``active`` false the teacher is not
+    run and both terms are 0 (the schedule's last epochs). With a ``balance``, each term's gradient norm against
+    the stock loss's is measured on its schedule and logged (``balance.summary()`` has the means).
 
     Args:
         base: the student's own criterion (``model.init_criterion()``).
         teacher: the dense model, in eval mode, on the student's device.
         terms: the distillation terms.
+        balance: measures the terms' gradient norms against the stock loss's (``None``: not measured).
     """
 
-    def __init__(self, base: Any, teacher: nn.Module, terms: HeadDistillLoss) -> None:
+    def __init__(
+        self, base: Any, teacher: nn.Module, terms: HeadDistillLoss, *, balance: GradientBalance | None = None
+    ) -> None:
         self.base = base
         self.teacher = teacher
         self.terms = terms
+        self.balance = balance
         self.active = True
 
     def __getattr__(self, name: str) -> Any:
         # Ultralytics calls criterion.update() (and may read other attributes) on the stock criterion.
-        if name in ("base", "teacher", "terms", "active"):
+        if name in ("base", "teacher", "terms", "balance", "active"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -128,5 +142,15 @@ class DistillCriterion:
             teacher_preds = self.teacher(batch["img"])
         terms = self.terms(preds, teacher_preds)
         batch_size = batch["img"].shape[0]
+        if self.balance is not None and loss.requires_grad:
+            ratios = self.balance.observe(
+                {"detection": loss.sum(), "att": terms["att"] * batch_size, "kd": terms["kd"] * batch_size}
+            )
+            if ratios is not None:
+                logger.info(
+                    "distillation gradient norms against the detection loss's: att %.3f, kd %.3f",
+                    ratios["att"],
+                    ratios["kd"],
+                )
         extra = torch.stack([terms["att"], terms["kd"]]).to(loss.dtype) * batch_size
         return torch.cat([loss.flatten(), extra]), {**items, "att": terms["att"].detach(), "kd": terms["kd"].detach()}

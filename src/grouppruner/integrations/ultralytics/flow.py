@@ -49,6 +49,7 @@ from .callbacks import Distillation, SparseTraining
 from .checkpoint import load, save
 from .checks import as_yolo, check_data, check_trainer_keywords
 from .model import check_budget, detection_model, example_input, head, prune
+from .search import YoloPlanSearch
 from .trainer import trainer_class
 
 __all__ = [
@@ -81,6 +82,7 @@ STAGE_OF_OPTION: dict[str, str] = {
     "min_channels": "pruned",
     "round_to": "pruned",
     "runtime": "pruned",
+    "search_candidates": "pruned",
     "finetune_epochs": "finetuned",
     "recover_epochs": "recovered",
     "distill_attention": "recovered",
@@ -91,7 +93,7 @@ STAGE_OF_OPTION: dict[str, str] = {
 
 #: Options added after run folders of this format were first written, with the value an older run behaved as:
 #: an earlier run's record without them counts as unchanged while they keep that value.
-_ADDED_OPTIONS: dict[str, Any] = {"distill_off_epochs": 0}
+_ADDED_OPTIONS: dict[str, Any] = {"distill_off_epochs": 0, "search_candidates": 0}
 
 #: Trainer keywords that change where or how verbosely a run trains, not what it computes.
 _NOT_STAGE_OPTIONS = frozenset({"device", "workers", "verbose", "plots", "exist_ok"})
@@ -208,6 +210,7 @@ class _Settings:
     min_channels: int
     round_to: int | None
     runtime: str | None
+    search_candidates: int
     finetune_epochs: int
     recover_epochs: int
     distill: dict[str, float]
@@ -260,11 +263,14 @@ class _Run:
     def pruned(self) -> dict[str, Any]:
         s = self.settings
         model = load(self.path("sparse"))
-        plan = prune(
-            model, imgsz=s.imgsz, min_channels=s.min_channels, round_to=s.round_to, runtime=s.runtime, **s.budget
-        )
+        search = None
+        if s.search_candidates:
+            search = YoloPlanSearch.for_run(self.out, s.data, s.search_candidates, s.trainer_kwargs, s.sparse_epochs)
+        options = {"min_channels": s.min_channels, "round_to": s.round_to, "runtime": s.runtime, **s.budget}
+        plan = prune(model, imgsz=s.imgsz, search=search, **options)
         save(model, self.path("pruned"))
-        return {"params_ratio": plan.params_ratio, "macs_ratio": plan.macs_ratio}
+        extra: dict[str, Any] = {"params_ratio": plan.params_ratio, "macs_ratio": plan.macs_ratio}
+        return {**extra, "search": search.summary} if search else extra
 
     def finetuned(self) -> dict[str, Any]:
         epochs = self.settings.finetune_epochs
@@ -285,7 +291,8 @@ class _Run:
         callback = Distillation(self.path("dense"), **distill, off_epochs=off) if distill else None
         stamp = {"distill": distill, **({"distill_off_epochs": off} if off else {})} if distill else {}
         save(load(self.train("finetuned", "recovered", epochs, stamp, callback)).model, self.path("recovered"))
-        return {"optimizer": s.trainer_kwargs["optimizer"], "distilled": distill is not None}
+        ratio = {"gradient_ratio": callback.gradient_ratio} if callback is not None and callback.gradient_ratio else {}
+        return {"optimizer": s.trainer_kwargs["optimizer"], "distilled": distill is not None, **ratio}
 
     # What the stages share.
 
@@ -399,6 +406,7 @@ def compress(
     min_channels: int = 8,
     round_to: int | None = None,
     runtime: str | None = None,
+    search_candidates: int = 0,
     **trainer_kwargs: Any,
 ) -> CompressResult:
     """Sparse-train, prune, fine-tune and distil an Ultralytics YOLO with its own trainer; resumable.
@@ -426,6 +434,12 @@ def compress(
         min_channels: passed to :func:`~.model.prune`.
         round_to: passed to :func:`~.model.prune`.
         runtime: passed to :func:`~.model.prune`: the runtime the model ships on (default ``"onnxruntime"``).
+        search_candidates: the pruned stage chooses its plan among this many plans of the budget by measured
+            accuracy (:class:`~.search.YoloPlanSearch`: BatchNorm statistics recomputed and Ultralytics' validator
+            run on a fixed sample of the data.yaml's **train** split, never the val split the stages report on;
+            resumable in ``out/search``); its record (``extra["search"]``: the chosen candidate, its score, the
+            solver plan's score, the cost of a candidate against a sparse-training epoch) goes into
+            ``results.json``. 0 (default, until measured): the solver's plan.
         **trainer_kwargs: passed to the Ultralytics trainer as they are (``batch``, ``device``, ``workers``,
             ``amp``, ``lr0``, ``optimizer`` (default :data:`DEFAULT_OPTIMIZER` for every stage), augmentation,
             ``verbose`` (``False``: neither Ultralytics nor compress() prints its progress), ...), except those
@@ -453,6 +467,7 @@ def compress(
         ("sparse_epochs", sparse_epochs),
         ("recover_epochs", recover_epochs),
         ("distill_off_epochs", distill_off_epochs),
+        ("search_candidates", search_candidates),
     )
     for name, value in epoch_counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -490,6 +505,7 @@ def compress(
         min_channels,
         round_to,
         runtime,
+        search_candidates,
         finetune_epochs,
         recover_epochs,
         weights,
@@ -509,6 +525,7 @@ def compress(
             "min_channels": min_channels,
             "round_to": round_to,
             "runtime": runtime,
+            "search_candidates": search_candidates,
             "finetune_epochs": finetune_epochs,
             "recover_epochs": recover_epochs,
             "distill_attention": distill_attention,

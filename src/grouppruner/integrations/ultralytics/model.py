@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from ._require import require_ultralytics
 __all__ = [
     "PLANS_ATTRIBUTE",
     "REBUILD_REFUSAL",
+    "PlanChooser",
     "channel_graph",
     "check_budget",
     "detection_model",
@@ -50,6 +52,17 @@ SUPPORTED_TASKS = ("detect", "segment", "pose", "obb")
 #: string, not plan objects, so that Ultralytics' pickled checkpoints of a pruned model load where grouppruner is
 #: not installed, and so that it travels with every copy Ultralytics makes (EMA, checkpoints, DDP workers).
 PLANS_ATTRIBUTE = "grouppruner_plans"
+
+
+class PlanChooser(Protocol):
+    """What :func:`prune` asks for the plan instead of :meth:`GroupPruner.plan
+    <grouppruner.pruning.GroupPruner.plan>` (:class:`~.search.YoloPlanSearch` is one)."""
+
+    def choose(
+        self, pruner: GroupPruner, budget: Mapping[str, float], *, imgsz: int, prepare: Callable[[nn.Module], None]
+    ) -> PruningPlan:
+        """The plan for ``budget`` (``{"target_macs": 0.5}``) of ``pruner``'s model, traced at ``imgsz``;
+        ``prepare(model)`` makes a pruned copy of it consistent before it runs (the split widths of C2f)."""
 
 
 def detection_model(model: Any) -> nn.Module:
@@ -189,6 +202,7 @@ def prune(
     round_to: int | None = None,
     fold: bool = True,
     runtime: str | Runtime | None = None,
+    search: PlanChooser | None = None,
 ) -> PruningPlan:
     """Group-prune a YOLO in place: per-layer-group thresholds on |gamma| to a budget, with beta folding.
 
@@ -210,6 +224,8 @@ def prune(
         fold: fold the constant output of removed channels into the next layers.
         runtime: the runtime the model ships on (:mod:`grouppruner.runtime`; default ``"onnxruntime"``: kept widths
             on the CPU's vector block, latency measured in onnxruntime); ``"torch"`` for eager PyTorch.
+        search: chooses the plan for the budget by measured accuracy instead of the solver alone, e.g.
+            :class:`~grouppruner.integrations.ultralytics.YoloPlanSearch` (not with ``ratios``).
 
     Returns:
         The applied plan, also kept on the module as JSON (:data:`PLANS_ATTRIBUTE`) for
@@ -218,8 +234,11 @@ def prune(
     Raises:
         OptionTypeError, UsageError, GraphError: see :func:`channel_graph`.
         ValueError: an unreachable budget (the message gives the closest reachable value).
+        InvalidOptionError: ``search`` with ``ratios``.
     """
     inner = detection_model(model)
+    if search is not None and ratios is not None:
+        raise InvalidOptionError("prune: search= chooses among plans of one budget; give a target_*, not ratios")
     plan = _prune_in_place(
         inner,
         target_params,
@@ -232,6 +251,7 @@ def prune(
         round_to,
         fold,
         runtime,
+        search,
     )
     refuse_rebuild(inner)
     logger.info("pruned %s: params x%.3f, MACs x%.3f", type(inner).__name__, plan.params_ratio, plan.macs_ratio)
@@ -250,15 +270,21 @@ def _prune_in_place(
     round_to: int | None,
     fold: bool,
     runtime: str | Runtime | None,
+    search: PlanChooser | None,
 ) -> PruningPlan:
     device = next(inner.parameters()).device
     inner.float().cpu()
     graph = channel_graph(inner, imgsz=imgsz)
     pruner = GroupPruner(graph, importance=importance, min_channels=min_channels, round_to=round_to, runtime=runtime)
-    plan = pruner.plan(
-        target_params=target_params, target_macs=target_macs, target_latency=target_latency, ratios=ratios
-    )
     widths = _hidden_widths(inner)
+    if search is not None:
+        budget = {"target_params": target_params, "target_macs": target_macs, "target_latency": target_latency}
+        given = {k: float(v) for k, v in budget.items() if v is not None}
+        plan = search.choose(pruner, given, imgsz=imgsz, prepare=lambda pruned: sync_hidden_widths(pruned, widths))
+    else:
+        plan = pruner.plan(
+            target_params=target_params, target_macs=target_macs, target_latency=target_latency, ratios=ratios
+        )
     pruner.apply(plan, fold=fold)
     sync_hidden_widths(inner, widths)
     _keep_plans_as_json(inner)

@@ -8,7 +8,8 @@ recipe's report (:mod:`grouppruner.recipe.report`, which shares its pieces, :mod
   optionally measured latency) per stage, relative to the dense model;
 - |gamma| per layer group before (dense) and after sparse training: a table, and histograms;
 - the widths kept per layer group, from the pruning plan stored in the pruned checkpoint, and per convolution;
-- the pruning plan table.
+- the pruning plan table;
+- with ``search_candidates``, the plan search: each candidate's score, the chosen one, the solver's, and the cost.
 
 Figures need the ``plot`` extra (matplotlib); without it the report holds the tables only. The CLI runs it as
 ``grouppruner report RUN_DIR`` when ``RUN_DIR`` is a YOLO run.
@@ -45,7 +46,7 @@ from .checkpoint import load
 from .flow import STAGES, StageRecord
 from .model import channel_graph, detection_model, example_input, plan_records
 
-__all__ = ["read_run", "stage_model", "write_report"]
+__all__ = ["plan_search_lines", "read_run", "stage_model", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +143,35 @@ def write_report(
         lines += gamma_table(snapshots)
     if "pruned" in models:
         lines += _widths_kept(models, out, plots)
+        search = next(r.extra.get("search") for r in records if r.stage == "pruned")
+        lines += plan_search_lines(search) if search else []
     report = out / "report.md"
     with atomic_write(report) as handle:
         handle.write("\n".join(lines).encode())
     logger.info("report written to %s", report)
     return report
+
+
+def plan_search_lines(search: dict[str, Any]) -> list[str]:
+    """The report's section on the pruned stage's plan search, from its record (``extra["search"]`` of the
+    ``pruned`` stage, :attr:`YoloPlanSearch.summary <grouppruner.integrations.ultralytics.YoloPlanSearch>`)."""
+    lines = [
+        "## Plan search",
+        "",
+        f"{search['candidates']} plans of the budget, each scored by Ultralytics' validator (fitness) on "
+        f"{search['scored_images']} training images after its BatchNorm statistics were recomputed; the val split "
+        "stayed out of the choice.",
+        "",
+        "| candidate | fitness | |",
+        "|---|---|---|",
+    ]
+    for name, score in search["scores"].items():
+        chosen = "chosen" if name == f"{search['chosen']}:{search['kind']}" else ""
+        lines.append(f"| {name} | {'no plan met the budget' if score is None else f'{score:.4f}'} | {chosen} |")
+    ratio = search.get("candidate_per_epoch")
+    cost = f"{search['seconds_per_candidate']:.1f} s a candidate"
+    cost += "" if ratio is None else f", {ratio:.3f} of a training epoch ({search['epoch_seconds']:.1f} s)"
+    return [*lines, "", f"Cost: {cost}; {search['seconds']:.1f} s in all.", ""]
 
 
 def _widths_kept(models: dict[str, nn.Module], out: Path, plots: bool) -> list[str]:

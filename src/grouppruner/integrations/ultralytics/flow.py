@@ -288,7 +288,7 @@ class _Run:
             return {}
         distill = s.distill if s.distill["attention"] > 0 or s.distill["output"] > 0 else None
         off = s.distill_off_epochs
-        callback = Distillation(self.path("dense"), **distill, off_epochs=off) if distill else None
+        callback = Distillation(self.path("dense"), **distill, off_epochs=off) if distill else None  # type: ignore[arg-type]
         stamp = {"distill": distill, **({"distill_off_epochs": off} if off else {})} if distill else {}
         save(load(self.train("finetuned", "recovered", epochs, stamp, callback)).model, self.path("recovered"))
         ratio = {"gradient_ratio": callback.gradient_ratio} if callback is not None and callback.gradient_ratio else {}

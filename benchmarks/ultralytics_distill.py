@@ -15,7 +15,9 @@ starts from that pruned model (the folder is copied, so only the recovery stages
 - ``Ultralytics' own distillation``: the pruned model trained with the trainer's ``distill_model=`` (score-weighted
   L2 on the neck features through a projector, weight ``dis`` 6), the same epochs;
 - ``dense, fine-tuned``: the dense model trained ``--sparse-epochs + --recover-epochs`` more (the reference of
-  "mAP kept").
+  "mAP kept");
+- the balanced arm again, distilled from that fine-tuned dense model instead: a teacher stronger than the
+  students (the dense model of a short CPU run is weaker than its pruned and fine-tuned students).
 
 Each finished arm is recorded in ``--results`` (default ``benchmarks/results/ultralytics_distill/seed<k>.json``,
 committed): a rerun skips it, a killed arm reruns (Ultralytics resumes inside ``compress``). Prints mAP50-95 per
@@ -52,6 +54,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 RESULTS = Path(__file__).resolve().parent / "results" / "ultralytics_distill"
 FINETUNE = "fine-tune"
 BALANCED = "distil throughout, off at the end, weights balanced (attention 0.1, output 0.2)"
+STRONGER = "the same, from the dense model fine-tuned (a teacher stronger than the students)"
 ARMS = (
     FINETUNE,
     "fine-tune, then distil",
@@ -59,6 +62,7 @@ ARMS = (
     BALANCED,
     "Ultralytics' own distillation",
     "dense, fine-tuned",
+    STRONGER,
 )
 
 FOLDERS = {
@@ -93,8 +97,11 @@ def _validate(weights: Path, data: Path, kwargs: dict[str, Any]) -> dict[str, fl
     return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
 
 
-def _train(model: Any, data: Path, epochs: int, folder: Path, kwargs: dict[str, Any], **extra: Any) -> Path:
-    """Train a module as it is (its architecture kept) with grouppruner's trainer; its last weights."""
+def _train(
+    model: Any, data: Path, epochs: int, folder: Path, kwargs: dict[str, Any], callback: Any = None, **extra: Any
+) -> Path:
+    """Train a module as it is (its architecture kept) with grouppruner's trainer (and a callback object such as
+    ``gpu.Distillation``); its last weights."""
     from grouppruner.integrations import ultralytics as gpu
 
     last = folder / "weights" / "last.pt"
@@ -113,6 +120,8 @@ def _train(model: Any, data: Path, epochs: int, folder: Path, kwargs: dict[str, 
         }
     )
     trainer.model = model.float().train()
+    if callback is not None:
+        callback.attach(trainer)
     trainer.train()
     return last
 
@@ -165,6 +174,15 @@ def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> No
             row = {"map50_95": stages["recovered"].map50_95, "map50": stages["recovered"].map50}
             row["params_ratio"] = stages["recovered"].params / stages["dense"].params
             row["macs_ratio"] = stages["recovered"].macs / stages["dense"].macs
+        elif label == STRONGER:
+            teacher = folder / "dense-ft" / "weights" / "last.pt"
+            if "dense, fine-tuned" not in record["arms"] or not teacher.is_file():
+                raise RuntimeError(f"{teacher}: run the 'dense, fine-tuned' arm of seed {seed} first")
+            distillation = gpu.Distillation(teacher, attention=0.1, output=0.2, off_epochs=args.off_epochs)
+            pruned = gpu.load(base / "pruned.pt").model
+            last = _train(pruned, data, args.recover_epochs, folder / "stronger-teacher", kwargs, distillation)
+            row = _validate(last, data, kwargs)
+            row["teacher_map50_95"] = record["arms"]["dense, fine-tuned"]["map50_95"]
         elif label == "dense, fine-tuned":
             last = _train(
                 YOLO(str(dense)).model, data, args.sparse_epochs + args.recover_epochs, folder / "dense-ft", kwargs

@@ -330,7 +330,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/udistill"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--arms", type=int, nargs="+", choices=range(len(ARMS)), help="run only these arms, in this order (indices into ARMS)")
+    parser.add_argument(
+        "--arms",
+        type=int,
+        nargs="+",
+        choices=range(len(ARMS)),
+        help="run only these arms, in this order (indices into ARMS)",
+    )
     parser.add_argument("--report", action="store_true", help="only print the table from the records")
     parser.add_argument(
         "--gradients", action="store_true", help="only print the terms' gradient norms on the first seed's pruned model"

@@ -48,7 +48,10 @@ def detect(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _compress(weights: Path, data: Path, out: Path, **options: Any) -> Any:
-    settings: dict[str, Any] = {"target_macs": 0.5, "sparse_epochs": 1, "recover_epochs": 2, **TRAIN, **options}
+    # distillation is off by default: these runs turn it on to cover the recovered stage's distillation
+    distill = {"distill_attention": 0.1, "distill_output": 0.2, "finetune_epochs": 1}
+    settings: dict[str, Any] = {"target_macs": 0.5, "sparse_epochs": 1, "recover_epochs": 2, **distill, **TRAIN}
+    settings.update(options)
     return gpu.compress(YOLO(str(weights)), data=data, out=out, **settings)
 
 
@@ -69,6 +72,8 @@ def test_compress_end_to_end_and_rerun(detect: tuple[Path, Path], tmp_path: Path
     # the trainer ran each stage in its own Ultralytics run folder; the distillation terms were in the loss
     assert "att" in (out / "recovered" / "results.csv").read_text().splitlines()[0]
     assert "att" not in (out / "finetuned" / "results.csv").read_text().splitlines()[0]
+    ratio = result.stages[-1].extra["gradient_ratio"]  # the terms' gradient norms against the stock loss's
+    assert set(ratio) == {"att", "kd"} and all(0.0 <= v < float("inf") for v in ratio.values())
 
     # same options: nothing runs again
     stamps = {s: (out / f"{s}.pt").stat().st_mtime_ns for s in gpu.STAGES}

@@ -44,11 +44,17 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.Argu
     parser.add_argument("--out", required=True, help="run folder; rerunning resumes")
     parser.add_argument("--sparse-epochs", type=int, default=30)
     parser.add_argument("--recover-epochs", type=int, default=60)
-    parser.add_argument("--finetune-epochs", type=int, default=None, help="default: half of --recover-epochs")
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=None, help="default: all of --recover-epochs, 0 when distilling"
+    )
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--sparsity", type=float, default=5e-3, help="L1 rate s on the BatchNorm scales")
-    parser.add_argument("--distill-attention", type=float, default=1.0, help="weight of the attention term")
-    parser.add_argument("--distill-output", type=float, default=1.0, help="weight of the output-level term")
+    parser.add_argument(
+        "--distill-attention", type=float, default=0.0, help="weight of the attention term (default 0; e.g. 0.1)"
+    )
+    parser.add_argument(
+        "--distill-output", type=float, default=0.0, help="weight of the output-level term (default 0; e.g. 0.2)"
+    )
     parser.add_argument(
         "--search-candidates",
         type=int,

@@ -290,20 +290,24 @@ def report(args: argparse.Namespace) -> str:
         return "no finished seed with these settings"
     seeds = sorted(records)
     lines = [
-        f"| arm | mAP50-95, seed {' / '.join(map(str, seeds))} | mean | vs fine-tune (points) | minutes |",
+        f"| arm | mAP50-95, seed {' / '.join(map(str, seeds))} | mean (seeds) | vs fine-tune (points) | minutes |",
         "|---|---|---|---|---|",
     ]
     for label in ARMS:
         rows = [records[s]["arms"].get(label) for s in seeds]
-        values = [r["map50_95"] if r else float("nan") for r in rows]
-        tune = [records[s]["arms"].get(FINETUNE, {}).get("map50_95", float("nan")) for s in seeds]
-        diffs = [100 * (v - t) for v, t in zip(values, tune, strict=True)]
-        minutes = [r["minutes"] for r in rows if r]
+        if not any(rows):
+            continue
+        tune = [records[s]["arms"].get(FINETUNE, {}).get("map50_95") for s in seeds]
+        values = [f"{r['map50_95']:.4f}" if r else "-" for r in rows]
+        diffs = [
+            f"{100 * (r['map50_95'] - t):+.2f}" if r and t is not None else "-" for r, t in zip(rows, tune, strict=True)
+        ]
+        present = [r["map50_95"] for r in rows if r]
+        minutes = statistics.fmean(r["minutes"] for r in rows if r)
         error = next((r["error"] for r in rows if r and "error" in r), "")
         lines.append(
-            f"| {label} | {' / '.join(f'{v:.4f}' for v in values)} | {statistics.fmean(values):.4f} | "
-            f"{' / '.join(f'{d:+.2f}' for d in diffs)} | {statistics.fmean(minutes) if minutes else float('nan'):.1f} |"
-            + (f" {error[:120]}" if error else "")
+            f"| {label} | {' / '.join(values)} | {statistics.fmean(present):.4f} ({len(present)}) | "
+            f"{' / '.join(diffs)} | {minutes:.1f} |" + (f" {error[:120]}" if error else "")
         )
     dense = " / ".join(f"{records[s]['dense']['map50_95']:.4f}" for s in seeds)
     s = _settings(args)

@@ -33,7 +33,8 @@ skips those arms and reruns only finished arms whose checkpoints a pending arm n
 the settings (not the work folder's path) and the teacher's bytes; the teacher trains deterministically on one
 thread, so a later session that retrains it gets the same digests. ``--jobs N`` runs N worker processes (each
 takes the next arm that no other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``,
-``ablations``, ``search``, ``diagnosis``); ``--report`` only writes the tables and the figure from the finished
+``ablations``, ``search``, ``diagnosis``, ``widths``: ours planned at free widths instead of on the runtime's
+channel block); ``--report`` only writes the tables and the figure from the finished
 arms.
 
 Usage::
@@ -89,7 +90,7 @@ BUDGETS = (0.35, 0.15)
 TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 TP_GROUP_NORM_RATE = 5e-4
 OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
-PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis")
+PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis", "widths")
 SEARCH_CANDIDATES = 16
 DIAGNOSIS_SLIMMING = "slimming-0.03"  # the best Torch-Pruning arm at 15 % in the last full run
 # Finished arms' records, committed with the code: work folders do not outlive a session, these do.
@@ -117,6 +118,14 @@ ABLATIONS: list[tuple[str, dict[str, Any], tuple[str, ...], bool]] = [
     ("ours, dynamic rule keep 0.3 (not 0.35)", {"sparsity_keep": 0.3}, (), False),
     ("ours, dynamic rule warmup 0.1 (not 0.2)", {"sparsity_warmup": 0.1}, (), False),
 ]
+
+
+# ours from its own sparse model, planned at free widths instead of on onnxruntime's channel block (issue 25's default)
+FREE_WIDTHS: tuple[str, dict[str, Any], tuple[str, ...]] = (
+    "ours, free widths (runtime='torch', no channel block)",
+    {"runtime": "torch"},
+    ("sparse",),
+)
 
 
 def keep_for(budget: float) -> float:
@@ -267,6 +276,8 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
         arms += _diagnosis(tight, first)
     if "search" in parts:
         arms += [a for seed in more for a in _search(tight, seed)]
+    if "widths" in parts:  # what putting widths on the runtime's channel block (the default) costs at 15 %
+        arms += [_ours(tight, first), _ablation(tight, first, *FREE_WIDTHS)]
     unique: dict[str, ArmSpec] = {}
     for arm in arms:
         unique.setdefault(arm.key, arm)
@@ -525,9 +536,7 @@ def search_lines(arms: Sequence[ArmResult]) -> str:
             f"- search, seed {arm.seed}: candidate {best['index']} ({best['kind']}) chosen, mAP@0.5 on the search "
             f"split {best['score']:.3f} against the solver's plan {solver if solver is None else f'{solver:.3f}'}; "
             f"{len(scores)} candidates scored in {extra['search_seconds'] / 60:.1f} min, "
-            f"{extra['seconds_per_candidate']:.0f} s each"
-            + (f" = {ratio:.2f} recovery epochs" if ratio else "")
-            + "."
+            f"{extra['seconds_per_candidate']:.0f} s each" + (f" = {ratio:.2f} recovery epochs" if ratio else "") + "."
         )
     return "\n".join(lines)
 

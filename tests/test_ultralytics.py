@@ -253,6 +253,16 @@ def test_distill_off_epochs_must_leave_distillation(data: Path, tmp_path: Path) 
             out=tmp_path / "run",
         )
     assert not (tmp_path / "run").exists()
+    from grouppruner.cli import build_parser
+    from grouppruner.integrations.ultralytics.flow import _first_changed
+
+    argv = ["yolo", "--model", "m.pt", "--data", "d.yaml", "--target-macs", "0.5", "--out", "o"]
+    args = build_parser().parse_args([*argv, "--distill-off-epochs", "2"])
+    assert args.distill_off_epochs == 2
+    assert args.distill_attention == args.distill_output == 0.0  # distillation is off by default
+    # a run folder written before the option existed: unchanged while it is 0
+    assert _first_changed({"recover_epochs": 8}, {"recover_epochs": 8, "distill_off_epochs": 0}) is None
+    assert _first_changed({"recover_epochs": 8}, {"recover_epochs": 8, "distill_off_epochs": 2}) == "recovered"
 
 
 def test_cluttered_data_separates_shape_and_colour(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.Argu
         "--distill-output", type=float, default=0.0, help="weight of the output-level term (default 0; e.g. 0.2)"
     )
     parser.add_argument(
+        "--distill-off-epochs", type=int, default=0, help="the last epochs of distillation on the stock loss alone"
+    )
+    parser.add_argument(
         "--search-candidates",
         type=int,
         default=0,
@@ -126,6 +129,7 @@ def run_command(args: argparse.Namespace) -> str:
         sparsity=args.sparsity,
         distill_attention=args.distill_attention,
         distill_output=args.distill_output,
+        distill_off_epochs=args.distill_off_epochs,
         runtime=args.runtime,
         search_candidates=args.search_candidates,
         **trainer,

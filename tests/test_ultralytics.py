@@ -249,6 +249,8 @@ def test_distill_off_epochs_must_leave_distillation(data: Path, tmp_path: Path) 
             data=data,
             target_macs=0.5,
             recover_epochs=8,
+            finetune_epochs=4,
+            distill_output=0.2,
             distill_off_epochs=4,
             out=tmp_path / "run",
         )

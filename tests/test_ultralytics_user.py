@@ -99,10 +99,12 @@ def test_every_stage_trains_with_the_recorded_optimizer(run: Run) -> None:
     cwd, result, _ = run
     out = cwd / "runs" / "yolo"
     assert json.loads((out / "results.json").read_text())["options"]["optimizer"] == "SGD"
-    for stage in ("sparse", "finetuned", "recovered"):
+    for stage in ("sparse", "finetuned"):
         args = (out / stage / "args.yaml").read_text()
         assert "optimizer: SGD" in args and "lr0: 0.02" in args
         assert {s.stage: s for s in result.stages}[stage].extra["optimizer"] == "SGD"
+    # no distillation by default: the recovery is the fine-tuning, and the recovered stage trains nothing more
+    assert not (out / "recovered").exists() and "optimizer" not in result.stages[-1].extra
 
 
 def test_the_budget_check_does_not_read_like_a_result(run: Run) -> None:

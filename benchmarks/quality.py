@@ -480,16 +480,27 @@ def headline(budget: float, arms: Sequence[ArmResult], reference: ArmResult | No
     best_label, best = max(family.items(), key=lambda item: item[1][0].final if item[1][0].seed == 0 else 0.0)
     tp = [a.final for a in best]
     lead = (statistics.fmean(ours) - statistics.fmean(tp)) * 100
-    separate = min(ours) > max(tp) or max(ours) < min(tp)
     kept = statistics.fmean(ours) / reference.final * 100 if reference is not None and reference.final else math.nan
+    separate = (min(ours) > max(tp) or max(ours) < min(tp)) and min(len(ours), len(tp)) > 1
+    spread = (
+        "are one a side (no overlap test)"
+        if min(len(ours), len(tp)) < 2
+        else "overlap"
+        if not separate
+        else "do not overlap"
+        if lead > 0
+        else "do not overlap (Torch-Pruning ahead)"
+    )
+    teacher = (
+        f"ours keeps {kept:.1f} % of the fine-tuned teacher" if not math.isnan(kept) else "teacher + fine-tune not run"
+    )
     need_lead, need_kept = (2.0, 95.0) if budget < 0.25 else (0.0, 99.0)
     met = lead >= need_lead and lead > 0 and separate and kept >= need_kept
     return (
         f"At {budget:.0%} of the params: ours {statistics.fmean(ours):.3f} (seeds: "
         f"{', '.join(f'{v:.3f}' for v in ours)}) against the best Torch-Pruning arm, {best_label.split(': ', 1)[-1]}, "
         f"{statistics.fmean(tp):.3f} ({', '.join(f'{v:.3f}' for v in tp)}): a lead of {lead:+.1f} points, the seeds "
-        f"{'overlap' if not separate else 'do not overlap' if lead > 0 else 'do not overlap (Torch-Pruning ahead)'}; "
-        f"ours keeps {kept:.1f} % of the fine-tuned teacher. Goal "
+        f"{spread}; {teacher}. Goal "
         f"(lead >= {need_lead:g} points over seeds that do not overlap, >= {need_kept:g} % kept): "
         f"{'met' if met else 'missed'}."
     )

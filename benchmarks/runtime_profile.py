@@ -52,7 +52,7 @@ from torch import nn
 
 from grouppruner.export import export_onnx
 from grouppruner.profile import count_macs, count_params
-from grouppruner.runtime import Runtime, cpu_vector_block
+from grouppruner.runtime import Runtime, cpu_vector_block, session_options
 
 KINDS = {
     "QuickGelu": "activation",
@@ -108,12 +108,7 @@ def profile(
     sessions = []
     with tempfile.TemporaryDirectory() as folder:
         for k, data in enumerate(datas):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3
+            options = session_options(threads)  # the measurement's own settings, plus the profiler
             options.enable_profiling = True
             if not spin:  # idle pool threads sleep instead of spinning (onnxruntime spins by default)
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")

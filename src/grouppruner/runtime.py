@@ -189,9 +189,9 @@ def _require_onnxruntime() -> Any:
     return onnxruntime
 
 
-def onnx_session(data: bytes, threads: int) -> Any:
-    """An onnxruntime CPU ``InferenceSession`` for serialized ONNX ``data``, as a deployment would open it:
-    ``threads`` intra-op threads, one inter-op thread, sequential execution, every graph optimisation."""
+def session_options(threads: int) -> Any:
+    """The ``onnxruntime.SessionOptions`` a deployment would open a model with: ``threads`` intra-op threads, one
+    inter-op thread, sequential execution, every graph optimisation (what every latency here is measured with)."""
     ort = _require_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -199,7 +199,13 @@ def onnx_session(data: bytes, threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def onnx_session(data: bytes, threads: int) -> Any:
+    """An onnxruntime CPU ``InferenceSession`` for serialized ONNX ``data`` with :func:`session_options`."""
+    ort = _require_onnxruntime()
+    return ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def _onnx_runner(model: nn.Module, example_inputs: Any, threads: int) -> Runner:

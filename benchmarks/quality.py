@@ -415,15 +415,31 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
     return path, teacher
 
 
-def check_teacher(results: Path, sha256: str, map50: float, threads: int) -> None:
+def recorded_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[str, ArmResult] | None:
+    """For ``--report`` where no teacher was trained or given: the teacher of the committed records (its digest,
+    mAP and size, from ``teacher.json``), so that a fresh clone reports them without training; else ``None``."""
+    if not args.report or args.teacher_checkpoint is not None or (Path(base.out_dir) / "dense.pt").is_file():
+        return None
+    path = args.results / "teacher.json" if args.results is not None else None
+    record = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+    if not {"sha256", "map50", "params", "macs"} <= set(record):
+        return None
+    size = record["params"], record["macs"]
+    return record["sha256"], ArmResult("teacher", "teacher (dense)", "teacher", None, base.seed, *size, record["map50"])
+
+
+def check_teacher(results: Path, sha256: str, teacher: ArmResult, threads: int) -> None:
     """Record the teacher of the committed arm records, or warn when this one differs (then none of them match)."""
     record = results / "teacher.json"
-    mine = {"sha256": sha256, "map50": round(map50, 4), "threads": threads}
-    if not record.is_file():
+    theirs = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    if not theirs or (theirs["sha256"] == sha256 and "params" not in theirs):
+        # the first record, or one written before it kept the teacher's size (which --report needs)
+        mine = {"sha256": sha256, "map50": round(teacher.final, 4), "threads": threads}
         results.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps({**mine, **theirs, "params": teacher.params, "macs": teacher.macs}, indent=2)
+        record.write_text(text + "\n", encoding="utf-8")
         return
-    theirs = json.loads(record.read_text(encoding="utf-8"))
+    map50 = teacher.final
     if theirs.get("sha256") != sha256:
         print(
             f"quality.py: warning: the records in {results} come from teacher {theirs.get('sha256')} (mAP@0.5 "
@@ -707,19 +723,21 @@ def main() -> None:
             f"quality.py: {'--quick' if args.quick else 'full'} run in {args.out}; budgets {args.budgets}, seeds "
             f"{args.seeds}, {args.jobs} worker(s) on {args.threads} threads; parts {args.only or list(PARTS)}"
         )
-    teacher_path, teacher = prepare_teacher(args, base)
+    recorded = recorded_teacher(args, base)
+    if recorded is None:
+        teacher_path, teacher = prepare_teacher(args, base)
+        sha256 = file_record(teacher_path.parent, teacher_path)["sha256"][:16]
+    else:  # --report in a fresh work folder: the committed records' teacher, nothing trained
+        teacher_path, (sha256, teacher) = Path(base.out_dir) / "dense.pt", recorded
     context = Context(
         base,
         teacher_path,
         args.out,
         # what every arm computes from: the work folder's path is not part of it, the teacher's bytes are
-        {
-            **{k: v for k, v in dataclasses.asdict(base).items() if k != "out_dir"},
-            "teacher": file_record(teacher_path.parent, teacher_path)["sha256"][:16],
-        },
+        {**{k: v for k, v in dataclasses.asdict(base).items() if k != "out_dir"}, "teacher": sha256},
     )
-    if args.results is not None and not args.worker:
-        check_teacher(args.results, context.settings["teacher"], teacher.final, args.threads)
+    if args.results is not None and not args.worker and recorded is None:
+        check_teacher(args.results, sha256, teacher, args.threads)
     if not args.report:
         if args.worker or args.jobs == 1:
             run_queue(args, context)

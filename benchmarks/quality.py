@@ -636,6 +636,7 @@ def report(args: argparse.Namespace, base: RecipeConfig, context: Context, teach
         f"{TP_GROUP_NORM_RATE:g}; seeds {list(args.seeds)}."
     )
     markdown = "\n\n".join(parts) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)  # a report from committed records may run in a fresh clone
     (args.out / "quality.md").write_text(markdown, encoding="utf-8")
     (args.out / "quality.json").write_text(
         json.dumps(

@@ -153,6 +153,15 @@ def test_compress_defaults_to_voc_classes_and_ctrl_c_exits_130(tmp_path, capsys,
     (tmp_path / "recipe.toml").write_text('classes = ["cat", "dog"]\nimage_size = 96\n')
     assert main([*base, "--config", str(tmp_path / "recipe.toml"), "--image-size", "64"]) == 130
     assert seen[-1].classes == ("cat", "dog") and seen[-1].image_size == 64  # flags override the file
+    assert seen[-1].budget == {"target_params": 0.35}
+    assert main([*base, "--target-macs", "0.4"]) == 130
+    assert seen[-1].prune_by == "macs" and seen[-1].budget == {"target_macs": 0.4}
+    assert main([*base, "--target-latency", "0.5", "--search-candidates", "4"]) == 130
+    assert seen[-1].budget == {"target_latency": 0.5} and seen[-1].search_candidates == 4
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--target-params", "0.3", "--target-macs", "0.4"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -9,8 +9,20 @@ import grouppruner
 
 ROOT = pathlib.Path(grouppruner.__file__).parent
 BUILTINS = {"ValueError", "TypeError", "KeyError", "RuntimeError", "IndexError", "AttributeError"}
-CORE = ["graph", "sparsity", "pruning", "distill", "_utils", "checkpoint.py", "profile.py", "latency.py",
-        "export.py", "plot.py", "resume.py", "run_folder.py"]
+CORE = [
+    "graph",
+    "sparsity",
+    "pruning",
+    "distill",
+    "_utils",
+    "checkpoint.py",
+    "profile.py",
+    "latency.py",
+    "export.py",
+    "plot.py",
+    "resume.py",
+    "run_folder.py",
+]
 #: The detector kit and the recipe raise through the family too.
 APPLICATIONS = ["detection", "recipe"]
 

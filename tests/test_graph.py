@@ -114,9 +114,11 @@ def test_remove_from_every_group_keeps_function(name: str) -> None:
 def test_outputs_protected(name: str) -> None:
     model = ALL[name]()
     graph = ChannelGraph(model, example_input())
-    out_layers = {"fc"} if name in ("linear_head", "flatten_head") else {
-        n for n, m in model.named_modules() if n.startswith("head") and isinstance(m, nn.Conv2d)
-    }
+    out_layers = (
+        {"fc"}
+        if name in ("linear_head", "flatten_head")
+        else {n for n, m in model.named_modules() if n.startswith("head") and isinstance(m, nn.Conv2d)}
+    )
     assert out_layers
     for g in graph.channel_groups:
         touches_output = any(r.name in out_layers and r.dim == "out" for r in g.layers)
@@ -134,11 +136,22 @@ def test_residual_coupling() -> None:
     graph = ChannelGraph(ZOO["resnet"](), example_input())
     stem = graph.group("backbone.0.0")
     full = tuple(range(16))
-    for name, dim in [("backbone.0.1", "out"), ("backbone.1.conv2", "out"), ("backbone.1.bn2", "out"),
-                      ("backbone.2.conv2", "out"), ("backbone.1.conv1.0", "in"), ("backbone.3.shortcut.0", "in")]:
+    for name, dim in [
+        ("backbone.0.1", "out"),
+        ("backbone.1.conv2", "out"),
+        ("backbone.1.bn2", "out"),
+        ("backbone.2.conv2", "out"),
+        ("backbone.1.conv1.0", "in"),
+        ("backbone.3.shortcut.0", "in"),
+    ]:
         assert refs(stem, name, dim) == [full], name
     assert [g.name for g in graph.channel_groups] == [
-        "backbone.0.0", "backbone.1.conv1.0", "backbone.2.conv1.0", "backbone.3.conv1.0", "backbone.3.conv2", "head"
+        "backbone.0.0",
+        "backbone.1.conv1.0",
+        "backbone.2.conv1.0",
+        "backbone.3.conv1.0",
+        "backbone.3.conv2",
+        "head",
     ]
     assert refs(graph.group("backbone.3.conv2"), "backbone.3.shortcut.0", "out") == [tuple(range(24))]
     assert graph.group("backbone.0.0").bn_names == ("backbone.0.1", "backbone.1.bn2", "backbone.2.bn2")

@@ -43,8 +43,14 @@ class AreaAttention(nn.Module):
 
 def _net() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), AreaAttention(), nn.Conv2d(16, 24, 1),
-        nn.BatchNorm2d(24), nn.ReLU(), nn.Conv2d(24, 4, 1),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        AreaAttention(),
+        nn.Conv2d(16, 24, 1),
+        nn.BatchNorm2d(24),
+        nn.ReLU(),
+        nn.Conv2d(24, 4, 1),
     ).eval()
 
 

@@ -368,7 +368,8 @@ def test_reshaped_head_output_is_protected_and_its_inputs_prunable() -> None:
 def test_hidden_linear_layer_group() -> None:
     graph = ChannelGraph(MLPHead(), example_input())
     assert {k: [g.name for g in v] for k, v in graph.layer_groups().items()} == {
-        "body/s2": ["body.0"], "fc1/flat": ["fc1"]
+        "body/s2": ["body.0"],
+        "fc1/flat": ["fc1"],
     }
     graph.remove_channels("fc1", [3, 4])
     assert graph.model.fc2.in_features == 14 and graph.model(example_input()).shape == (1, 4)

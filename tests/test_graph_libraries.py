@@ -79,9 +79,14 @@ def test_convnext_layer_norm_and_layer_scale() -> None:
     names = layer_names(stem)
     # the residual stream of stage 1: stem LayerNorm2d, dw conv, block LayerNorm, fc2 out, gamma, down LayerNorm2d
     for ref in [
-        ("stem.1", "LayerNorm2d", "out"), ("stage1.dwconv", "Conv2d", "out"), ("stage1.norm", "LayerNorm", "out"),
-        ("stage1.fc1", "Linear", "in"), ("stage1.fc2", "Linear", "out"), ("stage1.gamma", "Parameter", "out"),
-        ("down.0", "LayerNorm2d", "out"), ("down.1", "Conv2d", "in"),
+        ("stem.1", "LayerNorm2d", "out"),
+        ("stage1.dwconv", "Conv2d", "out"),
+        ("stage1.norm", "LayerNorm", "out"),
+        ("stage1.fc1", "Linear", "in"),
+        ("stage1.fc2", "Linear", "out"),
+        ("stage1.gamma", "Parameter", "out"),
+        ("down.0", "LayerNorm2d", "out"),
+        ("down.1", "Conv2d", "in"),
     ]:
         assert ref in names
     down = graph.group("down.1")

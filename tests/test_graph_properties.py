@@ -22,8 +22,20 @@ from zoo import ZOO, ConvBN, example_input
 from zoo_libraries import ConvNormAct, ImplicitA
 
 MODELS = [
-    "resnet", "densenet", "c2f", "tiny_slice", "tiny_split", "resnext", "mobilenetv2", "fpn", "spp",
-    "flatten_head", "linear_head", "se", "frozen", "detector",
+    "resnet",
+    "densenet",
+    "c2f",
+    "tiny_slice",
+    "tiny_split",
+    "resnext",
+    "mobilenetv2",
+    "fpn",
+    "spp",
+    "flatten_head",
+    "linear_head",
+    "se",
+    "frozen",
+    "detector",
 ]
 
 
@@ -57,8 +69,20 @@ def test_zoo_models(name: str, data: st.DataObject) -> None:
 
 
 OPS = [
-    "conv", "dw", "grouped", "res", "concat", "chunk", "split_add", "slice", "pool", "se",
-    "bnact", "layer_scale", "implicit", "channels_last",
+    "conv",
+    "dw",
+    "grouped",
+    "res",
+    "concat",
+    "chunk",
+    "split_add",
+    "slice",
+    "pool",
+    "se",
+    "bnact",
+    "layer_scale",
+    "implicit",
+    "channels_last",
 ]
 
 
@@ -159,7 +183,8 @@ def cnn_specs(draw: Any) -> tuple[int, list[tuple[str, int]]]:
     ops: list[tuple[str, int]] = []
     for _ in range(draw(st.integers(1, 5))):
         allowed = [
-            op for op in OPS
+            op
+            for op in OPS
             if not (op in ("chunk", "split_add", "slice") and (c % 2 or c < 8))
             and not (op == "grouped" and c % 4)
             and not (op in ("concat", "chunk") and c > 32)

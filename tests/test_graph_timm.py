@@ -18,8 +18,17 @@ timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.libraries
 
 ARCHS = [
-    "cspdarknet53", "cspresnet50", "ghostnet_100", "efficientnet_lite0", "rexnet_100", "dla34",
-    "convnext_atto", "resnext50_32x4d", "regnety_004", "mobilenetv3_small_100", "shufflenet_v2_x1_0",
+    "cspdarknet53",
+    "cspresnet50",
+    "ghostnet_100",
+    "efficientnet_lite0",
+    "rexnet_100",
+    "dla34",
+    "convnext_atto",
+    "resnext50_32x4d",
+    "regnety_004",
+    "mobilenetv3_small_100",
+    "shufflenet_v2_x1_0",
 ]
 
 # arch -> (at least this many convs shrink, of this many convs)

@@ -179,7 +179,10 @@ def test_recipe_config_names_the_field_and_the_allowed_values(field, value, allo
         ({"sparsity_warmup": 1.5}, r"sparsity_warmup must be in \[0, 1\]"),
         ({"recover_epochs": 2, "finetune_epochs": 3}, "finetune_epochs"),
         ({"recover_epochs": 4, "finetune_epochs": 2, "distill_off_epochs": 3}, r"finetune_epochs \+ distill_off"),
-        ({"search_candidates": 4, "prune_by": "gamma"}, "search_candidates=4 .* needs prune_by='params'"),
+        ({"search_candidates": 4, "prune_by": "gamma"}, "search_candidates=4 .* needs prune_by='params', 'macs'"),
+        ({"target_macs": 1.5}, r"target_macs must be in \(0, 1\]"),
+        ({"target_latency": 0.0}, r"target_latency must be in \(0, 1\]"),
+        ({"prune_by": "flops"}, r"prune_by must be one of \('params', 'macs', 'latency', 'gamma'\)"),
         ({"search_candidates": -1}, "search_candidates must be >= 0"),
     ],
 )
@@ -569,3 +572,20 @@ def test_recipe_searches_the_plan_and_switches_distillation_off_at_the_end(tiny_
     assert set(ratios) == {"attention", "output"} and all(v > 0 for v in ratios.values())
     assert "gradient norm against the detection loss's: attention x" in caplog.text
     assert "recovered (distillation off)" in caplog.text
+
+
+@pytest.mark.slow
+def test_recipe_prunes_to_a_macs_or_a_measured_latency_budget_and_searches_either(tiny_run, tmp_path):
+    config, results = tiny_run
+    stages = {r.stage: r.checkpoint for r in results}
+    inputs = {s: stages[s] for s in ("dense", "sparse")}
+    sparse = results[1]
+    by_macs = _beside(config, tmp_path / "macs", prune_by="macs", target_macs=0.5, search_candidates=2)
+    pruned = RecipeRun(by_macs, checkpoints=inputs).run_stage("pruned")
+    assert abs(pruned.macs / sparse.macs - 0.5) <= 0.01 * 0.5
+    assert len(pruned.extra["search"]["scores"]) == 2 and "latency" not in pruned.extra
+    by_latency = _beside(config, tmp_path / "latency", prune_by="latency", target_latency=0.6, runtime="torch")
+    pruned = RecipeRun(by_latency, checkpoints=inputs).run_stage("pruned")
+    measured = pruned.extra["latency"]
+    assert measured["runtime"] == "torch" and 0.0 < measured["ratio"] < 1.0
+    assert pruned.macs < sparse.macs

@@ -31,6 +31,13 @@ def test_runtime_option_defaults_to_onnxruntime_and_is_checked() -> None:
         load_recipe_config(overrides={"out_dir": "x", "runtime": "tensorrt"})
 
 
+def test_the_budget_follows_prune_by() -> None:
+    assert RecipeConfig(out_dir="x").budget == {"target_params": 0.35}
+    assert RecipeConfig(out_dir="x", prune_by="macs", target_macs=0.4).budget == {"target_macs": 0.4}
+    assert RecipeConfig(out_dir="x", prune_by="latency").budget == {"target_latency": 0.5}
+    assert RecipeConfig(out_dir="x", prune_by="gamma").budget == {}
+
+
 def test_unknown_key_names_file_key_and_close_fields(tmp_path: Path) -> None:
     path = _write(tmp_path, 'out_dir = "x"\nimage_sise = 96\n')
     with pytest.raises(ValueError, match=r"recipe\.toml: unknown option 'image_sise'; close matches: 'image_size'"):

@@ -55,9 +55,9 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module = (
-            nn.Identity() if s == 1 and c_in == c_out else nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, s, bias=False), nn.BatchNorm2d(c_out)
-            )
+            nn.Identity()
+            if s == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, s, bias=False), nn.BatchNorm2d(c_out))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,9 +215,7 @@ class C2f(nn.Module):
         self.c = c_out // 2
         self.static = static
         self.cv1 = ConvBN(c_in, 2 * self.c, k=1)
-        self.m = nn.ModuleList(
-            nn.Sequential(ConvBN(self.c, self.c), ConvBN(self.c, self.c)) for _ in range(n)
-        )
+        self.m = nn.ModuleList(nn.Sequential(ConvBN(self.c, self.c), ConvBN(self.c, self.c)) for _ in range(n))
         self.cv2 = ConvBN((2 + n) * self.c, c_out, k=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

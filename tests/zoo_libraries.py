@@ -253,8 +253,12 @@ class GNTowerNet(nn.Module):
         self.lateral = nn.ModuleList([nn.Conv2d(24, 16, 1), nn.Conv2d(32, 16, 1)])
         self.fpn_out = nn.ModuleList([nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)])
         self.tower = nn.Sequential(
-            nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
-            nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.GroupNorm(4, 16),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.GroupNorm(4, 16),
+            nn.ReLU(),
         )
         self.cls = nn.Conv2d(16, 6, 3, padding=1)
         self.box = nn.Conv2d(16, 4, 3, padding=1)

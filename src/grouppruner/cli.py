@@ -144,7 +144,12 @@ def _add_recipe_options(parser: argparse.ArgumentParser, *, default_out: str | N
     )
     parser.add_argument("--sparsity", type=float, help="rate s of the L1 term on BatchNorm scales")
     parser.add_argument("--sparse-optimizer", choices=("sgd", "adamw"), help="optimizer of the sparse stage (sgd)")
-    parser.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--target-params", type=float, help="fraction of parameters to keep (default 0.35)")
+    budget.add_argument("--target-macs", type=float, help="fraction of MACs at --image-size to keep")
+    budget.add_argument(
+        "--target-latency", type=float, help="fraction of the latency to keep, measured in --runtime (verified)"
+    )
     parser.add_argument(
         "--search-candidates",
         type=int,
@@ -294,6 +299,8 @@ def _recipe(args: argparse.Namespace) -> int:
         "sparsity": args.sparsity,
         "sparse_optimizer": args.sparse_optimizer,
         "target_params": args.target_params,
+        "target_macs": args.target_macs,
+        "target_latency": args.target_latency,
         "search_candidates": args.search_candidates,
         "distill_off_epochs": args.distill_off_epochs,
         "teacher": args.teacher,
@@ -303,6 +310,9 @@ def _recipe(args: argparse.Namespace) -> int:
         "amp": args.amp,
         "cfg": args.cfg,
     }
+    for unit in ("params", "macs", "latency"):
+        if getattr(args, f"target_{unit}") is not None:
+            overrides["prune_by"] = unit
     if args.classes is not None:
         overrides["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     elif args.command == "compress" and (args.config is None or "classes" not in _config_keys(args.config)):

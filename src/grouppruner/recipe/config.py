@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .._utils.errors import InvalidOptionError
 from ..detection.synthetic import SYNTHETIC_CLASSES, split_sizes
@@ -26,6 +26,7 @@ __all__ = [
     "GAMMA_THRESHOLD",
     "STAGES",
     "STAGE_OF_OPTION",
+    "Budget",
     "RecipeConfig",
     "check_option",
     "first_changed_stage",
@@ -46,12 +47,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sparsity_schedule": ("dynamic", "constant"),
     "sparsity_scope": ("global", "group"),
     "prune_scope": ("group", "global"),
-    "prune_by": ("params", "gamma"),
+    "prune_by": ("params", "macs", "latency", "gamma"),
     "teacher": ("dense", "sparse"),
     "amp": ("off", "bf16", "fp16"),
     "distill_layers": ("all", "backbone", "neck"),
     "runtime": RUNTIMES,
 }
+
+
+class Budget(TypedDict, total=False):
+    """One budget keyword of :meth:`GroupPruner.plan <grouppruner.pruning.GroupPruner.plan>` and its value."""
+
+    target_params: float
+    target_macs: float
+    target_latency: float
 
 
 @dataclass
@@ -107,20 +116,29 @@ class RecipeConfig:
         sparsity_scope: where the dynamic rule's quantile is taken: ``"global"`` (paper) or ``"group"`` (every
             layer group spares its own strongest ``sparsity_keep``).
         target_params: fraction of the parameters the pruned model keeps (``prune_by="params"``).
-        prune_by: ``"params"``: the per-layer-group fractions are solved for ``target_params``; ``"gamma"``:
-            every layer group drops its channels with ``|gamma| < gamma_threshold`` (fractions read off the
-            gamma distributions, whatever size that gives).
+        target_macs: fraction of the conv + linear MACs at ``image_size`` the pruned model keeps
+            (``prune_by="macs"``).
+        target_latency: fraction of the batch-1 latency at ``image_size`` the pruned model keeps, measured in
+            ``runtime`` against the dense model (``prune_by="latency"``; the plan is verified by measurement and
+            corrected, as :meth:`GroupPruner.plan <grouppruner.pruning.GroupPruner.plan>` does; the measurement is
+            recorded in the pruned stage's ``extra["latency"]``).
+        prune_by: the budget: ``"params"``, ``"macs"`` or ``"latency"``: the per-layer-group fractions are solved
+            for ``target_params`` / ``target_macs`` / ``target_latency``; ``"gamma"``: every layer group drops its
+            channels with ``|gamma| < gamma_threshold`` (fractions read off the gamma distributions, whatever size
+            that gives).
         gamma_threshold: the |gamma| threshold of ``prune_by="gamma"``.
         prune_scope: ``"group"``: one threshold per layer group (the paper's grouping by feature stride and
             module structure, ``ChannelGraph.layer_groups()``); ``"global"``: one threshold over all channels.
         min_channels, round_to: passed to :class:`~grouppruner.pruning.GroupPruner`.
         runtime: the runtime the pruned detector ships on (:mod:`grouppruner.runtime`): ``"onnxruntime"``
             (default: kept widths on the CPU's vector block, unless ``round_to`` is given) or ``"torch"``.
-        search_candidates: with ``prune_by="params"``, a :class:`~grouppruner.pruning.PlanSearch` of this many
-            plans of the same size chooses the plan: BatchNorm statistics recomputed on the first 8 batches of the
-            training split (no augmentation), mAP@0.5 on the next 8 (training images, as EagleEye; the validation
-            split stays out of the choice); resumable (``search.json``). 0 (default, until ``quality.py`` has
-            measured it): the solver's plan. A candidate costs about a quarter of a training epoch on the demo.
+        search_candidates: with a budget (``prune_by`` other than ``"gamma"``), a
+            :class:`~grouppruner.pruning.PlanSearch` of this many plans of the same budget chooses the plan (for
+            ``"latency"`` the candidates share the latency model's prediction): BatchNorm statistics recomputed
+            on the first 8 batches of the training split (no augmentation), mAP@0.5 on the next 8 (training
+            images, as EagleEye; the validation split stays out of the choice); resumable (``search.json``). 0
+            (default, until ``quality.py`` has measured it): the solver's plan. A candidate costs about a quarter
+            of a training epoch on the demo.
         recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``); the
             dense stage's rate: from the demo's pruned model, 24 recovery epochs reached mAP 0.573 / 0.580 / 0.592 /
             0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594; ``benchmarks/recover_lr.py``).
@@ -182,6 +200,8 @@ class RecipeConfig:
     sparsity_keep: float = 0.55
     sparsity_scope: str = "group"
     target_params: float = 0.35
+    target_macs: float = 0.5
+    target_latency: float = 0.5
     prune_by: str = "params"
     gamma_threshold: float = GAMMA_THRESHOLD
     prune_scope: str = "group"
@@ -203,6 +223,18 @@ class RecipeConfig:
     device: str = "cpu"
     amp: str = "off"
 
+    @property
+    def budget(self) -> Budget:
+        """The pruned stage's budget as :meth:`GroupPruner.plan <grouppruner.pruning.GroupPruner.plan>` takes it,
+        e.g. ``{"target_macs": 0.5}``; empty for ``prune_by="gamma"``."""
+        if self.prune_by == "params":
+            return Budget(target_params=self.target_params)
+        if self.prune_by == "macs":
+            return Budget(target_macs=self.target_macs)
+        if self.prune_by == "latency":
+            return Budget(target_latency=self.target_latency)
+        return Budget()
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             check_option(item.name, getattr(self, item.name))
@@ -216,10 +248,10 @@ class RecipeConfig:
                 f"RecipeConfig.finetune_epochs + distill_off_epochs ({self.finetune_epochs} + "
                 f"{self.distill_off_epochs}) must be <= recover_epochs ({self.recover_epochs})"
             )
-        if self.search_candidates and self.prune_by != "params":
+        if self.search_candidates and self.prune_by == "gamma":
             raise InvalidOptionError(
-                f"RecipeConfig.search_candidates={self.search_candidates} searches plans of one parameter count: "
-                f"it needs prune_by='params', not {self.prune_by!r}"
+                f"RecipeConfig.search_candidates={self.search_candidates} searches plans of one budget: it needs "
+                "prune_by='params', 'macs' or 'latency', not 'gamma' (a threshold gives one plan)"
             )
         if self.data_root is None:
             self._check_generated_splits()
@@ -278,7 +310,7 @@ def check_option(name: str, value: Any) -> None:
         raise InvalidOptionError(f"RecipeConfig.{name} must be > 0, got {value!r}")
     if name in _NON_NEGATIVE and not value >= 0:
         raise InvalidOptionError(f"RecipeConfig.{name} must be >= 0, got {value!r}")
-    fraction = name in ("val_fraction", "target_params", "sparsity_keep")
+    fraction = name in ("val_fraction", "target_params", "target_macs", "target_latency", "sparsity_keep")
     if fraction and not 0.0 < value < 1.0 and not (name != "val_fraction" and value == 1.0):
         bounds = "(0, 1)" if name == "val_fraction" else "(0, 1]"
         raise InvalidOptionError(f"RecipeConfig.{name} must be in {bounds}, got {value!r}")
@@ -346,6 +378,8 @@ STAGE_OF_OPTION: dict[str, str] = {
     **dict.fromkeys(
         (
             "target_params",
+            "target_macs",
+            "target_latency",
             "prune_by",
             "gamma_threshold",
             "prune_scope",

@@ -167,10 +167,12 @@ def _pruned(run: StageRun) -> tuple[Detector, dict[str, Any]]:
     extra: dict[str, Any] = {}
     if c.search_candidates:
         plan, extra["search"] = _searched_plan(run, pruner)
-    elif c.prune_by == "params":
-        plan = pruner.plan(target_params=c.target_params)
+    elif c.budget:
+        plan = pruner.plan(**c.budget)
     else:
         plan = pruner.plan(thresholds=dict.fromkeys(pruner.layer_groups, c.gamma_threshold))
+    if plan.latency is not None:
+        extra["latency"] = plan.latency
     run.distributed.check_same(plan.summary(), "the pruning plan")
     pruner.apply(plan)
     logger.info("pruning plan:\n%s", plan.summary())
@@ -184,7 +186,7 @@ SEARCH_SCORED_BATCHES = 8
 
 
 def _searched_plan(run: StageRun, pruner: GroupPruner) -> tuple[PruningPlan, dict[str, Any]]:
-    """The plan :class:`~grouppruner.pruning.PlanSearch` picks for ``target_params`` (see
+    """The plan :class:`~grouppruner.pruning.PlanSearch` picks for the budget (see
     :attr:`RecipeConfig.search_candidates <grouppruner.recipe.RecipeConfig>`), and what it measured."""
     c = run.config
     batches = list(itertools.islice(run.plain_train_loader, SEARCH_CALIBRATION_BATCHES + SEARCH_SCORED_BATCHES))
@@ -192,7 +194,7 @@ def _searched_plan(run: StageRun, pruner: GroupPruner) -> tuple[PruningPlan, dic
     scored = batches[SEARCH_CALIBRATION_BATCHES:] or batches  # a small training split: scored on the same images
     search = PlanSearch(
         pruner,
-        target_params=c.target_params,
+        **c.budget,
         evaluate=lambda model: float(evaluate(model, scored)["map"]),
         calibration=calibration,
         calibration_batches=SEARCH_CALIBRATION_BATCHES,

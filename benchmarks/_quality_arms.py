@@ -378,7 +378,7 @@ def _ours_search(spec: ArmSpec, context: Context, done: Mapping[str, ArmResult])
         started = time.perf_counter()
         result = PlanSearch(
             pruner,
-            target_params=spec.budget,
+            **config.budget,
             evaluate=lambda m: float(evaluate(m, loader)["map"]),
             calibration=_calibration(context, run),
             calibration_batches=CALIBRATION_BATCHES,

@@ -24,7 +24,9 @@ At the tight budget two more parts study why ours loses there (issue 27):
 - ``search``: ours with the plan chosen by ``PlanSearch`` on ours' sparse model (scored on a generated split of
   its own), then ours' recovery; seed 0 first, seeds 1 and 2 last;
 - ``diagnosis`` (seed 0): ours' and slimming's (rate 0.03) widths, each cut from the other's sparse model and from
-  a fresh initialisation, fine-tuned like the Torch-Pruning arms, next to ours fine-tune only and slimming.
+  a fresh initialisation, fine-tuned like the Torch-Pruning arms, next to ours fine-tune only and slimming;
+- ``search-macs``: the solver's plan and the searched plan at one MACs budget (ours' MACs at 15 % of the
+  params), from ours' sparse model: whether the search still leads when it cannot spend the budget on MACs.
 
 Every arm runs in its own folder under ``--out`` and writes ``arm.json`` when it ends; a rerun skips finished arms
 and resumes a killed one at its last epoch. A full run also writes each finished arm's record to ``--results``
@@ -34,7 +36,7 @@ the settings (not the work folder's path) and the teacher's bytes; the teacher t
 thread, so a later session that retrains it gets the same digests. ``--jobs N`` runs N worker processes (each
 takes the next arm that no other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``,
 ``ablations``, ``search``, ``diagnosis``, ``widths``: ours planned at free widths instead of on the runtime's
-channel block); ``--report`` only writes the tables and the figure from the finished
+channel block, ``search-macs``); ``--report`` only writes the tables and the figure from the finished
 arms.
 
 Usage::
@@ -90,8 +92,10 @@ BUDGETS = (0.35, 0.15)
 TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 TP_GROUP_NORM_RATE = 5e-4
 OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
-PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis", "widths")
+PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis", "widths", "search-macs")
 SEARCH_CANDIDATES = 16
+# ours' MACs at 15 % of the params (seed 0, 21.5 %): the search at one MACs budget cannot buy MACs with params
+SEARCH_MACS = 0.215
 DIAGNOSIS_SLIMMING = "slimming-0.03"  # the best Torch-Pruning arm at 15 % in the last full run
 # Finished arms' records, committed with the code: work folders do not outlive a session, these do.
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
@@ -218,6 +222,28 @@ def _search(budget: float, seed: int) -> list[ArmSpec]:
     return [source, spec]
 
 
+def _search_at_macs(budget: float, seed: int) -> list[ArmSpec]:
+    """The solver's and the searched plan at ``SEARCH_MACS`` of the MACs, both from ours' sparse model at
+    ``budget``, both with ours' recovery."""
+    source = _ours(budget, seed)
+    options = {"sparsity_keep": keep_for(budget), "prune_by": "macs", "target_macs": SEARCH_MACS}
+    label = f"ours at {SEARCH_MACS:.1%} of the MACs"
+    solver = _ours(budget, seed, label, **options)
+    solver = dataclasses.replace(solver, needs=(source.key,), reuse={"sparse": source.key})
+    search = ArmSpec(
+        f"{_tag(budget)}/ours-macs-search-{SEARCH_CANDIDATES}_seed{seed}",
+        f"{label}, plan searched ({SEARCH_CANDIDATES} candidates, adaptive BatchNorm)",
+        "ours-search",
+        "ours-search",
+        budget,
+        seed,
+        {**options, "search_candidates": SEARCH_CANDIDATES},
+        needs=(source.key,),
+        reuse={"sparse": source.key},
+    )
+    return [source, solver, search]
+
+
 def _diagnosis(budget: float, seed: int) -> list[ArmSpec]:
     """Each method's widths from the other's weights and from a fresh initialisation, plain fine-tuning; with the
     two arms they are compared to (ours fine-tune only, and the slimming arm) and what those need."""
@@ -278,6 +304,8 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
         arms += [a for seed in more for a in _search(tight, seed)]
     if "widths" in parts:  # what putting widths on the runtime's channel block (the default) costs at 15 %
         arms += [_ours(tight, first), _ablation(tight, first, *FREE_WIDTHS)]
+    if "search-macs" in parts:
+        arms += [a for seed in args.seeds for a in _search_at_macs(tight, seed)]
     unique: dict[str, ArmSpec] = {}
     for arm in arms:
         unique.setdefault(arm.key, arm)
@@ -559,8 +587,9 @@ def search_lines(arms: Sequence[ArmResult]) -> str:
         best, scores = extra["search_best"], extra["search_scores"]
         solver = scores.get("0:solver")
         ratio = extra.get("candidate_per_epoch")
+        name = arm.label.split(" (")[0]
         lines.append(
-            f"- search, seed {arm.seed}: candidate {best['index']} ({best['kind']}) chosen, mAP@0.5 on the search "
+            f"- {name}, seed {arm.seed}: candidate {best['index']} ({best['kind']}) chosen, mAP@0.5 on the search "
             f"split {best['score']:.3f} against the solver's plan {solver if solver is None else f'{solver:.3f}'}; "
             f"{len(scores)} candidates scored in {extra['search_seconds'] / 60:.1f} min, "
             f"{extra['seconds_per_candidate']:.0f} s each" + (f" = {ratio:.2f} recovery epochs" if ratio else "") + "."

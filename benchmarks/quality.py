@@ -398,7 +398,7 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
             not fit the configured model, or was trained on other data (its anchors are not this data's).
     """
     recorded = args.out / "settings.json"
-    options = json.loads(json.dumps(dataclasses.asdict(base)))
+    options = json.loads(json.dumps(base_settings(base)))
     if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) != options:
         raise SystemExit(
             f"quality.py: {args.out} holds a run with other settings ({recorded}); use another --out or delete it"
@@ -441,6 +441,17 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
         final=float(metrics["map"]),
     )
     return path, teacher
+
+
+#: RecipeConfig fields added after the committed records were written, and their defaults: at the default they change
+#: nothing an arm computes, so they stay out of the settings and the digests (the records keep matching).
+ADDED_FIELDS = {"target_macs": 0.5, "target_latency": 0.5}
+
+
+def base_settings(base: RecipeConfig) -> dict[str, Any]:
+    """The base options as the work folder and the arm digests record them (see :data:`ADDED_FIELDS`)."""
+    options = dataclasses.asdict(base)
+    return {k: v for k, v in options.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
 
 
 def recorded_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[str, ArmResult] | None:
@@ -764,7 +775,7 @@ def main() -> None:
         teacher_path,
         args.out,
         # what every arm computes from: the work folder's path is not part of it, the teacher's bytes are
-        {**{k: v for k, v in dataclasses.asdict(base).items() if k != "out_dir"}, "teacher": sha256},
+        {**{k: v for k, v in base_settings(base).items() if k != "out_dir"}, "teacher": sha256},
     )
     if args.results is not None and not args.worker and recorded is None:
         check_teacher(args.results, sha256, teacher, args.threads)

@@ -194,6 +194,33 @@ def test_demo_table_survives_a_zero_dense_map(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "dense mAP is 0 at 35.0% of the params" in out and "recovered     0.000         -" in out
+    assert "latency" not in out
+
+
+def test_demo_with_a_latency_budget_prints_what_was_measured(tmp_path, capsys, monkeypatch):
+    from grouppruner import recipe
+
+    measured = {"ratio": 0.512, "runtime": "onnxruntime", "threads": 2, "load_average": [1.5, 1.0, 0.5]}
+
+    def finished(config, *, progress):
+        return [
+            recipe.StageResult(stage, 0.5, 100 if stage in ("dense", "sparse") else 35, 10, f"{stage}.pt")
+            for stage in recipe.STAGES
+        ]
+
+    monkeypatch.setattr(recipe, "run_recipe", finished)
+    assert main(["demo", "--out", str(tmp_path / "r"), "--target-latency", "0.5"]) == 0
+    assert "latency" not in capsys.readouterr().out.splitlines()[-1]  # nothing measured, nothing printed
+
+    def with_latency(config, *, progress):
+        results = finished(config, progress=progress)
+        results[2].extra["latency"] = measured
+        return results
+
+    monkeypatch.setattr(recipe, "run_recipe", with_latency)
+    assert main(["demo", "--out", str(tmp_path / "r"), "--target-latency", "0.5"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == "latency x0.512 of the dense model's, measured in onnxruntime (2 threads, load average 1.50)"
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_loses_nothing(tmp_path, capsys, monkeypatch):

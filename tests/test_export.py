@@ -129,3 +129,13 @@ def test_export_and_fuse_give_the_caller_its_train_mode_back(fuse: bool) -> None
         export_onnx(model, X[:1], fuse=fuse, check=False)
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert model.training and not model.head.training
+
+
+def test_unchecked_exports_log_their_folding_at_debug_only(caplog) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    caplog.set_level("INFO", logger="grouppruner")
+    export_onnx(model, x, check=False)  # what the latency model and the runtime timer do, hundreds of times
+    assert "folded" not in caplog.text
+    fuse_for_inference(model, x)
+    assert "fuse_for_inference: folded 1 BatchNorms" in caplog.text

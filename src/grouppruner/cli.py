@@ -364,6 +364,12 @@ def _recipe(args: argparse.Namespace) -> int:
         f"{recovered.map50:.3f}, {kept} at {100 * recovered.params / dense.params:.1f}% of the params and "
         f"{100 * recovered.macs / dense.macs:.1f}% of the MACs"
     )
+    latency = pruned.extra.get("latency")
+    if latency:  # a latency budget: what the pruned stage measured against the dense model
+        print(
+            f"latency x{latency['ratio']:.3f} of the dense model's, measured in {latency['runtime']} "
+            f"({latency['threads']} threads, load average {latency['load_average'][0]:.2f})"
+        )
     return 0
 
 

@@ -72,6 +72,12 @@ def fuse_for_inference(
         ExportError: the fused model's outputs differ from the original's by more than ``atol`` (e.g. a
             convolution output that feeds both its BatchNorm and another layer), naming the difference.
     """
+    return _fuse(model, example_inputs, forward_fn, inplace, atol, logging.INFO)
+
+
+def _fuse(
+    model: nn.Module, example_inputs: Any, forward_fn: ForwardFn | None, inplace: bool, atol: float, level: int
+) -> nn.Module:
     with eval_mode(model), torch.no_grad():  # the caller's train / eval flags come back (unless inplace)
         reference = call_model(model, example_inputs, forward_fn)
     fused = model if inplace else copy.deepcopy(model)
@@ -95,7 +101,7 @@ def fuse_for_inference(
             f"fuse_for_inference: the fused model differs from the original by {difference:.3g} (> atol={atol:g}) "
             "on the example inputs; a folded convolution output is probably also used without its BatchNorm"
         )
-    logger.info("fuse_for_inference: folded %d BatchNorms (max output difference %.2g)", count, difference)
+    logger.log(level, "fuse_for_inference: folded %d BatchNorms (max output difference %.2g)", count, difference)
     return fused
 
 
@@ -142,7 +148,10 @@ def _export_onnx(
     check: bool,
     atol: float,
 ) -> bytes:
-    module = fuse_for_inference(model, example_inputs, atol=atol) if fuse else model
+    # unchecked exports are the latency model's and the runtime timer's, hundreds per plan: their folding is a detail
+    module = (
+        _fuse(model, example_inputs, None, False, atol, logging.INFO if check else logging.DEBUG) if fuse else model
+    )
     args, kwargs = split_inputs(example_inputs)
     if kwargs:
         raise InvalidOptionError(

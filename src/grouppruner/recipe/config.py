@@ -120,7 +120,7 @@ class RecipeConfig:
             (``prune_by="macs"``).
         target_latency: fraction of the batch-1 latency at ``image_size`` the pruned model keeps, measured in
             ``runtime`` against the dense model (``prune_by="latency"``; the plan is verified by measurement and
-            corrected, as :meth:`GroupPruner.plan <grouppruner.pruning.GroupPruner.plan>` does; the measurement is
+            corrected, as ``GroupPruner.plan`` does; the measurement is
             recorded in the pruned stage's ``extra["latency"]``).
         prune_by: the budget: ``"params"``, ``"macs"`` or ``"latency"``: the per-layer-group fractions are solved
             for ``target_params`` / ``target_macs`` / ``target_latency``; ``"gamma"``: every layer group drops its

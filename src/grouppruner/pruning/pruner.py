@@ -10,6 +10,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,22 @@ def _input_shapes(example_inputs: Any) -> list[list[int]]:
     args, kwargs = split_inputs(example_inputs)
     tensors = tensors_in(args)
     return [list(t.shape) for t in tensors] if not kwargs and len(tensors) == len(args) else []
+
+
+@dataclass(frozen=True)
+class _BudgetRequest:
+    """A budget mode of :meth:`GroupPruner.plan` as the solver takes it (``searched``: a normalisation or bias
+    other than the default, so the thresholds reported are the scores at each group's removed fraction)."""
+
+    mode: str
+    target: float
+    latency: LatencyFn | None
+    latency_weight: float
+    strict: bool
+    normalise: str
+    bias: Mapping[str, float]
+    searched: bool
+    miss_level: int = logging.WARNING
 
 
 class GroupPruner:
@@ -268,15 +285,15 @@ class GroupPruner:
             latency = self._latency_predictor(latency_model)
 
         target: float | None = None
-        searched = normalise != "max" or layer_group_bias is not None
         if mode in TARGET_MODES:
             target = _fraction(mode, given[mode])
-            options = (latency, latency_weight, strict, normalise, bias, searched)
+            searched = normalise != "max" or layer_group_bias is not None
+            request = _BudgetRequest(mode, target, latency, latency_weight, strict, normalise, bias, searched)
             if mode != "target_latency" or verify_steps is None:
-                return self._budget_plan(members, cost, mode, target, *options)[0]
+                return self._budget_plan(members, cost, request)[0]
 
             def plan_for(asked: float) -> tuple[PruningPlan, float]:  # land_latency warns on the measured outcome
-                return self._budget_plan(members, cost, mode, asked, *options, miss_level=logging.DEBUG)
+                return self._budget_plan(members, cost, replace(request, target=asked, miss_level=logging.DEBUG))
 
             found = land_latency(
                 target,
@@ -297,25 +314,15 @@ class GroupPruner:
         return self._make_plan(mode, target, members, group_thresholds, gone, cost)
 
     def _budget_plan(
-        self,
-        members: list[ScoredGroup],
-        cost: CostModel,
-        mode: str,
-        target: float,
-        latency: LatencyFn | None,
-        latency_weight: float,
-        strict: bool,
-        normalise: str,
-        bias: Mapping[str, float],
-        searched: bool,
-        miss_level: int = logging.WARNING,
+        self, members: list[ScoredGroup], cost: CostModel, request: _BudgetRequest
     ) -> tuple[PruningPlan, float]:
-        """The plan of a budget mode and the predicted fraction it reaches (a miss logged at ``miss_level``)."""
-        ordered = _rank_scores(members) if normalise == "rank" else members
-        solution = self._solve(ordered, cost, mode, target, latency, latency_weight, strict, bias, miss_level)
+        """The plan of a budget mode and the predicted fraction it reaches (a miss logged at its ``miss_level``)."""
+        mode, latency = request.mode, request.latency
+        ordered = _rank_scores(members) if request.normalise == "rank" else members
+        solution = self._solve(ordered, cost, request)
         gone = solution.gone
-        group_thresholds = self._removed_quantiles(members, gone) if searched else solution.thresholds
-        plan = self._make_plan(mode, target, members, group_thresholds, gone, cost)
+        group_thresholds = self._removed_quantiles(members, gone) if request.searched else solution.thresholds
+        plan = self._make_plan(mode, request.target, members, group_thresholds, gone, cost)
         # A guard on the numbers the plan reports against the solver's: never a silent disagreement.
         if latency is not None and mode == "target_latency":
             reported = latency(removed_channels(members, gone)) / latency({})
@@ -391,23 +398,13 @@ class GroupPruner:
             checked[name] = value
         return checked
 
-    def _solve(
-        self,
-        members: list[ScoredGroup],
-        cost: CostModel,
-        mode: str,
-        target: float,
-        latency: LatencyFn | None,
-        latency_weight: float,
-        strict: bool,
-        bias: Mapping[str, float],
-        miss_level: int = logging.WARNING,
-    ) -> BudgetSolution:
+    def _solve(self, members: list[ScoredGroup], cost: CostModel, request: _BudgetRequest) -> BudgetSolution:
         """The budget modes, solved by :func:`~grouppruner.pruning.budget.solve_budget` on this pruner's rules."""
+        mode, target, latency, bias = request.mode, request.target, request.latency, request.bias
         weights = None
-        if latency_weight > 0:
+        if request.latency_weight > 0:
             assert latency is not None
-            weights = latency_weights(members, latency, latency_weight)
+            weights = latency_weights(members, latency, request.latency_weight)
         if bias:
             factors = [bias.get(m.layer_group, 1.0) for m in members]
             weights = [w * f for w, f in zip(weights or [1.0] * len(members), factors, strict=True)]
@@ -436,9 +433,9 @@ class GroupPruner:
             round_to=self.round_to,
             request=f"{mode}={target:g}",
             rules=rules,
-            strict=strict,
+            strict=request.strict,
             weights=weights,
-            miss_level=miss_level,
+            miss_level=request.miss_level,
         )
 
     def _check_bias(self, bias: Mapping[str, float] | None) -> dict[str, float]:

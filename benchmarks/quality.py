@@ -22,7 +22,8 @@ budgets (35 % and 15 % of the teacher's params):
 At the tight budget two more parts study why ours loses there (issue 27):
 
 - ``search``: ours with the plan chosen by ``PlanSearch`` on ours' sparse model (scored on a generated split of
-  its own), then ours' recovery; seed 0 first, seeds 1 and 2 last;
+  its own), then ours' recovery; seed 0 first, seeds 1 and 2 last, with the slimming arm (rate 0.03) at those
+  seeds;
 - ``diagnosis`` (seed 0): ours' and slimming's (rate 0.03) widths, each cut from the other's sparse model and from
   a fresh initialisation, fine-tuned like the Torch-Pruning arms, next to ours fine-tune only and slimming;
 - ``search-macs``: the solver's plan and the searched plan at one MACs budget (ours' MACs at 15 % of the
@@ -244,14 +245,19 @@ def _search_at_macs(budget: float, seed: int) -> list[ArmSpec]:
     return [source, solver, search]
 
 
+def _slimming(budget: float, seed: int) -> list[ArmSpec]:
+    """The slimming arm of the diagnosis (the best tuned Torch-Pruning arm at 15 %) and its sparse stage."""
+    family = _tp_family(budget, seed)
+    slimming = next(a for a in family if a.key.endswith(f"tp-{DIAGNOSIS_SLIMMING}_seed{seed}"))
+    return [next(a for a in family if a.key == slimming.options["sparse"]), slimming]
+
+
 def _diagnosis(budget: float, seed: int) -> list[ArmSpec]:
     """Each method's widths from the other's weights and from a fresh initialisation, plain fine-tuning; with the
     two arms they are compared to (ours fine-tune only, and the slimming arm) and what those need."""
     ours = _ours(budget, seed)
     finetune_only = _ablation(budget, seed, *next((a[0], a[1], a[2]) for a in ABLATIONS if "fine-tune only" in a[0]))
-    family = _tp_family(budget, seed)
-    slimming = next(a for a in family if a.key.endswith(f"tp-{DIAGNOSIS_SLIMMING}_seed{seed}"))
-    slimming_sparse = next(a for a in family if a.key == slimming.options["sparse"])
+    slimming_sparse, slimming = _slimming(budget, seed)
     arms = [ours, finetune_only, slimming_sparse, slimming]
     names = {"ours": "ours'", "slimming": "slimming's", "reinit": "fresh"}
     for widths, weights in (("ours", "slimming"), ("slimming", "ours"), ("ours", "reinit"), ("slimming", "reinit")):
@@ -302,6 +308,7 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
         arms += _diagnosis(tight, first)
     if "search" in parts:
         arms += [a for seed in more for a in _search(tight, seed)]
+        arms += [a for seed in more for a in _slimming(tight, seed)]  # the baseline the search is compared to
     if "widths" in parts:  # what putting widths on the runtime's channel block (the default) costs at 15 %
         arms += [_ours(tight, first), _ablation(tight, first, *FREE_WIDTHS)]
     if "search-macs" in parts:

@@ -309,10 +309,10 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
     if "search" in parts:
         arms += [a for seed in more for a in _search(tight, seed)]
         arms += [a for seed in more for a in _slimming(tight, seed)]  # the baseline the search is compared to
-    if "widths" in parts:  # what putting widths on the runtime's channel block (the default) costs at 15 %
-        arms += [_ours(tight, first), _ablation(tight, first, *FREE_WIDTHS)]
     if "search-macs" in parts:
         arms += [a for seed in args.seeds for a in _search_at_macs(tight, seed)]
+    if "widths" in parts:  # what putting widths on the runtime's channel block (the default) costs at 15 %
+        arms += [a for seed in args.seeds for a in (_ours(tight, seed), _ablation(tight, seed, *FREE_WIDTHS))]
     unique: dict[str, ArmSpec] = {}
     for arm in arms:
         unique.setdefault(arm.key, arm)

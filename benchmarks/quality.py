@@ -519,8 +519,8 @@ def budget_table(arms: Sequence[ArmResult], teacher: ArmResult, reference: ArmRe
     """One budget's Markdown table: one row per arm label, seeds pooled (mean ± half the spread)."""
     lines = [
         "| arm | seeds | params % | MACs % | mAP@0.5 after sparse | after pruning | final mAP@0.5 | "
-        "% of the fine-tuned teacher |",
-        "|---|---|---|---|---|---|---|---|",
+        "% of the fine-tuned teacher | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, group in _rows(arms).items():
         finals = [a.final for a in group]
@@ -528,8 +528,13 @@ def budget_table(arms: Sequence[ArmResult], teacher: ArmResult, reference: ArmRe
         lines.append(
             f"| {label} | {', '.join(str(a.seed) for a in group)} | {_cell([a.params for a in group], teacher.params)} "
             f"| {_cell([a.macs for a in group], teacher.macs)} | {_cell([a.sparse for a in group])} "
-            f"| {_cell([a.pruned for a in group])} | {_cell(finals)} | {kept} |"
+            f"| {_cell([a.pruned for a in group])} | {_cell(finals)} | {kept} "
+            f"| {statistics.fmean(a.seconds for a in group) / 60:.0f} |"
         )
+    lines.append(
+        "\nminutes: wall-clock of the arm's own stages (search included; a stage reused from another arm counts "
+        "there), mean over seeds, one thread on a shared 2-core machine."
+    )
     return "\n".join(lines)
 
 

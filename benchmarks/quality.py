@@ -37,8 +37,8 @@ the settings (not the work folder's path) and the teacher's bytes; the teacher t
 thread, so a later session that retrains it gets the same digests. ``--jobs N`` runs N worker processes (each
 takes the next arm that no other worker holds); ``--only`` runs a part (``teacher``, ``family``, ``seeds``,
 ``ablations``, ``search``, ``diagnosis``, ``widths``: ours planned at free widths instead of on the runtime's
-channel block, ``search-macs``); ``--report`` only writes the tables and the figure from the finished
-arms.
+channel block, ``search-macs``, ``distill``: ours fine-tune only at every seed); ``--report`` only writes the
+tables and the figure from the finished arms.
 
 Usage::
 
@@ -93,7 +93,7 @@ BUDGETS = (0.35, 0.15)
 TP_SLIMMING_RATES = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 TP_GROUP_NORM_RATE = 5e-4
 OURS = "ours (dynamic L1, per-group thresholds, attention + output distillation)"
-PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis", "widths", "search-macs")
+PARTS = ("teacher", "family", "seeds", "ablations", "search", "diagnosis", "widths", "search-macs", "distill")
 SEARCH_CANDIDATES = 16
 # ours' MACs at 15 % of the params (seed 0, 21.5 %): the search at one MACs budget cannot buy MACs with params
 SEARCH_MACS = 0.215
@@ -309,6 +309,9 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
     if "search" in parts:
         arms += [a for seed in more for a in _search(tight, seed)]
         arms += [a for seed in more for a in _slimming(tight, seed)]  # the baseline the search is compared to
+    if "distill" in parts:  # what distillation adds over fine-tuning alone, at every seed
+        finetune_only = next((a[0], a[1], a[2]) for a in ABLATIONS if "fine-tune only" in a[0])
+        arms += [a for seed in args.seeds for a in (_ours(tight, seed), _ablation(tight, seed, *finetune_only))]
     if "search-macs" in parts:
         arms += [a for seed in args.seeds for a in _search_at_macs(tight, seed)]
     if "widths" in parts:  # what putting widths on the runtime's channel block (the default) costs at 15 %

@@ -107,7 +107,8 @@ def test_latency_model_times_the_deployed_whole_model_and_keys_its_cache_on_it(t
     model = random_detector()
     plain = LatencyModel.measure(model, X, repeats=3, runtime=Runtime("torch", threads=1))
     cache = tmp_path / "latency.json"
-    deployed = LatencyModel.measure(model, X, repeats=3, runtime=Runtime("torch", threads=1, deploy=slower), cache=cache)
+    runtime = Runtime("torch", threads=1, deploy=slower)
+    deployed = LatencyModel.measure(model, X, repeats=3, runtime=runtime, cache=cache)
     assert calls and deployed.key.deploy == "slower" and plain.key.deploy is None
     assert deployed.dense_s > 2 * plain.dense_s  # the whole model was timed through the rewrite
     with pytest.raises(LatencyCacheError, match="deploy: 'slower' vs None"):

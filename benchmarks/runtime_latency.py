@@ -46,9 +46,9 @@ docs/benchmarks.md with the table.
 
 Run: ``nice -n 10 python benchmarks/runtime_latency.py [--quick] [--busy] [--models M ...] [--threads 1 2]
 [--only split-free|spin|target-latency] [--write-docs]`` (``--quick``: yolov8n and yolo11n at 320 only, about
-30 minutes on a busy 2-core machine; the full
-run adds 640 and the YOLOv4 family at 416 and takes several times that). Needs ultralytics, torch-pruning and
-onnxruntime (the real-library environment).
+30 minutes on a busy 2-core machine; the full run adds 640 and the YOLOv4 family at 416 and takes several times
+that; an ``--only`` question on one model takes 1-4 minutes). Needs ultralytics, torch-pruning and onnxruntime
+(the real-library environment).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ Runtimes (``runtime=`` of :class:`~grouppruner.pruning.GroupPruner` and the flow
 
 What ships is what is measured: a :class:`Runtime` also carries the onnxruntime session settings
 (:func:`session_options`, with ``spin_wait``) and the deployment rewrite applied to a model before it is timed
-(``deploy``, e.g. :func:`grouppruner.integrations.ultralytics.split_free`), so that the latency model and
+(``deploy``, e.g. :func:`grouppruner.integrations.ultralytics.deploy.split_free`), so that the latency model and
 ``target_latency``'s measurements time the graph and the session the user gets.
 """
 
@@ -116,7 +116,7 @@ class Runtime:
             ``session.inter_op.allow_spinning``) instead of sleeping; default :data:`DEFAULT_SPIN_WAIT`. Used by
             every session this runtime opens (:meth:`session_options`), timings included.
         deploy: the rewrite a model ships through, applied to a model before it is timed (``module -> module``,
-            the forward kept; e.g. :func:`grouppruner.integrations.ultralytics.split_free`); ``None``: as it is.
+            the forward kept; e.g. :func:`grouppruner.integrations.ultralytics.deploy.split_free`); ``None``: as it is.
     """
 
     name: str = DEFAULT_RUNTIME

@@ -230,7 +230,7 @@ def prune(
         search: chooses the plan for the budget by measured accuracy instead of the solver alone, e.g.
             :class:`~grouppruner.integrations.ultralytics.YoloPlanSearch` (not with ``ratios``).
         split_free: after pruning, rewrite every C2f / C3k2 block without its ``Split``
-            (:func:`~grouppruner.integrations.ultralytics.split_free`, in place, same outputs), and measure
+            (:func:`~grouppruner.integrations.ultralytics.deploy.split_free`, in place, same outputs), and measure
             ``target_latency`` through that rewrite; ``None`` (default): on when ``runtime`` is onnxruntime
             (:func:`~.deploy.resolve_split_free`).
 

@@ -50,10 +50,7 @@ def test_spin_wait_sets_both_pools_of_every_session() -> None:
         Runtime("onnxruntime", deploy=3)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("spin_wait", [False, True])
-def test_runner_and_latency_units_open_their_sessions_with_the_runtimes_spin(
-    monkeypatch: pytest.MonkeyPatch, spin_wait: bool
-) -> None:
+def test_runner_and_latency_units_open_their_sessions_with_the_runtimes_spin(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
     opened: list[bool] = []
     real = runtime_module.onnx_session
@@ -64,8 +61,9 @@ def test_runner_and_latency_units_open_their_sessions_with_the_runtimes_spin(
 
     monkeypatch.setattr(runtime_module, "onnx_session", recording)
     monkeypatch.setattr(latency_module, "onnx_session", recording)
+    spin_wait = not DEFAULT_SPIN_WAIT  # the non-default value: it must reach every session
     runtime = Runtime("onnxruntime", threads=1, block=8, spin_wait=spin_wait)
-    model = random_detector()
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
     runtime.runner(model, X)()
     latency = LatencyModel.measure(model, X, repeats=1, runtime=runtime)
     assert len(opened) > 2 and set(opened) == {spin_wait}  # the runner, every unit and the whole model

@@ -35,10 +35,20 @@ latency falls as much as MACs), the load average. ``--busy`` starts one busy pro
 the measurement. ``--write-docs`` replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of
 docs/benchmarks.md with the table.
 
+``--only`` runs one question alone, on the models of the run (short enough for a busy machine):
+
+- ``--only split-free``: the dense model, ``ours onnxruntime (default)``, and both rewritten by ``split_free``,
+  interleaved per thread count (what decides the flows' ``split_free`` default);
+- ``--only spin``: the dense model in two onnxruntime sessions taking turns, pool threads spinning
+  (``Runtime(spin_wait=True)``, onnxruntime's own default) and sleeping (what decides ``DEFAULT_SPIN_WAIT``);
+- ``--only target-latency``: ``ours target_latency=0.5`` alone: the fraction measured while planning and again
+  in the row's comparison (with ``--busy``: under one more busy process).
+
 Run: ``nice -n 10 python benchmarks/runtime_latency.py [--quick] [--busy] [--models M ...] [--threads 1 2]
-[--write-docs]`` (``--quick``: yolov8n and yolo11n at 320 only, about 30 minutes on a busy 2-core machine; the full
-run adds 640 and the YOLOv4 family at 416 and takes several times that). Needs ultralytics, torch-pruning and
-onnxruntime (the real-library environment).
+[--only split-free|spin|target-latency] [--write-docs]`` (``--quick``: yolov8n and yolo11n at 320 only, about
+30 minutes on a busy 2-core machine; the full run adds 640 and the YOLOv4 family at 416 and takes several times
+that; an ``--only`` question on one model takes 1-4 minutes). Needs ultralytics, torch-pruning and onnxruntime
+(the real-library environment).
 """
 
 from __future__ import annotations
@@ -212,7 +222,7 @@ def _row(
         "params": params,
         "macs": macs,
         "latency": latency,
-        "cut": None if latency is None else (1 - latency) / max(1 - macs, 1e-9),
+        "cut": None if latency is None or macs > 1 - 1e-6 else (1 - latency) / (1 - macs),
     }
 
 
@@ -286,6 +296,47 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
             rows += _equal_latency_rows(name, size, runtime, dense, x, mine, goal)
     eager = {arm: arms[arm] for arm in ("ours torch", "ours onnxruntime (default)")}
     rows += _timed_rows(name, size, Runtime("torch", threads=1), dense, x, eager, {}, args.rounds)
+    return rows
+
+
+def only_rows(name: str, size: int, threads_list: list[int], only: str, rounds: int) -> list[dict[str, Any]]:
+    """The rows of one ``--only`` question for one model (see the module doc)."""
+    dense, graph_of = build(name)
+    x = torch.zeros(1, 3, size, size)
+    rows: list[dict[str, Any]] = []
+    if only == "split-free":
+        from grouppruner.integrations.ultralytics import split_free
+
+        default, _ = ours(dense, graph_of, size, Runtime("onnxruntime"), target_macs=TARGET_MACS)
+        timed = {
+            "dense, split-free C2f": split_free(dense),
+            "ours onnxruntime (default)": default,
+            "ours onnxruntime (default), split-free C2f": split_free(default),
+        }
+        for threads in threads_list:
+            rows += _timed_rows(name, size, Runtime("onnxruntime", threads=threads), dense, x, timed, {}, rounds)
+    elif only == "spin":
+        for threads in threads_list:
+            spinning, sleeping = (Runtime("onnxruntime", threads=threads, spin_wait=s) for s in (True, False))
+            runners = [spinning.runner(dense, x), sleeping.runner(dense, x)]
+            result = compare_latency(runners, runtime=sleeping, rounds=rounds)
+            row = _row(name, size, threads, "dense, pool threads sleeping (spin_wait=False)", dense, dense, x, None)
+            row.update(runtime="onnxruntime", load=result.load_average[1], dense_ms=result.seconds[0] * 1e3)
+            row.update(latency=result.ratios[1], spin=True)
+            line = (
+                f"{name} {size}, {threads} thread(s), dense: spinning {result.seconds[0] * 1e3:.1f} ms, sleeping "
+                f"{result.seconds[1] * 1e3:.1f} ms (x{result.ratios[1]:.3f} of spinning), load average "
+                f"{result.load_average[0]:.2f} -> {result.load_average[1]:.2f}"
+            )
+            print(line, flush=True)
+            row["verdict"] = line
+            rows.append(row)
+    else:
+        for threads in threads_list:
+            runtime = Runtime("onnxruntime", threads=threads)
+            model, plan = ours(dense, graph_of, size, runtime, target_latency=TARGET_LATENCY)
+            arm = "ours target_latency=0.5"
+            rows += _timed_rows(name, size, runtime, dense, x, {arm: model}, {arm: plan}, rounds)
     return rows
 
 
@@ -364,10 +415,13 @@ def format_row(row: dict[str, Any]) -> str:
     where = f"| {row['model']} | {row['size']} | {row['runtime']} | {row['threads']} |"
     if row.get("failed"):
         return f"{where} | {row['arm']} | failed | | | | |"
+    if row.get("spin"):  # --only spin: a ratio to the spinning session, not a cut
+        ratio = f"x{row['latency']:.3f} of spinning"
+        return f"{where} {row['dense_ms']:.1f} | {row['arm']} | | | {ratio} | | {row['load']:.2f} |"
     latency = f"x{row['latency']:.3f}" + (f" (x{row['planned']:.3f} in planning)" if "planned" in row else "")
     return (
         f"{where} {row['dense_ms']:.1f} | {row['arm']} | {row['params']:.3f} | {row['macs']:.3f} | {latency} | "
-        f"{row['cut']:.2f} | {row['load']:.2f} |"
+        f"{'' if row['cut'] is None else format(row['cut'], '.2f')} | {row['load']:.2f} |"
     )
 
 
@@ -384,6 +438,7 @@ def main() -> None:
     parser.add_argument(
         "--no-equal-latency", dest="equal_latency", action="store_false", help="skip the equal-latency comparison"
     )
+    parser.add_argument("--only", choices=["split-free", "spin", "target-latency"], help="one question alone")
     parser.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -409,7 +464,10 @@ def main() -> None:
     try:
         for name, size in plan:
             try:
-                rows = run_model(name, size, args.threads, args)
+                if args.only:
+                    rows = only_rows(name, size, args.threads, args.only, args.rounds)
+                else:
+                    rows = run_model(name, size, args.threads, args)
             except Exception as error:  # one model failing must not hide the others' numbers
                 logger.warning("%s %d failed: %s: %s", name, size, type(error).__name__, str(error)[:300])
                 continue
@@ -420,7 +478,9 @@ def main() -> None:
             busy.kill()
     if verdicts:
         lines += ["", *(f"- {verdict}" for verdict in verdicts)]
-    if args.write_docs:
+    if args.write_docs and args.only:
+        logger.warning("--write-docs writes the full table; --only %s printed its rows only", args.only)
+    elif args.write_docs:
         marker = f"<!-- runtime-latency{' busy' if args.busy else ''} -->"
         text = DOCS.read_text()
         block = f"{marker}\n" + "\n".join(lines) + f"\n{marker}"

@@ -23,11 +23,12 @@ Profiling adds a small cost per node, alike in every arm.
 
 ``--split-free`` adds the dense and the default model rewritten by
 :func:`grouppruner.integrations.ultralytics.split_free` (C2f blocks without a ``Split``, ratios still to the
-original dense model); ``--no-spin`` opens the sessions with ``session.intra_op.allow_spinning=0`` (idle pool
-threads sleep: what a busy machine needs at 2 threads).
+original dense model); ``--spin`` opens the sessions with onnxruntime's own default, pool threads that spin while
+idle (``Runtime(spin_wait=True)``; without it they sleep, grouppruner's default: what a busy machine needs at 2
+threads).
 
 Run: ``nice -n 5 python benchmarks/runtime_profile.py [--model yolo11n] [--size 320] [--rounds 15]
-[--latency-weight 1] [--split-free] [--no-spin] [--threads 1 2]`` (about 3 minutes on a busy 2-core machine).
+[--latency-weight 1] [--split-free] [--spin] [--threads 1 2]`` (about 3 minutes on a busy 2-core machine).
 Needs ultralytics, torch-pruning and onnxruntime (the real-library environment).
 """
 
@@ -99,7 +100,7 @@ Run = tuple[float, dict[str, tuple[str, float]]]
 
 
 def profile(
-    datas: list[bytes], x: torch.Tensor, threads: int, rounds: int, calls: int = 3, spin: bool = True
+    datas: list[bytes], x: torch.Tensor, threads: int, rounds: int, calls: int = 3, spin: bool = False
 ) -> list[list[Run]]:
     """Per model, per round the fastest of ``calls`` profiled runs (as :func:`compare_latency` counts a round):
     ``(model_run us, {node: (op, us)})``; the sessions take turns, the order rotating every round."""
@@ -108,10 +109,8 @@ def profile(
     sessions = []
     with tempfile.TemporaryDirectory() as folder:
         for k, data in enumerate(datas):
-            options = session_options(threads)  # the measurement's own settings, plus the profiler
+            options = session_options(threads, spin_wait=spin)  # the measurement's own settings, plus the profiler
             options.enable_profiling = True
-            if not spin:  # idle pool threads sleep instead of spinning (onnxruntime spins by default)
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.profile_file_prefix = str(Path(folder) / f"arm{k}")
             sessions.append(ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]))
         feeds = [{s.get_inputs()[0].name: x.numpy()} for s in sessions]
@@ -190,7 +189,7 @@ def main() -> None:
     parser.add_argument(
         "--split-free", action="store_true", help="add the dense and default models with split-free C2f blocks"
     )
-    parser.add_argument("--no-spin", action="store_true", help="sessions with intra-op spinning off")
+    parser.add_argument("--spin", action="store_true", help="sessions whose idle pool threads spin")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("grouppruner", "torch", "ultralytics"):
@@ -224,8 +223,8 @@ def main() -> None:
     datas = [export_onnx(model, x, check=False) for model in models.values()]
     for threads in args.threads:
         load = os.getloadavg()[0]
-        results = profile(datas, x, threads, args.rounds, spin=not args.no_spin)
-        spin = ", spinning off" if args.no_spin else ""
+        results = profile(datas, x, threads, args.rounds, spin=args.spin)
+        spin = ", spinning" if args.spin else ""
         print(f"\n### {threads} thread(s){spin}, load average {load:.2f} -> {os.getloadavg()[0]:.2f}\n")
         for title, key in (("op kind", op_kind), ("layer", lambda name, op: layer_of(name, classes))):
             lines, fixed = table(arms, results, key, title)

@@ -51,7 +51,13 @@ def test_runtime_names_and_options_are_checked() -> None:
     assert resolve_runtime(None).name == DEFAULT_RUNTIME == "onnxruntime"
     assert resolve_runtime("torch") == Runtime("torch")
     given = Runtime("onnxruntime", threads=2, block=16)
-    assert resolve_runtime(given) is given and given.describe() == {"name": "onnxruntime", "threads": 2, "block": 16}
+    assert resolve_runtime(given) is given and given.describe() == {
+        "name": "onnxruntime",
+        "threads": 2,
+        "block": 16,
+        "spin_wait": False,
+        "deploy": None,
+    }
     with pytest.raises(ValueError, match="runtime must be one of"):
         resolve_runtime("tensorrt")
     with pytest.raises(TypeError, match="runtime must be a name"):

@@ -380,5 +380,9 @@ def test_prune_puts_kept_widths_on_the_runtimes_block() -> None:
     plan = gpu.prune(model, target_macs=0.6, imgsz=64, runtime=Runtime("onnxruntime", block=16))
     assert plan.runtime == "onnxruntime" and plan.round_to == 16
     after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    # split-free (the default with onnxruntime): every C2f's cv1 is two convs, one per half, each on the block too
+    halves = {n: w for n, w in after.items() if ".cv1a." in n or ".cv1b." in n}
+    assert len(halves) == 16 and all(w % 16 == 0 for w in halves.values()), halves
+    before = {n: w for n, w in before.items() if n in after}
     assert any(after[n] < before[n] for n in before)
     assert all(after[n] % 16 == 0 or after[n] == before[n] for n in before), after

@@ -67,7 +67,10 @@ def test_compress_end_to_end_and_rerun(detect: tuple[Path, Path], tmp_path: Path
     # the result is a YOLO object holding the pruned module; its file reloads the same architecture
     assert gpu.is_pruned(result.model)
     assert model_fingerprint(YOLO(result.checkpoint).model) == model_fingerprint(result.model.model)
+    # onnxruntime (the default) ships split-free: the pruned stage was rewritten and the trainer kept the rewrite
+    assert sum(isinstance(m, gpu.SplitFreeC2f) for m in result.model.model.modules()) == 8
     saved = json.loads((out / "results.json").read_text())
+    assert saved["options"]["split_free"] is True
     assert [s["stage"] for s in saved["stages"]] == list(gpu.STAGES)
     # the trainer ran each stage in its own Ultralytics run folder; the distillation terms were in the loss
     assert "att" in (out / "recovered" / "results.csv").read_text().splitlines()[0]
@@ -214,7 +217,7 @@ def test_cli_yolo(detect: tuple[Path, Path], tmp_path: Path, capsys: pytest.Capt
     assert f"compressed model: {out / 'recovered.pt'}" in printed
     options = json.loads((out / "results.json").read_text())["options"]
     assert options["mosaic"] == 0.0 and options["amp"] is False and options["target_params"] == 0.6
-    assert options["runtime"] == "torch"
+    assert options["runtime"] == "torch" and options["split_free"] is False  # eager PyTorch: no rewrite
     pruned = json.loads((out / "results.json").read_text())["stages"][2]
     assert pruned["extra"]["params_ratio"] == pytest.approx(0.6, abs=0.01)
     assert main([*argv[:-2], "--train", "mosaic"]) == 2  # a --train item without a value

@@ -185,7 +185,7 @@ def test_run_folder_lock_and_damaged_checkpoint(run: Run, monkeypatch: pytest.Mo
 def test_compress_tells_its_story_where_ultralytics_tells_its_own() -> None:
     from ultralytics.utils import LOGGER
 
-    from grouppruner.integrations.ultralytics.flow import _story
+    from grouppruner.integrations.ultralytics._story import story
 
     ours = logging.getLogger("grouppruner.integrations.ultralytics.flow")
     printed = _Lines()
@@ -194,9 +194,9 @@ def test_compress_tells_its_story_where_ultralytics_tells_its_own() -> None:
     logging.getLogger("grouppruner").setLevel(logging.NOTSET)
     try:
         assert not ours.isEnabledFor(logging.INFO)  # no logging configured, as in a notebook
-        with _story(True):
+        with story(True):
             ours.info("sparse: resuming after epoch %d/%d", 3, 30)
-        with _story(False):  # verbose=False: quiet, as Ultralytics' trainer
+        with story(False):  # verbose=False: quiet, as Ultralytics' trainer
             ours.info("not shown")
         ours.info("not shown either")  # outside compress() nothing changes
     finally:

@@ -101,6 +101,8 @@ class LatencyKey:
         input_shapes: shapes of the example inputs, e.g. ``[[1, 3, 416, 416]]``.
         runtime: the runtime the units were timed in (``"torch"`` or ``"onnxruntime"``).
         block: the runtime's channel block (1: any width is as fast).
+        spin_wait: onnxruntime: whether its idle pool threads spun (always ``False`` for eager PyTorch).
+        deploy: the name of the deployment rewrite the whole model was timed through (``None``: as it is).
     """
 
     device: str
@@ -109,12 +111,14 @@ class LatencyKey:
     input_shapes: list[list[int]]
     runtime: str = "torch"
     block: int = 1
+    spin_wait: bool = False
+    deploy: str | None = None
 
     def mismatch(self, other: LatencyKey) -> list[str]:
         """Human-readable differences ``'field: self vs other'`` (empty when the keys match)."""
         return [
             f"{name}: {getattr(self, name)!r} vs {getattr(other, name)!r}"
-            for name in ("device", "threads", "dtype", "input_shapes", "runtime", "block")
+            for name in ("device", "threads", "dtype", "input_shapes", "runtime", "block", "spin_wait", "deploy")
             if getattr(self, name) != getattr(other, name)
         ]
 
@@ -241,7 +245,7 @@ class LatencyModel:
         threads = runtime.threads if runtime.threads is not None else threads
         if threads is not None:
             torch.set_num_threads(threads)
-        runtime = Runtime(runtime.name, torch.get_num_threads(), runtime.block)
+        runtime = dataclass_replace(runtime, threads=torch.get_num_threads())
         try:
             key = _key_for(model, example_inputs, runtime)
             if cache is not None and Path(cache).exists():
@@ -255,8 +259,9 @@ class LatencyModel:
             start = time.perf_counter()
             timed: dict[tuple[Any, ...], LayerLatency] = {}  # units of one shape are timed once
             layers = {name: _fit_unit(name, unit, repeats, runtime, timed) for name, unit in units.items()}
-            if runtime.name == "onnxruntime":
-                dense_s = _time_call(runtime.runner(model, example_inputs), max(repeats, 3), torch.device("cpu"))
+            if runtime.name == "onnxruntime" or runtime.deploy is not None:  # the graph that ships, in its runtime
+                run = runtime.runner(model, example_inputs, forward_fn)
+                dense_s = _time_call(run, max(repeats, 3), model_device(model))
             elif forward_fn is None:
                 dense_s = measure_latency(model, example_inputs, repeats=max(repeats, 3), warmup=1)
             else:
@@ -358,14 +363,18 @@ class LatencyModel:
                 off_block=float(item.get("off_block", 1.0)),
             )
         key = state["key"]
+        runtime = str(key.get("runtime", "torch"))  # caches written before runtimes existed were eager PyTorch
         return cls(
             key=LatencyKey(
                 key["device"],
                 int(key["threads"]),
                 key["dtype"],
                 [list(s) for s in key["input_shapes"]],
-                str(key.get("runtime", "torch")),  # caches written before runtimes existed were eager PyTorch
+                runtime,
                 int(key.get("block", 1)),
+                # caches written before spin_wait existed: onnxruntime's own default, spinning
+                bool(key.get("spin_wait", runtime == "onnxruntime")),
+                key.get("deploy"),
             ),
             layers=layers,
             dense_s=float(state["dense_s"]),
@@ -416,7 +425,9 @@ def _key_for(model: nn.Module, example_inputs: Any, runtime: Runtime) -> Latency
     dtype = str(param.dtype) if param is not None else str(torch.get_default_dtype())
     shapes = [list(t.shape) for t in tensors_in(example_inputs)]
     threads = runtime.threads if runtime.threads is not None else torch.get_num_threads()
-    return LatencyKey(device_name(device), threads, dtype, shapes, runtime.name, runtime.channel_block)
+    spin = runtime.spin_wait and runtime.name == "onnxruntime"
+    deploy = runtime.describe()["deploy"]
+    return LatencyKey(device_name(device), threads, dtype, shapes, runtime.name, runtime.channel_block, spin, deploy)
 
 
 def _find_units(model: nn.Module, example_inputs: Any, forward_fn: ForwardFn | None) -> dict[str, _Unit]:
@@ -519,7 +530,7 @@ def _time_unit(unit: _Unit, cin: int, cout: int, repeats: int, runtime: Runtime)
         from .export import export_onnx  # export imports profile, which this module's import order puts first
 
         data = export_onnx(block, x, check=False)
-    session = onnx_session(data, runtime.thread_count())
+    session = onnx_session(data, runtime.thread_count(), spin_wait=runtime.spin_wait)
     feeds = {session.get_inputs()[0].name: x.numpy()}
     return _time_call(partial(session.run, None, feeds), repeats, x.device)
 

@@ -20,6 +20,11 @@ Runtimes (``runtime=`` of :class:`~grouppruner.pruning.GroupPruner` and the flow
   counts on the CPU's vector block; ``target_latency`` measured in onnxruntime (the ``onnx`` extra).
 - ``"torch"``: eager PyTorch, any channel count (the behaviour before runtimes existed); ``target_latency``
   measured in eager PyTorch.
+
+What ships is what is measured: a :class:`Runtime` also carries the onnxruntime session settings
+(:func:`session_options`, with ``spin_wait``) and the deployment rewrite applied to a model before it is timed
+(``deploy``, e.g. :func:`grouppruner.integrations.ultralytics.deploy.split_free`), so that the latency model and
+``target_latency``'s measurements time the graph and the session the user gets.
 """
 
 from __future__ import annotations
@@ -41,18 +46,27 @@ from ._utils.errors import InvalidOptionError, MissingExtraError, OptionTypeErro
 
 __all__ = [
     "DEFAULT_RUNTIME",
+    "DEFAULT_SPIN_WAIT",
     "RUNTIMES",
     "LatencyComparison",
     "Runtime",
     "compare_latency",
     "cpu_vector_block",
+    "onnx_session",
     "resolve_runtime",
+    "session_options",
 ]
 
 logger = logging.getLogger(__name__)
 
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
 """The runtimes a plan can be made for."""
+
+DEFAULT_SPIN_WAIT = False
+"""onnxruntime's idle pool threads sleep instead of spinning by default. A spinning thread holds a core while it
+waits for work; where the CPU is shared (another process on every core) a two-thread session then spends most of
+its time waiting for a core: dense yolov8n at 320, 2 threads, on this 2-core machine under load, see
+docs/guides/ultralytics.md. Spinning saves a wake-up per parallel section on an idle machine, a smaller gain."""
 
 DEFAULT_RUNTIME = "onnxruntime"
 """The runtime of a user who names none. onnxruntime on the CPU is how most CPU deployments of these detectors run,
@@ -98,11 +112,18 @@ class Runtime:
         threads: intra-op threads the model runs with; ``None``: ``torch.get_num_threads()`` at timing time.
         block: channel multiple of the runtime's fast kernels; ``None`` detects it (:func:`cpu_vector_block` for
             onnxruntime, 1 for eager PyTorch). A group smaller than the block keeps its width.
+        spin_wait: onnxruntime only: whether idle pool threads spin (``session.intra_op.allow_spinning`` and
+            ``session.inter_op.allow_spinning``) instead of sleeping; default :data:`DEFAULT_SPIN_WAIT`. Used by
+            every session this runtime opens (:meth:`session_options`), timings included.
+        deploy: the rewrite a model ships through, applied to a model before it is timed (``module -> module``,
+            the forward kept; e.g. :func:`grouppruner.integrations.ultralytics.deploy.split_free`); ``None``: as it is.
     """
 
     name: str = DEFAULT_RUNTIME
     threads: int | None = None
     block: int | None = None
+    spin_wait: bool = DEFAULT_SPIN_WAIT
+    deploy: Callable[[nn.Module], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if self.name not in RUNTIMES:
@@ -113,6 +134,10 @@ class Runtime:
             object.__setattr__(self, "block", cpu_vector_block() if self.name == "onnxruntime" else 1)
         elif isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise InvalidOptionError(f"Runtime({self.name!r}): block must be None or an int >= 1, got {self.block!r}")
+        if not isinstance(self.spin_wait, bool):
+            raise OptionTypeError(f"Runtime({self.name!r}): spin_wait must be a bool, got {self.spin_wait!r}")
+        if self.deploy is not None and not callable(self.deploy):
+            raise OptionTypeError(f"Runtime({self.name!r}): deploy must be None or callable, got {self.deploy!r}")
 
     @property
     def channel_block(self) -> int:
@@ -127,17 +152,19 @@ class Runtime:
     def runner(self, model: nn.Module, example_inputs: Any, forward_fn: ForwardFn | None = None) -> Runner:
         """A zero-argument callable running one forward pass of ``model`` on ``example_inputs`` in this runtime.
 
-        For ``"onnxruntime"`` the model is exported once (BatchNorm folded, opset 17, as
-        :func:`~grouppruner.export.export_onnx` writes it for deployment) and run in a CPU ``InferenceSession``
-        with ``threads`` intra-op threads and all graph optimisations; for ``"torch"`` the model runs eagerly in
-        eval mode under ``torch.inference_mode`` with ``threads`` torch threads (through ``forward_fn`` if given).
-        The model is not changed.
+        The model timed is ``deploy(model)`` when a ``deploy`` rewrite is set. For ``"onnxruntime"`` it is
+        exported once (BatchNorm folded, opset 17, as :func:`~grouppruner.export.export_onnx` writes it for
+        deployment) and run in a CPU ``InferenceSession`` opened with :meth:`session_options`; for ``"torch"`` it
+        runs eagerly in eval mode under ``torch.inference_mode`` with ``threads`` torch threads (through
+        ``forward_fn`` if given). The model is not changed.
 
         Raises:
             MissingExtraError: onnxruntime (or onnx) is not installed.
             InvalidOptionError: ``forward_fn`` with onnxruntime (the export calls the model itself).
         """
         threads = self.thread_count()
+        if self.deploy is not None:
+            model = self.deploy(model)
         if self.name == "torch":
 
             def run_torch() -> Any:
@@ -155,11 +182,27 @@ class Runtime:
                 f"runtime 'onnxruntime' exports {type(model).__name__} by calling it; a forward_fn cannot be exported "
                 "(use runtime='torch')"
             )
-        return _onnx_runner(model, example_inputs, threads)
+        return _onnx_runner(model, example_inputs, threads, self.spin_wait)
+
+    def session_options(self) -> Any:
+        """The ``onnxruntime.SessionOptions`` to open the shipped model with: what every timing here used
+        (:func:`session_options` with this runtime's threads and ``spin_wait``).
+
+        Raises:
+            MissingExtraError: onnxruntime is not installed.
+        """
+        return session_options(self.thread_count(), spin_wait=self.spin_wait)
 
     def describe(self) -> dict[str, Any]:
-        """Plain data: name, threads (resolved), block."""
-        return {"name": self.name, "threads": self.thread_count(), "block": self.channel_block}
+        """Plain data: name, threads (resolved), block, spin_wait and the deploy rewrite's name (or ``None``)."""
+        deploy = None if self.deploy is None else getattr(self.deploy, "__name__", type(self.deploy).__name__)
+        return {
+            "name": self.name,
+            "threads": self.thread_count(),
+            "block": self.channel_block,
+            "spin_wait": self.spin_wait,
+            "deploy": deploy,
+        }
 
 
 def resolve_runtime(runtime: str | Runtime | None) -> Runtime:
@@ -189,26 +232,40 @@ def _require_onnxruntime() -> Any:
     return onnxruntime
 
 
-def session_options(threads: int) -> Any:
+def session_options(threads: int, *, spin_wait: bool = DEFAULT_SPIN_WAIT) -> Any:
     """The ``onnxruntime.SessionOptions`` a deployment would open a model with: ``threads`` intra-op threads, one
-    inter-op thread, sequential execution, every graph optimisation (what every latency here is measured with)."""
+    inter-op thread, sequential execution, every graph optimisation, and pool threads that spin while idle only
+    with ``spin_wait`` (what every latency here is measured with; see :data:`DEFAULT_SPIN_WAIT`).
+
+    Raises:
+        MissingExtraError: onnxruntime is not installed.
+    """
     ort = _require_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    spin = "1" if spin_wait else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return options
 
 
-def onnx_session(data: bytes, threads: int) -> Any:
-    """An onnxruntime CPU ``InferenceSession`` for serialized ONNX ``data`` with :func:`session_options`."""
+def onnx_session(data: bytes | str, threads: int, *, spin_wait: bool = DEFAULT_SPIN_WAIT) -> Any:
+    """An onnxruntime CPU ``InferenceSession`` for serialized ONNX ``data`` (or an ``.onnx`` path) with
+    :func:`session_options`.
+
+    Raises:
+        MissingExtraError: onnxruntime is not installed.
+    """
     ort = _require_onnxruntime()
-    return ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
+    options = session_options(threads, spin_wait=spin_wait)
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def _onnx_runner(model: nn.Module, example_inputs: Any, threads: int) -> Runner:
+def _onnx_runner(model: nn.Module, example_inputs: Any, threads: int, spin_wait: bool) -> Runner:
     from .export import export_onnx  # export imports profile; kept out of this module's import time
 
     _require_onnxruntime()
@@ -216,7 +273,7 @@ def _onnx_runner(model: nn.Module, example_inputs: Any, threads: int) -> Runner:
     if kwargs:
         raise InvalidOptionError("runtime 'onnxruntime': keyword example inputs cannot be exported; pass tensors")
     data = export_onnx(model, example_inputs, check=False)
-    session = onnx_session(data, threads)
+    session = onnx_session(data, threads, spin_wait=spin_wait)
     feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args, strict=True)}
     return lambda: session.run(None, feeds)
 

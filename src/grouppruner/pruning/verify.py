@@ -56,7 +56,8 @@ def land_latency(
 
     Returns:
         The plan whose measured fraction is closest to ``target``, with ``plan.latency`` filled in: ``runtime``,
-        ``threads``, ``block``, ``dense_s``, ``pruned_s``, ``ratio`` (measured), ``target``, ``load_average`` and
+        ``threads``, ``block``, ``dense_s``, ``pruned_s``, ``ratio`` (measured), ``target``, ``load_average``,
+        ``spin_wait``, ``deploy`` (the rewrite's name or ``None``) and
         per step ``{"asked", "predicted", "measured"}``.
     """
     history: list[dict[str, float]] = []
@@ -94,6 +95,8 @@ def land_latency(
             "ratio": measured,
             "target": target,
             "load_average": list(comparison.load_average),
+            "spin_wait": runtime.spin_wait,
+            "deploy": runtime.describe()["deploy"],
         }
         if best is None or abs(measured - target) < best[0]:
             best = (abs(measured - target), plan, record)

@@ -156,7 +156,8 @@ def load(path: str | os.PathLike[str]) -> Any:
 
     Args:
         path: an Ultralytics ``.pt`` file (written by :func:`save`, by a trainer of :mod:`.trainer`, or a plain
-            Ultralytics checkpoint, which loads unchanged).
+            Ultralytics checkpoint, which loads unchanged); Ultralytics' ``weights_only`` loading
+            (``ULTRALYTICS_SAFE_LOAD=1``) loads split-free models too (:mod:`.deploy`).
 
     Returns:
         An ``ultralytics.YOLO``.
@@ -169,6 +170,11 @@ def load(path: str | os.PathLike[str]) -> Any:
     require_ultralytics()
     from ultralytics import YOLO
 
+    from .deploy import SplitFreeC2f
+
+    # Ultralytics' weights_only loading (ULTRALYTICS_SAFE_LOAD=1) unpickles only classes registered as safe; it
+    # registers its own, and a split-free model has one of ours.
+    torch.serialization.add_safe_globals([SplitFreeC2f])
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")

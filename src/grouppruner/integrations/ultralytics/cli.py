@@ -41,6 +41,13 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.Argu
         default=DEFAULT_RUNTIME,
         help="runtime the model ships on: its channel block and where latency is measured (default onnxruntime)",
     )
+    parser.add_argument(
+        "--split-free",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ship the pruned model with its C2f / C3k2 blocks rewritten without a Split (same outputs; fewer "
+        "layout reorders in onnxruntime), target latency measured through it (default: on with onnxruntime)",
+    )
     parser.add_argument("--out", required=True, help="run folder; rerunning resumes")
     parser.add_argument("--sparse-epochs", type=int, default=30)
     parser.add_argument("--recover-epochs", type=int, default=60)
@@ -131,6 +138,7 @@ def run_command(args: argparse.Namespace) -> str:
         distill_output=args.distill_output,
         distill_off_epochs=args.distill_off_epochs,
         runtime=args.runtime,
+        split_free=args.split_free,
         search_candidates=args.search_candidates,
         **trainer,
         **parse_train_options(args.train),

@@ -6,21 +6,29 @@ blocked form: each one costs a layout reorder out and one back in. On yolo11n th
 nodes, about a tenth of the one-thread latency at 320, and a part that pruning channels hardly shrinks (see
 ``benchmarks/runtime_profile.py``). The two convolutions read the same input and compute the same outputs, so the
 rewrite changes the graph, not the numbers.
+
+The flows ship the rewrite: :func:`~.model.prune` and :func:`~.flow.compress` take ``split_free`` (default: on when
+the runtime is onnxruntime, :func:`resolve_split_free`), rewrite the pruned model in place, and measure
+``target_latency`` through it (:func:`planning_runtime`: the runtime's ``deploy``), so that the ONNX a user exports
+is the graph that was measured. The rewritten model trains in the trainers of :mod:`.trainer` and saves and loads
+through :func:`~.checkpoint.save` / :func:`~.checkpoint.load`, also with Ultralytics' ``weights_only`` loading
+(``ULTRALYTICS_SAFE_LOAD=1``: :func:`~.checkpoint.load` registers :class:`SplitFreeC2f` as a safe global).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..._utils.errors import InvalidOptionError
-from .model import detection_model
+from ..._utils.errors import InvalidOptionError, OptionTypeError
+from ...runtime import Runtime, resolve_runtime
 
-__all__ = ["SplitFreeC2f", "split_free"]
+__all__ = ["SplitFreeC2f", "planning_runtime", "resolve_split_free", "split_free"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,29 +101,73 @@ def _is_c2f_kin(module: nn.Module) -> bool:
     )
 
 
-def split_free(model: Any) -> nn.Module:
-    """A copy of a YOLO's detection model with every C2f / C3k2 block rewritten as :class:`SplitFreeC2f`.
+def _inner(model: Any) -> nn.Module:
+    """The module of a ``YOLO`` (or the module given); :mod:`.model` imports this module, so no
+    ``detection_model`` here."""
+    from ultralytics.engine.model import Model
+
+    inner = model.model if isinstance(model, Model) else model
+    if not isinstance(inner, nn.Module):
+        raise OptionTypeError(f"split_free: expected an Ultralytics YOLO or its module, got {type(model).__name__}")
+    return inner
+
+
+def split_free(model: Any, *, inplace: bool = False) -> nn.Module:
+    """A YOLO's detection model with every C2f / C3k2 block rewritten as :class:`SplitFreeC2f`.
 
     A deployment step before export to onnxruntime (see module doc): the outputs are those of the model, to
-    float rounding; the copy is for inference and export (it no longer matches Ultralytics' own block classes, so
-    train and save the model before the rewrite). Works on pruned models (the halves of a pruned ``cv1`` stay
-    equal).
+    float rounding. Works on pruned models (the halves of a pruned ``cv1`` stay equal). The rewritten model
+    trains in the trainers of :mod:`.trainer` and saves through :func:`~.checkpoint.save`.
 
     Args:
-        model: an Ultralytics ``YOLO`` or its ``DetectionModel`` (any task head); not changed.
+        model: an Ultralytics ``YOLO`` or its ``DetectionModel`` (any task head).
+        inplace: rewrite ``model`` itself (its blocks replaced, its train / eval mode kept) instead of a copy.
 
     Returns:
-        The rewritten copy of the inner model, in eval mode.
+        The rewritten inner model: a copy in eval mode, or with ``inplace`` the model's own inner module.
 
     Raises:
+        OptionTypeError: neither a YOLO nor a module.
         InvalidOptionError: a block whose ``cv1`` has an odd width (the message names it).
     """
-    rewritten = copy.deepcopy(detection_model(model)).eval()
+    inner = _inner(model)
+    rewritten = inner if inplace else copy.deepcopy(inner).eval()
     count = 0
     for parent in list(rewritten.modules()):
         for name, child in list(parent.named_children()):
             if _is_c2f_kin(child):
-                setattr(parent, name, SplitFreeC2f(child).eval())
+                setattr(parent, name, SplitFreeC2f(child).train(child.training))
                 count += 1
     logger.info("split_free: %d C2f-kin blocks rewritten as two convolutions each", count)
     return rewritten
+
+
+def resolve_split_free(split: bool | None, runtime: str | Runtime | None) -> bool:
+    """Whether a pruned YOLO ships split-free: ``split`` as given, or with ``None`` whether ``runtime`` (a name,
+    a Runtime, ``None`` for the default) is onnxruntime, where the rewrite saves the layout reorders around every
+    ``Split`` (measured in ``benchmarks/runtime_latency.py --only split-free``; eager PyTorch gains nothing).
+
+    Raises:
+        OptionTypeError: ``split`` is neither a bool nor ``None``.
+    """
+    if split is not None and not isinstance(split, bool):
+        raise OptionTypeError(f"split_free must be True, False or None, got {split!r}")
+    return resolve_runtime(runtime).name == "onnxruntime" if split is None else split
+
+
+def planning_runtime(runtime: str | Runtime | None, split: bool) -> Runtime:
+    """The runtime ``target_latency`` is measured in: ``runtime`` resolved, timing models through
+    :func:`split_free` when the model ships split-free (``split``), so that what is measured is what ships.
+
+    Raises:
+        InvalidOptionError: ``split`` with a Runtime that has another ``deploy`` rewrite already.
+    """
+    resolved = resolve_runtime(runtime)
+    if not split or resolved.deploy is split_free:
+        return resolved
+    if resolved.deploy is not None:
+        raise InvalidOptionError(
+            f"split_free=True and a Runtime whose deploy is {resolved.describe()['deploy']!r}: give one rewrite "
+            "(split_free=False to keep the Runtime's own)"
+        )
+    return dataclasses.replace(resolved, deploy=split_free)

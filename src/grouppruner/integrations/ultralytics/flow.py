@@ -31,8 +31,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,11 @@ from ..._utils.io import atomic_write
 from ...profile import count_macs, count_params
 from ...pruning import weights_digest
 from ...run_folder import RunLock, check_file_record, file_record
+from ._story import story
 from .callbacks import Distillation, SparseTraining
 from .checkpoint import load, save
 from .checks import as_yolo, check_data, check_trainer_keywords
+from .deploy import resolve_split_free
 from .model import check_budget, detection_model, example_input, head, prune
 from .search import YoloPlanSearch
 from .trainer import trainer_class
@@ -81,6 +82,7 @@ STAGE_OF_OPTION: dict[str, str] = {
     "min_channels": "pruned",
     "round_to": "pruned",
     "runtime": "pruned",
+    "split_free": "pruned",
     "search_candidates": "pruned",
     "finetune_epochs": "finetuned",
     "recover_epochs": "recovered",
@@ -92,7 +94,7 @@ STAGE_OF_OPTION: dict[str, str] = {
 
 #: Options added after run folders of this format were first written, with the value an older run behaved as:
 #: an earlier run's record without them counts as unchanged while they keep that value.
-_ADDED_OPTIONS: dict[str, Any] = {"distill_off_epochs": 0, "search_candidates": 0}
+_ADDED_OPTIONS: dict[str, Any] = {"distill_off_epochs": 0, "search_candidates": 0, "split_free": False}
 
 #: Trainer keywords that change where or how verbosely a run trains, not what it computes.
 _NOT_STAGE_OPTIONS = frozenset({"device", "workers", "verbose", "plots", "exist_ok"})
@@ -162,40 +164,6 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-@contextmanager
-def _story(verbose: bool) -> Iterator[None]:
-    """While compress() runs: its INFO log lines printed where Ultralytics prints its own, unless logging is set up.
-
-    When the ``grouppruner`` logger would drop INFO records (no logging configured, as in a notebook), its records
-    go to Ultralytics' logger instead (which prints them unless ``YOLO_VERBOSE=False``); ``verbose=False`` keeps
-    them quiet, as it does Ultralytics' trainer.
-    """
-    ours = logging.getLogger("grouppruner")
-    if not verbose or ours.isEnabledFor(logging.INFO):
-        yield
-        return
-    from ultralytics.utils import LOGGER
-
-    class _ToUltralytics(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            record = logging.makeLogRecord(
-                {**record.__dict__, "msg": f"grouppruner: {record.getMessage()}", "args": ()}
-            )
-            LOGGER.handle(record)
-
-    handler = _ToUltralytics()
-    level, propagate = ours.level, ours.propagate
-    ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
-    try:
-        yield
-    finally:
-        ours.removeHandler(handler)
-        ours.setLevel(level)
-        ours.propagate = propagate
-
-
 @dataclass
 class _Settings:
     """Everything a run needs besides its folder (checked values)."""
@@ -209,6 +177,7 @@ class _Settings:
     min_channels: int
     round_to: int | None
     runtime: str | None
+    split_free: bool
     search_candidates: int
     finetune_epochs: int
     recover_epochs: int
@@ -266,6 +235,7 @@ class _Run:
         if s.search_candidates:
             search = YoloPlanSearch.for_run(self.out, s.data, s.search_candidates, s.trainer_kwargs, s.sparse_epochs)
         options = {"min_channels": s.min_channels, "round_to": s.round_to, "runtime": s.runtime, **s.budget}
+        options["split_free"] = s.split_free
         plan = prune(model, imgsz=s.imgsz, search=search, **options)
         save(model, self.path("pruned"))
         extra: dict[str, Any] = {"params_ratio": plan.params_ratio, "macs_ratio": plan.macs_ratio}
@@ -405,6 +375,7 @@ def compress(
     min_channels: int = 8,
     round_to: int | None = None,
     runtime: str | None = None,
+    split_free: bool | None = None,
     search_candidates: int = 0,
     **trainer_kwargs: Any,
 ) -> CompressResult:
@@ -436,6 +407,8 @@ def compress(
         min_channels: passed to :func:`~.model.prune`.
         round_to: passed to :func:`~.model.prune`.
         runtime: passed to :func:`~.model.prune`: the runtime the model ships on (default ``"onnxruntime"``).
+        split_free: passed to :func:`~.model.prune`: the pruned stage (and every stage after it) is the model
+            rewritten without C2f ``Split`` s, as it ships; ``None``: on with onnxruntime (recorded resolved).
         search_candidates: the pruned stage chooses its plan among this many plans of the budget by measured
             accuracy (:class:`~.search.YoloPlanSearch`: BatchNorm statistics recomputed and Ultralytics' validator
             run on a fixed sample of the data.yaml's **train** split, never the val split the stages report on;
@@ -492,7 +465,10 @@ def compress(
     out_dir = Path(out).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidOptionError(f"out={out} is a file; give a folder (new or of an earlier run)")
-    check_budget(inner, imgsz=imgsz, min_channels=min_channels, round_to=round_to, runtime=runtime, **given)
+    split = resolve_split_free(split_free, runtime)
+    check_budget(
+        inner, imgsz=imgsz, min_channels=min_channels, round_to=round_to, runtime=runtime, split_free=split, **given
+    )
 
     sparse = {"s": sparsity, "warmup": sparsity_warmup, "keep": sparsity_keep}
     weights = {"attention": distill_attention, "output": distill_output, "temperature": distill_temperature}
@@ -507,6 +483,7 @@ def compress(
         min_channels,
         round_to,
         runtime,
+        split,
         search_candidates,
         finetune_epochs,
         recover_epochs,
@@ -527,6 +504,7 @@ def compress(
             "min_channels": min_channels,
             "round_to": round_to,
             "runtime": runtime,
+            "split_free": split,
             "search_candidates": search_candidates,
             "finetune_epochs": finetune_epochs,
             "recover_epochs": recover_epochs,
@@ -538,7 +516,7 @@ def compress(
         }
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(out_dir), _story(bool(trainer_kwargs.get("verbose", True))):
+    with RunLock(out_dir), story(bool(trainer_kwargs.get("verbose", True))):
         run = _Run(inner, out_dir, options, settings)
         run.stage("dense", run.dense)
         run.stage("sparse", run.sparse)

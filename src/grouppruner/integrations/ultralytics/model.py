@@ -26,6 +26,8 @@ from ...graph import ChannelGraph
 from ...pruning import GroupPruner, PruningPlan, pop_plans
 from ...runtime import Runtime
 from ._require import require_ultralytics
+from .deploy import planning_runtime, resolve_split_free
+from .deploy import split_free as rewrite_split_free
 
 __all__ = [
     "PLANS_ATTRIBUTE",
@@ -203,6 +205,7 @@ def prune(
     fold: bool = True,
     runtime: str | Runtime | None = None,
     search: PlanChooser | None = None,
+    split_free: bool | None = None,
 ) -> PruningPlan:
     """Group-prune a YOLO in place: per-layer-group thresholds on |gamma| to a budget, with beta folding.
 
@@ -226,19 +229,24 @@ def prune(
             on the CPU's vector block, latency measured in onnxruntime); ``"torch"`` for eager PyTorch.
         search: chooses the plan for the budget by measured accuracy instead of the solver alone, e.g.
             :class:`~grouppruner.integrations.ultralytics.YoloPlanSearch` (not with ``ratios``).
+        split_free: after pruning, rewrite every C2f / C3k2 block without its ``Split``
+            (:func:`~grouppruner.integrations.ultralytics.deploy.split_free`, in place, same outputs), and measure
+            ``target_latency`` through that rewrite; ``None`` (default): on when ``runtime`` is onnxruntime
+            (:func:`~.deploy.resolve_split_free`).
 
     Returns:
         The applied plan, also kept on the module as JSON (:data:`PLANS_ATTRIBUTE`) for
         :func:`~grouppruner.integrations.ultralytics.save`.
 
     Raises:
-        OptionTypeError, UsageError, GraphError: see :func:`channel_graph`.
+        OptionTypeError, UsageError, GraphError: see :func:`channel_graph`; ``split_free`` not a bool or ``None``.
         ValueError: an unreachable budget (the message gives the closest reachable value).
         InvalidOptionError: ``search`` with ``ratios``.
     """
     inner = detection_model(model)
     if search is not None and ratios is not None:
         raise InvalidOptionError("prune: search= chooses among plans of one budget; give a target_*, not ratios")
+    split = resolve_split_free(split_free, runtime)
     plan = _prune_in_place(
         inner,
         target_params,
@@ -250,9 +258,11 @@ def prune(
         min_channels,
         round_to,
         fold,
-        runtime,
+        planning_runtime(runtime, split),
         search,
     )
+    if split:
+        rewrite_split_free(inner, inplace=True)
     refuse_rebuild(inner)
     logger.info("pruned %s: params x%.3f, MACs x%.3f", type(inner).__name__, plan.params_ratio, plan.macs_ratio)
     return plan
@@ -302,11 +312,13 @@ def check_budget(
     min_channels: int = 8,
     round_to: int | None = None,
     runtime: str | Runtime | None = None,
+    split_free: bool | None = None,
 ) -> None:
     """Check on a copy that the graph maps ``model`` and that the budget is reachable; ``model`` is not changed.
 
     The graph and the plan of :func:`prune`, made on a deep copy and logged as a check: the plan of the trained
-    model differs (its BatchNorm scales are sparse by then).
+    model differs (its BatchNorm scales are sparse by then). ``split_free`` as :func:`prune` (``target_latency``
+    is measured through the rewrite when it is on).
 
     Raises:
         OptionTypeError, UsageError, GraphError: see :func:`channel_graph`.
@@ -314,8 +326,9 @@ def check_budget(
     """
     inner = copy.deepcopy(detection_model(model)).float().cpu()
     budget = {"target_params": target_params, "target_macs": target_macs, "target_latency": target_latency}
+    shipped = planning_runtime(runtime, resolve_split_free(split_free, runtime))
     pruner = GroupPruner(
-        channel_graph(inner, imgsz=imgsz), min_channels=min_channels, round_to=round_to, runtime=runtime
+        channel_graph(inner, imgsz=imgsz), min_channels=min_channels, round_to=round_to, runtime=shipped
     )
     try:
         pruner.plan(target_params=target_params, target_macs=target_macs, target_latency=target_latency)

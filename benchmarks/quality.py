@@ -308,6 +308,9 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
         arms += _diagnosis(tight, first)
     if "search" in parts:
         arms += [a for seed in more for a in _search(tight, seed)]
+    if "search-macs" in parts:  # seed 0 before the rest: whether the search's lead is the MACs it buys
+        arms += _search_at_macs(tight, first)
+    if "search" in parts:
         arms += [a for seed in more for a in _slimming(tight, seed)]  # the baseline the search is compared to
     if "distill" in parts:  # what distillation adds over fine-tuning alone, at every seed
         finetune_only = next((a[0], a[1], a[2]) for a in ABLATIONS if "fine-tune only" in a[0])

@@ -266,12 +266,16 @@ def report(args: argparse.Namespace) -> str:
         "vs ours without search (points) | share of the dense fine-tuned | minutes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    rows_by_label: dict[str, list[dict[str, Any] | None]] = {}
-    for label in ARMS:
+    rows_by_label: dict[str, list[dict[str, Any] | None]] = {
+        "ours without search (`ultralytics_distill.py`'s fine-tune)": [
+            distill.get(s, {}).get("arms", {}).get("fine-tune") for s in seeds
+        ]
+    }
+    for label in sorted(
+        ARMS,
+        key=lambda a: (not a.startswith("ours"), a.split("-")[0], float(a.split("-", 1)[-1]) if a[-1].isdigit() else 0),
+    ):
         rows_by_label[label] = [records[s]["arms"].get(label) for s in seeds]
-    rows_by_label["ours without search (`ultralytics_distill.py`'s fine-tune)"] = [
-        distill.get(s, {}).get("arms", {}).get("fine-tune") for s in seeds
-    ]
     for label, rows in rows_by_label.items():
         if not any(rows):
             continue

@@ -78,6 +78,18 @@ ARMS = (
 )
 
 
+#: The report's order: ours, then the baselines by family and rate.
+TABLE_ORDER = (
+    "ours-search",
+    "tp-magnitude",
+    "groupnorm-1e-4",
+    "groupnorm-5e-4",
+    "slimming-1e-4",
+    "slimming-1e-3",
+    "slimming-5e-3",
+)
+
+
 class ConstantSlimming:
     """The forks' sparse training: L1 on every BatchNorm scale of the model at a constant rate, each step."""
 
@@ -271,10 +283,7 @@ def report(args: argparse.Namespace) -> str:
             distill.get(s, {}).get("arms", {}).get("fine-tune") for s in seeds
         ]
     }
-    for label in sorted(
-        ARMS,
-        key=lambda a: (not a.startswith("ours"), a.split("-")[0], float(a.split("-", 1)[-1]) if a[-1].isdigit() else 0),
-    ):
+    for label in TABLE_ORDER:
         rows_by_label[label] = [records[s]["arms"].get(label) for s in seeds]
     for label, rows in rows_by_label.items():
         if not any(rows):

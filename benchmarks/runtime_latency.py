@@ -69,9 +69,9 @@ from typing import Any
 import torch
 from prune_yolov4 import sparse_like_gammas
 from torch import nn
-from ultralytics_yolo import SplitFreeC2f
 
 from grouppruner.graph import ChannelGraph
+from grouppruner.integrations.ultralytics.deploy import SplitFreeC2f
 from grouppruner.latency import LatencyModel
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner

@@ -35,7 +35,6 @@ default and the balanced weights::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -44,14 +43,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _ultralytics_arms import (
+    RESULTS,
+    SETTING_KEYS,
+    add_common_arguments,
+    prepare,
+    replace_docs,
+    settings,
+    trainer_kwargs,
+)
+from _ultralytics_arms import read_record as _read
+from _ultralytics_arms import train as _train
+from _ultralytics_arms import validate as _validate
+from _ultralytics_arms import write_record as _write
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from grouppruner._utils.io import atomic_write
-
 MARK = "<!-- ultralytics-distill -->"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-RESULTS = Path(__file__).resolve().parent / "results" / "ultralytics_distill"
 FINETUNE = "fine-tune"
 BALANCED = "distil throughout, off at the end, weights balanced (attention 0.1, output 0.2)"
 STRONGER = "the same, from the dense model fine-tuned (a teacher stronger than the students)"
@@ -74,56 +82,7 @@ FOLDERS = {
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("images", "imgsz", "dense_epochs", "sparse_epochs", "recover_epochs", "off_epochs", "target_macs")
-    return {k: getattr(args, k) for k in keys}
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _write(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as file:
-        file.write(json.dumps(record, indent=1).encode())
-
-
-def _validate(weights: Path, data: Path, kwargs: dict[str, Any]) -> dict[str, float]:
-    from grouppruner.integrations import ultralytics as gpu
-
-    yolo = gpu.load(weights)
-    keys = ("imgsz", "batch", "device", "workers")
-    metrics = yolo.val(data=str(data), plots=False, verbose=False, **{k: kwargs[k] for k in keys})
-    return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
-
-
-def _train(
-    model: Any, data: Path, epochs: int, folder: Path, kwargs: dict[str, Any], callback: Any = None, **extra: Any
-) -> Path:
-    """Train a module as it is (its architecture kept) with grouppruner's trainer (and a callback object such as
-    ``gpu.Distillation``); its last weights."""
-    from grouppruner.integrations import ultralytics as gpu
-
-    last = folder / "weights" / "last.pt"
-    if folder.exists():
-        shutil.rmtree(folder)  # an arm killed mid-way starts over (its record is written only at the end)
-    trainer = gpu.DetectionTrainer(
-        overrides={
-            "model": "yolov8n.yaml",
-            "data": str(data),
-            "epochs": epochs,
-            "project": str(folder.parent),
-            "name": folder.name,
-            "exist_ok": True,
-            **kwargs,
-            **extra,
-        }
-    )
-    trainer.model = model.float().train()
-    if callback is not None:
-        callback.attach(trainer)
-    trainer.train()
-    return last
+    return settings(args, (*SETTING_KEYS[:5], "off_epochs", SETTING_KEYS[5]))
 
 
 def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> None:
@@ -134,9 +93,9 @@ def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> No
     record_path = args.results / f"seed{seed}.json"
     record = _read(record_path)
     if record.get("settings") != _settings(args):
-        record = {"settings": _settings(args), "dense": _validate(dense, data, _kwargs(args, seed)), "arms": {}}
+        record = {"settings": _settings(args), "dense": _validate(dense, data, trainer_kwargs(args, seed)), "arms": {}}
         _write(record_path, record)
-    kwargs = _kwargs(args, seed)
+    kwargs = trainer_kwargs(args, seed)
     folder = args.out / f"seed{seed}"
     common = {"target_macs": args.target_macs, "sparse_epochs": args.sparse_epochs}
     common["recover_epochs"] = args.recover_epochs
@@ -203,20 +162,6 @@ def run_seed(args: argparse.Namespace, seed: int, dense: Path, data: Path) -> No
         record["arms"][label] = row
         _write(record_path, record)
         print(f"seed {seed}: {label}: mAP50-95 {row['map50_95']:.4f} ({row['minutes']:.1f} min)", flush=True)
-
-
-def _kwargs(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    return {
-        "imgsz": args.imgsz,
-        "batch": 16,
-        "workers": 0,
-        "plots": False,
-        "device": "cpu",
-        "amp": False,
-        "verbose": False,
-        "seed": seed,
-        "optimizer": "SGD",
-    }
 
 
 def gradient_ratios(args: argparse.Namespace, seed: int, weights: list[tuple[float, float, float]]) -> str:
@@ -322,18 +267,9 @@ def report(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=800)
-    parser.add_argument("--imgsz", type=int, default=128)
-    parser.add_argument("--dense-epochs", type=int, default=40)
-    parser.add_argument("--sparse-epochs", type=int, default=6)
-    parser.add_argument("--recover-epochs", type=int, default=12)
+    add_common_arguments(parser, "runs/udistill")
     parser.add_argument("--off-epochs", type=int, default=2, help="the last epochs without distillation")
-    parser.add_argument("--target-macs", type=float, default=0.5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--dense", type=Path, help="a dense yolov8n trained on this data (default: train one)")
-    parser.add_argument("--out", type=Path, default=Path("runs/udistill"))
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=RESULTS / "ultralytics_distill")
     parser.add_argument(
         "--arms",
         type=int,
@@ -341,11 +277,9 @@ def main() -> None:
         choices=range(len(ARMS)),
         help="run only these arms, in this order (indices into ARMS)",
     )
-    parser.add_argument("--report", action="store_true", help="only print the table from the records")
     parser.add_argument(
         "--gradients", action="store_true", help="only print the terms' gradient norms on the first seed's pruned model"
     )
-    parser.add_argument("--write-docs", action="store_true", help="replace the table in docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -353,30 +287,13 @@ def main() -> None:
         print(gradient_ratios(args, args.seeds[0], [(1.0, 1.0, 3.0), (0.1, 0.2, 3.0), (1.0, 1.0, 1.0)]))
         return
     if not args.report:
-        from ultralytics import YOLO
-
-        from grouppruner.integrations import ultralytics as gpu
-
-        data = args.out / "data" / "data.yaml"
-        if not data.is_file():
-            gpu.make_cluttered_yolo(args.out / "data", args.images, image_size=args.imgsz, seed=0)
-        dense = args.dense or args.out / "dense" / "weights" / "last.pt"
-        if not dense.is_file():
-            kwargs = {k: v for k, v in _kwargs(args, 0).items() if k != "optimizer"}  # the user's default
-            YOLO("yolov8n.yaml").train(
-                data=str(data), epochs=args.dense_epochs, project=str(args.out), name="dense", exist_ok=True, **kwargs
-            )
+        data, dense = prepare(args)
         for seed in args.seeds:
-            run_seed(args, seed, dense.resolve(), data.resolve())
+            run_seed(args, seed, dense, data)
     text = report(args)
     print(text)
     if args.write_docs:
-        page = DOCS.read_text(encoding="utf-8")
-        if page.count(MARK) != 2:
-            raise SystemExit(f"{DOCS}: needs two {MARK} markers")
-        head, _, rest = page.partition(MARK)
-        _, _, tail = rest.partition(MARK)
-        DOCS.write_text(f"{head}{MARK}\n{text}\n{MARK}{tail}", encoding="utf-8")
+        replace_docs(MARK, text)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ From one dense yolov8n trained with the Ultralytics trainer on a generated YOLO-
 - (a) ours: sparse training, pruning to ``--target-macs``, fine-tuning then distillation (``gpu.compress``);
 - (b) ours without distillation (the same run folder up to the pruned stage, then plain fine-tuning);
 - (b') ours with only the attention term, (b'') only the output term (``--ablation``);
-- (c) Torch-Pruning's YOLOv8 recipe: C2f rewritten without ``chunk`` (two 1x1 convs instead of one split, our own
-  rewrite), ``MagnitudePruner`` with L2 ``MagnitudeImportance`` in iterative steps to the same MACs, then
+- (c) Torch-Pruning's YOLOv8 recipe: C2f rewritten without ``chunk`` (``gpu.split_free``: two 1x1 convs instead of
+  one split), ``MagnitudePruner`` with L2 ``MagnitudeImportance`` in iterative steps, its ratio bisected to the same
+  MACs (``_ultralytics_arms.torch_pruning_recipe``), then
   fine-tuning for all the epochs through the Ultralytics trainer (a module handed to it is kept as it is);
 - (d) the dense model fine-tuned for the same epochs.
 
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _ultralytics_arms import torch_pruning_recipe
 from torch import nn
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -50,86 +52,6 @@ def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "amp": False,
         "verbose": False,
     }
-
-
-class SplitFreeC2f(nn.Module):
-    """A C2f whose ``cv1`` (one conv, output split in two halves) is two convs, one per half: no ``chunk``."""
-
-    def __init__(self, block: Any) -> None:
-        super().__init__()
-        half = block.c
-        self.cv0, self.cv1 = copy.deepcopy(block.cv1), copy.deepcopy(block.cv1)
-        for conv, part in ((self.cv0, slice(0, half)), (self.cv1, slice(half, 2 * half))):
-            conv.conv = _slice_conv(block.cv1.conv, part)
-            conv.bn = _slice_bn(block.cv1.bn, part)
-        self.cv2, self.m = block.cv2, block.m
-        for attr in ("f", "i", "type", "np"):  # what Ultralytics' model forward reads on every layer
-            if hasattr(block, attr):
-                setattr(self, attr, getattr(block, attr))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = [self.cv0(x), self.cv1(x)]
-        y.extend(m(y[-1]) for m in self.m)
-        result: torch.Tensor = self.cv2(torch.cat(y, 1))
-        return result
-
-
-def _slice_conv(conv: nn.Conv2d, part: slice) -> nn.Conv2d:
-    out = nn.Conv2d(conv.in_channels, part.stop - part.start, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    out.weight.data.copy_(conv.weight.data[part])
-    return out
-
-
-def _slice_bn(bn: nn.BatchNorm2d, part: slice) -> nn.BatchNorm2d:
-    out = nn.BatchNorm2d(part.stop - part.start, eps=bn.eps, momentum=bn.momentum)
-    for name in ("weight", "bias"):
-        getattr(out, name).data.copy_(getattr(bn, name).data[part])
-    for name in ("running_mean", "running_var"):
-        getattr(out, name).copy_(getattr(bn, name)[part])
-    return out
-
-
-def torch_pruning_recipe(model: nn.Module, target_macs: float, imgsz: int, steps: int) -> nn.Module:
-    """Torch-Pruning's YOLOv8 recipe on a copy: split-free C2f, L2 magnitude pruning in ``steps`` to the MACs."""
-    import torch_pruning as tp
-    from ultralytics.nn.modules.block import C2f
-
-    model = copy.deepcopy(model).float().cpu().eval()
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is C2f:
-                setattr(module, child_name, SplitFreeC2f(child))
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    head = model.model[-1]
-    ignored = [branch[-1] for attr in ("cv2", "cv3") for branch in getattr(head, attr)] + [head.dfl]
-    example = torch.zeros(1, 3, imgsz, imgsz)
-    base_macs, _ = tp.utils.count_ops_and_params(model, example)
-    ratio = 0.0
-    for attempt in range(30):  # the largest per-layer ratio whose result stays above the MACs target
-        ratio = 0.05 + attempt * 0.03
-        trial = copy.deepcopy(model)
-        pruner = tp.pruner.MagnitudePruner(
-            trial,
-            example,
-            importance=tp.importance.MagnitudeImportance(p=2),
-            iterative_steps=steps,
-            pruning_ratio=ratio,
-            ignored_layers=ignored_for(trial, head, ignored, model),
-        )
-        for _ in range(steps):
-            pruner.step()
-        macs, _ = tp.utils.count_ops_and_params(trial, example)
-        if macs / base_macs <= target_macs:
-            return trial
-    raise RuntimeError(f"Torch-Pruning did not reach {target_macs} of the MACs (ratio {ratio})")
-
-
-def ignored_for(trial: nn.Module, head: nn.Module, ignored: list[nn.Module], original: nn.Module) -> list[nn.Module]:
-    """The modules of ``trial`` at the positions of ``ignored`` in ``original``."""
-    names = {id(m): n for n, m in original.named_modules()}
-    modules = dict(trial.named_modules())
-    return [modules[names[id(m)]] for m in ignored]
 
 
 def fine_tune(module: nn.Module, data: Path, epochs: int, out: Path, name: str, kwargs: dict[str, Any]) -> Path:
@@ -240,7 +162,7 @@ def main() -> None:
         result = gpu.compress(YOLO(str(dense)), data=data, out=folder, **options, **common, **kwargs)
         runs[label] = Path(result.checkpoint)
 
-    tp_model = torch_pruning_recipe(YOLO(str(dense)).model, args.target_macs, args.imgsz, args.tp_steps)
+    tp_model, _, _ = torch_pruning_recipe(YOLO(str(dense)).model, args.target_macs, args.imgsz, args.tp_steps)
     runs["(c) Torch-Pruning recipe + fine-tune"] = fine_tune(tp_model, data, total, out, "torch-pruning", kwargs)
     runs["(d) dense, fine-tuned"] = fine_tune(YOLO(str(dense)).model, data, total, out, "dense-ft", kwargs)
     rows = {label: measure(path, data, args, out) for label, path in runs.items()}

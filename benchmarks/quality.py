@@ -72,6 +72,7 @@ from grouppruner import CheckpointError, UsageError
 from grouppruner.detection.train import evaluate
 from grouppruner.profile import count_macs, count_params
 from grouppruner.recipe import RecipeConfig, RecipeRun, load_weights
+from grouppruner.recipe.config import ADDED_OPTIONS
 from grouppruner.run_folder import RunLock, file_record
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -456,15 +457,11 @@ def prepare_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[Path,
     return path, teacher
 
 
-#: RecipeConfig fields added after the committed records were written, and their defaults: at the default they change
-#: nothing an arm computes, so they stay out of the settings and the digests (the records keep matching).
-ADDED_FIELDS = {"target_macs": 0.5, "target_latency": 0.5}
-
-
 def base_settings(base: RecipeConfig) -> dict[str, Any]:
-    """The base options as the work folder and the arm digests record them (see :data:`ADDED_FIELDS`)."""
+    """The base options as the work folder and the arm digests record them: an option added since the committed
+    records (:data:`~grouppruner.recipe.config.ADDED_OPTIONS`) is left out while it keeps its default."""
     options = dataclasses.asdict(base)
-    return {k: v for k, v in options.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
+    return {k: v for k, v in options.items() if k not in ADDED_OPTIONS or v != ADDED_OPTIONS[k]}
 
 
 def recorded_teacher(args: argparse.Namespace, base: RecipeConfig) -> tuple[str, ArmResult] | None:

@@ -23,6 +23,7 @@ from ..run_folder import file_sha256
 from ..runtime import DEFAULT_RUNTIME, RUNTIMES
 
 __all__ = [
+    "ADDED_OPTIONS",
     "GAMMA_THRESHOLD",
     "STAGES",
     "STAGE_OF_OPTION",
@@ -409,8 +410,9 @@ STAGE_OF_OPTION: dict[str, str] = {
 
 
 #: Options added after epoch states first recorded fingerprints, with their defaults: at the default they stay out
-#: of :func:`stage_fingerprint`, so that an epoch state written before they existed still resumes.
-_ADDED_SINCE_FINGERPRINTS: dict[str, Any] = {"target_macs": 0.5, "target_latency": 0.5}
+#: of :func:`stage_fingerprint`, so that an epoch state written before they existed still resumes (and out of
+#: ``benchmarks/quality.py``'s arm digests, so that its committed records still match).
+ADDED_OPTIONS: dict[str, Any] = {"target_macs": 0.5, "target_latency": 0.5}
 
 #: Options that do not change what a stage computes, only where: a run may resume with other values.
 _NOT_STAGE_OPTIONS = ("out_dir", "device")
@@ -458,7 +460,7 @@ def stage_fingerprint(config: RecipeConfig, stage: str) -> str:
     first_word = stage.split()[0] if stage.split() else stage
     last = STAGES.index(first_word) if first_word in STAGES else len(STAGES) - 1
     options = _comparable(recorded_options(config))
-    for key, value in _ADDED_SINCE_FINGERPRINTS.items():
+    for key, value in ADDED_OPTIONS.items():
         if options.get(key) == value:
             del options[key]
     relevant = {k: v for k, v in options.items() if STAGES.index(STAGE_OF_OPTION.get(k, "dense")) <= last}

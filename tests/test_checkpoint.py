@@ -59,7 +59,10 @@ PLAN_MODES = [
 ]
 
 
-@pytest.mark.parametrize("options", [o for _, o in PLAN_MODES], ids=[n for n, _ in PLAN_MODES])
+@pytest.mark.parametrize(
+    "options",
+    [pytest.param(o, id=n, marks=[pytest.mark.slow] if "target_latency" in o else []) for n, o in PLAN_MODES],
+)  # target_latency verifies on a clock: slow
 def test_every_plan_mode_saves_and_loads_into_a_fresh_model(tmp_path: Path, options: dict[str, float]) -> None:
     model = random_detector()
     randomize_bn(model, torch.Generator().manual_seed(3))

@@ -273,6 +273,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_loses_nothing(tmp_path, cap
     assert (out / "dense.pt").read_bytes() == written and sorted(p.name for p in out.iterdir()) == ["dense.pt"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_out_is_refused_at_once_naming_the_other_pid(tmp_path, capsys):
     import signal
 

@@ -125,6 +125,7 @@ def test_perfect_prediction_has_near_zero_box_and_class_loss():
     assert float(parts["cls"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_loss_decreases_when_training_tiny_model():
     torch.manual_seed(0)
     model = yolov4(3, width=0.125, depth=0.34, anchors=SMALL_ANCHORS)

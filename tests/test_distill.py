@@ -400,6 +400,7 @@ def test_remove_and_context_manager_remove_every_hook() -> None:
     assert hook_count() == 0
 
 
+@pytest.mark.slow
 def test_compiled_and_prefixed_student() -> None:
     teacher, student = _pair()
     xs = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)]

@@ -73,7 +73,7 @@ def check_random_net(spec: tuple, data: st.DataObject) -> None:
             assert width >= min(widths[name], min_channels), name
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=net_specs(), data=st.data())
 def test_random_nets_prune_exactly(spec: tuple, data: st.DataObject) -> None:
     check_random_net(spec, data)

@@ -1,4 +1,6 @@
-"""Budget solver on YOLOv4 at 416 x 416: targets 0.5 / 0.35 / 0.2 of params and MACs within 1 %.
+"""Budget solver on YOLOv4: targets 0.5 / 0.35 / 0.2 of params and MACs within 1 %.
+
+At 128 x 128: every ratio is the same as at 416, and the graph traces faster.
 
 Two models, each built once for the module: the full YOLOv4 with sparse-trained-like gammas, and a fresh
 ``width=0.25`` YOLOv4 whose gammas all tie (every BatchNorm weight is 1). The analytic predictor is checked
@@ -19,7 +21,7 @@ from grouppruner.graph import ChannelGraph
 from grouppruner.profile import count_macs, count_params
 from grouppruner.pruning import GroupPruner
 
-INPUT = torch.zeros(1, 3, 416, 416)
+INPUT = torch.zeros(1, 3, 128, 128)
 
 
 def sparse_like_gammas(model: nn.Module, seed: int = 0) -> None:
@@ -114,4 +116,4 @@ def test_predicted_counts_match_the_pruned_model(pruner: GroupPruner) -> None:
     assert count_params(model) == plan.params_after
     assert count_macs(model, INPUT) == plan.macs_after
     outputs = model(INPUT)
-    assert [tuple(o.shape) for o in outputs] == [(1, 75, 52, 52), (1, 75, 26, 26), (1, 75, 13, 13)]
+    assert [tuple(o.shape) for o in outputs] == [(1, 75, 16, 16), (1, 75, 8, 8), (1, 75, 4, 4)]

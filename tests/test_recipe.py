@@ -323,6 +323,7 @@ def test_a_run_killed_mid_stage_resumes_to_the_uninterrupted_result(tmp_path):
     assert not list((tmp_path / "killed").glob("*.epoch.pt"))  # state files go once their stage is done
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_in_bfloat16_and_fp16_needs_cuda(tmp_path):
     config = _config(tmp_path, amp="bf16")
     run = RecipeRun(config)
@@ -517,6 +518,7 @@ def test_the_same_data_path_written_relative_or_absolute_is_the_same_option(tmp_
     assert first_changed_stage(saved, dataclasses.replace(base, data_root="other")) == "dense"
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_folder_is_refused_before_any_work(tmp_path):
     import signal
 

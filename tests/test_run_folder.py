@@ -35,6 +35,7 @@ def test_a_second_lock_is_refused_naming_the_holder_and_released_on_exit(tmp_pat
     assert not (tmp_path / LOCK_NAME).exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_live_process_holds_and_that_of_a_killed_one_is_stale(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

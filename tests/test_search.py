@@ -206,6 +206,7 @@ def test_search_is_deterministic_by_seed() -> None:
     assert [r[2] for r in first[1:]] != [r[2] for r in other[1:]]
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_same_result_as_one_run(tmp_path: object) -> None:
     state = tmp_path / "search.json"  # type: ignore[operator]
     pruner = make_pruner()

@@ -522,6 +522,7 @@ def _toy_run(s: float, steps: int = 300) -> tuple[float, float]:
     return loss, sparsity.stats(threshold=1e-2)["all"].below
 
 
+@pytest.mark.slow
 def test_toy_training_near_zero_fraction_grows_with_s_and_loss_stays_bounded() -> None:
     runs = {s: _toy_run(s) for s in (0.0, 3e-3, 1e-2, 2e-2)}
     fractions = [runs[s][1] for s in sorted(runs)]

@@ -24,6 +24,7 @@ def _model() -> nn.Sequential:
     )
 
 
+@pytest.mark.slow
 def test_png_with_one_panel_per_layer_group(tmp_path: Path) -> None:
     sparsity = BNSparsity(_model(), schedule=1e-3, layer_groups=lambda name: f"layer{name}")
     before = sparsity.gammas()

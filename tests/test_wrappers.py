@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -13,6 +14,7 @@ class HasModuleChild(nn.Module):
         return self.module(x)
 
 
+@pytest.mark.slow
 def test_unwrap_sees_through_dataparallel_and_compile_but_not_user_children():
     net = HasModuleChild()
     assert unwrap(net) is net

@@ -23,7 +23,8 @@ MACs, counted by ``grouppruner.profile.count_macs`` as ``gpu.compress`` counts t
 
 Each finished arm is recorded in ``--results`` (default ``benchmarks/results/ultralytics_baselines/seed<k>.json``):
 a rerun skips it, a killed arm reruns (a finished sparse stage is reused). ``--report`` prints the table from the
-records; ``--write-docs`` puts it into docs/benchmarks.md between the ``ultralytics-baselines`` markers::
+records; ``--write-docs`` puts it into docs/benchmarks.md between the ``ultralytics-baselines`` markers and draws
+the figure (mAP50-95 against params kept, every arm, seeds and means) into ``docs/img/ultralytics_baselines.png``::
 
     YOLO_OFFLINE=1 nice -n 10 python benchmarks/ultralytics_baselines.py --seeds 0 --out runs/udistill \\
         --arms slimming-1e-3 tp-magnitude ours-search
@@ -64,6 +65,8 @@ from torch import nn
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 MARK = "<!-- ultralytics-baselines -->"
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "img" / "ultralytics_baselines.png"
+OURS = "ours without search (`ultralytics_distill.py`'s fine-tune)"
 DISTILL_RESULTS = RESULTS / "ultralytics_distill"
 SEARCH_CANDIDATES = 16
 #: Every arm, in the order the first seed runs them by default.
@@ -256,17 +259,60 @@ def _mean(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f}" if values else "-"
 
 
+def _records_of(args: argparse.Namespace, folder: Path) -> dict[int, dict[str, Any]]:
+    found = {int(p.stem[4:]): read_record(p) for p in sorted(folder.glob("seed*.json"))}
+    wanted = settings(args).items()
+    return {k: v for k, v in found.items() if all(v.get("settings", {}).get(x) == y for x, y in wanted)}
+
+
+def draw(args: argparse.Namespace, path: Path) -> None:
+    """mAP50-95 against params kept (fractions of the dense model), every arm at the budget: seeds as dots, means
+    as large markers; the dense model fine-tuned as a line (``--write-docs`` writes ``docs/img``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records, distill = _records_of(args, args.results), _records_of(args, DISTILL_RESULTS)
+    arms = {OURS: [distill.get(s, {}).get("arms", {}).get("fine-tune") for s in sorted(records)]}
+    arms |= {label: [records[s]["arms"].get(label) for s in sorted(records)] for label in TABLE_ORDER}
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots()
+    markers = iter("os^vDP*Xh")
+    for label, rows in arms.items():
+        good = [r for r in rows if r and r["map50_95"] == r["map50_95"] and "params_ratio" in r]
+        if not good:
+            continue
+        xs, ys = [100 * r["params_ratio"] for r in good], [r["map50_95"] for r in good]
+        marker = next(markers)
+        line = axes.plot(xs, ys, marker, alpha=0.35, markersize=5)[0]
+        axes.plot(
+            statistics.fmean(xs),
+            statistics.fmean(ys),
+            marker,
+            color=line.get_color(),
+            markersize=10,
+            label=f"{label.replace('`', '')} ({len(good)} seeds)",
+        )
+    dense_ft = [a.get("arms", {}).get("dense, fine-tuned", {}).get("map50_95") for a in distill.values()]
+    if any(v is not None for v in dense_ft):
+        value = statistics.fmean(v for v in dense_ft if v is not None)
+        axes.axhline(value, color="0.3", linestyle="--", label=f"dense, fine-tuned ({value:.3f})")
+    s = settings(args)
+    axes.set(
+        xlabel="params kept (% of the dense model)",
+        ylabel="mAP50-95 (validation)",
+        title=f"yolov8n at {s['target_macs']:.0%} of the MACs (ultralytics_baselines.py)",
+    )
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def report(args: argparse.Namespace) -> str:
     """The table: per arm, mAP50-95 per seed and mean, mAP50, sizes, the difference to ours without the search
     (the ``fine-tune`` arm of ``ultralytics_distill.py``, same seed) and the share of the dense model fine-tuned."""
-
-    def records_of(folder: Path) -> dict[int, dict[str, Any]]:
-        found = {int(p.stem[4:]): read_record(p) for p in sorted(folder.glob("seed*.json"))}
-        wanted = settings(args).items()
-        return {k: v for k, v in found.items() if all(v.get("settings", {}).get(x) == y for x, y in wanted)}
-
-    records = records_of(args.results)
-    distill = records_of(DISTILL_RESULTS)
+    records = _records_of(args, args.results)
+    distill = _records_of(args, DISTILL_RESULTS)
     if not records:
         return "no finished seed with these settings"
     seeds = sorted(records)
@@ -279,9 +325,7 @@ def report(args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rows_by_label: dict[str, list[dict[str, Any] | None]] = {
-        "ours without search (`ultralytics_distill.py`'s fine-tune)": [
-            distill.get(s, {}).get("arms", {}).get("fine-tune") for s in seeds
-        ]
+        OURS: [distill.get(s, {}).get("arms", {}).get("fine-tune") for s in seeds]
     }
     for label in TABLE_ORDER:
         rows_by_label[label] = [records[s]["arms"].get(label) for s in seeds]
@@ -340,6 +384,7 @@ def main() -> None:
     print(text)
     if args.write_docs:
         replace_docs(MARK, text)
+        draw(args, FIGURE)
 
 
 if __name__ == "__main__":

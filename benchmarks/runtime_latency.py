@@ -33,7 +33,8 @@ row's comparison; it and both ``target_latency`` arms are then timed once more a
 Printed per arm: params and MACs kept, latency kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0:
 latency falls as much as MACs), the load average. ``--busy`` starts one busy process (a Python spin loop) beside
 the measurement. ``--write-docs`` replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of
-docs/benchmarks.md with the table.
+docs/benchmarks.md with the table (``--section NAME``: between ``<!-- runtime-latency NAME -->``, e.g. for the
+YOLOv4 family run apart with ``--models``).
 
 ``--only`` runs one question alone, on the models of the run (short enough for a busy machine):
 
@@ -440,6 +441,10 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=["split-free", "spin", "target-latency"], help="one question alone")
     parser.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
+    parser.add_argument(
+        "--section",
+        help="with --write-docs: the markers <!-- runtime-latency SECTION --> (default: the --quick / --busy table)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("grouppruner", "torch", "ultralytics"):
@@ -481,7 +486,8 @@ def main() -> None:
     if args.write_docs and args.only:
         logger.warning("--write-docs writes the full table; --only %s printed its rows only", args.only)
     elif args.write_docs:
-        marker = f"<!-- runtime-latency{' busy' if args.busy else ''} -->"
+        section = args.section or ("busy" if args.busy else "")
+        marker = f"<!-- runtime-latency{f' {section}' if section else ''} -->"
         text = DOCS.read_text()
         block = f"{marker}\n" + "\n".join(lines) + f"\n{marker}"
         pattern = re.compile(re.escape(marker) + ".*?" + re.escape(marker), re.S)

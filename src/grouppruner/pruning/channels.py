@@ -86,17 +86,17 @@ def teacher_channels(
             "whose output is a conv / BatchNorm output"
         )
     group = whole[0][0]
-    index = torch.arange(channels)
+    index, size = torch.arange(channels), channels  # size: the group's width in the numbering ``index`` is in
     for plan in reversed(plans):
         entry = next((e for e in plan.channel_groups if e.name == group.name), None)
         if entry is None:
             continue
-        if len(entry.kept) != index.numel():
+        if len(entry.kept) != size:
             raise LayerOutputError(
                 f"teacher_channels({name!r}): channel group {group.name!r} keeps {len(entry.kept)} channels in a "
-                f"plan, but the model has {index.numel()} there (plans not applied in order?)"
+                f"plan, but {size} come out of it (plans not applied in order?)"
             )
-        index = torch.tensor(entry.kept, dtype=torch.long)[index]
+        index, size = torch.tensor(entry.kept, dtype=torch.long)[index], entry.size
     return index
 
 
@@ -148,8 +148,7 @@ def _producer(root: nn.Module, name: str, modules: dict[str, nn.Module], example
         if isinstance(module, nn.modules.conv._ConvNd | nn.modules.batchnorm._BatchNorm):
             return leaf, int(tensor.shape[1])
         first = args[0] if args else None
-        channel_wise = next(module.parameters(), None) is None and isinstance(first, Tensor)
-        if not channel_wise or first.shape != tensor.shape:
+        if not (isinstance(first, Tensor) and next(module.parameters(), None) is None and first.shape == tensor.shape):
             raise LayerOutputError(
                 f"teacher_channels: the output of layer {name!r} comes from {leaf!r} ({type(module).__name__}), "
                 "neither a conv / BatchNorm nor a parameter-free shape-preserving module"

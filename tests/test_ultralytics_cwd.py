@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,31 @@ def test_criterion_with_the_channel_term_trains_the_student_only(tmp_path: Path)
     assert gpu.Distillation(teacher_file, channel=0.5).channel == 0.5
     with pytest.raises(ValueError, match="channel"):
         gpu.Distillation(teacher_file, channel=-1.0)
+
+
+def test_compress_with_the_channel_term(tmp_path: Path) -> None:
+    """compress(distill_channel=...) inside the real trainer: the term is in the loss and its gradient measured."""
+    from grouppruner.cli import build_parser
+
+    args = build_parser().parse_args(["yolo", "--model", "m.pt", "--data", "d.yaml", "--target-macs", "0.5"])
+    assert args.distill_channel == 0.0
+    train = {"imgsz": IMGSZ, "batch": 8, "workers": 0, "plots": False, "device": "cpu", "amp": False, "verbose": False}
+    data = gpu.make_synthetic_yolo(tmp_path / "data", 16, image_size=IMGSZ)
+    torch.manual_seed(0)
+    YOLO("yolov8n.yaml").train(data=str(data), epochs=1, project=str(tmp_path), name="dense", exist_ok=True, **train)
+    weights = tmp_path / "dense" / "weights" / "last.pt"
+    out = tmp_path / "run"
+    result = gpu.compress(
+        YOLO(str(weights)),
+        data=data,
+        out=out,
+        target_macs=0.5,
+        sparse_epochs=1,
+        recover_epochs=2,
+        finetune_epochs=1,
+        distill_channel=0.05,
+        **train,
+    )
+    assert json.loads((out / "results.json").read_text())["options"]["distill_channel"] == 0.05
+    assert "att" in (out / "recovered" / "results.csv").read_text().splitlines()[0]
+    assert result.stages[-1].extra["gradient_ratio"]["att"] > 0  # the channel term alone pulls on the student

@@ -95,8 +95,9 @@ def test_compress_with_the_channel_term(tmp_path: Path) -> None:
     """compress(distill_channel=...) inside the real trainer: the term is in the loss and its gradient measured."""
     from grouppruner.cli import build_parser
 
-    args = build_parser().parse_args(["yolo", "--model", "m.pt", "--data", "d.yaml", "--target-macs", "0.5"])
-    assert args.distill_channel == 0.0
+    argv = ["yolo", "--model", "m.pt", "--data", "d.yaml", "--target-macs", "0.5", "--out", "o"]
+    assert build_parser().parse_args(argv).distill_channel == 0.0
+    assert build_parser().parse_args([*argv, "--distill-channel", "0.05"]).distill_channel == 0.05
     train = {"imgsz": IMGSZ, "batch": 8, "workers": 0, "plots": False, "device": "cpu", "amp": False, "verbose": False}
     data = gpu.make_synthetic_yolo(tmp_path / "data", 16, image_size=IMGSZ)
     torch.manual_seed(0)

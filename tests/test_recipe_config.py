@@ -86,12 +86,15 @@ def test_options_added_later_keep_the_fingerprint_of_older_epoch_states_at_their
     from grouppruner.recipe.config import stage_fingerprint
 
     config = RecipeConfig(out_dir="x")
-    # what the fingerprint covered before target_macs / target_latency existed
+    # what the fingerprint covered before target_macs / target_latency / channel_distill_weight existed
     options = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items()}
-    for key in ("out_dir", "device", "target_macs", "target_latency"):
+    for key in ("out_dir", "device", "target_macs", "target_latency", "channel_distill_weight"):
         options.pop(key)
     text = json.dumps({"stage": "recovered (fine-tune)", "options": options}, sort_keys=True)
     assert stage_fingerprint(config, "recovered (fine-tune)") == hashlib.sha256(text.encode()).hexdigest()[:16]
     by_macs = dataclasses.replace(config, prune_by="macs", target_macs=0.4)
     assert stage_fingerprint(by_macs, "sparse") == stage_fingerprint(config, "sparse")
     assert stage_fingerprint(by_macs, "pruned") != stage_fingerprint(config, "pruned")
+    channel = dataclasses.replace(config, channel_distill_weight=0.05)
+    assert stage_fingerprint(channel, "pruned") == stage_fingerprint(config, "pruned")
+    assert stage_fingerprint(channel, "recovered (distill)") != stage_fingerprint(config, "recovered (distill)")

@@ -24,6 +24,7 @@ from .._utils.errors import (
 )
 from .._utils.names import close_matches
 from .._utils.wrappers import inner_name, unwrap
+from .channel import channel_wise_distillation
 from .recorder import AttentionRecorder, Selector
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ class AttentionDistiller(nn.Module):
         bg_weight: weight of background cells when `loss` gets a mask.
         check_finite: check the per-layer losses for NaN/Inf in `loss` (one device sync per step) and
             raise an error naming the layer and the model at fault.
+        channel_index: for the channel-wise term (:meth:`channel_loss`): per student layer name, the teacher
+            channel of each student channel, ``(C_student,)`` int64
+            (:func:`grouppruner.pruning.teacher_channels`). Only these layers' features are kept (the student's
+            whole, the teacher's gathered at the index); without it only attention maps are.
 
     Raises:
         ValueError: teacher and student are the same object or share a parameter / buffer (``copy.copy``, a
@@ -98,6 +103,7 @@ class AttentionDistiller(nn.Module):
         fg_weight: float = 2.0,
         bg_weight: float = 1.0,
         check_finite: bool = True,
+        channel_index: Mapping[str, Tensor] | None = None,
     ) -> None:
         super().__init__()
         for role, model in (("teacher", teacher), ("student", student)):
@@ -148,8 +154,21 @@ class AttentionDistiller(nn.Module):
         unknown = sorted(set(selector_by_student) - {s for s, _ in self.pairs})
         if unknown:
             raise InvalidOptionError(f"select names layers that are not distilled: {unknown}")
+        index = {inner_name(student, k): v for k, v in (channel_index or {}).items()}
+        unknown = sorted(set(index) - {s for s, _ in self.pairs})
+        if unknown:
+            raise InvalidOptionError(f"channel_index names layers that are not distilled: {unknown}")
+        bad = [n for n, v in index.items() if not (isinstance(v, Tensor) and v.dim() == 1 and v.dtype == torch.long)]
+        if bad:
+            raise InvalidOptionError(f"channel_index must map layer names to 1-D int64 tensors; not so for {bad}")
+        self.channel_index = index
         self.student_recorder = AttentionRecorder(
-            student_root, [s for s, _ in self.pairs], role="student", p=self.p, select=selector_by_student
+            student_root,
+            [s for s, _ in self.pairs],
+            role="student",
+            p=self.p,
+            select=selector_by_student,
+            keep=dict.fromkeys(index),
         )
         self.teacher_recorder = AttentionRecorder(
             teacher_root,
@@ -157,6 +176,7 @@ class AttentionDistiller(nn.Module):
             role="teacher",
             p=self.p,
             select={t: selector_by_student[s] for s, t in self.pairs if s in selector_by_student},
+            keep={t: index[s] for s, t in self.pairs if s in index},
         )
         self.last_teacher_output: Any = None
         self.input_size: tuple[int, int] | None = None
@@ -369,6 +389,49 @@ class AttentionDistiller(nn.Module):
         weights = torch.tensor([self.layer_weights[s] for s in per_layer], dtype=values.dtype, device=values.device)
         total = (values * weights).sum()
         return total, {name: v.detach() for name, v in per_layer.items()}
+
+    def channel_loss(self, *, temperature: float = 1.0, normalize: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Channel-wise distillation over the layers of ``channel_index``: student channel ``j`` against teacher
+        channel ``channel_index[layer][j]``.
+
+        Per layer, :func:`~grouppruner.distill.channel_wise_distillation` of the student's ``(N, C_s, H, W)``
+        feature and the teacher's gathered at the index; total = ``sum_l weight_l * loss_l``.
+
+        Args:
+            temperature: softmax temperature over the spatial positions.
+            normalize: standardise each channel over space first.
+
+        Returns:
+            ``(total, per_layer)`` as :meth:`loss`.
+
+        Raises:
+            DistillerStateError: no ``channel_index``, no forward since the last `clear`, or after `remove`.
+            InvalidOptionError: a student feature and the gathered teacher feature differ in shape.
+            NonFiniteError: a layer's term is NaN / Inf.
+        """
+        if self._removed or not self.channel_index or not self.student_recorder.features:
+            raise DistillerStateError(
+                "channel_loss() needs channel_index at construction and a forward in this step (and no remove())"
+            )
+        per_layer: dict[str, Tensor] = {}
+        for s, t in self.pairs:
+            if s not in self.channel_index:
+                continue
+            student_feat, teacher_feat = self.student_recorder.features[s], self.teacher_recorder.features[t]
+            if student_feat.shape != teacher_feat.shape:
+                raise InvalidOptionError(
+                    f"layer {s!r}: the student's feature {tuple(student_feat.shape)} and the teacher's at the "
+                    f"channel index {tuple(teacher_feat.shape)} differ (an index for another student?)"
+                )
+            per_layer[s] = channel_wise_distillation(
+                student_feat, teacher_feat, temperature=temperature, normalize=normalize
+            )
+        values = torch.stack(list(per_layer.values()))
+        if self.check_finite and not bool(torch.isfinite(values).all()):
+            bad = [name for name, v in per_layer.items() if not bool(torch.isfinite(v))]
+            raise NonFiniteError(f"the channel-wise term of layer(s) {bad} is not finite (NaN / Inf features)")
+        weights = torch.tensor([self.layer_weights[s] for s in per_layer], dtype=values.dtype, device=values.device)
+        return (values * weights).sum(), {name: v.detach() for name, v in per_layer.items()}
 
     def _student_map(self, name: str, teacher_grid: tuple[int, int]) -> Tensor:
         a_s = self.student_recorder.maps[name]

@@ -1,4 +1,5 @@
-"""Recorders: forward hooks on named layers that keep only the layers' spatial attention maps, never the features."""
+"""Recorders: forward hooks on named layers that keep the layers' spatial attention maps, and their features only
+where a channel-wise term asks for them."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class AttentionRecorder:
     """Forward hooks on named layers of one model that record only their spatial attention maps.
 
     While `active`, each hooked layer stores ``spatial_attention(output)`` (``(N, H*W)`` fp32) in
-    `maps` and its grid ``(H, W)`` in `grids`; the feature itself is never kept.
+    `maps` and its grid ``(H, W)`` in `grids`. The feature itself is kept (in `features`) only for the layers
+    named in ``keep``: ``feature[:, keep[name]]`` (``(N, len(index), H, W)``), or the whole feature for ``None``.
 
     Args:
         model: the (unwrapped) model owning the layers.
@@ -46,6 +48,8 @@ class AttentionRecorder:
         role: ``"teacher"`` or ``"student"``, used in error messages.
         p: exponent of `spatial_attention`.
         select: optional per-layer selector for layers whose output is not a tensor.
+        keep: layers whose feature to keep, each with the channel indices to keep (``(C',)`` int64) or ``None``
+            for all channels.
     """
 
     def __init__(
@@ -56,8 +60,13 @@ class AttentionRecorder:
         role: str,
         p: float = 2.0,
         select: Mapping[str, Selector] | None = None,
+        keep: Mapping[str, Tensor | None] | None = None,
     ) -> None:
         self.role = role
+        self.keep = dict(keep or {})
+        self.features: dict[str, Tensor] = {}
+        # checked against each feature's channel count without a device sync per step
+        self._needed = {n: int(i.max()) + 1 if i.numel() else 0 for n, i in self.keep.items() if i is not None}
         self.p = p
         self.active = False
         self.maps: dict[str, Tensor] = {}
@@ -81,17 +90,35 @@ class AttentionRecorder:
             feature = _select_feature(output, selector, name, self.role)
             self.maps[name] = spatial_attention(feature, p=self.p)
             self.grids[name] = (int(feature.shape[-2]), int(feature.shape[-1]))
+            if name in self.keep:
+                index = self.keep[name]
+                if index is None:
+                    self.features[name] = feature
+                    return
+                if self._needed[name] > feature.shape[1]:
+                    raise LayerOutputError(
+                        f"layer {name!r} of the {self.role} has {feature.shape[1]} channels, but channel "
+                        f"{self._needed[name] - 1} is asked for (a channel map made for another model?)"
+                    )
+                if index.device != feature.device:
+                    index = self.keep[name] = index.to(feature.device)
+                self.features[name] = feature[:, index]
 
         return hook
 
     def clear(self) -> None:
-        """Drop the recorded maps (and the autograd graph they hold)."""
+        """Drop the recorded maps and features (and the autograd graph they hold)."""
         self.maps.clear()
+        self.features.clear()
         self.grids.clear()
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes held per layer: the size of each recorded map's storage (``N * H * W * 4``)."""
-        return {name: m.untyped_storage().nbytes() for name, m in self.maps.items()}
+        """Bytes held per layer: each recorded map's storage (``N * H * W * 4``) plus its kept feature's, if any."""
+        return {
+            name: m.untyped_storage().nbytes()
+            + (self.features[name].untyped_storage().nbytes() if name in self.features else 0)
+            for name, m in self.maps.items()
+        }
 
     def remove(self) -> None:
         """Remove every hook and drop the records."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 from .._utils.moved import moved_names
 from .apply import apply_structure
 from .calibrate import recalibrate_batchnorm
+from .channels import teacher_channels
 from .importance import (
     AutoImportance,
     BNScaleImportance,
@@ -82,6 +83,7 @@ __all__ = [
     "recalibrate_batchnorm",
     "record_plan",
     "scored_weights_digest",
+    "teacher_channels",
     "weights_digest",
 ]
 

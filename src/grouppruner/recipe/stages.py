@@ -30,7 +30,7 @@ from ..detection.models import Detector
 from ..detection.train import LossFn, StepHook, evaluate
 from ..distill import AttentionDistiller, GradientBalance
 from ..graph import ChannelGraph
-from ..pruning import GroupPruner, PlanSearch, PruningPlan
+from ..pruning import GroupPruner, PlanSearch, PruningPlan, teacher_channels
 from ..resume import Stateful
 from ..sparsity import BNSparsity, Constant, Dynamic, Schedule
 from .config import CHOICES, GAMMA_THRESHOLD, RecipeConfig
@@ -232,15 +232,22 @@ def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
         optimizer, T_max=max(c.recover_epochs, 1), eta_min=c.recover_lr / 20
     )
     extra: dict[str, Any] = {"teacher": c.teacher, "teacher_sha256": teacher_digest}
-    distills = bool(c.distill_weight or c.output_distill_weight)
+    distills = bool(c.distill_weight or c.output_distill_weight or c.channel_distill_weight)
     finetune = c.finetune_epochs if distills else c.recover_epochs
     off = c.distill_off_epochs if distills else 0
     loss: dict[str, float] = {}
+    layers = distilled_layers(student, c.distill_layers)
+    channel_index = None
+    if c.channel_distill_weight:
+        # each kept channel against the teacher channel it was kept from; mapped before training moves the
+        # student to the run's device, where the example input is not
+        graph = ChannelGraph(student, run.example)
+        channel_index = {name: teacher_channels(student, name, graph=graph) for name in layers}
     if finetune:
         loss = run.train(student, optimizer, finetune, "recovered (fine-tune)", schedule=schedule)
         extra["finetune_loss"] = loss.get("loss")
     if c.recover_epochs - off > finetune:
-        distiller = AttentionDistiller(teacher, student, distilled_layers(student, c.distill_layers))
+        distiller = AttentionDistiller(teacher, student, layers, channel_index=channel_index)
         output_distill = YoloOutputDistill.from_model(teacher, temperature=c.distill_temperature).to(run.device)
         # Measured on one process only: the gradient of a gathered loss would need the other processes' graphs.
         balance = None if run.distributed.active else GradientBalance(student.parameters(), every=BALANCE_EVERY)
@@ -258,6 +265,11 @@ def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
                 total = total + c.distill_weight * attention
                 logged["attention"] = c.distill_weight * attention.detach()
                 terms["attention"] = c.distill_weight * attention
+            if c.channel_distill_weight:
+                channel = distributed.batch_mean(distiller.channel_loss()[0], size)
+                total = total + c.channel_distill_weight * channel
+                logged["channel"] = c.channel_distill_weight * channel.detach()
+                terms["channel"] = c.channel_distill_weight * channel
             if c.output_distill_weight:
                 teacher_outputs = distributed.gather_outputs(distiller.last_teacher_output)
                 output, output_parts = output_distill(outputs, teacher_outputs, targets)
@@ -289,7 +301,7 @@ def _recovered(run: StageRun) -> tuple[Detector, dict[str, Any]]:
             distiller.remove()
         # the weighted distillation parts, mean over the last epoch: they show whether each term acted
         extra["distill_loss"] = {
-            k: v for k, v in loss.items() if k in ("detection", "attention") or k.startswith("output")
+            k: v for k, v in loss.items() if k in ("detection", "attention", "channel") or k.startswith("output")
         }
         if balance is not None:
             extra["gradient_ratio"] = {k: v["ratio"] for k, v in balance.summary().items() if k != "detection"}

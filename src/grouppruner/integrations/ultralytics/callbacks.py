@@ -28,7 +28,7 @@ from ..._utils.errors import UsageError
 from ..._utils.io import atomic_write, load_tensor_file
 from ...distill import GradientBalance
 from ...sparsity import BNSparsity, Dynamic
-from .distill import DistillCriterion, HeadDistillLoss
+from .distill import DistillCriterion, HeadDistillLoss, head_feature_channels
 from .model import channel_graph, head
 
 __all__ = ["GAMMA_THRESHOLD", "Distillation", "SparseTraining", "optimizer_steps"]
@@ -173,6 +173,9 @@ class Distillation:
             ``benchmarks/ultralytics_distill.py --gradients``; at 1 and 1 they were 2.9x and 1.6x).
         output: weight of the output term (class logits and DFL distributions).
         temperature: softening temperature of the output term.
+        channel: weight of the channel-wise term on the same neck outputs, each student channel against the
+            teacher channel it was kept from (:func:`~.distill.head_feature_channels`); logged with the attention
+            term under ``att``. 0 (default) disables it.
         off_epochs: the last ``off_epochs`` epochs of the run train with the stock loss alone (distillation off
             while the learning rate anneals, as RTMDet switches its extra terms off when mosaic closes).
         balance_every: measure both terms' gradient norms against the stock loss's every this many batches
@@ -192,14 +195,15 @@ class Distillation:
         temperature: float = 3.0,
         off_epochs: int = 0,
         balance_every: int = 50,
+        channel: float = 0.0,
     ) -> None:
         self.teacher = str(teacher)
         if not Path(self.teacher).is_file():
             raise FileNotFoundError(f"{self.teacher}: no such teacher checkpoint")
-        HeadDistillLoss(16, attention=attention, output=output, temperature=temperature)  # checks the values
+        HeadDistillLoss(16, attention=attention, output=output, temperature=temperature, channel=channel)  # checks
         if isinstance(off_epochs, bool) or not isinstance(off_epochs, int) or off_epochs < 0:
             raise ValueError(f"Distillation: off_epochs must be an int >= 0, got {off_epochs!r}")
-        self.attention, self.output, self.temperature = attention, output, temperature
+        self.attention, self.output, self.temperature, self.channel = attention, output, temperature, channel
         self.off_epochs = off_epochs
         if isinstance(balance_every, bool) or not isinstance(balance_every, int) or balance_every < 0:
             raise ValueError(f"Distillation: balance_every must be an int >= 0, got {balance_every!r}")
@@ -229,7 +233,12 @@ class Distillation:
         if head(teacher).nc != head(student).nc or head(teacher).reg_max != head(student).reg_max:
             raise UsageError(f"{self.teacher}: the teacher's head differs from the student's (classes or DFL bins)")
         terms = HeadDistillLoss(
-            head(student).reg_max, attention=self.attention, output=self.output, temperature=self.temperature
+            head(student).reg_max,
+            attention=self.attention,
+            output=self.output,
+            temperature=self.temperature,
+            channel=self.channel,
+            channel_index=head_feature_channels(student, imgsz=int(trainer.args.imgsz)) if self.channel else None,
         )
         base = student.criterion if getattr(student, "criterion", None) is not None else student.init_criterion()
         # The measurement differentiates outside DDP's backward, so it is made where no gradient is reduced.

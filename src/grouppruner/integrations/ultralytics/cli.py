@@ -63,6 +63,12 @@ def add_command(commands: Any, common: argparse.ArgumentParser) -> argparse.Argu
         "--distill-output", type=float, default=0.0, help="weight of the output-level term (default 0; e.g. 0.2)"
     )
     parser.add_argument(
+        "--distill-channel",
+        type=float,
+        default=0.0,
+        help="weight of the channel-wise term on the kept channels of the head inputs (default 0)",
+    )
+    parser.add_argument(
         "--distill-off-epochs", type=int, default=0, help="the last epochs of distillation on the stock loss alone"
     )
     parser.add_argument(
@@ -137,6 +143,7 @@ def run_command(args: argparse.Namespace) -> str:
         distill_attention=args.distill_attention,
         distill_output=args.distill_output,
         distill_off_epochs=args.distill_off_epochs,
+        distill_channel=args.distill_channel,
         runtime=args.runtime,
         split_free=args.split_free,
         search_candidates=args.search_candidates,

@@ -8,6 +8,8 @@ outputs, so the terms compare them directly:
 
 - attention: per scale, ``H W * mean((A_t - A_s)^2)`` on :func:`~grouppruner.distill.spatial_attention` maps of
   the neck outputs (the squared distance of two unit vectors, so every scale counts alike whatever its size);
+- channel-wise: per scale, :func:`~grouppruner.distill.channel_wise_distillation` (temperature 1, standardised
+  features) of each student channel against the teacher channel it was kept from (:func:`head_feature_channels`);
 - output: the class logits against the teacher's sigmoid at temperature ``T`` (binary KL divergence) plus the
   DFL distributions against the teacher's softmax at ``T`` (KL), both weighted per anchor by the teacher's top
   class probability (its foreground) and normalised by that weight's sum, times ``T^2``.
@@ -23,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...distill import GradientBalance, spatial_attention
+from ..._utils.errors import UsageError
+from ...distill import GradientBalance, channel_wise_distillation, spatial_attention
+from ...pruning import teacher_channels
+from .model import channel_graph, detection_model, head
 
-__all__ = ["DistillCriterion", "HeadDistillLoss", "raw_outputs"]
+__all__ = ["DistillCriterion", "HeadDistillLoss", "head_feature_channels", "raw_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +46,76 @@ def raw_outputs(preds: Any) -> dict[str, Any]:
     return dict(preds)
 
 
+def head_feature_channels(model: Any, *, imgsz: int = 640) -> list[Tensor]:
+    """The teacher channel of each channel of the neck outputs that feed a pruned YOLO's head.
+
+    Args:
+        model: the pruned ``YOLO`` or its ``DetectionModel``, with its applied plans.
+        imgsz: the square input side to trace at (a multiple of the largest stride).
+
+    Returns:
+        One ``(C_i,)`` int64 tensor per head input, in the head's order (see
+        :func:`~grouppruner.pruning.teacher_channels`).
+
+    Raises:
+        LayerOutputError: a head input is not one conv's output (names the layer).
+    """
+    inner = detection_model(model)
+    graph = channel_graph(inner, imgsz=imgsz)
+    sources = head(inner).f
+    return [
+        teacher_channels(inner, f"model.{i}", graph=graph) for i in ([sources] if isinstance(sources, int) else sources)
+    ]
+
+
 class HeadDistillLoss(nn.Module):
-    """The attention and output terms between a student's and a teacher's raw head outputs.
+    """The attention, channel-wise and output terms between a student's and a teacher's raw head outputs.
 
     Args:
         reg_max: DFL bins per box side (the head's ``reg_max``).
         attention: weight of the attention term (0 disables it).
         output: weight of the output term (0 disables it).
-        temperature: the softening temperature ``T``.
+        temperature: the softening temperature ``T`` of the output term.
+        channel: weight of the channel-wise term (0 disables it); it needs ``channel_index``.
+        channel_index: per head input, the teacher channel of each student channel
+            (:func:`head_feature_channels`); may be set on the attribute before the first forward.
     """
 
-    def __init__(self, reg_max: int, *, attention: float = 1.0, output: float = 1.0, temperature: float = 3.0) -> None:
+    def __init__(
+        self,
+        reg_max: int,
+        *,
+        attention: float = 1.0,
+        output: float = 1.0,
+        temperature: float = 3.0,
+        channel: float = 0.0,
+        channel_index: list[Tensor] | None = None,
+    ) -> None:
         super().__init__()
-        if attention < 0 or output < 0 or temperature <= 0:
+        if attention < 0 or output < 0 or channel < 0 or temperature <= 0:
             raise ValueError(
                 f"HeadDistillLoss: weights must be >= 0 and temperature > 0, got attention={attention}, "
-                f"output={output}, temperature={temperature}"
+                f"output={output}, channel={channel}, temperature={temperature}"
             )
         self.reg_max = reg_max
         self.attention = attention
         self.output = output
         self.temperature = temperature
+        self.channel = channel
+        self.channel_index = channel_index
+
+    def channel_term(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+        """Sum over scales of the CWD term of the student's ``(N, C_i, H_i, W_i)`` features against the teacher's
+        at ``channel_index``; 0 when the student is the teacher with channels removed."""
+        if self.channel_index is None or len(self.channel_index) != len(student):
+            raise UsageError(
+                f"HeadDistillLoss: the channel-wise term needs channel_index, one tensor per head input "
+                f"({len(student)}); build it with head_feature_channels(student)"
+            )
+        total = student[0].new_zeros((), dtype=torch.float32)
+        for s, t, index in zip(student, teacher, self.channel_index, strict=True):
+            total = total + channel_wise_distillation(s, t.detach()[:, index.to(t.device)], normalize=True)
+        return total
 
     def attention_term(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
         """Sum over scales of ``H W * mean((A_t - A_s)^2)``; features ``(N, C_i, H_i, W_i)`` (C may differ)."""
@@ -91,10 +145,13 @@ class HeadDistillLoss(nn.Module):
         return (((kl_cls + dfl) * weight).sum() / norm) * temp**2
 
     def forward(self, student: Any, teacher: Any) -> dict[str, Tensor]:
-        """Both weighted terms, ``{"att": (), "kd": ()}``, from raw head outputs (see :func:`raw_outputs`)."""
+        """The weighted feature terms (attention plus channel-wise) and output term, ``{"att": (), "kd": ()}``,
+        from raw head outputs (see :func:`raw_outputs`)."""
         s, t = raw_outputs(student), raw_outputs(teacher)
         zero = s["scores"].new_zeros((), dtype=torch.float32)
         att = self.attention * self.attention_term(list(s["feats"]), list(t["feats"])) if self.attention else zero
+        if self.channel:
+            att = att + self.channel * self.channel_term(list(s["feats"]), list(t["feats"]))
         kd = self.output * self.output_term(s, t) if self.output else zero
         return {"att": att, "kd": kd}
 

@@ -90,11 +90,17 @@ STAGE_OF_OPTION: dict[str, str] = {
     "distill_output": "recovered",
     "distill_temperature": "recovered",
     "distill_off_epochs": "recovered",
+    "distill_channel": "recovered",
 }
 
 #: Options added after run folders of this format were first written, with the value an older run behaved as:
 #: an earlier run's record without them counts as unchanged while they keep that value.
-_ADDED_OPTIONS: dict[str, Any] = {"distill_off_epochs": 0, "search_candidates": 0, "split_free": False}
+_ADDED_OPTIONS: dict[str, Any] = {
+    "distill_off_epochs": 0,
+    "search_candidates": 0,
+    "split_free": False,
+    "distill_channel": 0.0,
+}
 
 #: Trainer keywords that change where or how verbosely a run trains, not what it computes.
 _NOT_STAGE_OPTIONS = frozenset({"device", "workers", "verbose", "plots", "exist_ok"})
@@ -255,7 +261,7 @@ class _Run:
         if epochs == 0:
             shutil.copyfile(self.path("finetuned"), self.path("recovered"))
             return {}
-        distill = s.distill if s.distill["attention"] > 0 or s.distill["output"] > 0 else None
+        distill = s.distill if any(s.distill.get(k, 0) > 0 for k in ("attention", "output", "channel")) else None
         off = s.distill_off_epochs
         callback = Distillation(self.path("dense"), **distill, off_epochs=off) if distill else None  # type: ignore[arg-type]
         stamp = {"distill": distill, **({"distill_off_epochs": off} if off else {})} if distill else {}
@@ -372,6 +378,7 @@ def compress(
     distill_output: float = 0.0,
     distill_temperature: float = 3.0,
     distill_off_epochs: int = 0,
+    distill_channel: float = 0.0,
     min_channels: int = 8,
     round_to: int | None = None,
     runtime: str | None = None,
@@ -404,6 +411,8 @@ def compress(
         distill_output: its output-term weight.
         distill_temperature: its temperature.
         distill_off_epochs: the last epochs of the distillation stage that train with the stock loss alone.
+        distill_channel: :class:`~.callbacks.Distillation`'s channel-wise weight (each kept channel of the neck
+            outputs against its teacher channel); 0 (default): off.
         min_channels: passed to :func:`~.model.prune`.
         round_to: passed to :func:`~.model.prune`.
         runtime: passed to :func:`~.model.prune`: the runtime the model ships on (default ``"onnxruntime"``).
@@ -447,7 +456,7 @@ def compress(
     for name, value in epoch_counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidOptionError(f"{name} must be an int >= 0, got {value!r}")
-    distill = distill_attention > 0 or distill_output > 0
+    distill = distill_attention > 0 or distill_output > 0 or distill_channel > 0
     if finetune_epochs is None:
         finetune_epochs = 0 if distill else recover_epochs
     if not 0 <= finetune_epochs <= recover_epochs:
@@ -472,6 +481,8 @@ def compress(
 
     sparse = {"s": sparsity, "warmup": sparsity_warmup, "keep": sparsity_keep}
     weights = {"attention": distill_attention, "output": distill_output, "temperature": distill_temperature}
+    if distill_channel:  # absent at 0: an older run folder's stamp stays the same
+        weights["channel"] = distill_channel
     task = yolo.task if hasattr(yolo, "task") else _task_of(inner)
     settings = _Settings(
         str(data_path),
@@ -512,6 +523,7 @@ def compress(
             "distill_output": distill_output,
             "distill_temperature": distill_temperature,
             "distill_off_epochs": distill_off_epochs,
+            "distill_channel": distill_channel,
             **trainer_kwargs,
         }
     )

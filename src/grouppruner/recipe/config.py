@@ -139,8 +139,9 @@ class RecipeConfig:
             on the first 8 batches of the training split (no augmentation), mAP@0.5 on the next 8 (training
             images, as EagleEye; the validation split stays out of the choice); resumable (``search.json``). 0
             (default): the solver's plan. At 15 % of the params ``quality.py`` measured +3.4 to +5.4 points of
-            mAP@0.5 with 16 candidates on each of three seeds; not yet measured at a MACs or latency budget
-            here. A candidate costs about a quarter of a training epoch on the demo.
+            mAP@0.5 with 16 candidates on each of three seeds; at 21.5 % of the MACs +0.4 to +1.3 points on
+            each of three seeds (less: at a MACs budget it cannot move MACs into the high-resolution layers); not
+            yet measured at a latency budget. A candidate costs about a quarter of a training epoch on the demo.
         recover_lr: AdamW learning rate of the recovery stage (cosine-annealed to ``recover_lr / 20``); the
             dense stage's rate: from the demo's pruned model, 24 recovery epochs reached mAP 0.573 / 0.580 / 0.592 /
             0.608 at 1e-3 / 2e-3 / 3e-3 / 5e-3 (one seed; the dense model has 0.594; ``benchmarks/recover_lr.py``).

@@ -19,8 +19,9 @@ yaml), yolov4-tiny (its darknet cfg from tests/data), YOLOv4 with CSPDarknet53 a
 - ``TP r8`` / ``TP r16``: Torch-Pruning's MetaPruner (BN-scale importance, global ranking) with ``round_to`` 8 / 16,
   its ratio bisected to the MACs of ``ours onnxruntime`` (the fair baseline);
 - ``ours target_latency=0.5``: planned in onnxruntime at the thread count of the row, measured and corrected
-  (the value measured while planning is shown too); ``ours target_latency=0.5, latency_weight=W`` the same with the
-  first of ``--latency-weights``.
+  (the value measured while planning is shown too); Ultralytics models planned through ``split_free`` and timed
+  rewritten, as the flows ship them and as Torch-Pruning's arms run (:func:`ours_at_latency`);
+  ``ours target_latency=0.5, latency_weight=W`` the same with the first of ``--latency-weights``.
 
 Each (model, threads) row times the dense model and all arms interleaved in onnxruntime
 (:func:`grouppruner.runtime.compare_latency`: the models take turns, per round the fastest of 3 calls, medians of
@@ -29,7 +30,10 @@ per-round ratios); one more comparison times the dense model, ``ours torch`` and
 goal), per (model, threads): Torch-Pruning r8's ratio is bisected so that its latency measured in onnxruntime
 (interleaved against the dense model, 5 rounds a step) matches what ``ours target_latency=0.5`` measured in the
 row's comparison; it and both ``target_latency`` arms are then timed once more against the dense model (rows
-``equal latency: ...``) and a verdict line gives the parameters each keeps (``--no-equal-latency`` skips it).
+``equal latency: ...``) and a verdict line gives the parameters each keeps, and in brackets the live ones
+(:func:`live_params`: weights between channels that vary; Torch-Pruning's BN-scale importance divides each group's
+scores by their mean, so it keeps near-zero-gamma channels whose weights only add a constant) (``--no-equal-latency``
+skips it).
 Printed per arm: params and MACs kept, latency kept, and latency cut / MACs cut (cut = 1 - pruned / dense; 1.0:
 latency falls as much as MACs), the load average. ``--busy`` starts one busy process (a Python spin loop) beside
 the measurement. ``--write-docs`` replaces the section between the ``<!-- runtime-latency[ busy] -->`` markers of
@@ -118,6 +122,70 @@ def ours(
     found = pruner.plan(**plan)
     pruner.apply(found)
     return model.eval(), found
+
+
+def ours_at_latency(
+    dense: nn.Module,
+    graph_of: Callable[[nn.Module, int], ChannelGraph],
+    size: int,
+    runtime: Runtime,
+    name: str,
+    weight: float = 0.0,
+) -> tuple[nn.Module, Any]:
+    """``ours target_latency=0.5`` as the flows ship it: an Ultralytics model is planned through
+    :func:`~grouppruner.integrations.ultralytics.split_free` and returned rewritten (``gpu.prune``'s onnxruntime
+    default), like Torch-Pruning's arms; other models as they are."""
+    if name not in ("yolov8n", "yolo11n"):
+        return ours(dense, graph_of, size, runtime, target_latency=TARGET_LATENCY, latency_weight=weight)
+    from grouppruner.integrations.ultralytics import split_free
+    from grouppruner.integrations.ultralytics.deploy import planning_runtime
+
+    model, plan = ours(
+        dense, graph_of, size, planning_runtime(runtime, True), target_latency=TARGET_LATENCY, latency_weight=weight
+    )
+    return split_free(model), plan
+
+
+def live_params(model: nn.Module, images: torch.Tensor) -> int:
+    """Conv weights that connect a varying input channel to a varying output channel on ``images`` (N, 3, H, W).
+
+    A channel whose BatchNorm scale is near zero outputs the constant ``act(beta)`` at every position: the weights
+    reading it act as a bias, and a conv whose own output is constant adds nothing either. A channel counts as
+    varying when its standard deviation over batch and positions is at least 3 % of the largest in its tensor
+    (sparse-like gammas: live 0.1-1, dead 1e-4-1e-3). The capacity that "params kept" means to count.
+    """
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def varying(tensor: torch.Tensor) -> torch.Tensor:
+        std = tensor.detach().float().transpose(0, 1).reshape(tensor.shape[1], -1).std(1)
+        return std >= 0.03 * std.max()
+
+    hooks = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(
+                module.register_forward_hook(lambda m, a, o, n=module_name: inputs.__setitem__(n, varying(a[0])))
+            )
+        conv, norm = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):  # conv + BN + act: its output
+            key = f"{module_name}.conv"
+            hooks.append(module.register_forward_hook(lambda m, a, o, n=key: outputs.__setitem__(n, varying(o))))
+    try:
+        with torch.no_grad():
+            model.eval()(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    total = 0
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d) or module_name not in inputs:
+            continue
+        live_in = inputs[module_name].float().reshape(module.groups, -1).sum(1)  # per conv group
+        live_out = outputs.get(module_name, torch.ones(module.out_channels, dtype=torch.bool)).float()
+        owner = torch.arange(module.out_channels) // (module.out_channels // module.groups)
+        total += int((live_out * live_in[owner]).sum()) * module.weight[0, 0].numel()
+    return total
 
 
 def _split_free(model: nn.Module) -> nn.Module:
@@ -277,9 +345,7 @@ def run_model(name: str, size: int, threads_list: list[int], args: argparse.Name
             for weight in weights:
                 arm = "ours target_latency=0.5" + (f", latency_weight={weight:g}" if weight else "")
                 start = time.perf_counter()
-                timed[arm], planned[arm] = ours(
-                    dense, graph_of, size, runtime, target_latency=TARGET_LATENCY, latency_weight=weight
-                )
+                timed[arm], planned[arm] = ours_at_latency(dense, graph_of, size, runtime, name, weight)
                 logger.info(
                     "%s %d, %d threads: %s planned in %.0f s, measured in planning %.3f",
                     name,
@@ -335,7 +401,7 @@ def only_rows(name: str, size: int, threads_list: list[int], only: str, rounds: 
     else:
         for threads in threads_list:
             runtime = Runtime("onnxruntime", threads=threads)
-            model, plan = ours(dense, graph_of, size, runtime, target_latency=TARGET_LATENCY)
+            model, plan = ours_at_latency(dense, graph_of, size, runtime, name)
             arm = "ours target_latency=0.5"
             rows += _timed_rows(name, size, runtime, dense, x, {arm: model}, {arm: plan}, rounds)
     return rows
@@ -395,11 +461,19 @@ def _equal_latency_rows(
     timed = {f"equal latency: {arm}": model for arm, model in mine.items()}
     timed["equal latency: TP r8"] = tp_model
     rows = _timed_rows(name, size, runtime, dense, x, timed, {}, 15)
+    images = torch.rand(2, *x.shape[1:], generator=torch.Generator().manual_seed(1))
+    dense_live = live_params(dense, images)
+    for row in rows:
+        if not row.get("failed"):
+            row["live"] = live_params(timed[row["arm"]], images) / dense_live  # type: ignore[arg-type]
     ours_rows, tp_row = [row for row in rows if not row.get("failed")][:-1], rows[-1]
-    kept = ", ".join(f"{row['params']:.3f} (x{row['latency']:.3f}, {row['arm'][15:]})" for row in ours_rows)
+    kept = ", ".join(
+        f"{row['params']:.3f} [live {row['live']:.3f}] (x{row['latency']:.3f}, {row['arm'][15:]})" for row in ours_rows
+    )
     verdict = (
         f"{name} {size}, {threads} thread(s), equal measured latency: ours keeps {kept} vs TP "
-        f"{tp_row['params']:.3f} (x{tp_row['latency']:.3f}) of the params"
+        f"{tp_row['params']:.3f} [live {tp_row['live']:.3f}] (x{tp_row['latency']:.3f}) of the params "
+        "[live: of the weights between varying channels, live_params]"
     )
     print(verdict, flush=True)
     rows[0]["verdict"] = verdict

@@ -115,6 +115,12 @@ ABLATIONS: list[tuple[str, dict[str, Any], tuple[str, ...], bool]] = [
         RECOVERY,
         True,
     ),
+    (
+        "ours, channel-wise term instead of attention (weight 0.1)",
+        {"distill_weight": 0.0, "channel_distill_weight": 0.1},
+        RECOVERY,
+        True,
+    ),
     ("ours, attention only (weight 10, no output term)", {"output_distill_weight": 0.0}, RECOVERY, False),
     (
         "ours, attention only (weight 30, no output term)",
@@ -323,12 +329,10 @@ def arm_list(args: argparse.Namespace, done: dict[str, ArmResult]) -> list[ArmSp
         arms += [a for seed in more for a in _slimming(tight, seed)]  # the baseline the search is compared to
     if "distill" in parts:  # what distillation adds over fine-tuning alone, and the channel-wise term, every seed
         finetune_only = next((a[0], a[1], a[2]) for a in ABLATIONS if "fine-tune only" in a[0])
-        channel = next((a[0], a[1], a[2]) for a in ABLATIONS if "channel-wise" in a[0])
-        arms += [
-            a
-            for seed in args.seeds
-            for a in (_ours(tight, seed), _ablation(tight, seed, *finetune_only), _ablation(tight, seed, *channel))
-        ]
+        channel = [(a[0], a[1], a[2]) for a in ABLATIONS if "channel-wise" in a[0]]
+        for seed in args.seeds:
+            arms += [_ours(tight, seed), _ablation(tight, seed, *finetune_only)]
+            arms += [_ablation(tight, seed, *arm) for arm in channel]
     if "search-macs" in parts:
         arms += [a for seed in args.seeds for a in _search_at_macs(tight, seed)]
     if "widths" in parts:  # what putting widths on the runtime's channel block (the default) costs at 15 %

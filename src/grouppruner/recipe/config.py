@@ -168,8 +168,9 @@ class RecipeConfig:
             standardised features, :meth:`AttentionDistiller.channel_loss
             <grouppruner.distill.AttentionDistiller.channel_loss>`) on the same layers as the attention term,
             each student channel against the teacher channel it was kept from
-            (:func:`~grouppruner.pruning.teacher_channels`); 0 (default) disables it and keeps no feature. At 0.05
-            instead of the attention term it was level with attention on the demo at 15 % (three seeds).
+            (:func:`~grouppruner.pruning.teacher_channels`); 0 (default) disables it and keeps no feature. Instead
+            of the attention term, on the demo at 15 % (three seeds): at 0.1 +1.3 / +0.9 / +0.6 points of mAP@0.5
+            over attention, at 0.05 level with it.
         seed: seed of data generation, initialization and shuffling.
         weights: the user's trained detector to compress: a ``state_dict`` file of
             :func:`~grouppruner.detection.yolov4` with these ``classes`` / ``backbone`` / ``width`` / ``depth``, or a

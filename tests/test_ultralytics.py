@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -322,6 +323,15 @@ def test_bad_budget_writes_nothing(data: Path, tmp_path: Path) -> None:
         gpu.compress(yolo, data=data, out=tmp_path / "run")
     with pytest.raises(gp.InvalidOptionError, match="sets the trainer keywords"):
         gpu.compress(yolo, data=data, target_macs=0.5, epochs=3, out=tmp_path / "run")
+    bad = [
+        ({"distill_channel": -1.0}, "distill_channel must be a number >= 0, got -1.0"),
+        ({"distill_attention": "0.1"}, "distill_attention must be a number >= 0, got '0.1'"),
+        ({"sparsity": float("nan")}, "sparsity must be a number >= 0, got nan"),
+        ({"distill_temperature": 0}, "distill_temperature must be a number > 0, got 0"),
+    ]
+    for options, message in bad:  # refused before the sparse training, not when the recovery builds its loss
+        with pytest.raises(gp.InvalidOptionError, match=re.escape(message)):
+            gpu.compress(yolo, data=data, target_macs=0.5, out=tmp_path / "run", **options)
     assert not (tmp_path / "run").exists()
 
 

@@ -15,10 +15,27 @@ from typing import Any
 from ..._utils.errors import DataError, InvalidOptionError, OptionTypeError
 from .checkpoint import load
 
-__all__ = ["RESERVED", "as_yolo", "check_data", "check_trainer_keywords"]
+__all__ = ["RESERVED", "as_yolo", "check_data", "check_rates", "check_trainer_keywords"]
 
 #: Trainer keywords compress() sets itself.
 RESERVED = frozenset({"project", "name", "epochs", "resume", "model", "trainer", "task", "mode"})
+
+
+def check_rates(*non_negative: Mapping[str, Any], positive: Mapping[str, Any]) -> None:
+    """Refuse a rate or weight that is not a number, or is negative (``non_negative``) or not above 0 (``positive``).
+
+    Args:
+        *non_negative: option name -> value, each to be a number >= 0 (an L1 rate, a distillation weight).
+        positive: option name -> value, each to be a number > 0 (a temperature).
+
+    Raises:
+        InvalidOptionError: naming the option and the value.
+    """
+    for names, above in [*((names, False) for names in non_negative), (positive, True)]:
+        for name, value in names.items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not (value > 0 if above else value >= 0):
+                raise InvalidOptionError(f"{name} must be a number {'>' if above else '>='} 0, got {value!r}")
 
 
 def check_data(data: str | os.PathLike[str], num_classes: int | None = None) -> Path:

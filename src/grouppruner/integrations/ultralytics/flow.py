@@ -46,7 +46,7 @@ from ...run_folder import RunLock, check_file_record, file_record
 from ._story import story
 from .callbacks import Distillation, SparseTraining
 from .checkpoint import load, save
-from .checks import as_yolo, check_data, check_trainer_keywords
+from .checks import as_yolo, check_data, check_rates, check_trainer_keywords
 from .deploy import resolve_split_free
 from .model import check_budget, detection_model, example_input, head, prune
 from .search import YoloPlanSearch
@@ -456,6 +456,9 @@ def compress(
     for name, value in epoch_counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidOptionError(f"{name} must be an int >= 0, got {value!r}")
+    rates = {"sparsity": sparsity, "distill_attention": distill_attention, "distill_output": distill_output}
+    # here, not when the recovered stage builds its loss after the sparse training
+    check_rates(rates | {"distill_channel": distill_channel}, positive={"distill_temperature": distill_temperature})
     distill = distill_attention > 0 or distill_output > 0 or distill_channel > 0
     if finetune_epochs is None:
         finetune_epochs = 0 if distill else recover_epochs

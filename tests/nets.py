@@ -20,6 +20,19 @@ from zoo import MiniDetector
 ACTS = {"leaky": lambda: nn.LeakyReLU(0.1), "relu": nn.ReLU, "silu": nn.SiLU}
 
 
+class Block(nn.Module):
+    """Conv 3x3 (stride ``stride``) -> BatchNorm -> LeakyReLU, as attributes ``conv`` / ``bn`` / ``act``."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
 class CBA(nn.Sequential):
     """Conv -> BatchNorm -> activation (activation optional)."""
 

@@ -20,19 +20,9 @@ from grouppruner.distill import (
     NonFiniteError,
     spatial_attention,
 )
+from nets import Block
 
 LAYERS = ["stem", "stage1", "stage2"]
-
-
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        self.act = nn.LeakyReLU(0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 class TinyNet(nn.Module):

@@ -19,17 +19,7 @@ from grouppruner.pruning import applied_plans, teacher_channels
 from grouppruner.recipe import RecipeConfig
 from grouppruner.recipe.config import ADDED_OPTIONS, check_option, first_changed_stage, recorded_options
 from grouppruner.recipe.config_file import load_recipe_config
-
-
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        self.act = nn.LeakyReLU(0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+from nets import Block
 
 
 class Fuse(nn.Module):
